@@ -1,0 +1,92 @@
+"""Domain errors. The gRPC layer maps each to a status code with google.rpc details.
+
+Domain code never imports grpc: it raises these, and `inference_svc.grpc_api.errors` translates.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class ErrorKind(enum.Enum):
+    """What kind of failure, which decides the gRPC status code."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    UNAVAILABLE = "UNAVAILABLE"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    CANCELLED = "CANCELLED"
+    INTERNAL = "INTERNAL"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+
+
+class Reason(enum.StrEnum):
+    """Stable machine-readable reasons (google.rpc.ErrorInfo.reason)."""
+
+    INVALID_REQUEST = "INVALID_REQUEST"
+    QUESTIONS_INVALID = "QUESTIONS_INVALID"
+    IMAGE_FETCH_FAILED = "IMAGE_FETCH_FAILED"
+    IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"
+    IMAGE_UNDECODABLE = "IMAGE_UNDECODABLE"
+    IMAGE_URL_FORBIDDEN = "IMAGE_URL_FORBIDDEN"
+    MODEL_OUTPUT_INVALID = "MODEL_OUTPUT_INVALID"
+    MODEL_NOT_READY = "MODEL_NOT_READY"
+    OVERLOADED = "OVERLOADED"
+    EVENT_SPOOL_FULL = "EVENT_SPOOL_FULL"
+    DRAINING = "DRAINING"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    CANCELLED = "CANCELLED"
+    INTERNAL = "INTERNAL"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid field, named by its protobuf path (e.g. ``pickup_images[2].uri``)."""
+
+    field: str
+    description: str
+
+
+@dataclass
+class InspectionError(Exception):
+    """A failure that ends an inspection with a clear status for the caller."""
+
+    kind: ErrorKind
+    reason: Reason
+    message: str
+    violations: list[FieldViolation] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    # Pipeline stage where it happened (validate, fetch, decode, preprocess, generate, parse,
+    # decide); recorded with the failure.
+    stage: str = "validate"
+    retry_after_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return f"{self.reason.value}: {self.message}"
+
+
+def invalid_argument(
+    message: str,
+    violations: list[FieldViolation] | None = None,
+    reason: Reason = Reason.INVALID_REQUEST,
+    stage: str = "validate",
+) -> InspectionError:
+    return InspectionError(
+        ErrorKind.INVALID_ARGUMENT, reason, message, violations or [], stage=stage
+    )
+
+
+def image_error(reason: Reason, field_path: str, message: str, stage: str) -> InspectionError:
+    """An image-specific failure that names the offending image (its request field path)."""
+    return InspectionError(
+        ErrorKind.INVALID_ARGUMENT,
+        reason,
+        f"{field_path}: {message}",
+        [FieldViolation(field_path, message)],
+        metadata={"image": field_path},
+        stage=stage,
+    )

@@ -1,0 +1,1 @@
+"""Bundled prompt templates (Jinja2 data files, each with a version header)."""
