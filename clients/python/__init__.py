@@ -1,0 +1,1 @@
+"""The Python client library and command-line tool (package ``rpi_client``)."""

@@ -1,0 +1,385 @@
+"""``rpi-inspect``: command-line client of the inspection platform.
+
+Results go to stdout, progress, warnings and errors to stderr, so ``--json`` output pipes
+cleanly. Exit codes: 0 ok, 1 health check answered but not SERVING, 2 usage or unusable local
+input, 3 the RPC failed (code, reason and field violations are printed on stderr), 130
+interrupted.
+
+Examples::
+
+    rpi-inspect inspect --target localhost:50051 --product-name "Blue mug" --shipping-id S1 \\
+        --reference https://cdn.example.com/mug.jpg --pickup photo1.jpg --pickup photo2.jpg \\
+        --questions questions.yaml
+    rpi-inspect inspect ... --unary --json | jq .decision
+    rpi-inspect get --persistence-target localhost:50052 7f1c...
+    rpi-inspect list --persistence-target localhost:50052 --shipping-id S1
+    rpi-inspect health --target localhost:50051
+    rpi-inspect legacy-convert old_request.json > request.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from google.protobuf import json_format
+from rich.console import Console
+from rpi.inspection.v1 import inspection_pb2
+from rpi.persistence.v1 import persistence_pb2
+
+from clients.python.rpi_client import render
+from clients.python.rpi_client.channel import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ChannelOptions,
+    tls_credentials,
+)
+from clients.python.rpi_client.client import (
+    INSPECTION_SERVICE_NAME,
+    InspectionClient,
+    PersistenceReader,
+    ServingStatus,
+)
+from clients.python.rpi_client.errors import InspectionFailed
+from clients.python.rpi_client.legacy import (
+    inspection_to_legacy_response,
+    legacy_request_to_proto,
+)
+from clients.python.rpi_client.requests import (
+    RequestBuildError,
+    build_inspect_request,
+    load_questions,
+)
+
+EXIT_OK = 0
+EXIT_NOT_SERVING = 1
+EXIT_USAGE = 2
+EXIT_RPC_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+TARGET_ENV = "RPI_TARGET"
+PERSISTENCE_TARGET_ENV = "RPI_PERSISTENCE_TARGET"
+DEFAULT_TARGET = "localhost:50051"
+PIPED_WIDTH = 140
+
+
+class UsageError(Exception):
+    """Bad arguments that argparse cannot catch by itself."""
+
+
+def _connection_parser() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("connection")
+    group.add_argument("--tls", action="store_true", help="use TLS (system roots by default)")
+    group.add_argument("--ca-file", type=Path, help="PEM roots to trust (implies --tls)")
+    group.add_argument("--cert", type=Path, help="client certificate for mutual TLS")
+    group.add_argument("--key", type=Path, help="client private key for mutual TLS")
+    group.add_argument("--authority", help="override :authority and the TLS server name")
+    group.add_argument(
+        "--max-message-mb",
+        type=float,
+        default=DEFAULT_MAX_MESSAGE_BYTES / (1024 * 1024),
+        help="largest message sent or received, MiB (default %(default)g)",
+    )
+    group.add_argument(
+        "--keepalive-s",
+        type=float,
+        help="send keepalive pings this often (the server must permit it)",
+    )
+    group.add_argument("--timeout", type=float, help="deadline of each call, seconds")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    connection = _connection_parser()
+    parser = argparse.ArgumentParser(
+        prog="rpi-inspect", description="Client of the reverse-pickup inspection service."
+    )
+    parser.add_argument(
+        "--log-level", default="WARNING", help="log level on stderr (default %(default)s)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    target_help = f"inspection service host:port (default ${TARGET_ENV} or {DEFAULT_TARGET})"
+    persistence_help = f"persistence service host:port (default ${PERSISTENCE_TARGET_ENV})"
+
+    inspect = commands.add_parser(
+        "inspect",
+        parents=[connection],
+        help="run one inspection",
+        description="Run one inspection. FILE arguments are sent inline; http(s) URLs are "
+        "fetched by the server.",
+    )
+    inspect.add_argument(
+        "--target", default=os.environ.get(TARGET_ENV, DEFAULT_TARGET), help=target_help
+    )
+    inspect.add_argument(
+        "--reference",
+        action="append",
+        required=True,
+        metavar="FILE|URL",
+        help="vendor catalogue image (repeatable)",
+    )
+    inspect.add_argument(
+        "--pickup",
+        action="append",
+        required=True,
+        metavar="FILE|URL",
+        help="field agent's photo (repeatable)",
+    )
+    inspect.add_argument(
+        "--questions",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help='questions, YAML or JSON (typed list or legacy {"Question": []})',
+    )
+    inspect.add_argument("--product-name", required=True)
+    inspect.add_argument("--shipping-id", required=True)
+    inspect.add_argument("--product-id", default="")
+    inspect.add_argument("--inspection-id", default="", help="UUID; the server picks one if unset")
+    inspect.add_argument("--previous-inspection-id", default="")
+    style = inspect.add_mutually_exclusive_group()
+    style.add_argument(
+        "--stream",
+        dest="stream",
+        action="store_true",
+        default=True,
+        help="InspectStream with live progress (default)",
+    )
+    style.add_argument("--unary", dest="stream", action="store_false", help="plain Inspect")
+    output = inspect.add_mutually_exclusive_group()
+    output.add_argument(
+        "--json", action="store_true", help="print the inspection as JSON (proto3 JSON mapping)"
+    )
+    output.add_argument(
+        "--legacy-json", action="store_true", help="print the replaced API's response JSON"
+    )
+
+    get = commands.add_parser("get", parents=[connection], help="print a recorded inspection")
+    get.add_argument(
+        "--persistence-target",
+        default=os.environ.get(PERSISTENCE_TARGET_ENV),
+        help=persistence_help,
+    )
+    get.add_argument("inspection_id")
+
+    list_ = commands.add_parser(
+        "list", parents=[connection], help="list a shipment's recorded inspections"
+    )
+    list_.add_argument(
+        "--persistence-target",
+        default=os.environ.get(PERSISTENCE_TARGET_ENV),
+        help=persistence_help,
+    )
+    list_.add_argument("--shipping-id", required=True)
+    list_.add_argument("--page-size", type=int, default=50)
+    list_.add_argument("--limit", type=int, help="stop after this many records")
+    list_.add_argument("--json", action="store_true", help="print a JSON array of records")
+
+    health = commands.add_parser("health", parents=[connection], help="standard health check")
+    health.add_argument(
+        "--target", default=os.environ.get(TARGET_ENV, DEFAULT_TARGET), help=target_help
+    )
+    health.add_argument(
+        "--service",
+        default=INSPECTION_SERVICE_NAME,
+        help="service name to check ('' for the server; default %(default)s)",
+    )
+
+    convert = commands.add_parser(
+        "legacy-convert",
+        help="old JSON request -> InspectRequest JSON",
+        description="Convert an old /process_request JSON body (FILE, or - for stdin) to "
+        "InspectRequest JSON; with --inspection, convert Inspection JSON (as printed by "
+        "'inspect --json') to the old response JSON instead.",
+    )
+    convert.add_argument("file", help="JSON file, or - for stdin")
+    convert.add_argument(
+        "--inspection",
+        action="store_true",
+        help="the input is an Inspection; print the old response shape",
+    )
+    return parser
+
+
+def channel_options(args: argparse.Namespace) -> ChannelOptions:
+    credentials = None
+    if args.tls or args.ca_file or args.cert or args.key:
+        try:
+            credentials = tls_credentials(args.ca_file, args.cert, args.key)
+        except (OSError, ValueError) as error:
+            raise UsageError(f"TLS: {error}") from error
+    if args.max_message_mb <= 0:
+        raise UsageError("--max-message-mb must be positive")
+    options = ChannelOptions(
+        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+        credentials=credentials,
+        keepalive_time_s=args.keepalive_s,
+        authority=args.authority,
+    )
+    if args.timeout is not None:
+        options = dataclasses.replace(options, default_timeout_s=args.timeout)
+    return options
+
+
+def _print_json(text: str) -> None:
+    # Plain write, not rich: rich would wrap and colour, and the output must parse as JSON.
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
+    request = build_inspect_request(
+        shipping_id=args.shipping_id,
+        product_name=args.product_name,
+        reference_images=args.reference,
+        pickup_images=args.pickup,
+        questions=load_questions(args.questions),
+        product_id=args.product_id,
+        inspection_id=args.inspection_id,
+        previous_inspection_id=args.previous_inspection_id,
+    )
+    options = channel_options(args)
+    started = time.perf_counter()
+    with InspectionClient.connect(args.target, options) as client:
+        if args.stream:
+            inspection = _run_stream(client, request, err)
+        else:
+            with render.Waiting(err, f"waiting for Inspect on {args.target}"):
+                inspection = client.inspect(request)
+    round_trip_s = time.perf_counter() - started
+    if inspection.model.untrained:
+        render.warn_untrained(err)
+    if args.json:
+        _print_json(json_format.MessageToJson(inspection))
+    elif args.legacy_json:
+        legacy = inspection_to_legacy_response(inspection, total_time_s=round_trip_s)
+        _print_json(json.dumps(legacy, indent=2, ensure_ascii=False))
+    else:
+        render.print_inspection(out, inspection, round_trip_s)
+    return EXIT_OK
+
+
+def _run_stream(
+    client: InspectionClient, request: inspection_pb2.InspectRequest, err: Console
+) -> inspection_pb2.Inspection:
+    with render.StreamProgress(err) as progress:
+        return client.inspect_streaming(request, progress.on_event)
+
+
+async def _get(args: argparse.Namespace) -> str:
+    async with PersistenceReader.connect(args.persistence_target, channel_options(args)) as reader:
+        record = await reader.get_inspection(args.inspection_id, timeout=args.timeout)
+    return json_format.MessageToJson(record)
+
+
+def cmd_get(args: argparse.Namespace, out: Console, err: Console) -> int:
+    _require_persistence_target(args)
+    _print_json(asyncio.run(_get(args)))
+    return EXIT_OK
+
+
+async def _list(args: argparse.Namespace) -> list[persistence_pb2.InspectionRecord]:
+    records: list[persistence_pb2.InspectionRecord] = []
+    async with PersistenceReader.connect(args.persistence_target, channel_options(args)) as reader:
+        async for record in reader.list_inspections(
+            args.shipping_id, args.page_size, limit=args.limit, timeout=args.timeout
+        ):
+            records.append(record)
+    return records
+
+
+def cmd_list(args: argparse.Namespace, out: Console, err: Console) -> int:
+    _require_persistence_target(args)
+    if args.page_size <= 0:
+        raise UsageError("--page-size must be positive")
+    records = asyncio.run(_list(args))
+    if args.json:
+        dicts = [json_format.MessageToDict(record) for record in records]
+        _print_json(json.dumps(dicts, indent=2, ensure_ascii=False))
+    else:
+        out.print(render.records_table(records))
+    return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace, out: Console, err: Console) -> int:
+    with InspectionClient.connect(args.target, channel_options(args)) as client:
+        status = client.health(args.service, **_timeout_kwargs(args))
+    out.print(status.name, highlight=False)
+    return EXIT_OK if status is ServingStatus.SERVING else EXIT_NOT_SERVING
+
+
+def cmd_legacy_convert(args: argparse.Namespace, out: Console, err: Console) -> int:
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read {args.file}: {error}") from error
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{args.file}: not valid JSON: {error}") from error
+    if args.inspection:
+        inspection = inspection_pb2.Inspection()
+        try:
+            json_format.ParseDict(data, inspection)
+        except json_format.ParseError as error:
+            raise UsageError(f"{args.file}: not an Inspection: {error}") from error
+        legacy = inspection_to_legacy_response(inspection)
+        _print_json(json.dumps(legacy, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not isinstance(data, dict):
+        raise UsageError(f"{args.file}: expected a JSON object")
+    _print_json(json_format.MessageToJson(legacy_request_to_proto(data)))
+    return EXIT_OK
+
+
+def _timeout_kwargs(args: argparse.Namespace) -> dict[str, float]:
+    return {"timeout": args.timeout} if args.timeout is not None else {}
+
+
+def _require_persistence_target(args: argparse.Namespace) -> None:
+    if not args.persistence_target:
+        raise UsageError(f"--persistence-target is required (or set ${PERSISTENCE_TARGET_ENV})")
+
+
+_COMMANDS = {
+    "inspect": cmd_inspect,
+    "get": cmd_get,
+    "list": cmd_list,
+    "health": cmd_health,
+    "legacy-convert": cmd_legacy_convert,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (``rpi-inspect`` passes it to ``sys.exit``)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse exits 2 on bad usage, 0 for --help
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
+    # Consoles are made per call: sys.stdout/sys.stderr may have been replaced (tests, pipes).
+    out = Console(file=sys.stdout)
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        # Piped tables would otherwise be squeezed into rich's 80-column default.
+        out = Console(file=sys.stdout, width=PIPED_WIDTH)
+    err = Console(file=sys.stderr)
+    try:
+        return _COMMANDS[args.command](args, out, err)
+    except (UsageError, RequestBuildError) as error:
+        err.print(f"rpi-inspect: error: {error}", highlight=False, markup=False, soft_wrap=True)
+        return EXIT_USAGE
+    except InspectionFailed as failure:
+        render.print_failure(err, failure)
+        return EXIT_RPC_FAILED
+    except KeyboardInterrupt:
+        err.print("interrupted", highlight=False)
+        return EXIT_INTERRUPTED
