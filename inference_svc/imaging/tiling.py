@@ -1,0 +1,186 @@
+"""InternVL dynamic preprocessing: grid choice, 448 px tiles, thumbnail, ImageNet normalisation.
+
+The grid choice reproduces InternVL's published ``dynamic_preprocess`` exactly (candidate order
+and tie rule included). The fast path differs from the published one only in how pixels are
+produced: a JPEG is decoded at a reduced DCT scale that stays at or above the grid size, the
+image is resized once, tiles are sliced out of one array and normalised together.
+:func:`seed_style_tiles` keeps the published per-tile path for comparison and benchmarks.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from inference_svc.domain.models import FetchedImage, PreparedImage
+from inference_svc.imaging.decode import load_rgb, probe_image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_IMAGE_SIZE = 448
+
+_MEAN32 = np.array(IMAGENET_MEAN, dtype=np.float32)
+_STD32 = np.array(IMAGENET_STD, dtype=np.float32)
+# Per channel, the normalised value of each byte, computed with the same float32 operations as
+# torchvision's ToTensor + Normalize ((x / 255 - mean) / std), so a lookup gives identical values.
+_LUT = (
+    (np.arange(256, dtype=np.float32)[None, :] / np.float32(255) - _MEAN32[:, None])
+    / _STD32[:, None]
+).astype(np.float32)
+
+Tiles = npt.NDArray[np.float32]
+
+
+@functools.cache
+def target_ratios(min_num: int, max_num: int) -> tuple[tuple[int, int], ...]:
+    """Candidate grids (columns, rows) with min_num <= columns*rows <= max_num.
+
+    Built and sorted exactly as InternVL does (a set sorted by tile count; the stable sort keeps
+    the set's iteration order among equal counts), because the tie rule depends on the order.
+    """
+    ratios = {
+        (i, j)
+        for n in range(min_num, max_num + 1)
+        for i in range(1, n + 1)
+        for j in range(1, n + 1)
+        if min_num <= i * j <= max_num
+    }
+    return tuple(sorted(ratios, key=lambda r: r[0] * r[1]))
+
+
+def find_closest_aspect_ratio(
+    aspect_ratio: float,
+    ratios: tuple[tuple[int, int], ...] | list[tuple[int, int]],
+    width: int,
+    height: int,
+    image_size: int,
+) -> tuple[int, int]:
+    """InternVL's rule: the grid with the nearest aspect ratio; on a tie the later candidate
+    wins when the image's area exceeds half the candidate grid's pixel area."""
+    best_diff = float("inf")
+    best = (1, 1)
+    area = width * height
+    for ratio in ratios:
+        diff = abs(aspect_ratio - ratio[0] / ratio[1])
+        if diff < best_diff:
+            best_diff = diff
+            best = ratio
+        elif diff == best_diff and area > 0.5 * image_size * image_size * ratio[0] * ratio[1]:
+            best = ratio
+    return best
+
+
+def choose_grid(
+    width: int, height: int, min_num: int, max_num: int, image_size: int
+) -> tuple[int, int]:
+    """(columns, rows) of tiles for an image of this size."""
+    return find_closest_aspect_ratio(
+        width / height, target_ratios(min_num, max_num), width, height, image_size
+    )
+
+
+def _normalise(chw_uint8: npt.NDArray[np.uint8], out: Tiles) -> None:
+    """(n, 3, S, S) bytes -> normalised float32 in ``out``."""
+    for c in range(3):
+        np.take(_LUT[c], chw_uint8[:, c], out=out[:, c])
+
+
+def tiles_for_grid(
+    image: Image.Image, grid: tuple[int, int], image_size: int, use_thumbnail: bool = True
+) -> Tiles:
+    """Resize ``image`` once to the grid, slice row-major tiles, add the thumbnail when there is
+    more than one tile; float32 array (tiles, 3, S, S)."""
+    cols, rows = grid
+    s = image_size
+    count = cols * rows
+    thumbnail = use_thumbnail and count > 1
+    out = np.empty((count + int(thumbnail), 3, s, s), dtype=np.float32)
+    resized = image.resize((cols * s, rows * s), Image.Resampling.BICUBIC)
+    pixels = np.asarray(resized, dtype=np.uint8)
+    tiles = pixels.reshape(rows, s, cols, s, 3).transpose(0, 2, 4, 1, 3).reshape(count, 3, s, s)
+    _normalise(tiles, out[:count])
+    if thumbnail:
+        small = np.asarray(image.resize((s, s), Image.Resampling.BICUBIC), dtype=np.uint8)
+        _normalise(small.transpose(2, 0, 1)[None], out[count:])
+    return out
+
+
+def image_to_tiles(
+    image: Image.Image,
+    max_num: int,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    use_thumbnail: bool = True,
+    min_num: int = 1,
+) -> Tiles:
+    """Model tiles of an RGB image, the grid chosen from its own size."""
+    grid = choose_grid(image.width, image.height, min_num, max_num, image_size)
+    return tiles_for_grid(image, grid, image_size, use_thumbnail)
+
+
+def seed_style_tiles(
+    image: Image.Image,
+    max_num: int,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    use_thumbnail: bool = True,
+) -> Tiles:
+    """The replaced service's path: InternVL's dynamic_preprocess (resize, crop each tile with
+    PIL), then per tile the torchvision-style transform (resize to S, to float, normalise).
+
+    Kept as the reference for tests and benchmarks, not for serving.
+    """
+    cols, rows = choose_grid(image.width, image.height, 1, max_num, image_size)
+    s = image_size
+    resized = image.resize((cols * s, rows * s))
+    crops = [
+        resized.crop(((i % cols) * s, (i // cols) * s, (i % cols + 1) * s, (i // cols + 1) * s))
+        for i in range(cols * rows)
+    ]
+    if use_thumbnail and len(crops) != 1:
+        crops.append(image.resize((s, s)))
+    tensors = []
+    for crop in crops:
+        tile = crop.convert("RGB").resize((s, s), Image.Resampling.BICUBIC)
+        chw = np.array(tile, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)
+        chw = chw / np.float32(255)
+        tensors.append((chw - _MEAN32[:, None, None]) / _STD32[:, None, None])
+    return np.stack(tensors).astype(np.float32, copy=False)
+
+
+def seed_style_prepare(data: bytes, max_num: int, image_size: int = DEFAULT_IMAGE_SIZE) -> Tiles:
+    """The replaced service end to end: full decode, convert("RGB"), seed-style tiles."""
+    with Image.open(io.BytesIO(data)) as image:
+        return seed_style_tiles(image.convert("RGB"), max_num, image_size)
+
+
+def prepare_image(
+    fetched: FetchedImage,
+    max_tiles: int,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    max_pixels: int = 64_000_000,
+) -> PreparedImage:
+    """Decode and tile one image (CPU-bound and synchronous: run it in a worker thread).
+
+    The grid is chosen from the full upright size, as InternVL does on the full image; the
+    JPEG draft only changes how the pixels for that grid are produced.
+    """
+    field_path = fetched.source.field_path
+    probed = probe_image(fetched.data, field_path, max_pixels)
+    grid = choose_grid(probed.width, probed.height, 1, max_tiles, image_size)
+    image = load_rgb(probed, field_path, draft_size=(grid[0] * image_size, grid[1] * image_size))
+    tiles = tiles_for_grid(image, grid, image_size, use_thumbnail=True)
+    return PreparedImage(
+        source=fetched.source,
+        tiles=tiles,
+        num_tiles=int(tiles.shape[0]),
+        width=probed.width,
+        height=probed.height,
+        format=probed.format,
+        size_bytes=len(fetched.data),
+        sha256=fetched.sha256 or hashlib.sha256(fetched.data).hexdigest(),
+        fetched_uri=fetched.fetched_uri,
+    )
