@@ -1,0 +1,478 @@
+"""Dynamic batching engine: a bounded queue, a scheduler and one model worker thread.
+
+Requests are prepared (prompt, tokens, pixels, grammar) in a helper thread, queued, and
+gathered into batches of up to ``max_batch_size`` within ``batch_wait_ms``; each batch is one
+``generate`` call on a dedicated single thread, so the event loop never blocks on the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import LogitsProcessorList, StoppingCriteriaList
+
+from . import constrained
+from .api import (
+    EngineNotReady,
+    EngineOverloaded,
+    GenerationListener,
+    GenerationRequest,
+    GenerationResult,
+    NullListener,
+)
+from .batch_control import BatchController, RowSpec
+from .config import EngineConfig
+from .loader import LoadedModel, detect_runtime, load_model, wrap_native_model
+from .model_builder import build_full_size_model, ensure_demo_model
+from .prompting import build_prompt
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Prepared:
+    input_ids: list[int]
+    pixel_values: torch.Tensor | None
+    max_new_tokens: int
+    min_new_tokens: int
+    grammar: str | None
+    matcher: Any | None
+
+
+@dataclass(eq=False)
+class _Job:
+    request: GenerationRequest
+    listener: GenerationListener
+    prepared: _Prepared
+    future: asyncio.Future[GenerationResult]
+    enqueued_at: float = field(default_factory=time.monotonic)
+    position: int = 0
+    # Set on the event loop, read by the model thread (a plain bool is enough under the GIL).
+    cancelled: bool = False
+
+
+class BatchedEngine:
+    """Implements :class:`inference_svc.engine.api.Engine`."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._max_batch = max(1, config.max_batch_size)
+        self._wait_s = max(0.0, config.batch_wait_ms) / 1000.0
+        self._loaded: LoadedModel | None = None
+        self._ready = False
+        self._stopping = False
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._reserved = 0  # requests being prepared, counted against the queue bound
+        self._wakeup: asyncio.Event | None = None
+        self._scheduler: asyncio.Task[None] | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._batch_ids = itertools.count(1)
+        self._running: list[_Job] = []
+        # Counters for metrics and tests; written by the model thread only.
+        self.stats: dict[str, int] = {
+            "batches": 0, "rows": 0, "tokens_generated": 0, "cancelled_rows": 0,
+        }
+
+    # --- Engine protocol -------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self._loaded.name if self._loaded else ""
+
+    @property
+    def model_revision(self) -> str:
+        return self._loaded.revision if self._loaded else self.config.model_revision
+
+    @property
+    def untrained(self) -> bool:
+        return self._loaded.untrained if self._loaded else self.config.model_path is None
+
+    @property
+    def constrained(self) -> bool:
+        return self.config.constrained_decoding
+
+    @property
+    def ready(self) -> bool:
+        return self._ready and not self._stopping
+
+    @property
+    def loaded(self) -> LoadedModel:
+        if self._loaded is None:
+            raise EngineNotReady("model not loaded")
+        return self._loaded
+
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    async def start(self) -> None:
+        if self._executor is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        self._wakeup = asyncio.Event()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="model-worker"
+        )
+        started = time.perf_counter()
+        self._loaded = await self._loop.run_in_executor(self._executor, self._load)
+        if self.config.warmup:
+            await self._warm_up()
+        self._scheduler = asyncio.create_task(self._schedule(), name="engine-scheduler")
+        self._ready = True
+        logger.info(
+            "engine ready: %s rev %s on %s/%s/%s in %.2fs (%s, batch<=%d)",
+            self._loaded.name,
+            self._loaded.revision,
+            self._loaded.runtime.device,
+            self._loaded.runtime.dtype,
+            self._loaded.runtime.attn_implementation,
+            time.perf_counter() - started,
+            type(self).__name__,
+            self._max_batch,
+        )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._ready = False
+        while self._queue:
+            job = self._queue.popleft()
+            if not job.future.done():
+                job.future.set_exception(EngineNotReady("engine stopping"))
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._scheduler is not None:
+            # The scheduler exits after the batch in progress (if any) has finished.
+            await self._scheduler
+            self._scheduler = None
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            await asyncio.get_running_loop().run_in_executor(executor, self._release)
+            executor.shutdown(wait=True)
+
+    async def generate(
+        self, request: GenerationRequest, listener: GenerationListener
+    ) -> GenerationResult:
+        if not self.ready or self._wakeup is None:
+            raise EngineNotReady("model not loaded" if not self._stopping else "engine stopping")
+        if len(self._queue) + self._reserved >= self.config.max_queue_size:
+            raise EngineOverloaded(f"queue full ({self.config.max_queue_size})")
+        if request.deadline is not None and request.deadline <= time.monotonic():
+            raise TimeoutError("deadline passed before generation")
+        self._reserved += 1
+        try:
+            prepared = await asyncio.to_thread(self._prepare, request)
+        finally:
+            self._reserved -= 1
+        if not self.ready:
+            raise EngineNotReady("engine stopping")
+        job = _Job(request, listener, prepared, asyncio.get_running_loop().create_future())
+        self._queue.append(job)
+        job.position = len(self._queue)
+        _safe(listener.on_queued, job.position)
+        self._wakeup.set()
+        try:
+            if request.deadline is None:
+                return await job.future
+            return await asyncio.wait_for(job.future, max(request.deadline - time.monotonic(), 0))
+        except (asyncio.CancelledError, TimeoutError):
+            self._abandon(job)
+            raise
+
+    # --- request preparation (helper thread) -----------------------------------------------
+    def _prepare(self, request: GenerationRequest) -> _Prepared:
+        loaded = self.loaded
+        tiles = tuple(int(t) for t in request.tiles_per_image)
+        pixels = request.pixel_values
+        total = sum(tiles)
+        size = loaded.image_size
+        if total:
+            if pixels.ndim != 4 or pixels.shape[0] != total or pixels.shape[1:] != (3, size, size):
+                raise ValueError(
+                    f"pixel_values shape {tuple(pixels.shape)} does not fit {total} tiles of "
+                    f"3x{size}x{size}"
+                )
+            pixel_tensor: torch.Tensor | None = torch.from_numpy(
+                np.ascontiguousarray(pixels, dtype=np.float32)
+            )
+        else:
+            if pixels.size:
+                raise ValueError("pixel_values given without images in tiles_per_image")
+            pixel_tensor = None
+        text = build_prompt(
+            request.prompt, tiles, loaded.tokens_per_tile, self.config.system_message
+        )
+        input_ids: list[int] = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+        max_new = max(1, min(request.max_new_tokens, self.config.max_new_tokens))
+        min_new = min(max(request.min_new_tokens, self.config.min_new_tokens), max_new)
+        grammar = matcher = None
+        if request.json_schema is not None and self.config.constrained_decoding:
+            grammar = constrained.compile_json_schema(request.json_schema)
+            matcher = constrained.new_matcher(self._ll_tokenizer(), grammar)
+        return _Prepared(input_ids, pixel_tensor, max_new, min_new, grammar, matcher)
+
+    def _ll_tokenizer(self) -> Any:
+        loaded = self.loaded
+        return constrained.ll_tokenizer(loaded.tokenizer, loaded.vocab_size, loaded.eos_token_id)
+
+    # --- scheduling (event loop) -----------------------------------------------------------
+    def _abandon(self, job: _Job) -> None:
+        job.cancelled = True
+        if job in self._queue:
+            self._queue.remove(job)
+            self._report_positions()
+
+    def _report_positions(self) -> None:
+        for index, job in enumerate(self._queue, start=1):
+            if job.position != index:
+                job.position = index
+                _safe(job.listener.on_queued, index)
+
+    async def _schedule(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            # Give concurrent arrivals a short window to share this batch.
+            deadline = self._queue[0].enqueued_at + self._wait_s
+            while len(self._queue) < self._max_batch and not self._stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch: list[_Job] = []
+            while self._queue and len(batch) < self._max_batch:
+                job = self._queue.popleft()
+                if not job.cancelled and not job.future.done():
+                    batch.append(job)
+            self._report_positions()
+            if not batch:
+                continue
+            for job in batch:
+                _safe(job.listener.on_started)
+            self._running = batch
+            try:
+                outcomes = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            except Exception as exc:  # the worker itself failed; every row fails with it
+                logger.exception("batch failed")
+                outcomes = [exc] * len(batch)
+            finally:
+                self._running = []
+            for job, outcome in zip(batch, outcomes, strict=True):
+                if job.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    job.future.set_exception(outcome)
+                else:
+                    job.future.set_result(outcome)
+
+    # --- model thread ----------------------------------------------------------------------
+    def _load(self) -> LoadedModel:
+        cfg = self.config
+        runtime = detect_runtime(cfg.device, cfg.dtype, cfg.attn_implementation)
+        if cfg.model_path is not None:
+            return load_model(
+                cfg.model_path,
+                layout=cfg.model_layout,
+                runtime=runtime,
+                trust_remote_code=cfg.trust_remote_code,
+                revision=cfg.model_revision,
+                torch_compile=cfg.torch_compile,
+            )
+        if cfg.random_model == "full_size":
+            model, tokenizer = build_full_size_model(
+                device=runtime.device,
+                dtype=runtime.dtype,
+                attn_implementation=runtime.attn_implementation,
+            )
+            return wrap_native_model(
+                model,
+                tokenizer,
+                name="internvl2_5-1b-shapes-random",
+                revision=cfg.model_revision or "random-full-size",
+                untrained=True,
+                runtime=runtime,
+            )
+        path = ensure_demo_model(cfg.model_cache_dir, cfg.demo_config_path)
+        return load_model(
+            path, layout="native", runtime=runtime, revision=cfg.model_revision
+        )
+
+    def _release(self) -> None:
+        self._loaded = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    async def _warm_up(self) -> None:
+        """One small batch through the full path (vision, constrained decoding, streaming) so
+        the first real request does not pay for lazy initialisation."""
+        loaded = self.loaded
+        size = loaded.image_size
+        request = GenerationRequest(
+            request_id="warmup",
+            prompt="<image>\nwarm up",
+            pixel_values=np.zeros((1, 3, size, size), dtype=np.float32),
+            tiles_per_image=(1,),
+            max_new_tokens=4,
+            json_schema={"type": "object", "properties": {"ok": {"type": "boolean"}}}
+            if self.config.constrained_decoding
+            else None,
+        )
+        prepared = await asyncio.to_thread(self._prepare, request)
+        assert self._loop is not None
+        job = _Job(request, NullListener(), prepared, self._loop.create_future())
+        started = time.perf_counter()
+        outcome = await self._loop.run_in_executor(self._executor, self._run_batch, [job])
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        logger.info("warm-up generate took %.3fs", time.perf_counter() - started)
+
+    def _run_batch(self, jobs: list[_Job]) -> list[GenerationResult | BaseException]:
+        loaded = self.loaded
+        device = loaded.runtime.device
+        batch_id = next(self._batch_ids)
+        started = time.perf_counter()
+        started_mono = time.monotonic()
+        queue_seconds = [started_mono - job.enqueued_at for job in jobs]
+        width = max(len(job.prepared.input_ids) for job in jobs)
+        ids = torch.full((len(jobs), width), loaded.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for row, job in enumerate(jobs):
+            tokens = job.prepared.input_ids
+            ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, width - len(tokens) :] = 1
+        tiles = [job.prepared.pixel_values for job in jobs if job.prepared.pixel_values is not None]
+        pixels = torch.cat(tiles).to(device=device, dtype=loaded.runtime.dtype) if tiles else None
+        ids = ids.to(device)
+        mask = mask.to(device)
+
+        def sink(row: int, count: int, text: str) -> None:
+            self._post_progress(jobs[row], count, text)
+
+        controller = BatchController(
+            [
+                RowSpec(
+                    max_new_tokens=job.prepared.max_new_tokens,
+                    min_new_tokens=job.prepared.min_new_tokens,
+                    matcher=job.prepared.matcher,
+                    is_cancelled=_cancel_probe(job),
+                    deadline=job.request.deadline,
+                )
+                for job in jobs
+            ],
+            stop_token_ids=loaded.stop_token_ids,
+            eos_token_id=loaded.eos_token_id,
+            ll_vocab_size=loaded.vocab_size,
+            prompt_offset=loaded.prompt_offset(ids),
+            decode=lambda t: str(loaded.tokenizer.decode(t, skip_special_tokens=True)),
+            progress=sink,
+            progress_every=self.config.progress_every_tokens,
+        )
+        try:
+            loaded.generate(
+                ids,
+                mask,
+                pixels,
+                max(job.prepared.max_new_tokens for job in jobs),
+                logits_processor=LogitsProcessorList([controller.logits_processor]),
+                stopping_criteria=StoppingCriteriaList([controller.stopping_criteria]),
+            )
+        except Exception as exc:
+            logger.exception("generate failed for batch %d (%d rows)", batch_id, len(jobs))
+            return [exc] * len(jobs)
+        controller.finish()
+        ended = time.perf_counter()
+        self.stats["batches"] += 1
+        self.stats["rows"] += len(jobs)
+        self.stats["tokens_generated"] += sum(len(t) for t in controller.tokens)
+        self.stats["cancelled_rows"] += controller.finish_reason.count("cancelled")
+        first = controller.first_token_time or ended
+        prefill = first - started
+        results: list[GenerationResult | BaseException] = []
+        constraint = controller.constraint
+        for row, job in enumerate(jobs):
+            decode = max(controller.finish_time[row] - first, 0.0)
+            count = len(controller.tokens[row])
+            rate = (count - 1) / decode if decode > 0 and count > 1 else 0.0
+            extra: dict[str, Any] = {
+                "batch_id": batch_id,
+                "ttft_seconds": queue_seconds[row] + prefill,
+                "generate_seconds": ended - started,
+                "prompt_padded_tokens": width,
+                "decode_tokens_per_second": rate,
+            }
+            is_constrained = job.prepared.matcher is not None
+            if constraint is not None and is_constrained:
+                extra["schema_complete"] = constraint.is_complete(row)
+                if row in constraint.errors:
+                    extra["constraint_error"] = constraint.errors[row]
+            results.append(
+                GenerationResult(
+                    text=controller.text(row),
+                    prompt_tokens=len(job.prepared.input_ids),
+                    completion_tokens=count,
+                    queue_seconds=queue_seconds[row],
+                    prefill_seconds=prefill,
+                    decode_seconds=decode,
+                    constrained=is_constrained,
+                    batch_size=len(jobs),
+                    finish_reason=controller.finish_reason[row] or "length",
+                    extra=extra,
+                )
+            )
+        return results
+
+    def _post_progress(self, job: _Job, count: int, text: str) -> None:
+        loop = self._loop
+        if loop is None or job.cancelled:
+            return
+        loop.call_soon_threadsafe(_deliver_progress, job, count, text)
+
+
+class SequentialEngine(BatchedEngine):
+    """The replaced service's method: one generate call per request, one at a time. Same
+    model code path as the batched engine, for like-for-like benchmarks."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        super().__init__(config)
+        self._max_batch = 1
+        self._wait_s = 0.0
+
+
+def create_engine(config: EngineConfig) -> BatchedEngine:
+    if config.engine_mode == "sequential":
+        return SequentialEngine(config)
+    return BatchedEngine(config)
+
+
+def _cancel_probe(job: _Job) -> Any:
+    return lambda: job.cancelled
+
+
+def _deliver_progress(job: _Job, count: int, text: str) -> None:
+    if not job.cancelled:
+        _safe(job.listener.on_tokens, count, text)
+
+
+def _safe(callback: Any, *args: Any) -> None:
+    # A listener's failure must not take the scheduler (and every other request) down.
+    try:
+        callback(*args)
+    except Exception:
+        logger.exception("generation listener failed")
+

@@ -1,0 +1,40 @@
+"""The engine's own configuration (the service maps its settings onto it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .prompting import INTERNVL25_SYSTEM_MESSAGE
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    # Checkpoint directory; None = build (once, cached) the small untrained demo model.
+    model_path: Path | None = None
+    model_layout: Literal["auto", "native", "original"] = "auto"
+    model_cache_dir: Path = Path("var/models")
+    model_revision: str = ""
+    # Without model_path: "demo" (tiny, cached on disk) or "full_size" (InternVL2.5-1B shapes,
+    # random weights, built in memory; for benchmarks).
+    random_model: Literal["demo", "full_size"] = "demo"
+    demo_config_path: Path | None = None
+    # Run an original-layout checkpoint's own remote code instead of converting its weights.
+    trust_remote_code: bool = False
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+    torch_compile: bool = False
+    # Upper bound on a request's max_new_tokens, and a floor for its min_new_tokens.
+    max_new_tokens: int = 2000
+    min_new_tokens: int = 0
+    constrained_decoding: bool = True
+    engine_mode: Literal["batched", "sequential"] = "batched"
+    max_batch_size: int = 16
+    batch_wait_ms: float = 10.0
+    max_queue_size: int = 64
+    system_message: str | None = INTERNVL25_SYSTEM_MESSAGE
+    # Progress callbacks (and the text decode behind them) every this many tokens per row.
+    progress_every_tokens: int = 8
+    warmup: bool = True

@@ -1,0 +1,106 @@
+"""Shared fixtures: one demo model built per test session (offline, from the bundled config)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from inference_svc.engine.api import GenerationRequest
+from inference_svc.engine.batched import BatchedEngine, create_engine
+from inference_svc.engine.config import EngineConfig
+from inference_svc.engine.model_builder import ensure_demo_model
+
+TILE = 448
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(model_cache: Path) -> Path:
+    return ensure_demo_model(model_cache)
+
+
+def tiles(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 3, TILE, TILE)).astype(np.float32)
+
+
+def make_request(
+    request_id: str,
+    prompt: str = "<image>\nIs the seal intact?",
+    tiles_per_image: tuple[int, ...] = (1,),
+    max_new_tokens: int = 16,
+    seed: int = 0,
+    **kwargs: Any,
+) -> GenerationRequest:
+    return GenerationRequest(
+        request_id=request_id,
+        prompt=prompt,
+        pixel_values=tiles(sum(tiles_per_image), seed),
+        tiles_per_image=tiles_per_image,
+        max_new_tokens=max_new_tokens,
+        **kwargs,
+    )
+
+
+class Recorder:
+    """A GenerationListener that records what it was told."""
+
+    def __init__(self) -> None:
+        self.queued: list[int] = []
+        self.started = 0
+        self.tokens: list[tuple[int, str]] = []
+
+    def on_queued(self, position: int) -> None:
+        self.queued.append(position)
+
+    def on_started(self) -> None:
+        self.started += 1
+
+    def on_tokens(self, tokens_generated: int, text_so_far: str) -> None:
+        self.tokens.append((tokens_generated, text_so_far))
+
+
+EngineFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def engine_factory(model_cache: Path) -> AsyncIterator[EngineFactory]:
+    engines: list[BatchedEngine] = []
+
+    async def make(**overrides: Any) -> BatchedEngine:
+        overrides.setdefault("device", "cpu")
+        config = EngineConfig(model_cache_dir=model_cache, **overrides)
+        engine = create_engine(config)
+        await engine.start()
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        await engine.stop()
+
+
+@pytest.fixture
+def worker_blocker() -> Iterator[Callable[[BatchedEngine], threading.Event]]:
+    """Occupies an engine's model thread until the returned event is set."""
+    events: list[threading.Event] = []
+
+    def block(engine: BatchedEngine) -> threading.Event:
+        release = threading.Event()
+        assert engine._executor is not None
+        engine._executor.submit(release.wait)
+        events.append(release)
+        return release
+
+    yield block
+    for event in events:
+        event.set()

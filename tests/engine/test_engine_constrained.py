@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+import pytest
+import torch
+
+from inference_svc.engine import constrained
+from inference_svc.engine.constrained import SchemaError, unpack_bitmask
+
+from .conftest import EngineFactory, make_request
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "kind": {"const": "inspection"},
+        "recommendation": {"enum": ["Accept", "Reject", "Partial", "Retry"]},
+        "confidence": {"type": "integer", "minimum": 0, "maximum": 100},
+        "answers": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "Label": {"const": "Is the seal intact?"},
+                    "Result": {"enum": ["Yes", "No"]},
+                },
+                "required": ["Label", "Result"],
+                "additionalProperties": False,
+            },
+            "minItems": 1,
+            "maxItems": 2,
+        },
+    },
+    "required": ["kind", "recommendation", "confidence", "answers"],
+    "additionalProperties": False,
+    "x-guidance": {"whitespace_flexible": False},
+}
+
+
+async def test_random_model_output_validates_against_schema(engine_factory: EngineFactory) -> None:
+    engine = await engine_factory(max_batch_size=4, batch_wait_ms=10_000)
+    import asyncio
+
+    requests = [
+        make_request(f"c{i}", max_new_tokens=200, seed=i, json_schema=SCHEMA) for i in range(3)
+    ] + [make_request("free", max_new_tokens=30)]
+    results = await asyncio.gather(*(engine.generate(r, _Null()) for r in requests))
+    for result in results[:3]:
+        assert result.constrained
+        assert result.finish_reason == "stop"
+        assert result.extra["schema_complete"] is True
+        assert "constraint_error" not in result.extra
+        jsonschema.validate(json.loads(result.text), SCHEMA)
+    assert results[3].constrained is False
+    assert results[3].completion_tokens == 30
+    assert {r.batch_size for r in results} == {4}
+
+
+def test_bad_schema_is_rejected() -> None:
+    with pytest.raises(SchemaError):
+        constrained.compile_json_schema({"type": "object", "properties": {"a": {"type": "nope"}}})
+
+
+def test_bitmask_unpacking() -> None:
+    mask = torch.tensor([[0b101, 0]], dtype=torch.int32)
+    allowed = unpack_bitmask(mask, 40)
+    assert allowed.shape == (1, 40)
+    assert allowed[0].nonzero().flatten().tolist() == [0, 2]
+    # A model vocabulary wider than the mask: the extra ids are never allowed.
+    assert unpack_bitmask(mask, 80)[0, 64:].any().item() is False
+
+
+class _Null:
+    def on_queued(self, position: int) -> None:
+        pass
+
+    def on_started(self) -> None:
+        pass
+
+    def on_tokens(self, tokens_generated: int, text_so_far: str) -> None:
+        pass

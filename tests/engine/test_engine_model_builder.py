@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, InternVLForConditionalGeneration
+
+from inference_svc.engine import model_builder as mb
+from inference_svc.engine.prompting import tokens_per_tile
+
+
+def test_demo_model_builds_offline_and_round_trips(tmp_path: Path) -> None:
+    model, tokenizer, spec = mb.build_demo_model()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded: Any = InternVLForConditionalGeneration.from_pretrained(tmp_path)
+    loaded.eval()
+    loaded_tok = AutoTokenizer.from_pretrained(tmp_path)
+
+    text = "<|im_start|>user\n<img><IMG_CONTEXT></img>\nIs the seal intact?<|im_end|>\n"
+    assert loaded_tok(text)["input_ids"] == tokenizer(text)["input_ids"]
+    ids = tokenizer(text)["input_ids"]
+    for token in mb.SPECIAL_TOKENS:  # each special token is one id, never split
+        assert ids.count(tokenizer.convert_tokens_to_ids(token)) == text.count(token)
+    assert loaded_tok.pad_token == mb.ENDOFTEXT
+    assert loaded_tok.eos_token == mb.IM_END
+    assert "<|im_start|>assistant" in loaded_tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+
+    # The product's tile contract: 448 px, patch 14, pixel shuffle 0.5 -> 256 tokens.
+    assert tokens_per_tile(loaded.config) == 256
+    per_tile = 256
+    prompt = "<img>" + "<IMG_CONTEXT>" * per_tile + "</img>hello"
+    enc = tokenizer([prompt], return_tensors="pt")
+    pixels = torch.randn(1, 3, 448, 448, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        a = model(**enc, pixel_values=pixels).logits
+        b = loaded(**enc, pixel_values=pixels).logits
+    assert torch.equal(a, b)
+    assert spec.seed == json.loads(mb.default_config_path().read_text())["seed"]
+
+
+def test_build_is_reproducible() -> None:
+    first, tok1, _ = mb.build_demo_model()
+    second, tok2, _ = mb.build_demo_model()
+    assert tok1.get_vocab() == tok2.get_vocab()
+    for (name, p1), (_, p2) in zip(
+        first.state_dict().items(), second.state_dict().items(), strict=True
+    ):
+        assert torch.equal(p1, p2), name
+
+
+def test_cache_is_reused_and_keyed_by_config(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = mb.ensure_demo_model(cache)
+    marker = first / mb.MODEL_INFO_FILE
+    stamp = marker.stat().st_mtime_ns
+    weights_stamp = (first / "model.safetensors").stat().st_mtime_ns
+
+    again = mb.ensure_demo_model(cache)
+    assert again == first
+    assert marker.stat().st_mtime_ns == stamp
+    assert (first / "model.safetensors").stat().st_mtime_ns == weights_stamp
+    assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+    # A changed config builds a new model next to the old one.
+    config_dir = tmp_path / "configs"
+    shutil.copytree(mb.default_config_path().parent, config_dir)
+    config_file = config_dir / mb.DEFAULT_CONFIG_NAME
+    data = json.loads(config_file.read_text())
+    data["seed"] += 1
+    config_file.write_text(json.dumps(data))
+    changed = mb.ensure_demo_model(cache, config_file)
+    assert changed != first
+    assert json.loads((changed / mb.MODEL_INFO_FILE).read_text())["untrained"] is True
+    assert marker.stat().st_mtime_ns == stamp
+
+
+def test_full_size_model_has_internvl2_5_1b_shapes_without_allocating() -> None:
+    model, _ = mb.build_full_size_model(device="meta")
+    params = sum(p.numel() for p in model.parameters())
+    assert all(p.is_meta for p in model.parameters())
+    assert 0.9e9 <= params <= 1.0e9  # InternVL2.5-1B: 938M
+    vision = sum(p.numel() for p in model.model.vision_tower.parameters())
+    language = sum(p.numel() for p in model.model.language_model.parameters())
+    assert 300e6 < vision < 310e6  # InternViT-300M
+    assert 490e6 < language < 500e6  # Qwen2.5-0.5B body (embeddings included)
+    cfg: Any = model.config
+    assert (cfg.vision_config.hidden_size, cfg.vision_config.num_hidden_layers) == (1024, 24)
+    assert cfg.vision_config.num_attention_heads == 16
+    assert cfg.vision_config.intermediate_size == 4096
+    text: Any = cfg.text_config
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads) == (896, 24, 14)
+    assert (text.num_key_value_heads, text.intermediate_size, text.vocab_size) == (2, 4864, 151_674)
+    assert tokens_per_tile(cfg) == 256
+    projector = model.model.multi_modal_projector
+    assert tuple(projector.layer_norm.normalized_shape) == (4096,)
+    assert tuple(projector.linear_1.weight.shape) == (896, 4096)
+    assert tuple(projector.linear_2.weight.shape) == (896, 896)
+    assert tuple(model.lm_head.weight.shape) == (151_674, 896)
