@@ -1,0 +1,281 @@
+"""Composition root of the inference service: builds every component from InferenceSettings,
+runs the gRPC server and drains it on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
+from rpi.inspection.v1 import inspection_pb2, inspection_pb2_grpc
+
+from inference_svc.domain.prompt import PromptTemplate
+from inference_svc.domain.validation import RequestLimits
+from inference_svc.engine.batched import create_engine
+from inference_svc.engine.config import INTERNVL25_SYSTEM_MESSAGE, EngineConfig
+from inference_svc.events.delivery import DeliveryHooks, EventDelivery, LinkState
+from inference_svc.events.recorder import NullRecorder, SpoolingRecorder
+from inference_svc.events.spool import EventSpool
+from inference_svc.grpc_api.servicer import InspectionServicer
+from inference_svc.imaging.fetch import FetchConfig, ImageFetcher
+from inference_svc.imaging.tiling import prepare_image
+from inference_svc.observability import MetricsObserver
+from inference_svc.persistence_link import PersistenceSender
+from inference_svc.pipeline import Admission, InspectionPipeline, PipelineConfig
+from inference_svc.settings import InferenceSettings
+from svc_common.grpc_metrics import GrpcServerMetricsInterceptor
+from svc_common.inference_metrics import InferenceMetrics
+from svc_common.metrics_server import MetricsServer, start_metrics_server
+from svc_common.tracing import (
+    configure_tracing,
+    get_tracer,
+    grpc_client_interceptors,
+    grpc_server_interceptors,
+    shutdown_tracing,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = inspection_pb2.DESCRIPTOR.services_by_name["InspectionService"].full_name
+IMAGE_SIZE = 448
+
+
+def engine_config(settings: InferenceSettings) -> EngineConfig:
+    return EngineConfig(
+        model_path=settings.model_path,
+        model_layout=settings.model_layout,
+        model_cache_dir=settings.model_cache_dir,
+        model_revision=settings.model_revision,
+        random_model=settings.random_model,
+        trust_remote_code=settings.model_trust_remote_code,
+        device=settings.device,
+        dtype=settings.dtype,
+        attn_implementation=settings.attn_implementation,
+        torch_compile=settings.torch_compile,
+        max_new_tokens=settings.max_new_tokens,
+        min_new_tokens=settings.min_new_tokens,
+        constrained_decoding=settings.constrained_decoding,
+        engine_mode=settings.engine_mode,
+        max_batch_size=settings.max_batch_size,
+        batch_wait_ms=settings.batch_wait_ms,
+        max_queue_size=settings.max_queue_size,
+        system_message=settings.system_message or None,
+    )
+
+
+class InferenceApp:
+    """The whole service. Tests run it in-process: ``await app.start()``, ``app.port``,
+    ``await app.stop()``."""
+
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        registry: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.tracer_provider = tracer_provider
+        self.metrics = InferenceMetrics(self.registry, max_batch_size=settings.max_batch_size)
+        self.health = HealthServicer()
+        self.executor = ThreadPoolExecutor(
+            max_workers=settings.preprocess_threads, thread_name_prefix="preprocess"
+        )
+        self.engine = create_engine(engine_config(settings))
+        self.fetcher = ImageFetcher(FetchConfig.from_settings(settings))
+        self.template = PromptTemplate.load(settings.prompt_template_path)
+        self.sender: PersistenceSender | None = None
+        if settings.persistence_target:
+            self.sender = PersistenceSender(
+                settings.persistence_target,
+                settings.event_send_timeout_s,
+                interceptors=grpc_client_interceptors(tracer_provider),
+            )
+        self.delivery = EventDelivery(
+            EventSpool(settings.event_spool_dir, settings.event_spool_max_bytes),
+            self.sender,
+            batch_size=settings.event_batch_size,
+            max_backoff_s=settings.event_retry_max_backoff_s,
+            hooks=DeliveryHooks(
+                on_attempt=lambda n: self.metrics.event_delivery_attempts.inc(),
+                on_delivered=lambda n: self.metrics.events_delivered.inc(n),
+                on_failure=self.metrics.record_delivery_failure,
+                on_backlog=self._on_backlog,
+            ),
+        )
+        recorder = SpoolingRecorder(self.delivery) if self.sender else NullRecorder()
+        self.admission = Admission(settings.max_concurrent_requests)
+        self.admission.on_change(self.metrics.inflight_requests.set)
+        self.admission.on_reject(self.metrics.record_rejection)
+        self.metrics.inflight_limit.set(settings.max_concurrent_requests)
+        self.metrics.queue_capacity.set(settings.max_queue_size)
+        self.metrics.queue_depth.set_function(lambda: float(self.engine.queue_depth()))
+        self.pipeline = InspectionPipeline(
+            fetcher=self.fetcher,
+            prepare=functools.partial(
+                _prepare, image_size=IMAGE_SIZE, max_pixels=settings.max_image_pixels
+            ),
+            engine=self.engine,
+            template=self.template,
+            recorder=recorder,
+            executor=self.executor,
+            config=PipelineConfig(
+                reference_max_tiles=settings.reference_max_tiles,
+                pickup_max_tiles=settings.pickup_max_tiles,
+                max_new_tokens=settings.max_new_tokens,
+                min_new_tokens=settings.min_new_tokens,
+                max_output_retries=settings.max_output_retries,
+                max_evidence_chars=settings.max_evidence_chars,
+                max_analysis_chars=settings.max_analysis_chars,
+                max_result_chars=settings.max_result_chars,
+            ),
+            observer=MetricsObserver(self.metrics),
+            tracer=get_tracer(tracer_provider, "inference_svc.pipeline"),
+        )
+        self.serving = False
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.metrics_server: MetricsServer | None = None
+        self._stopped = asyncio.Event()
+
+    def _on_backlog(self, count: int, oldest_age_s: float | None) -> None:
+        self.metrics.event_backlog.set(count)
+        self.metrics.event_oldest_age_seconds.set(oldest_age_s or 0.0)
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        s = self.settings
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server = grpc.aio.server(
+            interceptors=[
+                GrpcServerMetricsInterceptor(self.registry),
+                *grpc_server_interceptors(self.tracer_provider),
+            ],
+            options=[
+                ("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", 16 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        inspection_pb2_grpc.add_InspectionServiceServicer_to_server(
+            InspectionServicer(
+                self.pipeline,
+                RequestLimits(
+                    max_reference_images=s.max_reference_images,
+                    max_pickup_images=s.max_pickup_images,
+                    max_questions=s.max_questions,
+                    max_text_length=s.max_text_length,
+                    max_legacy_questions_bytes=s.max_legacy_questions_bytes,
+                    max_image_bytes=s.max_image_bytes,
+                    allow_http=s.allow_http,
+                ),
+                self.admission,
+                s.request_timeout_s,
+                lambda: self.serving,
+            ),
+            self.server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(s.grpc_listen)
+        if self.port == 0:
+            raise RuntimeError(f"could not bind {s.grpc_listen}")
+        await self.server.start()
+        if s.metrics_port >= 0:
+            self.metrics_server = start_metrics_server(
+                self.registry, s.metrics_host, s.metrics_port
+            )
+        log.info("inference gRPC server listening", extra={"port": self.port})
+        await self.delivery.start()
+        t0 = time.monotonic()
+        await self.engine.start()
+        runtime = self.engine.loaded.runtime
+        self.metrics.set_model_info(
+            name=self.engine.model_name,
+            revision=self.engine.model_revision,
+            device=str(runtime.device),
+            dtype=str(runtime.dtype).removeprefix("torch."),
+        )
+        if self.engine.untrained:
+            log.warning(
+                "SERVING AN UNTRAINED DEMO MODEL: MODEL_PATH is unset, so a small randomly "
+                "initialised InternVL was built locally. Its answers carry no meaning."
+            )
+        log.info("model ready", extra={"load_seconds": round(time.monotonic() - t0, 2)})
+        self.serving = True
+        self.metrics.set_model_ready(True)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain: NOT_SERVING, let in-flight calls finish within the grace, deliver pending
+        events, release the model."""
+        grace = self.settings.drain_grace_s if grace_s is None else grace_s
+        self.serving = False
+        self.metrics.set_model_ready(False)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        started = time.monotonic()
+        if self.server is not None:
+            await self.server.stop(grace)
+        await self.engine.stop()
+        remaining = max(1.0, grace - (time.monotonic() - started))
+        flushed = await self.delivery.stop(remaining)
+        log.info("drained", extra={"events_flushed": flushed})
+        if self.sender is not None:
+            await self.sender.close()
+        await self.fetcher.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.stop)
+        self._stopped.set()
+
+    @property
+    def persistence_link(self) -> LinkState:
+        return self.delivery.link_state
+
+
+def _prepare(fetched: Any, max_tiles: int, *, image_size: int, max_pixels: int) -> Any:
+    return prepare_image(fetched, max_tiles=max_tiles, image_size=image_size, max_pixels=max_pixels)
+
+
+async def serve(settings: InferenceSettings) -> None:
+    provider = configure_tracing("inference_svc")
+    try:
+        await _serve(InferenceApp(settings, tracer_provider=provider))
+    finally:
+        shutdown_tracing(provider)
+
+
+async def _serve(app: InferenceApp) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    start_task = asyncio.create_task(app.start())
+    stop_task = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({start_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    if start_task in done and start_task.exception() is not None:
+        stop_task.cancel()
+        await app.stop(0)
+        raise start_task.exception()  # type: ignore[misc]
+    await stop.wait()
+    log.info("SIGTERM received: draining")
+    if not start_task.done():
+        start_task.cancel()
+    await app.stop()

@@ -1,0 +1,147 @@
+"""InspectionService servicer: protobuf in, domain call, protobuf out. No business rules here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from rpi.inspection.v1 import inspection_pb2 as pb
+from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
+
+from inference_svc.domain.errors import ErrorKind, InspectionError, Reason
+from inference_svc.domain.models import Completed, Inspection, ProgressEvent
+from inference_svc.domain.validation import RequestLimits, validate_request
+from inference_svc.grpc_api.convert import (
+    inspection_to_proto,
+    progress_to_proto,
+    raw_request_from_proto,
+)
+from inference_svc.grpc_api.errors import to_status
+from inference_svc.pipeline import Admission, InspectionPipeline
+from svc_common.logging import inspection_id_var
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    Context = grpc.aio.ServicerContext[Any, Any]
+
+# How many progress messages may wait for a slow stream reader before older progress is dropped
+# (the final inspection is never dropped).
+_STREAM_BUFFER = 256
+
+
+class InspectionServicer(pb_grpc.InspectionServiceServicer):
+    def __init__(
+        self,
+        pipeline: InspectionPipeline,
+        limits: RequestLimits,
+        admission: Admission,
+        request_timeout_s: float,
+        is_serving: Callable[[], bool],
+    ) -> None:
+        self._pipeline = pipeline
+        self._limits = limits
+        self._admission = admission
+        self._request_timeout_s = request_timeout_s
+        self._is_serving = is_serving
+
+    def _deadline(self, context: Context) -> tuple[float, float]:
+        remaining = context.time_remaining()
+        budget = self._request_timeout_s
+        if remaining is not None:
+            budget = min(budget, max(0.0, remaining))
+        return budget, time.monotonic() + budget
+
+    def _check_serving(self) -> None:
+        if not self._is_serving():
+            raise InspectionError(
+                ErrorKind.UNAVAILABLE,
+                Reason.MODEL_NOT_READY,
+                "the service is not serving (model loading or draining); retry another replica",
+                retry_after_seconds=1.0,
+            )
+
+    async def _run(
+        self,
+        request: pb.InspectRequest,
+        context: Context,
+        method: str,
+        emit: Callable[[ProgressEvent], None],
+    ) -> Inspection:
+        self._check_serving()
+        domain_request = validate_request(raw_request_from_proto(request), self._limits)
+        inspection_id_var.set(domain_request.inspection_id)
+        budget, deadline = self._deadline(context)
+        with self._admission.slot():
+            try:
+                async with asyncio.timeout(budget):
+                    return await self._pipeline.run(domain_request, method, emit, deadline)
+            except TimeoutError as exc:
+                raise InspectionError(
+                    ErrorKind.DEADLINE_EXCEEDED,
+                    Reason.DEADLINE_EXCEEDED,
+                    f"the inspection did not finish within {budget:.1f} s",
+                    stage="generate",
+                ) from exc
+
+    async def _abort(
+        self, context: Context, error: InspectionError, request: pb.InspectRequest
+    ) -> None:
+        inspection_id = inspection_id_var.get("") or request.inspection_id
+        level = logging.WARNING if error.kind is ErrorKind.INTERNAL else logging.INFO
+        log.log(
+            level,
+            "inspection failed",
+            extra={"reason": error.reason.value, "stage": error.stage, "error": error.message},
+        )
+        # grpc-stubs lacks abort_with_status on the aio context; it exists at run time.
+        await context.abort_with_status(to_status(error, inspection_id))  # type: ignore[attr-defined]
+
+    async def Inspect(  # noqa: N802 - gRPC method name
+        self, request: pb.InspectRequest, context: Context
+    ) -> pb.InspectResponse:
+        try:
+            inspection = await self._run(request, context, "Inspect", lambda _e: None)
+        except InspectionError as error:
+            await self._abort(context, error, request)
+            raise AssertionError("unreachable") from error
+        return pb.InspectResponse(inspection=inspection_to_proto(inspection))
+
+    async def InspectStream(  # noqa: N802 - gRPC method name
+        self, request: pb.InspectRequest, context: Context
+    ) -> AsyncIterator[pb.InspectStreamResponse]:
+        queue: asyncio.Queue[ProgressEvent | None] = asyncio.Queue()
+        dropped = 0
+
+        def emit(event: ProgressEvent) -> None:
+            nonlocal dropped
+            # Progress is advisory: when the reader lags, skip it rather than buffer without
+            # bound. Answers and the final result are always kept.
+            if queue.qsize() >= _STREAM_BUFFER and not isinstance(event, Completed):
+                dropped += 1
+                return
+            queue.put_nowait(event)
+
+        task = asyncio.create_task(self._run(request, context, "InspectStream", emit))
+        task.add_done_callback(lambda _t: queue.put_nowait(None))
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    break
+                yield progress_to_proto(event)
+            if task.cancelled():
+                return
+            error = task.exception()
+            if isinstance(error, InspectionError):
+                await self._abort(context, error, request)
+            elif error is not None:
+                raise error
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
