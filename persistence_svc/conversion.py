@@ -1,0 +1,379 @@
+"""Maps protobuf messages to repository rows and back, validating what comes in.
+
+No grpc here: the servicer turns the InvalidArgumentError raised below into a status.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from rpi.inspection.v1 import inspection_pb2
+from rpi.persistence.v1 import persistence_pb2
+
+from persistence_svc.errors import FieldViolation, InvalidArgumentError
+from persistence_svc.records import (
+    AttemptData,
+    EventPayload,
+    EventRecord,
+    FailureData,
+    InspectionDetail,
+    InspectionRow,
+    InspectionStatus,
+    RequestData,
+    ResultData,
+)
+
+# Enough to fix a batch; more would only bloat the error.
+_MAX_VIOLATIONS = 50
+_M = TypeVar("_M", bound=Message)
+
+_STATUS_TO_PROTO = {
+    InspectionStatus.PENDING: persistence_pb2.INSPECTION_STATUS_PENDING,
+    InspectionStatus.COMPLETED: persistence_pb2.INSPECTION_STATUS_COMPLETED,
+    InspectionStatus.FAILED: persistence_pb2.INSPECTION_STATUS_FAILED,
+}
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def clean_text(value: str) -> str:
+    """Postgres text and jsonb cannot hold NUL; a model can emit one. Replacing it keeps such an
+    event storable instead of failing its batch forever."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _clean_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        # JSON has no NaN/Infinity and jsonb rejects them.
+        return None
+    return value
+
+
+def message_to_json(message: Message) -> str:
+    as_dict = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return json.dumps(_clean_json(as_dict), ensure_ascii=False, separators=(",", ":"))
+
+
+def _messages_to_json(messages: Sequence[Message]) -> str:
+    items = [
+        _clean_json(json_format.MessageToDict(m, preserving_proto_field_name=True))
+        for m in messages
+    ]
+    return json.dumps(items, ensure_ascii=False, separators=(",", ":"))
+
+
+def _json_to_message(text: str, message: _M) -> _M:
+    # Unknown fields are ignored: rows written by a newer release must stay readable.
+    json_format.ParseDict(json.loads(text), message, ignore_unknown_fields=True)
+    return message
+
+
+def _enum_name(enum_type: Any, value: int) -> str:
+    try:
+        return str(enum_type.Name(value))
+    except ValueError:
+        return str(value)
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def parse_uuid(value: str, field: str, violations: list[FieldViolation]) -> UUID | None:
+    try:
+        return UUID(value)
+    except ValueError:
+        violations.append(FieldViolation(field, "must be a UUID"))
+        return None
+
+
+def parse_optional_uuid(value: str, field: str, violations: list[FieldViolation]) -> UUID | None:
+    return parse_uuid(value, field, violations) if value else None
+
+
+# --- RecordEvents ----------------------------------------------------------------------------
+
+
+def events_from_proto(
+    request: persistence_pb2.RecordEventsRequest, max_events: int
+) -> list[EventRecord]:
+    """Validated rows for every event of ``request``; InvalidArgumentError naming each bad
+    field otherwise (the whole batch is rejected, nothing is recorded)."""
+    if len(request.events) > max_events:
+        raise InvalidArgumentError(
+            f"too many events: {len(request.events)} > {max_events}",
+            [FieldViolation("events", f"at most {max_events} events per call")],
+        )
+    violations: list[FieldViolation] = []
+    records: list[EventRecord] = []
+    for index, event in enumerate(request.events):
+        record = _event_from_proto(event, f"events[{index}]", violations)
+        if record is not None:
+            records.append(record)
+        if len(violations) >= _MAX_VIOLATIONS:
+            break
+    if violations:
+        raise InvalidArgumentError(
+            f"{len(violations)} invalid field(s) in events", violations[:_MAX_VIOLATIONS]
+        )
+    return records
+
+
+def _event_from_proto(
+    event: persistence_pb2.Event, path: str, violations: list[FieldViolation]
+) -> EventRecord | None:
+    before = len(violations)
+    event_id = parse_uuid(event.event_id, f"{path}.event_id", violations)
+    inspection_id = parse_uuid(event.inspection_id, f"{path}.inspection_id", violations)
+    occur_time: datetime | None = None
+    if event.HasField("occur_time"):
+        try:
+            occur_time = event.occur_time.ToDatetime(tzinfo=UTC)
+        except (ValueError, OverflowError):
+            violations.append(FieldViolation(f"{path}.occur_time", "not a valid timestamp"))
+    kind = event.WhichOneof("payload")
+    payload: EventPayload | None = None
+    if kind is None:
+        violations.append(
+            FieldViolation(
+                f"{path}.payload",
+                "one of request_received, attempt_recorded, result_recorded, "
+                "failure_recorded is required",
+            )
+        )
+    elif kind == "request_received":
+        payload = _request_from_proto(
+            event.request_received, f"{path}.request_received", inspection_id, violations
+        )
+    elif kind == "attempt_recorded":
+        payload = _attempt_from_proto(
+            event.attempt_recorded, f"{path}.attempt_recorded", violations
+        )
+    elif kind == "result_recorded":
+        payload = _result_from_proto(
+            event.result_recorded, f"{path}.result_recorded", inspection_id, violations
+        )
+    else:
+        failure = event.failure_recorded
+        payload = FailureData(
+            stage=clean_text(failure.stage),
+            reason=clean_text(failure.reason),
+            message=clean_text(failure.message),
+            status_code=clean_text(failure.status_code),
+        )
+    if len(violations) > before or event_id is None or inspection_id is None or payload is None:
+        return None
+    return EventRecord(
+        event_id=event_id, inspection_id=inspection_id, occur_time=occur_time, payload=payload
+    )
+
+
+def _previous_id(
+    value: str, field: str, inspection_id: UUID | None, violations: list[FieldViolation]
+) -> UUID | None:
+    previous = parse_optional_uuid(value, field, violations)
+    if previous is not None and previous == inspection_id:
+        violations.append(FieldViolation(field, "an inspection cannot be its own previous one"))
+    return previous
+
+
+def _request_from_proto(
+    req: persistence_pb2.RequestReceived,
+    path: str,
+    inspection_id: UUID | None,
+    violations: list[FieldViolation],
+) -> RequestData | None:
+    if not req.shipping_id:
+        violations.append(FieldViolation(f"{path}.shipping_id", "is required"))
+    previous = _previous_id(
+        req.previous_inspection_id, f"{path}.previous_inspection_id", inspection_id, violations
+    )
+    return RequestData(
+        shipping_id=clean_text(req.shipping_id),
+        product_id=clean_text(req.product_id),
+        product_name=clean_text(req.product_name),
+        previous_inspection_id=previous,
+        method=clean_text(req.method),
+        legacy_questions=req.legacy_questions,
+        questions_json=_messages_to_json(req.questions),
+        images_json=_messages_to_json([_without_inline_data(image) for image in req.images]),
+    )
+
+
+def _without_inline_data(image: persistence_pb2.ImageRecord) -> persistence_pb2.ImageRecord:
+    """Image bytes are never stored, including bytes smuggled in as a data: URI."""
+    if not any(u[:5].lower() == "data:" for u in (image.uri, image.fetched_uri)):
+        return image
+    copy = persistence_pb2.ImageRecord()
+    copy.CopyFrom(image)
+    for name in ("uri", "fetched_uri"):
+        if getattr(copy, name)[:5].lower() == "data:":
+            setattr(copy, name, "data:<redacted>")
+    return copy
+
+
+def _attempt_from_proto(
+    attempt: persistence_pb2.AttemptRecorded, path: str, violations: list[FieldViolation]
+) -> AttemptData | None:
+    if attempt.attempt_number < 1:
+        violations.append(FieldViolation(f"{path}.attempt_number", "must be at least 1"))
+        return None
+    parsed = message_to_json(attempt.parsed_output) if attempt.HasField("parsed_output") else None
+    return AttemptData(
+        attempt_number=attempt.attempt_number,
+        prompt=clean_text(attempt.prompt),
+        prompt_sha256=clean_text(attempt.prompt_sha256),
+        template_version=clean_text(attempt.template_version),
+        template_sha256=clean_text(attempt.template_sha256),
+        raw_output=clean_text(attempt.raw_output),
+        parsed_output_json=parsed,
+        valid=attempt.valid,
+        validation_errors_json=json.dumps(
+            [clean_text(e) for e in attempt.validation_errors], ensure_ascii=False
+        ),
+        prompt_tokens=attempt.prompt_tokens,
+        completion_tokens=attempt.completion_tokens,
+        duration_ms=attempt.duration.ToNanoseconds() / 1e6,
+        constrained=attempt.constrained,
+        model_name=clean_text(attempt.model_name),
+        model_revision=clean_text(attempt.model_revision),
+    )
+
+
+def _result_from_proto(
+    result: persistence_pb2.ResultRecorded,
+    path: str,
+    inspection_id: UUID | None,
+    violations: list[FieldViolation],
+) -> ResultData | None:
+    if not result.HasField("inspection"):
+        violations.append(FieldViolation(f"{path}.inspection", "is required"))
+        return None
+    insp = result.inspection
+    if insp.inspection_id:
+        own = parse_uuid(insp.inspection_id, f"{path}.inspection.inspection_id", violations)
+        if own is not None and inspection_id is not None and own != inspection_id:
+            violations.append(
+                FieldViolation(
+                    f"{path}.inspection.inspection_id", "differs from the event's inspection_id"
+                )
+            )
+    previous = _previous_id(
+        insp.previous_inspection_id,
+        f"{path}.inspection.previous_inspection_id",
+        inspection_id,
+        violations,
+    )
+    score = insp.match_score if math.isfinite(insp.match_score) else 0.0
+    return ResultData(
+        shipping_id=clean_text(insp.shipping_id),
+        product_id=clean_text(insp.product_id),
+        previous_inspection_id=previous,
+        decision=_enum_name(inspection_pb2.Decision, insp.decision),
+        recommendation=_enum_name(inspection_pb2.Recommendation, insp.model_recommendation),
+        match_score=score,
+        payload_json=message_to_json(insp),
+    )
+
+
+# --- reads -----------------------------------------------------------------------------------
+
+
+def _attempt_to_proto(attempt: AttemptData) -> persistence_pb2.AttemptRecorded:
+    message = persistence_pb2.AttemptRecorded(
+        attempt_number=attempt.attempt_number,
+        prompt=attempt.prompt,
+        prompt_sha256=attempt.prompt_sha256,
+        template_version=attempt.template_version,
+        template_sha256=attempt.template_sha256,
+        raw_output=attempt.raw_output,
+        valid=attempt.valid,
+        validation_errors=[str(e) for e in json.loads(attempt.validation_errors_json)],
+        prompt_tokens=attempt.prompt_tokens,
+        completion_tokens=attempt.completion_tokens,
+        constrained=attempt.constrained,
+        model_name=attempt.model_name,
+        model_revision=attempt.model_revision,
+    )
+    if attempt.parsed_output_json is not None:
+        _json_to_message(attempt.parsed_output_json, message.parsed_output)
+    message.duration.FromNanoseconds(round(attempt.duration_ms * 1e6))
+    return message
+
+
+def _request_to_proto(row: InspectionRow) -> persistence_pb2.RequestReceived:
+    request = persistence_pb2.RequestReceived(
+        shipping_id=row.shipping_id,
+        product_id=row.product_id,
+        product_name=row.product_name,
+        previous_inspection_id=str(row.previous_inspection_id or ""),
+        legacy_questions=row.legacy_questions,
+        method=row.method,
+    )
+    for question in json.loads(row.questions_json):
+        json_format.ParseDict(question, request.questions.add(), ignore_unknown_fields=True)
+    for image in json.loads(row.images_json):
+        json_format.ParseDict(image, request.images.add(), ignore_unknown_fields=True)
+    return request
+
+
+def record_to_proto(
+    row: InspectionRow, attempts: Sequence[AttemptData] = ()
+) -> persistence_pb2.InspectionRecord:
+    record = persistence_pb2.InspectionRecord(
+        inspection_id=str(row.inspection_id),
+        shipping_id=row.shipping_id,
+        product_id=row.product_id,
+        product_name=row.product_name,
+        previous_inspection_id=str(row.previous_inspection_id or ""),
+        is_latest=row.is_latest,
+        status=_STATUS_TO_PROTO[row.status],
+        attempts=[_attempt_to_proto(a) for a in attempts],
+        create_time=_timestamp(row.created_at),
+        update_time=_timestamp(row.updated_at),
+    )
+    if row.request_recorded:
+        record.request.CopyFrom(_request_to_proto(row))
+    if row.result_payload_json is not None:
+        _json_to_message(row.result_payload_json, record.result)
+    if row.failure is not None:
+        record.failure.CopyFrom(
+            persistence_pb2.FailureRecorded(
+                stage=row.failure.stage,
+                reason=row.failure.reason,
+                message=row.failure.message,
+                status_code=row.failure.status_code,
+            )
+        )
+    return record
+
+
+def detail_to_proto(detail: InspectionDetail) -> persistence_pb2.GetInspectionResponse:
+    return persistence_pb2.GetInspectionResponse(
+        inspection=record_to_proto(detail.row, detail.attempts)
+    )
+
+
+def page_to_proto(
+    rows: Sequence[InspectionRow], next_page_token: str
+) -> persistence_pb2.ListInspectionsResponse:
+    return persistence_pb2.ListInspectionsResponse(
+        inspections=[record_to_proto(row) for row in rows], next_page_token=next_page_token
+    )

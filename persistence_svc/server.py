@@ -1,0 +1,67 @@
+"""Builds the grpc.aio server: the persistence service, grpc.health.v1 and server reflection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from rpi.persistence.v1 import persistence_pb2, persistence_pb2_grpc
+
+from persistence_svc.servicer import PersistenceServicer
+
+SERVICE_NAME: str = persistence_pb2.DESCRIPTOR.services_by_name["PersistenceService"].full_name
+# The overall server health ("") and the service's own entry move together.
+HEALTH_NAMES = ("", SERVICE_NAME)
+
+
+class Health:
+    """grpc.health.v1 state of the server."""
+
+    def __init__(self) -> None:
+        # grpc_health's stubs predate its asyncio servicer.
+        self.servicer: Any = grpc_health.aio.HealthServicer()  # type: ignore[attr-defined]
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in HEALTH_NAMES:
+            await self.servicer.set(name, status)
+
+    async def drain(self) -> None:
+        """NOT_SERVING for good: later set_serving calls are ignored."""
+        await self.servicer.enter_graceful_shutdown()
+
+
+def build_server(
+    servicer: PersistenceServicer,
+    health: Health,
+    *,
+    max_message_bytes: int,
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
+) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        interceptors=list(interceptors),
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    persistence_pb2_grpc.add_PersistenceServiceServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    return server
