@@ -22,7 +22,7 @@ from rpi.inspection.v1 import inspection_pb2, inspection_pb2_grpc
 from inference_svc.domain.prompt import PromptTemplate
 from inference_svc.domain.validation import RequestLimits
 from inference_svc.engine.batched import create_engine
-from inference_svc.engine.config import INTERNVL25_SYSTEM_MESSAGE, EngineConfig
+from inference_svc.engine.config import EngineConfig
 from inference_svc.events.delivery import DeliveryHooks, EventDelivery, LinkState
 from inference_svc.events.recorder import NullRecorder, SpoolingRecorder
 from inference_svc.events.spool import EventSpool
@@ -108,7 +108,7 @@ class InferenceApp:
             max_backoff_s=settings.event_retry_max_backoff_s,
             hooks=DeliveryHooks(
                 on_attempt=lambda n: self.metrics.event_delivery_attempts.inc(),
-                on_delivered=lambda n: self.metrics.events_delivered.inc(n),
+                on_delivered=self.metrics.events_delivered.inc,
                 on_failure=self.metrics.record_delivery_failure,
                 on_backlog=self._on_backlog,
             ),
@@ -190,8 +190,11 @@ class InferenceApp:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             self.server,
         )
         self.port = self.server.add_insecure_port(s.grpc_listen)

@@ -31,8 +31,8 @@ from inference_svc.domain.models import (
     Completed,
     FetchedImage,
     GenerationProgress,
-    ImageSource,
     ImagesFetched,
+    ImageSource,
     Inspection,
     InspectionRequest,
     ModelInfo,
@@ -274,7 +274,9 @@ class InspectionPipeline:
             stage = "generate"
             inspection = await self._infer(request, states, emit, timings, deadline, started)
             stage = "record"
+            enqueue_started = time.monotonic()
             await self._recorder.result(inspection)
+            self._observer.stage("persist_enqueue", time.monotonic() - enqueue_started)
             self._observer.decision(inspection.decision.value)
             emit(Completed(inspection))
             return inspection
@@ -282,21 +284,39 @@ class InspectionPipeline:
             if exc.stage == "validate":
                 exc.stage = stage
             await self._record_failure(
-                request, method, states, request_recorded, exc.stage, exc.reason.value,
-                exc.message, exc.kind.value,
+                request,
+                method,
+                states,
+                request_recorded,
+                exc.stage,
+                exc.reason.value,
+                exc.message,
+                exc.kind.value,
             )
             raise
         except asyncio.CancelledError:
             await self._record_failure(
-                request, method, states, request_recorded, stage, Reason.CANCELLED.value,
-                "the call was cancelled or its deadline passed", "CANCELLED",
+                request,
+                method,
+                states,
+                request_recorded,
+                stage,
+                Reason.CANCELLED.value,
+                "the call was cancelled or its deadline passed",
+                "CANCELLED",
             )
             raise
         except Exception as exc:
             log.exception("inspection failed unexpectedly", extra={"stage": stage})
             await self._record_failure(
-                request, method, states, request_recorded, stage, Reason.INTERNAL.value,
-                f"{type(exc).__name__}: {exc}", "INTERNAL",
+                request,
+                method,
+                states,
+                request_recorded,
+                stage,
+                Reason.INTERNAL.value,
+                f"{type(exc).__name__}: {exc}",
+                "INTERNAL",
             )
             raise InspectionError(
                 ErrorKind.INTERNAL, Reason.INTERNAL, "internal error", stage=stage

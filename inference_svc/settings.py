@@ -12,15 +12,17 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from inference_svc.engine.config import INTERNVL25_SYSTEM_MESSAGE
+from inference_svc.engine.prompting import INTERNVL25_SYSTEM_MESSAGE
 
 
 class InferenceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
     # --- serving
-    grpc_listen: str = Field("0.0.0.0:50051", description="gRPC listen address.")  # noqa: S104
-    metrics_port: int = Field(9095, description="Prometheus /metrics HTTP port (-1 = off, 0 = any free port).")
+    grpc_listen: str = Field("0.0.0.0:50051", description="gRPC listen address.")
+    metrics_port: int = Field(
+        9095, description="Prometheus /metrics HTTP port (-1 = off, 0 = any free port)."
+    )
     metrics_host: str = Field("0.0.0.0", description="Prometheus HTTP bind address.")  # noqa: S104
     max_concurrent_requests: int = Field(
         32, ge=1, description="Inspections processed at once; more are rejected OVERLOADED."
@@ -62,7 +64,7 @@ class InferenceSettings(BaseSettings):
     )
     allowed_networks: list[str] = Field(
         default_factory=list,
-        description='Non-public networks image URLs may resolve to, JSON list of CIDRs, e.g. '
+        description="Non-public networks image URLs may resolve to, JSON list of CIDRs, e.g. "
         '["127.0.0.1/32"] for a local test server. Narrower than ALLOW_PRIVATE_ADDRESSES.',
     )
     follow_redirects: bool = Field(False, description="Follow redirects, re-checking each hop.")

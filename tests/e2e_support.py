@@ -96,7 +96,9 @@ async def persistence_app(database_url: str) -> AsyncIterator[PersistenceApp]:
     await app.stop(0)
 
 
-def inference_settings(tmp: Path, persistence_target: str, **overrides: object) -> InferenceSettings:
+def inference_settings(
+    tmp: Path, persistence_target: str, **overrides: object
+) -> InferenceSettings:
     values: dict[str, object] = {
         "grpc_listen": "127.0.0.1:0",
         "metrics_port": -1,
@@ -130,7 +132,9 @@ async def inference_app(
 
 
 @pytest_asyncio.fixture(scope="session")
-async def inspection_stub(inference_app: InferenceApp) -> AsyncIterator[pb_grpc.InspectionServiceStub]:
+async def inspection_stub(
+    inference_app: InferenceApp,
+) -> AsyncIterator[pb_grpc.InspectionServiceStub]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{inference_app.port}") as channel:
         yield pb_grpc.InspectionServiceStub(channel)
 
@@ -152,10 +156,12 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 QUESTIONS = [
     pb.Question(type="Colour", label="Is the colour red?", value_to_check="Yes", mandatory=True),
-    pb.Question(type="Brand", label="Is the brand ACME visible?", value_to_check="Yes",
-                mandatory=True),
-    pb.Question(type="Damage", label="Is the product damaged?", value_to_check="No",
-                mandatory=True),
+    pb.Question(
+        type="Brand", label="Is the brand ACME visible?", value_to_check="Yes", mandatory=True
+    ),
+    pb.Question(
+        type="Damage", label="Is the product damaged?", value_to_check="No", mandatory=True
+    ),
 ]
 
 

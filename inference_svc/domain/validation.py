@@ -98,8 +98,9 @@ def _check_images(
                 if scheme not in schemes:
                     violations.append(
                         FieldViolation(
-                            f"{path}.uri", f"scheme {scheme or '(none)'!r} not allowed; use "
-                            + " or ".join(schemes)
+                            f"{path}.uri",
+                            f"scheme {scheme or '(none)'!r} not allowed; use "
+                            + " or ".join(schemes),
                         )
                     )
             sources.append(ImageSource(role, i, uri=image.uri))
@@ -181,14 +182,18 @@ def validate_request(raw: RawInspectRequest, limits: RequestLimits) -> Inspectio
             try:
                 questions = parse_legacy_questions(raw.legacy_questions_json)
             except InspectionError as exc:
-                violations.extend(exc.violations or [FieldViolation("legacy_questions_json", exc.message)])
+                violations.extend(
+                    exc.violations or [FieldViolation("legacy_questions_json", exc.message)]
+                )
     else:
         violations.append(
             FieldViolation("questions", "at least one question (or legacy_questions_json) required")
         )
     if len(questions) > limits.max_questions:
         violations.append(
-            FieldViolation("questions", f"{len(questions)} questions, at most {limits.max_questions}")
+            FieldViolation(
+                "questions", f"{len(questions)} questions, at most {limits.max_questions}"
+            )
         )
     labels = [q.label.strip().lower() for q in questions]
     if len(set(labels)) != len(labels):

@@ -144,17 +144,9 @@ class EventDelivery:
                     backoff = self._initial_backoff
                     continue
                 # Full jitter keeps many pods from retrying in lockstep after an outage.
-                delay = random.uniform(0, backoff)
+                # stop() cancels this task, so the sleep never delays shutdown.
+                await asyncio.sleep(random.uniform(0, backoff))
                 backoff = min(self._max_backoff, backoff * 2)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._sleep_or_stop(), timeout=delay)
-                if self._stopping:
-                    # Final flush is driven by flush(); stop retrying here.
-                    return
-
-    async def _sleep_or_stop(self) -> None:
-        while not self._stopping:
-            await asyncio.sleep(3600)
 
     async def _send(self, batch: list[SpooledEvent]) -> bool:
         assert self._sender is not None

@@ -14,7 +14,13 @@ from google.protobuf.struct_pb2 import Struct
 from rpi.persistence.v1 import persistence_pb2 as ppb
 
 from inference_svc.domain.errors import ErrorKind, InspectionError, Reason
-from inference_svc.domain.models import AttemptRecord, ImageRole, Inspection, InspectionRequest, ModelInfo
+from inference_svc.domain.models import (
+    AttemptRecord,
+    ImageRole,
+    Inspection,
+    InspectionRequest,
+    ModelInfo,
+)
 from inference_svc.domain.recording import ImageInfo
 from inference_svc.events.delivery import EventDelivery
 from inference_svc.grpc_api.convert import (

@@ -105,7 +105,7 @@ class EventSpool:
     def _append_sync(self, items: list[tuple[str, bytes]]) -> None:
         assert self._conn is not None
         now = time.time()
-        with _transaction(self._conn):
+        with _Transaction(self._conn):
             self._conn.executemany(
                 "INSERT OR IGNORE INTO events (event_id, payload, created_at) VALUES (?, ?, ?)",
                 [(event_id, payload, now) for event_id, payload in items],
@@ -128,7 +128,7 @@ class EventSpool:
 
     def _delete_sync(self, seqs: list[int]) -> None:
         assert self._conn is not None
-        with _transaction(self._conn):
+        with _Transaction(self._conn):
             self._conn.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s in seqs])
         self._refresh_stats_sync()
 
@@ -139,7 +139,7 @@ class EventSpool:
         self._executor.shutdown(wait=True)
 
 
-class _transaction:
+class _Transaction:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 

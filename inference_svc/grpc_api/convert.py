@@ -18,7 +18,10 @@ _RECOMMENDATION = {
     m.Recommendation.PARTIAL: pb.RECOMMENDATION_PARTIAL,
     m.Recommendation.RETRY: pb.RECOMMENDATION_RETRY,
 }
-_SOURCE = {m.AnswerSource.MODEL: pb.ANSWER_SOURCE_MODEL, m.AnswerSource.MISSED: pb.ANSWER_SOURCE_MISSED}
+_SOURCE = {
+    m.AnswerSource.MODEL: pb.ANSWER_SOURCE_MODEL,
+    m.AnswerSource.MISSED: pb.ANSWER_SOURCE_MISSED,
+}
 
 
 def raw_request_from_proto(request: pb.InspectRequest) -> RawInspectRequest:

@@ -9,6 +9,7 @@ import uuid
 import asyncpg
 import grpc
 import pytest
+from e2e_support import QUESTIONS, ImageServer, make_request
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from rpi.inspection.v1 import inspection_pb2 as pb
@@ -18,8 +19,6 @@ from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
 from inference_svc.app import InferenceApp
 
-from e2e_support import QUESTIONS, ImageServer, make_request
-
 
 async def wait_for_record(
     stub: ppb_grpc.PersistenceServiceStub, inspection_id: str, status: int
@@ -27,9 +26,7 @@ async def wait_for_record(
     """Events are delivered asynchronously; poll until the record reaches the status."""
     for _ in range(200):
         try:
-            reply = await stub.GetInspection(
-                ppb.GetInspectionRequest(inspection_id=inspection_id)
-            )
+            reply = await stub.GetInspection(ppb.GetInspectionRequest(inspection_id=inspection_id))
             if reply.inspection.status == status:
                 return reply.inspection
         except grpc.aio.AioRpcError as exc:
@@ -83,9 +80,7 @@ async def test_inspect_unary_returns_full_inspection_and_records_it(
     assert inspection.timings.generate.ToNanoseconds() > 0
     assert inspection.create_time.seconds > 0
 
-    record = await wait_for_record(
-        persistence_stub, inspection_id, ppb.INSPECTION_STATUS_COMPLETED
-    )
+    record = await wait_for_record(persistence_stub, inspection_id, ppb.INSPECTION_STATUS_COMPLETED)
     assert record.result.decision == inspection.decision
     assert [a.label for a in record.result.answers] == [q.label for q in QUESTIONS]
     assert len(record.attempts) == 1 and record.attempts[0].valid
@@ -108,14 +103,20 @@ async def test_inspect_unary_returns_full_inspection_and_records_it(
     )
     assert row is not None and row["status"] == "completed" and row["is_latest"] is True
     assert "content" not in row["images"]
-    assert await db.fetchval(
-        "SELECT count(*) FROM inspection_results WHERE inspection_id = $1",
-        uuid.UUID(inspection_id),
-    ) == 1
-    assert await db.fetchval(
-        "SELECT count(*) FROM inspection_attempts WHERE inspection_id = $1",
-        uuid.UUID(inspection_id),
-    ) == 1
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM inspection_results WHERE inspection_id = $1",
+            uuid.UUID(inspection_id),
+        )
+        == 1
+    )
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM inspection_attempts WHERE inspection_id = $1",
+            uuid.UUID(inspection_id),
+        )
+        == 1
+    )
 
 
 async def test_inspect_stream_event_order(
@@ -131,14 +132,23 @@ async def test_inspect_stream_event_order(
     assert kinds[0] == "accepted"
     assert kinds[-1] == "inspection"
     assert kinds.count("inspection") == 1
-    order = ["accepted", "images_fetched", "preprocessing_done", "queued",
-             "generation_progress", "inspection"]
+    order = [
+        "accepted",
+        "images_fetched",
+        "preprocessing_done",
+        "queued",
+        "generation_progress",
+        "inspection",
+    ]
     firsts = [kinds.index(k) for k in order]
     assert firsts == sorted(firsts), kinds
     fetched = [m.images_fetched for m in messages if m.WhichOneof("event") == "images_fetched"]
     assert [f.fetched for f in fetched] == [1, 2, 3] and all(f.total == 3 for f in fetched)
-    progress = [m.generation_progress.tokens_generated for m in messages
-                if m.WhichOneof("event") == "generation_progress"]
+    progress = [
+        m.generation_progress.tokens_generated
+        for m in messages
+        if m.WhichOneof("event") == "generation_progress"
+    ]
     assert progress == sorted(progress) and progress[-1] > 0
     # Each answer streamed before the final message, in question order.
     answered = [m.answer_ready.label for m in messages if m.WhichOneof("event") == "answer_ready"]

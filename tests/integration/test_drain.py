@@ -1,0 +1,111 @@
+"""SIGTERM drains the inference service: the in-flight call completes, its events reach
+Postgres, and the process exits cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import grpc
+from e2e_support import MODEL_CACHE, ROOT, ImageServer, make_request
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
+from rpi.persistence.v1 import persistence_pb2 as ppb
+from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
+from test_end_to_end import wait_for_record
+
+from persistence_svc.app import PersistenceApp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_serving(target: str, proc: asyncio.subprocess.Process) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for _ in range(600):
+            assert proc.returncode is None, "inference_svc exited during start-up"
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("inference_svc never became SERVING")
+
+
+async def test_sigterm_lets_inflight_call_finish_and_delivers_its_events(
+    persistence_app: PersistenceApp,
+    persistence_stub: ppb_grpc.PersistenceServiceStub,
+    image_server: ImageServer,
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "GRPC_LISTEN": f"127.0.0.1:{port}",
+        "METRICS_PORT": "-1",
+        "PERSISTENCE_TARGET": persistence_app.target,
+        "MODEL_CACHE_DIR": str(MODEL_CACHE),
+        "EVENT_SPOOL_DIR": str(tmp_path / "spool"),
+        "ALLOW_HTTP": "true",
+        "ALLOWED_NETWORKS": '["127.0.0.1/32"]',
+        "MAX_NEW_TOKENS": "1200",
+        # Long enough strings that generation is still running when SIGTERM arrives.
+        "MAX_EVIDENCE_CHARS": "120",
+        "MAX_ANALYSIS_CHARS": "120",
+        "MAX_RESULT_CHARS": "16",
+        "DRAIN_GRACE_S": "60",
+        "LOG_LEVEL": "WARNING",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "inference_svc",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        target = f"127.0.0.1:{port}"
+        await wait_serving(target, proc)
+        kinds: list[str] = []
+        inspection_id = ""
+        sent_sigterm = False
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = pb_grpc.InspectionServiceStub(channel)
+            async for message in stub.InspectStream(make_request(image_server), timeout=120):
+                kind = message.WhichOneof("event")
+                kinds.append(kind)
+                if kind == "accepted":
+                    inspection_id = message.accepted.inspection_id
+                if kind == "generation_progress" and not sent_sigterm:
+                    proc.send_signal(signal.SIGTERM)
+                    sent_sigterm = True
+        assert sent_sigterm, kinds
+        assert kinds[-1] == "inspection", kinds
+        # The call was in flight when SIGTERM arrived.
+        assert kinds.index("generation_progress") < len(kinds) - 1
+        code = await asyncio.wait_for(proc.wait(), timeout=60)
+        assert code == 0
+        record = await wait_for_record(
+            persistence_stub, inspection_id, ppb.INSPECTION_STATUS_COMPLETED
+        )
+        assert record.result.inspection_id == inspection_id
+        assert len(record.attempts) == 1
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        if proc.stderr is not None:
+            errors = (await proc.stderr.read()).decode(errors="replace")
+            assert "Traceback" not in errors, errors[-3000:]
