@@ -1,0 +1,42 @@
+# Everyday commands. `make help` lists them.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help bootstrap demo test lint typecheck lint-protos protos check-protos unit bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+bootstrap:  ## install everything (system packages, .venv, grpcurl, buf)
+	@tools/bootstrap.sh
+
+demo: bootstrap  ## bring the whole system up, run one streamed inspection, shut down
+	@$(PY) -m tools.demo
+
+test: bootstrap check-protos lint typecheck lint-protos  ## install, lint, type-check, run all tests
+	@$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint:  ## ruff
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+
+typecheck:  ## mypy --strict on our packages
+	@$(VENV)/bin/mypy inference_svc persistence_svc svc_common clients tools bench
+
+lint-protos:  ## buf lint (STANDARD)
+	@cd protos && buf lint
+
+protos:  ## regenerate gen/python from protos/
+	@PYTHON=$(PY) tools/gen_protos.sh
+
+check-protos:  ## fail when gen/python is stale
+	@PYTHON=$(PY) tools/gen_protos.sh >/dev/null && git diff --exit-code --stat -- gen/python \
+	  || (echo "gen/python is stale: run 'make protos' and commit" >&2; exit 1)
+
+bench:  ## run the benchmarks (see BENCHMARKS.md)
+	@$(PY) -m bench.engine
+
+clean:  ## remove caches and local state (models, spool, embedded Postgres)
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache
