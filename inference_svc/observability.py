@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from typing import get_args
 
 from inference_svc.engine.api import GenerationResult
@@ -13,6 +14,8 @@ _STAGES: frozenset[str] = frozenset(get_args(Stage))
 class MetricsObserver:
     def __init__(self, metrics: InferenceMetrics) -> None:
         self._m = metrics
+        # Every request of a batch reports the batch; the histogram counts generate calls.
+        self._seen_batches: deque[object] = deque(maxlen=256)
 
     def stage(self, name: str, seconds: float) -> None:
         if name in _STAGES:
@@ -32,8 +35,11 @@ class MetricsObserver:
         self._m.observe_stage("decode_tokens", result.decode_seconds)
         self._m.generated_tokens.inc(result.completion_tokens)
         self._m.prompt_tokens.inc(result.prompt_tokens)
-        self._m.batch_size.observe(result.batch_size)
-        ttft = result.extra.get("time_to_first_token_s")
+        batch_id = result.extra.get("batch_id")
+        if batch_id is None or batch_id not in self._seen_batches:
+            self._seen_batches.append(batch_id)
+            self._m.batch_size.observe(result.batch_size)
+        ttft = result.extra.get("ttft_seconds")
         if isinstance(ttft, (int, float)):
             self._m.time_to_first_token.observe(float(ttft))
 

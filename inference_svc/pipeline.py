@@ -364,7 +364,7 @@ class InspectionPipeline:
                 ):
                     state.fetched = await self._fetcher.fetch(state.source)
             except InspectionError as exc:
-                self._observer.fetch_error(exc.reason.value)
+                self._observer.fetch_error(exc.metadata.get("fetch_error", exc.reason.value))
                 raise
             self._observer.image_bytes(state.source.role.value, len(state.fetched.data))
             fetched_count += 1

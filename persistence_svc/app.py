@@ -20,7 +20,12 @@ from typing import Any
 import asyncpg
 import grpc
 from opentelemetry.sdk.trace import TracerProvider
-from prometheus_client import CollectorRegistry
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from persistence_svc.database import EmbeddedPostgres, create_pool
 from persistence_svc.migrations import apply_migrations
@@ -72,6 +77,11 @@ class PersistenceApp:
     ) -> None:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
+        if registry is None:
+            # Process memory/CPU/fds and GC: what operators check first on a misbehaving pod.
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
         self.metrics = PersistenceMetrics(
             self.registry, max_batch_size=settings.max_events_per_call
         )

@@ -80,7 +80,10 @@ class BatchedEngine:
         self._running: list[_Job] = []
         # Counters for metrics and tests; written by the model thread only.
         self.stats: dict[str, int] = {
-            "batches": 0, "rows": 0, "tokens_generated": 0, "cancelled_rows": 0,
+            "batches": 0,
+            "rows": 0,
+            "tokens_generated": 0,
+            "cancelled_rows": 0,
         }
 
     # --- Engine protocol -------------------------------------------------------------------
@@ -309,9 +312,7 @@ class BatchedEngine:
                 runtime=runtime,
             )
         path = ensure_demo_model(cfg.model_cache_dir, cfg.demo_config_path)
-        return load_model(
-            path, layout="native", runtime=runtime, revision=cfg.model_revision
-        )
+        return load_model(path, layout="native", runtime=runtime, revision=cfg.model_revision)
 
     def _release(self) -> None:
         self._loaded = None
@@ -475,4 +476,3 @@ def _safe(callback: Any, *args: Any) -> None:
         callback(*args)
     except Exception:
         logger.exception("generation listener failed")
-

@@ -42,7 +42,8 @@ def ll_tokenizer(tokenizer: PreTrainedTokenizerBase, n_vocab: int, eos_token_id:
         if cached is None:
             cached = llguidance.hf.from_tokenizer(
                 tokenizer,  # type: ignore[arg-type]
-                n_vocab=n_vocab, eos_token=eos_token_id
+                n_vocab=n_vocab,
+                eos_token=eos_token_id,
             )
             per_tok[n_vocab] = cached
         return cached
@@ -115,7 +116,7 @@ class ConstrainedLogitsProcessor(LogitsProcessor):
 
     def catch_up(self, row: int, generated: Sequence[int]) -> None:
         """Feed the row's matcher the generated tokens it has not consumed yet."""
-        self._consume(row, generated[self.consumed[row]:])
+        self._consume(row, generated[self.consumed[row] :])
 
     def _consume(self, row: int, fresh: Sequence[int]) -> None:
         matcher = self.matchers[row]

@@ -416,8 +416,7 @@ def _load_converted(
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise original_layout.ConversionError(
-            f"converted checkpoint does not fit: missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}"
+            f"converted checkpoint does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     if config.tie_word_embeddings:
         model.tie_weights()

@@ -85,8 +85,12 @@ def load_spec(config_path: Path | None = None) -> DemoModelSpec:
     corpus_path = path.parent / data["tokenizer"]["corpus"]
     corpus = corpus_path.read_text(encoding="utf-8")
     digest = hashlib.sha256()
-    for part in (raw_config, corpus.encode(), BUILDER_VERSION.encode(),
-                 transformers.__version__.split(".")[0].encode()):
+    for part in (
+        raw_config,
+        corpus.encode(),
+        BUILDER_VERSION.encode(),
+        transformers.__version__.split(".")[0].encode(),
+    ):
         digest.update(part)
         digest.update(b"\0")
     return DemoModelSpec(
@@ -332,9 +336,7 @@ def build_full_size_model(
     )
     model_cls: Any = InternVLForConditionalGeneration
     with _seeded(seed), torch.device(device):
-        model = model_cls._from_config(
-            config, dtype=dtype, attn_implementation=attn_implementation
-        )
+        model = model_cls._from_config(config, dtype=dtype, attn_implementation=attn_implementation)
     model.eval()
     _finish_generation_config(model, tokenizer)
     return model, tokenizer

@@ -82,16 +82,46 @@ _COMPILED_O2N = tuple((re.compile(p), r) for p, r in ORIGINAL_TO_NATIVE)
 _COMPILED_N2O = tuple((re.compile(p), r) for p, r in NATIVE_TO_ORIGINAL)
 
 _LLM_DROP = {
-    "_name_or_path", "_attn_implementation_autoset", "auto_map", "use_bfloat16", "use_flash_attn",
-    "attn_implementation", "architectures", "transformers_version", "model_type", "torch_dtype",
-    "dtype", "bias", "laux_allreduce", "moe_coeff_ratio", "moe_intermediate_size",
-    "moe_output_scale", "noisy_gate_policy", "shared_expert_intermediate_size", "use_residual",
-    "use_moe", "use_rts", "use_weighted_residual", "moe_config", "num_experts",
-    "num_routed_experts", "num_shared_experts", "capacity_factor", "eval_capacity_factor",
+    "_name_or_path",
+    "_attn_implementation_autoset",
+    "auto_map",
+    "use_bfloat16",
+    "use_flash_attn",
+    "attn_implementation",
+    "architectures",
+    "transformers_version",
+    "model_type",
+    "torch_dtype",
+    "dtype",
+    "bias",
+    "laux_allreduce",
+    "moe_coeff_ratio",
+    "moe_intermediate_size",
+    "moe_output_scale",
+    "noisy_gate_policy",
+    "shared_expert_intermediate_size",
+    "use_residual",
+    "use_moe",
+    "use_rts",
+    "use_weighted_residual",
+    "moe_config",
+    "num_experts",
+    "num_routed_experts",
+    "num_shared_experts",
+    "capacity_factor",
+    "eval_capacity_factor",
 }
 _VISION_FIELDS = {
-    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
-    "initializer_range", "norm_type", "layer_norm_eps", "image_size", "patch_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "initializer_range",
+    "norm_type",
+    "layer_norm_eps",
+    "image_size",
+    "patch_size",
     "num_channels",
 }
 
@@ -105,9 +135,7 @@ def is_original_config(config: Mapping[str, Any]) -> bool:
     return "InternVLChatModel" in archs or config.get("model_type") == "internvl_chat"
 
 
-def native_config_from_original(
-    original: Mapping[str, Any], image_token_id: int
-) -> InternVLConfig:
+def native_config_from_original(original: Mapping[str, Any], image_token_id: int) -> InternVLConfig:
     if str(original.get("ps_version", "v2")) != "v2":
         # v1 pixel shuffle transposes differently; the native model implements v2 only.
         raise ConversionError(f"unsupported ps_version {original.get('ps_version')!r}")

@@ -89,6 +89,29 @@ class FetchConfig:
 class _TransientFetchError(Exception):
     """A failure worth retrying (connection trouble, timeout, 429/502/503/504)."""
 
+    def __init__(self, message: str, cause: str = "connection") -> None:
+        super().__init__(message)
+        # Low-cardinality cause for metrics (svc_common FETCH_ERROR_REASONS).
+        self.cause = cause
+
+
+def _with_cause(error: InspectionError, cause: str) -> InspectionError:
+    """Tags an error with its fetch-failure cause (metadata ``fetch_error``) for metrics."""
+    error.metadata["fetch_error"] = cause
+    return error
+
+
+def _too_large(field_path: str, message: str, stage: str) -> InspectionError:
+    return _with_cause(
+        image_error(Reason.IMAGE_TOO_LARGE, field_path, message, stage=stage), "too_large"
+    )
+
+
+def _redirect_error(field_path: str, message: str) -> InspectionError:
+    return _with_cause(
+        image_error(Reason.IMAGE_FETCH_FAILED, field_path, message, stage=_STAGE), "redirect"
+    )
+
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -138,8 +161,7 @@ class ImageFetcher:
     def _inline(self, source: ImageSource) -> FetchedImage:
         data = source.content or b""
         if len(data) > self._config.max_bytes:
-            raise image_error(
-                Reason.IMAGE_TOO_LARGE,
+            raise _too_large(
                 source.field_path,
                 f"inline image is {len(data)} bytes, over the limit of {self._config.max_bytes}",
                 stage=_STAGE,
@@ -149,7 +171,10 @@ class ImageFetcher:
     # -- URL checks
 
     def _forbidden(self, source: ImageSource, why: str) -> InspectionError:
-        return image_error(Reason.IMAGE_URL_FORBIDDEN, source.field_path, why, stage=_STAGE)
+        return _with_cause(
+            image_error(Reason.IMAGE_URL_FORBIDDEN, source.field_path, why, stage=_STAGE),
+            "forbidden",
+        )
 
     def _checked_url(self, source: ImageSource, raw: str) -> ImageUrl:
         """Parse and vet a URL (the request's, or a redirect target)."""
@@ -192,11 +217,14 @@ class ImageFetcher:
                 with attempt:
                     data, final = await self._attempt(source, url)
         except _TransientFetchError as exc:
-            raise image_error(
-                Reason.IMAGE_FETCH_FAILED,
-                source.field_path,
-                f"download of {url.redacted()} failed after {attempts} attempt(s): {exc}",
-                stage=_STAGE,
+            raise _with_cause(
+                image_error(
+                    Reason.IMAGE_FETCH_FAILED,
+                    source.field_path,
+                    f"download of {url.redacted()} failed after {attempts} attempt(s): {exc}",
+                    stage=_STAGE,
+                ),
+                exc.cause,
             ) from None
         return FetchedImage(
             source=source, data=data, fetched_uri=final.geturl(), sha256=_sha256(data)
@@ -208,7 +236,7 @@ class ImageFetcher:
             async with asyncio.timeout(timeout):
                 return await self._download(source, url)
         except TimeoutError:
-            raise _TransientFetchError(f"timed out after {timeout:g} s") from None
+            raise _TransientFetchError(f"timed out after {timeout:g} s", "timeout") from None
 
     def _log_retry(self, url: ImageUrl) -> Callable[[RetryCallState], None]:
         def log(state: RetryCallState) -> None:
@@ -234,13 +262,19 @@ class ImageFetcher:
                         current = self._redirect_target(source, current, resp, hop)
                         continue
                     if resp.status in _TRANSIENT_STATUSES:
-                        raise _TransientFetchError(f"server answered HTTP {resp.status}")
+                        raise _TransientFetchError(
+                            f"server answered HTTP {resp.status}",
+                            "http_5xx" if resp.status >= 500 else "http_4xx",
+                        )
                     if resp.status != 200:
-                        raise image_error(
-                            Reason.IMAGE_FETCH_FAILED,
-                            source.field_path,
-                            f"{current.redacted()} answered HTTP {resp.status}",
-                            stage=_STAGE,
+                        raise _with_cause(
+                            image_error(
+                                Reason.IMAGE_FETCH_FAILED,
+                                source.field_path,
+                                f"{current.redacted()} answered HTTP {resp.status}",
+                                stage=_STAGE,
+                            ),
+                            "http_5xx" if resp.status >= 500 else "http_4xx",
                         )
                     return await self._read_capped(source, resp), current
             except aiohttp.ClientConnectorDNSError as exc:
@@ -248,43 +282,42 @@ class ImageFetcher:
                     raise self._forbidden(
                         source, f"image host {current.host} is not a public address"
                     ) from None
-                raise _TransientFetchError(f"cannot resolve {current.host}") from exc
+                raise _TransientFetchError(f"cannot resolve {current.host}", "dns") from exc
             except aiohttp.ServerTimeoutError as exc:
-                raise _TransientFetchError("timed out") from exc
+                raise _TransientFetchError("timed out", "timeout") from exc
+            except aiohttp.ClientSSLError as exc:
+                raise _TransientFetchError(f"TLS failed ({type(exc).__name__})", "tls") from exc
             except aiohttp.ClientError as exc:
                 raise _TransientFetchError(f"connection failed ({type(exc).__name__})") from exc
-        raise image_error(
-            Reason.IMAGE_FETCH_FAILED,
-            source.field_path,
-            f"more than {self._config.max_redirects} redirects",
-            stage=_STAGE,
+        raise _with_cause(
+            image_error(
+                Reason.IMAGE_FETCH_FAILED,
+                source.field_path,
+                f"more than {self._config.max_redirects} redirects",
+                stage=_STAGE,
+            ),
+            "redirect",
         )
 
     def _redirect_target(
         self, source: ImageSource, current: ImageUrl, resp: aiohttp.ClientResponse, hop: int
     ) -> ImageUrl:
         if not self._config.follow_redirects:
-            raise image_error(
-                Reason.IMAGE_FETCH_FAILED,
+            raise _redirect_error(
                 source.field_path,
                 f"{current.redacted()} answered a redirect (HTTP {resp.status}); "
                 "redirects are not followed",
-                stage=_STAGE,
             )
         if hop >= self._config.max_redirects:
-            raise image_error(
-                Reason.IMAGE_FETCH_FAILED,
+            raise _redirect_error(
                 source.field_path,
                 f"more than {self._config.max_redirects} redirects",
-                stage=_STAGE,
             )
         location = resp.headers.get(aiohttp.hdrs.LOCATION, "")
         if not location:
-            raise image_error(
-                Reason.IMAGE_FETCH_FAILED,
+            raise _redirect_error(
                 source.field_path,
                 f"redirect (HTTP {resp.status}) without a Location",
-                stage=_STAGE,
             )
         if "\\" in location or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in location):
             raise self._forbidden(source, "redirect target refused: malformed Location")
@@ -313,8 +346,7 @@ class ImageFetcher:
         declared = resp.content_length
         if declared is not None and declared > cap:
             resp.close()
-            raise image_error(
-                Reason.IMAGE_TOO_LARGE,
+            raise _too_large(
                 source.field_path,
                 f"image is {declared} bytes (Content-Length), over the limit of {cap}",
                 stage=_STAGE,
@@ -326,8 +358,7 @@ class ImageFetcher:
             if total > cap:
                 # Dropping the connection stops the transfer; draining it would read the rest.
                 resp.close()
-                raise image_error(
-                    Reason.IMAGE_TOO_LARGE,
+                raise _too_large(
                     source.field_path,
                     f"image is over the limit of {cap} bytes (download stopped)",
                     stage=_STAGE,
