@@ -1,0 +1,191 @@
+"""The Go and Java example clients, built from protos/ with Debian's packages, call the live
+inference service (unary and streaming) and print what it answered."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from e2e_support import ImageServer
+
+from inference_svc.app import InferenceApp
+
+Run = Callable[..., Coroutine[Any, Any, subprocess.CompletedProcess[str]]]
+
+pytestmark = pytest.mark.slow
+
+CLIENTS = ["go", "java"]
+QUESTIONS = [
+    ("Colour", "Is the colour red?", "Yes", True),
+    ("Brand", "Is the brand ACME visible?", "Yes", True),
+    ("Damage", "Is the product damaged?", "No", False),
+]
+ANSWER_LINE = re.compile(
+    r'^answer: "(?P<label>[^"]*)" = "(?P<answer>[^"]*)" \(expected "(?P<expected>[^"]*)", '
+    r"(?P<mandatory>mandatory|optional), confidence (?P<confidence>\d+)%, "
+    r"source (?P<source>[A-Z]+), retake=(?:true|false)\)$"
+)
+
+
+@dataclass(frozen=True)
+class Call:
+    inspection_id: str
+    shipping_id: str
+    result: asyncio.Task[subprocess.CompletedProcess[str]]
+
+
+def request_args(image_server: ImageServer, target: str, pickup_file: Path) -> list[str]:
+    args = [
+        "-target", target,
+        "-product-name", "ACME mug, red",
+        "-product-id", "SKU-1",
+        "-reference", image_server.url("ref.jpg"),
+        "-pickup", image_server.url("pickup.jpg"),
+        # A local file is sent inline (Image.content) rather than fetched by the server.
+        "-pickup", str(pickup_file),
+    ]  # fmt: skip
+    for qtype, label, value, mandatory in QUESTIONS:
+        args += ["-question", f"{qtype}|{label}|{value}|{'yes' if mandatory else 'no'}"]
+    return args
+
+
+@pytest.fixture(scope="module")
+def pickup_file(image_server: ImageServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("images") / "pickup.jpg"
+    path.write_bytes(image_server.images["pickup.jpg"])
+    return path
+
+
+@pytest_asyncio.fixture(scope="module")
+async def calls(
+    example_clients: dict[str, list[str] | str],
+    run: Run,
+    inference_app: InferenceApp,
+    image_server: ImageServer,
+    pickup_file: Path,
+) -> AsyncIterator[dict[tuple[str, str], Call]]:
+    """Starts every successful call at once (each client, unary and streaming), so the server
+    batches them into a few generations instead of running them one after another; each test
+    awaits and checks its own."""
+    target = f"127.0.0.1:{inference_app.port}"
+    started: dict[tuple[str, str], Call] = {}
+    for client, argv in example_clients.items():
+        if isinstance(argv, str):
+            continue
+        for mode in ("unary", "stream"):
+            inspection_id = str(uuid.uuid4())
+            shipping_id = f"SHIP-{client.upper()}-{mode.upper()}"
+            command = [
+                *argv,
+                *request_args(image_server, target, pickup_file),
+                "-shipping-id", shipping_id,
+                "-inspection-id", inspection_id,
+                *(["-stream"] if mode == "stream" else []),
+            ]  # fmt: skip
+            task = asyncio.create_task(run(*command))
+            started[(client, mode)] = Call(inspection_id, shipping_id, task)
+    yield started
+    for call in started.values():
+        if not call.result.done():
+            call.result.cancel()
+    await asyncio.gather(*(c.result for c in started.values()), return_exceptions=True)
+
+
+@pytest.fixture(params=CLIENTS)
+def client(request: pytest.FixtureRequest, example_clients: dict[str, list[str] | str]) -> str:
+    built = example_clients[request.param]
+    if isinstance(built, str):
+        pytest.skip(built)
+    return str(request.param)
+
+
+def field(stdout: str, name: str) -> str:
+    values = [
+        line.split(": ", 1)[1] for line in stdout.splitlines() if line.startswith(f"{name}: ")
+    ]
+    assert len(values) == 1, f"expected one '{name}:' line in:\n{stdout}"
+    return values[0]
+
+
+def assert_inspection_printed(stdout: str, inspection_id: str, shipping_id: str) -> None:
+    assert field(stdout, "inspection_id") == inspection_id
+    assert field(stdout, "shipping_id") == shipping_id
+    assert field(stdout, "decision") in {"PICK", "NOT_PICK"}
+    assert field(stdout, "model_recommendation") in {"ACCEPT", "REJECT", "PARTIAL", "RETRY"}
+    assert int(field(stdout, "attempts")) >= 1
+    assert "untrained=true" in field(stdout, "model")
+    assert re.fullmatch(r"fetch=[\d.]+s .* total=[\d.]+s", field(stdout, "timings"))
+    answers = [m for line in stdout.splitlines() if (m := ANSWER_LINE.match(line))]
+    assert [a["label"] for a in answers] == [q[1] for q in QUESTIONS], stdout
+    assert [a["expected"] for a in answers] == [q[2] for q in QUESTIONS]
+    assert [a["mandatory"] == "mandatory" for a in answers] == [q[3] for q in QUESTIONS]
+    assert all(0 <= int(a["confidence"]) <= 100 for a in answers)
+    assert all(a["source"] in {"MODEL", "MISSED"} for a in answers)
+
+
+async def test_unary_call_prints_decision_and_answers(
+    client: str, calls: dict[tuple[str, str], Call]
+) -> None:
+    call = calls[(client, "unary")]
+    result = await call.result
+    assert result.returncode == 0, result.stderr
+    assert not any(line.startswith("event ") for line in result.stdout.splitlines())
+    assert_inspection_printed(result.stdout, call.inspection_id, call.shipping_id)
+    assert "untrained demo model" in result.stderr
+
+
+async def test_streaming_call_prints_events_in_order_then_the_result(
+    client: str, calls: dict[tuple[str, str], Call]
+) -> None:
+    call = calls[(client, "stream")]
+    result = await call.result
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    events = [line for line in lines if line.startswith("event ")]
+    kinds = [line.removeprefix("event ").split(":", 1)[0] for line in events]
+    assert events[0] == f"event accepted: inspection_id={call.inspection_id}"
+    assert kinds[-1] == "inspection"
+    assert kinds.count("inspection") == 1
+    assert "unknown" not in kinds
+    # One reference and two pickup images: fetch progress counts up to 3 of 3.
+    assert "event images_fetched: 3/3" in events
+    assert {"images_fetched", "preprocessing_done", "generation_progress"} <= set(kinds)
+    labels = {q[1] for q in QUESTIONS}
+    for line in events:
+        if line.startswith("event answer_ready: "):
+            label = re.search(r'label="([^"]*)"', line)
+            assert label is not None and label[1] in labels, line
+    # The result is printed after the last event.
+    assert lines.index(events[-1]) < lines.index(f"inspection_id: {call.inspection_id}")
+    assert_inspection_printed(result.stdout, call.inspection_id, call.shipping_id)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_invalid_request_exits_with_the_grpc_code(
+    client: str,
+    example_clients: dict[str, list[str] | str],
+    run: Run,
+    inference_app: InferenceApp,
+    image_server: ImageServer,
+    pickup_file: Path,
+    stream: bool,
+) -> None:
+    argv = example_clients[client]
+    assert isinstance(argv, list)
+    # No -shipping-id: the clients send what they are given and the server rejects it.
+    args = request_args(image_server, f"127.0.0.1:{inference_app.port}", pickup_file)
+    result = await run(*argv, *args, *(["-stream"] if stream else []))
+    assert result.returncode == 3  # INVALID_ARGUMENT's code number
+    assert "rpc failed: INVALID_ARGUMENT: " in result.stderr
+    # The google.rpc details travel with the status: ErrorInfo and the BadRequest violation.
+    assert "  reason: INVALID_REQUEST (domain inspection.rpi.v1)" in result.stderr.splitlines()
+    assert re.search(r"^  field shipping_id: ", result.stderr, re.MULTILINE), result.stderr
+    assert "decision:" not in result.stdout
