@@ -13,9 +13,16 @@ mkdir -p "$TOOLS/bin"
 log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
 
 # --- system packages (Debian). Skipped when not root or already present.
+# prometheus: promtool and a real Prometheus for the metrics tests; npm: buf; the Go and Java
+# packages build the example clients offline (Debian's grpc-go 1.33 and grpc-java).
+apt_pkgs=(prometheus golang-go golang-google-grpc-dev protobuf-compiler protoc-gen-go-1-3
+  libgrpc-java protobuf-compiler-grpc-java-plugin libprotobuf-java libnetty-java libperfmark-java)
+command -v npm >/dev/null 2>&1 || apt_pkgs+=(npm)
+command -v javac >/dev/null 2>&1 || apt_pkgs+=(default-jdk-headless)
 want_apt=()
-command -v promtool >/dev/null 2>&1 || want_apt+=(prometheus)
-command -v npm >/dev/null 2>&1 || want_apt+=(npm)
+for pkg in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || want_apt+=("$pkg")
+done
 if [ "${RPI_SKIP_APT:-0}" != "1" ] && [ ${#want_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     log "apt-get install ${want_apt[*]}"
