@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from rpi.persistence.v1 import persistence_pb2, persistence_pb2_grpc
 
 from persistence_svc.servicer import PersistenceServicer
+from svc_common.health import LIVENESS_SERVICE
 
 SERVICE_NAME: str = persistence_pb2.DESCRIPTOR.services_by_name["PersistenceService"].full_name
 # The overall server health ("") and the service's own entry move together.
@@ -24,8 +25,12 @@ class Health:
     def __init__(self) -> None:
         # grpc_health's stubs predate its asyncio servicer.
         self.servicer: Any = grpc_health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._draining = False
 
     async def set_serving(self, serving: bool) -> None:
+        if self._draining:
+            return
+        await self.servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
@@ -35,8 +40,10 @@ class Health:
             await self.servicer.set(name, status)
 
     async def drain(self) -> None:
-        """NOT_SERVING for good: later set_serving calls are ignored."""
-        await self.servicer.enter_graceful_shutdown()
+        """NOT_SERVING for good (later set_serving calls are ignored); liveness stays SERVING
+        until the process exits."""
+        await self.set_serving(False)
+        self._draining = True
 
 
 def build_server(

@@ -235,7 +235,8 @@ def test_probes_are_native_grpc_health_checks(overlay: list[Obj], name: str, ser
     # Traffic and start-up gate on the API's own service, which is NOT_SERVING until ready.
     assert c["startupProbe"]["grpc"]["service"] == service
     assert c["readinessProbe"]["grpc"]["service"] == service
-    assert c["livenessProbe"]["grpc"]["service"] in {"", service}
+    # Liveness must not fail while the pod drains: its own health name, never the readiness one.
+    assert c["livenessProbe"]["grpc"]["service"] == "liveness"
 
 
 def test_startup_probe_covers_the_stated_model_load_time(overlay: list[Obj]) -> None:

@@ -232,7 +232,7 @@ async def test_health_serving_and_reflection_lists_services(inference_app: Infer
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{inference_app.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "rpi.inspection.v1.InspectionService"):
+        for service in ("", "rpi.inspection.v1.InspectionService", "liveness"):
             reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
