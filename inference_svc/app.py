@@ -16,7 +16,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
-from prometheus_client import CollectorRegistry
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
 from rpi.inspection.v1 import inspection_pb2, inspection_pb2_grpc
 
 from inference_svc.domain.prompt import PromptTemplate
@@ -24,6 +29,8 @@ from inference_svc.domain.validation import RequestLimits
 from inference_svc.engine.batched import create_engine
 from inference_svc.engine.config import EngineConfig
 from inference_svc.events.delivery import DeliveryHooks, EventDelivery, LinkState
+from inference_svc.events.link_health import PERSISTENCE_LINK_HEALTH_NAME, link_health_status
+from inference_svc.events.metrics import DeliveryMetrics
 from inference_svc.events.recorder import NullRecorder, SpoolingRecorder
 from inference_svc.events.spool import EventSpool
 from inference_svc.grpc_api.servicer import InspectionServicer
@@ -34,6 +41,7 @@ from inference_svc.persistence_link import PersistenceSender
 from inference_svc.pipeline import Admission, InspectionPipeline, PipelineConfig
 from inference_svc.settings import InferenceSettings
 from svc_common.grpc_metrics import GrpcServerMetricsInterceptor
+from svc_common.health import LIVENESS_SERVICE
 from svc_common.inference_metrics import InferenceMetrics
 from svc_common.metrics_server import MetricsServer, start_metrics_server
 from svc_common.tracing import (
@@ -85,6 +93,11 @@ class InferenceApp:
     ) -> None:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
+        if registry is None:
+            # Process memory/CPU/fds and GC: what operators check first on a misbehaving pod.
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
         self.tracer_provider = tracer_provider
         self.metrics = InferenceMetrics(self.registry, max_batch_size=settings.max_batch_size)
         self.health = HealthServicer()
@@ -101,6 +114,7 @@ class InferenceApp:
                 settings.event_send_timeout_s,
                 interceptors=grpc_client_interceptors(tracer_provider),
             )
+        self.delivery_metrics = DeliveryMetrics(self.registry)
         self.delivery = EventDelivery(
             EventSpool(settings.event_spool_dir, settings.event_spool_max_bytes),
             self.sender,
@@ -110,9 +124,11 @@ class InferenceApp:
                 on_attempt=lambda n: self.metrics.event_delivery_attempts.inc(),
                 on_delivered=self.metrics.events_delivered.inc,
                 on_failure=self.metrics.record_delivery_failure,
-                on_backlog=self._on_backlog,
+                on_dead_letter=self.delivery_metrics.on_dead_letter,
+                on_link_state=self._on_link_state,
             ),
         )
+        self.delivery_metrics.bind(self.delivery, self.metrics)
         recorder = SpoolingRecorder(self.delivery) if self.sender else NullRecorder()
         self.admission = Admission(settings.max_concurrent_requests)
         self.admission.on_change(self.metrics.inflight_requests.set)
@@ -148,9 +164,9 @@ class InferenceApp:
         self.metrics_server: MetricsServer | None = None
         self._stopped = asyncio.Event()
 
-    def _on_backlog(self, count: int, oldest_age_s: float | None) -> None:
-        self.metrics.event_backlog.set(count)
-        self.metrics.event_oldest_age_seconds.set(oldest_age_s or 0.0)
+    async def _on_link_state(self, state: LinkState) -> None:
+        self.delivery_metrics.on_link_state(state)
+        await self.health.set(PERSISTENCE_LINK_HEALTH_NAME, link_health_status(state))
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
@@ -159,6 +175,7 @@ class InferenceApp:
     async def start(self) -> None:
         s = self.settings
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self.server = grpc.aio.server(
             interceptors=[
                 GrpcServerMetricsInterceptor(self.registry),

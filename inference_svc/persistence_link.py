@@ -1,38 +1,117 @@
-"""The gRPC client side of event delivery: sends spooled events to the persistence service."""
+"""The gRPC client side of event delivery: sends spooled events to the persistence service and
+classifies what goes wrong, so delivery knows whether to retry or to isolate a bad event."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
+from inference_svc.events.delivery import RejectedBatchError
+
+log = logging.getLogger(__name__)
+
+PERSISTENCE_SERVICE = ppb.DESCRIPTOR.services_by_name["PersistenceService"].full_name
+
+# The persistence service refused the data itself: the same batch can never succeed.
+REJECTED_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
+# Worth retrying as they are: the service, the network or the database is (momentarily) unable.
+TRANSIENT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+# Everything else (PERMISSION_DENIED, UNAUTHENTICATED, UNIMPLEMENTED, NOT_FOUND, ...) is permanent
+# but says nothing about the events: a wrong target or credentials. Dead-lettering would throw
+# every event away for a configuration mistake, so those are retried (with backoff) and logged
+# as errors until an operator fixes the configuration.
+
+
+def is_rejection(code: grpc.StatusCode) -> bool:
+    return code in REJECTED_CODES
+
 
 class PersistenceSender:
+    """Implements delivery's EventSender over rpi.persistence.v1.RecordEvents."""
+
     def __init__(
         self,
         target: str,
         timeout_s: float,
         interceptors: Sequence[Any] | None = None,
+        probe_timeout_s: float = 2.0,
     ) -> None:
         self._timeout = timeout_s
+        self._probe_timeout = probe_timeout_s
         self._channel = grpc.aio.insecure_channel(
             target,
             options=[
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 # Reconnect quickly after the persistence service restarts.
                 ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 5000),
+                ("grpc.min_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
             ],
             interceptors=list(interceptors or []),
         )
         self._stub = ppb_grpc.PersistenceServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def send(self, payloads: Sequence[bytes], timeout_s: float | None = None) -> None:
+        try:
+            events = [ppb.Event.FromString(p) for p in payloads]
+        except DecodeError as exc:
+            # A spooled payload that does not parse can never be sent; bisection isolates it.
+            raise RejectedBatchError(
+                "INVALID_ARGUMENT", f"undecodable spooled event: {exc}"
+            ) from exc
+        timeout = self._timeout if timeout_s is None else min(self._timeout, timeout_s)
+        try:
+            await self._stub.RecordEvents(
+                ppb.RecordEventsRequest(events=events), timeout=timeout, wait_for_ready=False
+            )
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if is_rejection(code):
+                raise RejectedBatchError(code.name, exc.details() or "") from exc
+            if code not in TRANSIENT_CODES:
+                log.error(
+                    "persistence service refuses this client; events stay spooled until the "
+                    "configuration is fixed",
+                    extra={"grpc_code": code.name, "error": (exc.details() or "")[:300]},
+                )
+            raise
 
     async def __call__(self, payloads: Sequence[bytes]) -> None:
-        request = ppb.RecordEventsRequest(events=[ppb.Event.FromString(p) for p in payloads])
-        await self._stub.RecordEvents(request, timeout=self._timeout, wait_for_ready=False)
+        await self.send(payloads)
+
+    async def probe(self) -> None:
+        reply = await self._health.Check(
+            health_pb2.HealthCheckRequest(service=PERSISTENCE_SERVICE),
+            timeout=self._probe_timeout,
+            wait_for_ready=False,
+        )
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            raise ConnectionError(f"persistence service health is {status}")
 
     async def close(self) -> None:
         await self._channel.close(None)

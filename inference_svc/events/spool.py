@@ -1,8 +1,12 @@
-"""A durable on-disk queue of serialized events, in SQLite.
+"""A durable on-disk queue of serialized events, in SQLite, with a dead-letter table.
 
 SQLite gives atomic, fsynced appends and deletes without a hand-written file format; one
 connection is used from one dedicated thread so no call ever blocks the event loop and the
 connection is never shared between threads.
+
+Events the persistence service refuses for good (a bad payload) are moved, in one
+transaction, to ``dead_letters`` in the same file: kept for operators, never dropped, and no
+longer counted against the spool bound or blocking the events behind them.
 """
 
 from __future__ import annotations
@@ -20,12 +24,23 @@ from typing import ParamSpec, TypeVar
 P = ParamSpec("P")
 T = TypeVar("T")
 
+SPOOL_FILE = "events.sqlite3"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id   TEXT NOT NULL UNIQUE,
     payload    BLOB NOT NULL,
     created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq           INTEGER PRIMARY KEY,
+    event_id      TEXT NOT NULL,
+    payload       BLOB NOT NULL,
+    created_at    REAL NOT NULL,
+    dead_at       REAL NOT NULL,
+    error_code    TEXT NOT NULL,
+    error_message TEXT NOT NULL
 );
 """
 
@@ -39,24 +54,39 @@ class SpooledEvent:
 
 
 @dataclass(frozen=True)
+class DeadLetter:
+    seq: int
+    event_id: str
+    payload: bytes
+    created_at: float
+    dead_at: float
+    error_code: str
+    error_message: str
+
+
+@dataclass(frozen=True)
 class SpoolStats:
     count: int
     bytes: int
     oldest_created_at: float | None
+    dead_letters: int = 0
+    dead_letter_bytes: int = 0
 
 
 class EventSpool:
-    """Async facade over the SQLite spool. ``open`` before use, ``close`` at the end."""
+    """Async facade over the SQLite spool. ``open`` before use, ``close`` at the end.
+
+    Counts and sizes are kept in memory (read on open, then updated by each write) so that the
+    capacity check on the request path and a metrics scrape cost nothing, and no write has to
+    scan the table.
+    """
 
     def __init__(self, directory: Path, max_bytes: int) -> None:
-        self._path = Path(directory) / "events.sqlite3"
+        self._path = Path(directory) / SPOOL_FILE
         self._max_bytes = max_bytes
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-spool")
         self._conn: sqlite3.Connection | None = None
-        # Kept in memory so the capacity check on the request path costs nothing.
-        self._bytes = 0
-        self._count = 0
-        self._oldest: float | None = None
+        self._stats = SpoolStats(0, 0, None)
 
     @property
     def path(self) -> Path:
@@ -67,10 +97,12 @@ class EventSpool:
         return self._max_bytes
 
     def stats(self) -> SpoolStats:
-        return SpoolStats(self._count, self._bytes, self._oldest)
+        # One attribute holding an immutable snapshot: a reader in another thread (a metrics
+        # scrape) never sees a count from one write and a size from another.
+        return self._stats
 
     def is_full(self) -> bool:
-        return self._bytes >= self._max_bytes
+        return self._stats.bytes >= self._max_bytes
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
@@ -88,14 +120,30 @@ class EventSpool:
         conn.execute("PRAGMA synchronous=FULL")
         conn.executescript(_SCHEMA)
         self._conn = conn
-        self._refresh_stats_sync()
-
-    def _refresh_stats_sync(self) -> None:
-        assert self._conn is not None
-        row = self._conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0), MIN(created_at) FROM events"
+        count, size = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM events"
         ).fetchone()
-        self._count, self._bytes, self._oldest = int(row[0]), int(row[1]), row[2]
+        dead, dead_size = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM dead_letters"
+        ).fetchone()
+        self._stats = SpoolStats(
+            int(count), int(size), self._oldest_sync(), int(dead), int(dead_size)
+        )
+
+    def _oldest_sync(self) -> float | None:
+        assert self._conn is not None
+        row = self._conn.execute("SELECT created_at FROM events ORDER BY seq LIMIT 1").fetchone()
+        return None if row is None else float(row[0])
+
+    def _update(self, d_count: int, d_bytes: int, d_dead: int = 0, d_dead_bytes: int = 0) -> None:
+        s = self._stats
+        self._stats = SpoolStats(
+            s.count + d_count,
+            s.bytes + d_bytes,
+            self._oldest_sync(),
+            s.dead_letters + d_dead,
+            s.dead_letter_bytes + d_dead_bytes,
+        )
 
     async def append(self, items: list[tuple[str, bytes]]) -> None:
         """Appends (event_id, payload) pairs in one transaction; a repeated id is ignored."""
@@ -103,14 +151,20 @@ class EventSpool:
             await self._run(self._append_sync, items)
 
     def _append_sync(self, items: list[tuple[str, bytes]]) -> None:
-        assert self._conn is not None
+        conn = self._conn
+        assert conn is not None
         now = time.time()
-        with _Transaction(self._conn):
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO events (event_id, payload, created_at) VALUES (?, ?, ?)",
-                [(event_id, payload, now) for event_id, payload in items],
-            )
-        self._refresh_stats_sync()
+        added = added_bytes = 0
+        with _Transaction(conn):
+            for event_id, payload in items:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO events (event_id, payload, created_at) VALUES (?, ?, ?)",
+                    (event_id, payload, now),
+                )
+                if cur.rowcount == 1:
+                    added += 1
+                    added_bytes += len(payload)
+        self._update(added, added_bytes)
 
     async def peek(self, limit: int) -> list[SpooledEvent]:
         return await self._run(self._peek_sync, limit)
@@ -127,10 +181,56 @@ class EventSpool:
             await self._run(self._delete_sync, seqs)
 
     def _delete_sync(self, seqs: list[int]) -> None:
+        conn = self._conn
+        assert conn is not None
+        removed = removed_bytes = 0
+        with _Transaction(conn):
+            for seq in seqs:
+                row = conn.execute(
+                    "DELETE FROM events WHERE seq = ? RETURNING LENGTH(payload)", (seq,)
+                ).fetchone()
+                if row is not None:
+                    removed += 1
+                    removed_bytes += int(row[0])
+        self._update(-removed, -removed_bytes)
+
+    async def dead_letter(self, seq: int, error_code: str, error_message: str) -> bool:
+        """Moves one event to the dead-letter table; False when it was no longer spooled."""
+        return await self._run(self._dead_letter_sync, seq, error_code, error_message)
+
+    def _dead_letter_sync(self, seq: int, error_code: str, error_message: str) -> bool:
+        conn = self._conn
+        assert conn is not None
+        with _Transaction(conn):
+            row = conn.execute(
+                "DELETE FROM events WHERE seq = ? RETURNING event_id, payload, created_at", (seq,)
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO dead_letters (seq, event_id, payload, created_at, dead_at,"
+                " error_code, error_message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (seq, row[0], row[1], row[2], time.time(), error_code, error_message[:2000]),
+            )
+        size = len(row[1])
+        self._update(-1, -size, 1, size)
+        return True
+
+    async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        """The dead-lettered events, oldest first (for operators and tests)."""
+        return await self._run(self._dead_letters_sync, limit)
+
+    def _dead_letters_sync(self, limit: int) -> list[DeadLetter]:
         assert self._conn is not None
-        with _Transaction(self._conn):
-            self._conn.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s in seqs])
-        self._refresh_stats_sync()
+        rows = self._conn.execute(
+            "SELECT seq, event_id, payload, created_at, dead_at, error_code, error_message"
+            " FROM dead_letters ORDER BY seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [
+            DeadLetter(int(r[0]), str(r[1]), bytes(r[2]), float(r[3]), float(r[4]), r[5], r[6])
+            for r in rows
+        ]
 
     async def close(self) -> None:
         if self._conn is not None:

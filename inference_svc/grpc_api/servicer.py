@@ -13,7 +13,7 @@ from rpi.inspection.v1 import inspection_pb2 as pb
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 
 from inference_svc.domain.errors import ErrorKind, InspectionError, Reason
-from inference_svc.domain.models import Completed, Inspection, ProgressEvent
+from inference_svc.domain.models import Accepted, AnswerReady, Completed, Inspection, ProgressEvent
 from inference_svc.domain.validation import RequestLimits, validate_request
 from inference_svc.grpc_api.convert import (
     inspection_to_proto,
@@ -29,9 +29,10 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
 
-# How many progress messages may wait for a slow stream reader before older progress is dropped
-# (the final inspection is never dropped).
+# How many progress messages may wait for a slow stream reader before further progress is
+# skipped (acceptance, answers and the final inspection are never skipped).
 _STREAM_BUFFER = 256
+_ALWAYS_SENT = (Accepted, AnswerReady, Completed)
 
 
 class InspectionServicer(pb_grpc.InspectionServiceServicer):
@@ -79,7 +80,7 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
         with self._admission.slot():
             try:
                 async with asyncio.timeout(budget):
-                    return await self._pipeline.run(domain_request, method, emit, deadline)
+                    inspection = await self._pipeline.run(domain_request, method, emit, deadline)
             except TimeoutError as exc:
                 raise InspectionError(
                     ErrorKind.DEADLINE_EXCEEDED,
@@ -87,6 +88,16 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
                     f"the inspection did not finish within {budget:.1f} s",
                     stage="generate",
                 ) from exc
+        log.info(
+            "inspection completed",
+            extra={
+                "method": method,
+                "decision": inspection.decision.value,
+                "attempts": inspection.attempts,
+                "total_s": round(inspection.timings.total, 3),
+            },
+        )
+        return inspection
 
     async def _abort(
         self, context: Context, error: InspectionError, request: pb.InspectRequest
@@ -121,7 +132,7 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
             nonlocal dropped
             # Progress is advisory: when the reader lags, skip it rather than buffer without
             # bound. Answers and the final result are always kept.
-            if queue.qsize() >= _STREAM_BUFFER and not isinstance(event, Completed):
+            if queue.qsize() >= _STREAM_BUFFER and not isinstance(event, _ALWAYS_SENT):
                 dropped += 1
                 return
             queue.put_nowait(event)
@@ -134,6 +145,8 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
                 if event is None:
                     break
                 yield progress_to_proto(event)
+            if dropped:
+                log.info("stream reader lagged; progress skipped", extra={"skipped": dropped})
             if task.cancelled():
                 return
             error = task.exception()
