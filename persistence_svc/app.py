@@ -103,6 +103,7 @@ class PersistenceApp:
             default_page_size=settings.list_default_page_size,
             max_page_size=settings.list_max_page_size,
             on_recorded=recorded,
+            on_database_state=lambda up: self.metrics.db_up.set(1 if up else 0),
         )
         self._interceptors = (
             GrpcServerMetricsInterceptor(self.registry),

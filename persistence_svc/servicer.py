@@ -101,9 +101,11 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         default_page_size: int = 50,
         max_page_size: int = 500,
         on_recorded: Callable[[RecordOutcome], None] | None = None,
+        on_database_state: Callable[[bool], None] | None = None,
     ) -> None:
         self._repository = repository
         self._on_recorded = on_recorded
+        self._on_database_state = on_database_state
         self._max_events = max_events_per_call
         self._default_page_size = default_page_size
         self._max_page_size = max_page_size
@@ -132,7 +134,11 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
             outcome = await repository.record_events(events)
             if self._on_recorded is not None:
                 self._on_recorded(outcome)
+            if self._on_database_state is not None:
+                self._on_database_state(True)
         except PersistenceError as exc:
+            if isinstance(exc, DatabaseUnavailableError) and self._on_database_state is not None:
+                self._on_database_state(False)
             await _abort(context, exc)
         except Exception:
             logger.exception("unexpected error")
