@@ -15,7 +15,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def test_configuration_tables_are_current() -> None:
     text = README.read_text()
     assert config_table.render() in text, (
-        "README configuration tables are stale: run `python -m tools.config_table --write README.md`"
+        "README configuration tables are stale: "
+        "run `python -m tools.config_table --write README.md`"
     )
 
 

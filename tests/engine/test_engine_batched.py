@@ -43,8 +43,13 @@ def _variety() -> list[GenerationRequest]:
         make_request("a", "<image>\nIs the seal intact?", (1,), max_new_tokens=12, seed=1),
         make_request("b", "Image-1: <image>\nImage-2: <image>\nSame colour?", (1, 2), 40, seed=2),
         make_request("c", "No image here, just text.", (), max_new_tokens=25, seed=3),
-        make_request("d", "<image>\nHow many units are in the package? Answer briefly.", (2,),
-                     max_new_tokens=33, seed=4),
+        make_request(
+            "d",
+            "<image>\nHow many units are in the package? Answer briefly.",
+            (2,),
+            max_new_tokens=33,
+            seed=4,
+        ),
     ]
 
 
@@ -87,8 +92,9 @@ async def test_full_queue_rejects_at_once(
     first = Recorder()
     tasks = [asyncio.create_task(engine.generate(make_request("r0"), first))]
     await _until(lambda: first.started == 1)  # popped into a batch, waiting for the worker
-    tasks += [asyncio.create_task(engine.generate(make_request(f"r{i}"), NullListener()))
-              for i in (1, 2)]
+    tasks += [
+        asyncio.create_task(engine.generate(make_request(f"r{i}"), NullListener())) for i in (1, 2)
+    ]
     await _until(lambda: engine.queue_depth() == 2)
     with pytest.raises(EngineOverloaded):
         await engine.generate(make_request("r3"), NullListener())
@@ -149,8 +155,9 @@ async def test_deadline_abandons_request(engine_factory: EngineFactory) -> None:
     expired = make_request("late", deadline=time.monotonic() - 1)
     with pytest.raises(TimeoutError):
         await engine.generate(expired, NullListener())
-    soon = make_request("soon", max_new_tokens=2000, min_new_tokens=2000,
-                        deadline=time.monotonic() + 0.3)
+    soon = make_request(
+        "soon", max_new_tokens=2000, min_new_tokens=2000, deadline=time.monotonic() + 0.3
+    )
     with pytest.raises(TimeoutError):
         await engine.generate(soon, NullListener())
     await _worker_idle(engine)

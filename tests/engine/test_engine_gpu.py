@@ -24,7 +24,9 @@ async def test_cuda_runs_bf16_with_flash_or_sdpa(engine_factory: EngineFactory) 
     import asyncio
 
     results = await asyncio.gather(
-        *(engine.generate(make_request(f"g{i}", max_new_tokens=20 + i, seed=i), NullListener())
-          for i in range(4))
+        *(
+            engine.generate(make_request(f"g{i}", max_new_tokens=20 + i, seed=i), NullListener())
+            for i in range(4)
+        )
     )
     assert [r.completion_tokens for r in results] == [20, 21, 22, 23]

@@ -85,5 +85,7 @@ def test_key_mapping_is_invertible() -> None:
     assert "model.multi_modal_projector.linear_2.weight" in native
     back = original_layout.state_dict_to_original(native)
     assert set(back) == set(original)
-    assert torch.equal(back["vision_model.encoder.layers.3.attn.qkv.weight"],
-                       original["vision_model.encoder.layers.3.attn.qkv.weight"])
+    assert torch.equal(
+        back["vision_model.encoder.layers.3.attn.qkv.weight"],
+        original["vision_model.encoder.layers.3.attn.qkv.weight"],
+    )

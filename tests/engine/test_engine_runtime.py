@@ -23,7 +23,7 @@ from inference_svc.engine.loader import select_runtime
         ("cpu", "bfloat16", "eager", False, False, ("cpu", torch.bfloat16, "eager")),
     ],
 )
-def test_runtime_selection(  # noqa: PLR0917 - one parameter per table column
+def test_runtime_selection(
     device: str,
     dtype: str,
     attn: str,
@@ -39,8 +39,12 @@ def test_runtime_selection(  # noqa: PLR0917 - one parameter per table column
 
 @pytest.mark.parametrize(
     ("device", "dtype", "attn"),
-    [("cuda", "auto", "auto"), ("tpu", "auto", "auto"), ("cpu", "int8", "auto"),
-     ("cpu", "auto", "magic")],
+    [
+        ("cuda", "auto", "auto"),
+        ("tpu", "auto", "auto"),
+        ("cpu", "int8", "auto"),
+        ("cpu", "auto", "magic"),
+    ],
 )
 def test_invalid_or_unavailable_runtime(device: str, dtype: str, attn: str) -> None:
     with pytest.raises(ValueError):

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import asyncpg
 import grpc
-from e2e_support import MODEL_CACHE, inference_settings, jpeg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 from rpi.inspection.v1 import inspection_pb2 as pb
 
+from e2e_support import MODEL_CACHE, inference_settings, jpeg
 from inference_svc.settings import InferenceSettings
 from persistence_svc.app import PersistenceApp
 from persistence_svc.settings import PersistenceSettings

@@ -12,9 +12,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
-from fault_support import DedicatedPersistence, db_counts, free_port, wait_until
 from rpi.persistence.v1 import persistence_pb2 as ppb
 
+from fault_support import DedicatedPersistence, db_counts, free_port, wait_until
 from inference_svc.events.delivery import EventDelivery
 from inference_svc.events.spool import EventSpool
 from inference_svc.persistence_link import PersistenceSender

@@ -10,6 +10,10 @@ import time
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2
+from rpi.inspection.v1 import inspection_pb2 as pb
+from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
+
 from fault_support import (
     CONCURRENCY,
     INSPECTIONS,
@@ -21,10 +25,6 @@ from fault_support import (
     health_status,
     wait_until,
 )
-from grpc_health.v1 import health_pb2
-from rpi.inspection.v1 import inspection_pb2 as pb
-from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
-
 from inference_svc.app import InferenceApp
 from inference_svc.events.delivery import LinkState
 from inference_svc.events.link_health import PERSISTENCE_LINK_HEALTH_NAME

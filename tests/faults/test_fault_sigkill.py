@@ -13,6 +13,9 @@ import time
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
+
 from e2e_support import ROOT
 from fault_support import (
     CHEAP_MODEL_ENV,
@@ -22,9 +25,6 @@ from fault_support import (
     free_port,
     wait_until,
 )
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
-
 from inference_svc.events.spool import SPOOL_FILE
 from persistence_svc.testing import TestPostgres
 

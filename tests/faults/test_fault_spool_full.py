@@ -8,9 +8,9 @@ import asyncio
 from pathlib import Path
 
 import grpc
-from fault_support import cheap_request, cheap_settings, free_port, rss_kib
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 
+from fault_support import cheap_request, cheap_settings, free_port, rss_kib
 from inference_svc.app import InferenceApp
 from persistence_svc.testing import error_reason
 

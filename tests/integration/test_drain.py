@@ -11,14 +11,14 @@ import sys
 from pathlib import Path
 
 import grpc
-from e2e_support import MODEL_CACHE, ROOT, ImageServer, make_request
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
-from test_end_to_end import wait_for_record
 
+from e2e_support import MODEL_CACHE, ROOT, ImageServer, make_request
 from persistence_svc.app import PersistenceApp
+from test_end_to_end import wait_for_record
 
 
 def free_port() -> int:

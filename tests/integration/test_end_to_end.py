@@ -9,7 +9,6 @@ import uuid
 import asyncpg
 import grpc
 import pytest
-from e2e_support import QUESTIONS, ImageServer, make_request
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from rpi.inspection.v1 import inspection_pb2 as pb
@@ -17,6 +16,7 @@ from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
+from e2e_support import QUESTIONS, ImageServer, make_request
 from inference_svc.app import InferenceApp
 
 

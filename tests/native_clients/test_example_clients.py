@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from e2e_support import ImageServer
 
+from e2e_support import ImageServer
 from inference_svc.app import InferenceApp
 
 Run = Callable[..., Coroutine[Any, Any, subprocess.CompletedProcess[str]]]

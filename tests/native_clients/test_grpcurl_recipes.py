@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from e2e_support import ImageServer
 
+from e2e_support import ImageServer
 from inference_svc.app import InferenceApp
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,12 +17,12 @@ import aiohttp
 import grpc
 import pytest
 import pytest_asyncio
-from e2e_support import QUESTIONS, ImageServer, inference_settings, make_request
 from rpi.inspection.v1 import inspection_pb2 as pb
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
+from e2e_support import QUESTIONS, ImageServer, inference_settings, make_request
 from inference_svc.app import InferenceApp
 from persistence_svc.app import PersistenceApp
 from persistence_svc.settings import PersistenceSettings
