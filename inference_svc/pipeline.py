@@ -443,8 +443,6 @@ class InspectionPipeline:
             if self._engine.constrained
             else None
         )
-        emit(PreprocessingDone(tiles=int(pixel_values.shape[0]), prompt_tokens=0))
-
         retry_errors: list[str] | None = None
         attempts = 1 + self._config.max_output_retries
         parsed: dict[str, object] | None = None
@@ -456,6 +454,13 @@ class InspectionPipeline:
                 n_pickup=n_pick,
                 retry_errors=retry_errors,
             )
+            if attempt_no == 1:
+                prompt_tokens = await self._in_thread(
+                    self._engine.count_prompt_tokens, prompt, tiles_per_image
+                )
+                emit(
+                    PreprocessingDone(tiles=int(pixel_values.shape[0]), prompt_tokens=prompt_tokens)
+                )
             listener = _GenerationListener(
                 emit, attempt_no, self._config.max_new_tokens, self._config.progress_every_tokens
             )

@@ -98,6 +98,10 @@ class Engine(Protocol):
 
     def queue_depth(self) -> int: ...
 
+    def count_prompt_tokens(self, prompt: str, tiles_per_image: tuple[int, ...]) -> int:
+        """Tokens the model reads for this prompt, image tokens included (blocking)."""
+        ...
+
     async def start(self) -> None:
         """Load the model, warm it up and start the worker."""
 

@@ -190,6 +190,15 @@ class BatchedEngine:
             self._abandon(job)
             raise
 
+    def count_prompt_tokens(self, prompt: str, tiles_per_image: tuple[int, ...]) -> int:
+        """Tokens the model will read for this prompt, image tokens included (CPU work: call
+        it from a worker thread)."""
+        loaded = self.loaded
+        text = build_prompt(
+            prompt, tiles_per_image, loaded.tokens_per_tile, self.config.system_message
+        )
+        return len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     # --- request preparation (helper thread) -----------------------------------------------
     def _prepare(self, request: GenerationRequest) -> _Prepared:
         loaded = self.loaded

@@ -142,6 +142,12 @@ async def test_inspect_stream_event_order(
     ]
     firsts = [kinds.index(k) for k in order]
     assert firsts == sorted(firsts), kinds
+    done = next(
+        m.preprocessing_done for m in messages if m.WhichOneof("event") == "preprocessing_done"
+    )
+    # One tile each: a 4:3 image is closer to the 1x1 grid than to 2x1 (max 2 for pickups).
+    assert done.tiles == 3
+    assert done.prompt_tokens > done.tiles * 256  # 256 image tokens per tile, plus the text
     fetched = [m.images_fetched for m in messages if m.WhichOneof("event") == "images_fetched"]
     assert [f.fetched for f in fetched] == [1, 2, 3] and all(f.total == 3 for f in fetched)
     progress = [
