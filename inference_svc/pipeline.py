@@ -135,7 +135,9 @@ class _ImageState:
             uri=_without_query(self.source.uri or ""),
             fetched_uri=_without_query(f.fetched_uri) if f else "",
             inline=self.source.content is not None,
-            sha256=f.sha256 if f else "",
+            # Prepared images carry the digest (hashed in a worker thread); an image fetched
+            # but never prepared (the request failed meanwhile) is hashed here, off the hot path.
+            sha256=p.sha256 if p else (f.sha256 or hashlib.sha256(f.data).hexdigest()) if f else "",
             size_bytes=len(f.data) if f else 0,
             width=p.width if p else 0,
             height=p.height if p else 0,

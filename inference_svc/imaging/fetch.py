@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -113,10 +112,6 @@ def _redirect_error(field_path: str, message: str) -> InspectionError:
     )
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 class ImageFetcher:
     """Fetches request images. One per process; owns one aiohttp session, created lazily.
 
@@ -166,7 +161,9 @@ class ImageFetcher:
                 f"inline image is {len(data)} bytes, over the limit of {self._config.max_bytes}",
                 stage=_STAGE,
             )
-        return FetchedImage(source=source, data=data, sha256=_sha256(data))
+        # The digest is computed in the preprocessing thread: hashing megabytes here would
+        # stall the event loop.
+        return FetchedImage(source=source, data=data)
 
     # -- URL checks
 
@@ -226,9 +223,7 @@ class ImageFetcher:
                 ),
                 exc.cause,
             ) from None
-        return FetchedImage(
-            source=source, data=data, fetched_uri=final.geturl(), sha256=_sha256(data)
-        )
+        return FetchedImage(source=source, data=data, fetched_uri=final.geturl())
 
     async def _attempt(self, source: ImageSource, url: ImageUrl) -> tuple[bytes, ImageUrl]:
         timeout = self._config.total_timeout_s

@@ -1,0 +1,1 @@
+"""Benchmarks of the inspection platform (see BENCHMARKS.md). Run ``python -m bench.<name>``."""

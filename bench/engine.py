@@ -1,0 +1,301 @@
+"""Engine benchmark: the seed-style engine against ours, end to end through the real gRPC
+server, at several concurrencies, with the same model and the same forced output length.
+
+    .venv/bin/python -m bench.engine                # full run (see BENCHMARKS.md)
+    .venv/bin/python -m bench.engine --concurrency 1 2 --requests 2 --tokens 8 --image-size 320x240
+
+Rows (each a fresh in-process InferenceApp, the demo model, recording off):
+
+* ``seed-style``: ENGINE_MODE=sequential (one generate per request, one at a time),
+  CONSTRAINED_DECODING=false: the replaced service's method.
+* ``ours``: ENGINE_MODE=batched with constrained decoding on: the production configuration.
+* ``ours, unconstrained`` (extra): batching alone.
+* ``ours, natural length`` (extra): constrained decoding to completion, no forced length; every
+  call returns a valid inspection.
+
+In the forced rows MIN_NEW_TOKENS = MAX_NEW_TOKENS, so every generate produces exactly that many
+tokens (checked against the engine's own token counter). The JSON schema's string bounds are
+raised so the grammar cannot complete before the forced length; the output is then a
+truncated JSON document, the service answers MODEL_OUTPUT_INVALID after the one generate
+(MAX_OUTPUT_RETRIES=0 in every row), and that reply counts as a completed request: the model,
+the parse attempt and the reply were all done. See BENCHMARKS.md for why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rpi.inspection.v1 import inspection_pb2 as pb
+
+from bench.common import (
+    LatencySummary,
+    add_torch_threads_flag,
+    apply_torch_threads,
+    fmt,
+    machine,
+    make_request,
+    quiet_logs,
+    ratio,
+    running_app,
+    table,
+)
+from bench.load import ChildProcess, LoadResult, drive_sync
+from bench.photos import photo_jpeg
+from inference_svc.imaging.tiling import choose_grid
+
+COMPLETED = {("OK", ""), ("INTERNAL", "MODEL_OUTPUT_INVALID")}
+
+
+@dataclass(frozen=True)
+class RowConfig:
+    name: str
+    overrides: dict[str, object]
+    forced: bool
+
+
+@dataclass
+class LevelResult:
+    row: str
+    concurrency: int
+    requests: int
+    completed: int
+    wall_s: float
+    latency: LatencySummary
+    tokens: int
+    batches: int
+    failures: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rps(self) -> float:
+        return self.completed / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def tokens_per_request(self) -> float:
+        return self.tokens / self.requests if self.requests else 0.0
+
+    @property
+    def mean_batch(self) -> float:
+        return self.requests / self.batches if self.batches else 0.0
+
+
+def row_configs(args: argparse.Namespace) -> list[RowConfig]:
+    tiles: dict[str, object] = {
+        "reference_max_tiles": args.reference_max_tiles,
+        "pickup_max_tiles": args.pickup_max_tiles,
+    }
+    forced: dict[str, object] = {
+        "max_new_tokens": args.tokens,
+        "min_new_tokens": args.tokens,
+        "max_output_retries": 0,
+        # Long enough that no string of the grammar can close before the forced length.
+        "max_analysis_chars": max(600, args.tokens * 16),
+        "max_evidence_chars": max(300, args.tokens * 16),
+        "max_result_chars": 120,
+        **tiles,
+    }
+    batching: dict[str, object] = {
+        "engine_mode": "batched",
+        "max_batch_size": args.max_batch_size,
+        "batch_wait_ms": args.batch_wait_ms,
+    }
+    rows = [
+        RowConfig("seed-style", {**forced, "engine_mode": "sequential",
+                                 "constrained_decoding": False}, True),
+        RowConfig("ours", {**forced, **batching, "constrained_decoding": True}, True),
+    ]
+    if args.with_unconstrained:
+        rows.append(RowConfig("ours, unconstrained",
+                              {**forced, **batching, "constrained_decoding": False}, True))
+    if not args.no_extra:
+        rows.append(RowConfig(
+            "ours, natural length",
+            {
+                **batching,
+                **tiles,
+                "constrained_decoding": True,
+                "max_new_tokens": max(args.tokens * 4, 1024),
+                "min_new_tokens": 0,
+                "max_output_retries": 0,
+                # The untrained model fills every string to its bound; these bounds give a
+                # complete JSON answer of a few hundred tokens.
+                "max_analysis_chars": 24,
+                "max_evidence_chars": 16,
+                "max_result_chars": 8,
+            },
+            False,
+        ))
+    return rows
+
+
+def build_requests(args: argparse.Namespace) -> list[bytes]:
+    """Distinct requests (different photos) so no layer can reuse a previous answer."""
+    w, h = args.image_size
+    out = []
+    for i in range(args.distinct):
+        refs = [pb.Image(content=photo_jpeg((w, h), seed=100 * i + k, quality=90))
+                for k in range(args.references)]
+        picks = [pb.Image(content=photo_jpeg((h, w), seed=100 * i + 50 + k, quality=90))
+                 for k in range(args.pickups)]
+        out.append(make_request(refs, picks, shipping_id=f"SHIP-BENCH-{i}").SerializeToString())
+    return out
+
+
+def _tiles(width: int, height: int, max_tiles: int) -> int:
+    cols, rows = choose_grid(width, height, 1, max_tiles, 448)
+    return int(cols * rows + (1 if cols * rows > 1 else 0))
+
+
+def requests_for(concurrency: int, args: argparse.Namespace) -> int:
+    return max(int(args.requests), concurrency * int(args.rounds))
+
+
+async def run_row(
+    row: RowConfig, args: argparse.Namespace, requests: list[bytes], client: ChildProcess
+) -> list[LevelResult]:
+    results = []
+    async with running_app(**row.overrides) as app:
+        target = f"127.0.0.1:{app.port}"
+        for c in args.concurrency:
+            total = requests_for(c, args)
+            if args.warmup:
+                await client.call(drive_sync, target, requests, c, c)
+            before = dict(app.engine.stats)
+            load: LoadResult = await client.call(drive_sync, target, requests, c, total)
+            after = app.engine.stats
+            tokens = after["tokens_generated"] - before["tokens_generated"]
+            rows = after["rows"] - before["rows"]
+            batches = after["batches"] - before["batches"]
+            ok = [o for o in load.outcomes if (o.code, o.reason) in COMPLETED]
+            failures: dict[str, int] = {}
+            for o in load.outcomes:
+                if (o.code, o.reason) not in COMPLETED:
+                    key = f"{o.code}/{o.reason}"
+                    failures[key] = failures.get(key, 0) + 1
+            results.append(LevelResult(
+                row=row.name,
+                concurrency=c,
+                requests=total,
+                completed=len(ok),
+                wall_s=load.wall_s,
+                latency=LatencySummary.of([o.latency_s for o in ok]),
+                tokens=tokens,
+                batches=batches,
+                failures=failures,
+            ))
+            if row.forced and rows and tokens != args.tokens * rows:
+                print(f"WARNING: {row.name} c={c}: {tokens} tokens for {rows} generates, "
+                      f"expected {args.tokens} each", file=sys.stderr)
+            r = results[-1]
+            print(f"  {row.name:<22} c={c:<3} {r.completed}/{total} completed in "
+                  f"{r.wall_s:6.1f} s, {r.rps:6.2f} req/s, p50 {r.latency.p50_ms:8.0f} ms, "
+                  f"mean batch {r.mean_batch:4.1f}"
+                  + (f", failures {failures}" if failures else ""), flush=True)
+    return results
+
+
+def report(results: list[LevelResult], args: argparse.Namespace) -> str:
+    lines = []
+    by = {(r.row, r.concurrency): r for r in results}
+    rows = list(dict.fromkeys(r.row for r in results))
+    summary = []
+    for c in args.concurrency:
+        base = by[("seed-style", c)]
+        body = []
+        for name in rows:
+            r = by[(name, c)]
+            body.append([
+                name, f"{r.completed}/{r.requests}", fmt(r.rps, 2), fmt(r.latency.p50_ms, 0),
+                fmt(r.latency.p99_ms, 0), fmt(r.tokens_per_s, 0), fmt(r.tokens_per_request, 0),
+                fmt(r.mean_batch, 1),
+                "1.00x" if name == "seed-style" else f"{ratio(r.rps, base.rps):.2f}x",
+                "1.00x" if name == "seed-style"
+                else f"{ratio(r.latency.p50_ms, base.latency.p50_ms):.2f}x",
+            ])
+        lines.append(f"\nConcurrency {c}:\n")
+        lines.append(table(
+            ["engine", "done", "req/s", "p50 ms", "p99 ms", "tokens/s", "tokens/req",
+             "batch", "req/s vs seed", "p50 vs seed"],
+            body,
+        ))
+        ours = by[("ours", c)]
+        summary.append(
+            f"c={c}: throughput {ratio(ours.rps, base.rps):.2f}x, "
+            f"p50 {ratio(ours.latency.p50_ms, base.latency.p50_ms):.2f}x"
+        )
+    lines.append("\nRATIOS ours/seed-style (forced length, both rows): " + "; ".join(summary))
+    return "\n".join(lines)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    w, _, h = text.lower().partition("x")
+    return int(w), int(h)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.engine", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--requests", type=int, default=8,
+                   help="measured requests per level (at least ROUNDS x concurrency)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="measured requests per level = max(REQUESTS, ROUNDS x concurrency)")
+    p.add_argument("--tokens", type=int, default=256, help="forced output length")
+    p.add_argument("--image-size", type=parse_size, default=(1024, 768),
+                   help="WxH of the (inline) reference photos; pickups are the same, portrait")
+    p.add_argument("--references", type=int, default=2)
+    p.add_argument("--pickups", type=int, default=2)
+    p.add_argument("--distinct", type=int, default=4, help="distinct requests cycled through")
+    p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--batch-wait-ms", type=float, default=10.0)
+    p.add_argument("--no-warmup", dest="warmup", action="store_false")
+    p.add_argument("--no-extra", action="store_true",
+                   help="without the natural-length row")
+    p.add_argument("--with-unconstrained", action="store_true",
+                   help="add ours with constrained decoding off (batching alone)")
+    p.add_argument("--pickup-max-tiles", type=int, default=2)
+    p.add_argument("--reference-max-tiles", type=int, default=1)
+    add_torch_threads_flag(p)
+    return p.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> tuple[list[LevelResult], str]:
+    apply_torch_threads(args.torch_threads)
+    requests = build_requests(args)
+    sizes = [len(pb.InspectRequest.FromString(r).SerializeToString()) for r in requests]
+    print(f"machine: {machine()}")
+    w, h = args.image_size
+    tiles = args.references * _tiles(w, h, args.reference_max_tiles) + args.pickups * _tiles(
+        h, w, args.pickup_max_tiles)
+    print(f"requests: {args.references} reference {w}x{h} + {args.pickups} pickup {h}x{w} "
+          f"inline photos = {tiles} tiles ({tiles * 256} image tokens), {len(requests)} "
+          f"distinct, {sum(sizes) / len(sizes) / 1e6:.2f} MB each; forced length "
+          f"{args.tokens} tokens; MAX_BATCH_SIZE {args.max_batch_size}, BATCH_WAIT_MS "
+          f"{args.batch_wait_ms:g}", flush=True)
+    results: list[LevelResult] = []
+    started = time.perf_counter()
+    with ChildProcess() as client:
+        for row in row_configs(args):
+            results.extend(await run_row(row, args, requests, client))
+    text = report(results, args)
+    print(text)
+    print(f"\n(total benchmark time {time.perf_counter() - started:.0f} s)")
+    return results, text
+
+
+def main(argv: Sequence[str] | None = None) -> list[LevelResult]:
+    quiet_logs()
+    results, _ = asyncio.run(run(parse_args(argv)))
+    return results
+
+
+if __name__ == "__main__":
+    main()

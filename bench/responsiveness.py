@@ -1,0 +1,153 @@
+"""Responsiveness benchmark: latency of a gRPC health check while the server is saturated with
+inspections, against the same server idle, in one run.
+
+    .venv/bin/python -m bench.responsiveness
+    .venv/bin/python -m bench.responsiveness --duration 4 --idle 1 --concurrency 2 --size 640x480
+
+The server runs the production engine (batched, constrained decoding) with the demo model.
+A load process keeps CONCURRENCY inspections in flight (2 reference + 2 pickup photos fetched
+from a loopback HTTP server in a third process); a probe process on a channel of its own sends
+a health check every INTERVAL ms. Health is answered on the service's event loop, so its
+latency shows any blocking of that loop (image decode, tiling, parsing and generation all run
+in worker threads). Target: p99 under 20 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rpi.inspection.v1 import inspection_pb2 as pb
+
+from bench.common import (
+    LatencySummary,
+    add_torch_threads_flag,
+    apply_torch_threads,
+    fmt,
+    machine,
+    make_request,
+    quiet_logs,
+    running_app,
+    table,
+)
+from bench.image_server import ImageServerProcess
+from bench.load import ChildProcess, LoadResult, probe_sync, saturate_sync
+from bench.photos import photo_jpeg
+
+TARGET_P99_MS = 20.0
+
+
+@dataclass
+class Result:
+    idle: LatencySummary
+    saturated: LatencySummary
+    load: LoadResult
+    engine_batches: int
+    engine_rows: int
+
+    @property
+    def completed(self) -> int:
+        return sum(1 for o in self.load.outcomes if o.code == "OK")
+
+
+def report(r: Result) -> str:
+    body = [
+        [name, str(s.count), fmt(s.p50_ms, 2), fmt(s.p99_ms, 2), fmt(s.max_ms, 2),
+         fmt(s.mean_ms, 2)]
+        for name, s in (("idle", r.idle), ("saturated", r.saturated))
+    ]
+    failed = len(r.load.outcomes) - r.completed
+    codes = sorted({f"{o.code}/{o.reason}" for o in r.load.outcomes if o.code != "OK"})
+    return (
+        table(["server", "health checks", "p50 ms", "p99 ms", "max ms", "mean ms"], body)
+        + f"\n\nload during the saturated phase: {r.completed} inspections completed"
+        + (f", {failed} failed {codes}" if failed else "")
+        + f" in {r.load.wall_s:.1f} s ({r.completed / r.load.wall_s:.2f}/s), engine batches "
+        f"{r.engine_batches}, mean batch {r.engine_rows / max(r.engine_batches, 1):.1f}"
+    )
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    w, _, h = text.lower().partition("x")
+    return int(w), int(h)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.responsiveness", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--duration", type=float, default=40.0,
+                   help="seconds of saturation (probes run inside it, after the ramp-up)")
+    p.add_argument("--ramp", type=float, default=3.0,
+                   help="seconds of load before the probes start")
+    p.add_argument("--idle", type=float, default=10.0, help="seconds of idle probing")
+    p.add_argument("--interval-ms", type=float, default=10.0)
+    p.add_argument("--size", type=parse_size, default=(4000, 3000),
+                   help="WxH of references; pickups are the same size, portrait")
+    add_torch_threads_flag(p)
+    return p.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> Result:
+    apply_torch_threads(args.torch_threads)
+    w, h = args.size
+    images = {"ref-0.jpg": photo_jpeg((w, h), seed=1), "ref-1.jpg": photo_jpeg((w, h), seed=2),
+              "pick-0.jpg": photo_jpeg((h, w), seed=3), "pick-1.jpg": photo_jpeg((h, w), seed=4)}
+    print(f"machine: {machine()}")
+    print(f"load: {args.concurrency} concurrent inspections, 2 reference {w}x{h} + 2 pickup "
+          f"{h}x{w} JPEG fetched from loopback; health every {args.interval_ms:.0f} ms on its "
+          "own channel and process", flush=True)
+    interval = args.interval_ms / 1000.0
+    overrides: dict[str, object] = {
+        "max_new_tokens": 1024,
+        "max_output_retries": 0,
+        "max_analysis_chars": 8,
+        "max_evidence_chars": 8,
+        "max_result_chars": 4,
+    }
+    with ImageServerProcess(images) as server, ChildProcess() as loader, \
+            ChildProcess() as prober:
+        request = make_request(
+            [pb.Image(uri=server.url("ref-0.jpg")), pb.Image(uri=server.url("ref-1.jpg"))],
+            [pb.Image(uri=server.url("pick-0.jpg")), pb.Image(uri=server.url("pick-1.jpg"))],
+        ).SerializeToString()
+        async with running_app(**overrides) as app:
+            target = f"127.0.0.1:{app.port}"
+            idle = await prober.call(probe_sync, target, interval, args.idle)
+            before = dict(app.engine.stats)
+            probe_window = max(args.duration - args.ramp, interval)
+            load, saturated = await asyncio.gather(
+                loader.call(saturate_sync, target, [request], args.concurrency, args.duration),
+                prober.call(probe_sync, target, interval, probe_window, args.ramp),
+            )
+            after = app.engine.stats
+    result = Result(
+        idle=LatencySummary.of([lat for _, lat in idle]),
+        saturated=LatencySummary.of([lat for _, lat in saturated]),
+        load=load,
+        engine_batches=after["batches"] - before["batches"],
+        engine_rows=after["rows"] - before["rows"],
+    )
+    print()
+    print(report(result))
+    verdict = "met" if result.saturated.p99_ms < TARGET_P99_MS else "NOT met"
+    print(f"\nRATIOS saturated/idle health latency: p50 "
+          f"{result.saturated.p50_ms / result.idle.p50_ms:.2f}x, p99 "
+          f"{result.saturated.p99_ms / result.idle.p99_ms:.2f}x; saturated p99 "
+          f"{result.saturated.p99_ms:.1f} ms (target < {TARGET_P99_MS:.0f} ms: {verdict})")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> Result:
+    quiet_logs()
+    started = time.perf_counter()
+    result = asyncio.run(run(parse_args(argv)))
+    print(f"(total benchmark time {time.perf_counter() - started:.0f} s)")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Each benchmark, run in a tiny configuration, produces its whole report.
+
+These prove the benchmarks work; they assert on the structure of the figures, never on their
+values (timings are for BENCHMARKS.md, not for tests).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench import engine, overhead, preprocess, responsiveness
+from bench.common import LatencySummary, percentile, table
+from bench.photos import photo_jpeg
+
+pytestmark = pytest.mark.slow
+
+
+def _finite_positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def test_photo_is_a_deterministic_jpeg_of_the_requested_size() -> None:
+    data = photo_jpeg((320, 240), seed=7)
+    assert data == photo_jpeg((320, 240), seed=7)
+    assert data != photo_jpeg((320, 240), seed=8)
+    with Image.open(__import__("io").BytesIO(data)) as image:
+        assert image.format == "JPEG"
+        assert image.size == (320, 240)
+        # Photo-like: not a flat image (texture and noise everywhere).
+        assert float(np.asarray(image.convert("L"), dtype=np.float32).std()) > 5.0
+
+
+def test_percentiles_and_tables() -> None:
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([float(i) for i in range(1, 101)], 99) == 99.0
+    assert math.isnan(percentile([], 50))
+    summary = LatencySummary.of([0.001, 0.002, 0.003])
+    assert (summary.count, summary.p50_ms, summary.max_ms) == (3, 2.0, 3.0)
+    lines = table(["a", "bb"], [["1", "2"], ["333", "4"]]).splitlines()
+    assert len(lines) == 4
+    assert all(line.startswith("| ") and line.endswith(" |") for line in lines)
+
+
+def test_preprocess_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
+    cases = preprocess.main(["--images", "1", "--repeats", "1", "--size", "640x480"])
+    out = capsys.readouterr().out
+    assert [c.role for c in cases] == ["reference", "pickup"]
+    assert [c.tiles for c in cases] == [1, 3]  # landscape reference; portrait pickup 1x2 + thumb
+    for case in cases:
+        assert len(case.seed_ms) == len(case.ours_ms) == 1
+        assert _finite_positive(case.speedup)
+        assert 0.0 <= case.mean_abs <= case.max_abs
+    assert "RATIOS seed-style/ours time: reference" in out
+    assert "| reference (max_tiles=1) |" in out
+
+
+def test_engine_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
+    results = engine.main([
+        "--concurrency", "1", "2", "--requests", "2", "--rounds", "1", "--tokens", "8",
+        "--image-size", "320x240", "--distinct", "1", "--references", "1", "--pickups", "1",
+        "--with-unconstrained",
+    ])
+    out = capsys.readouterr().out
+    rows = {r.row for r in results}
+    assert rows == {"seed-style", "ours", "ours, unconstrained", "ours, natural length"}
+    assert {(r.row, r.concurrency) for r in results} == {(n, c) for n in rows for c in (1, 2)}
+    for r in results:
+        assert r.completed == r.requests == 2, r.failures
+        assert _finite_positive(r.rps) and _finite_positive(r.latency.p50_ms)
+        if r.row != "ours, natural length":
+            assert r.tokens == 8 * r.requests  # the forced length, exactly
+    assert next(r for r in results if r.row == "seed-style").mean_batch == 1.0
+    assert "Concurrency 2:" in out
+    assert "RATIOS ours/seed-style" in out and "c=2: throughput" in out
+
+
+def test_overhead_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
+    rows = overhead.main(["--requests", "2", "--warmup", "1", "--size", "320x240",
+                          "--sets", "1"])
+    out = capsys.readouterr().out
+    assert [r.name for r in rows] == ["recording on (spooled events)", "recording off"]
+    for row in rows:
+        stages = row.per_stage_ms()
+        assert set(stages) == {*overhead.STAGES, "model", "overhead", "latency"}
+        assert all(len(v) == 2 for v in stages.values())
+        assert all(o.code == "OK" for o in row.outcomes)
+    assert "RATIOS overhead per inspection p50" in out
+    assert "| fetch " in out and "| overhead " in out
+
+
+def test_responsiveness_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
+    result = responsiveness.main([
+        "--duration", "3", "--ramp", "1", "--idle", "0.5", "--concurrency", "2",
+        "--size", "320x240", "--interval-ms", "20",
+    ])
+    out = capsys.readouterr().out
+    assert result.idle.count > 0 and result.saturated.count > 0
+    assert result.completed > 0
+    assert _finite_positive(result.saturated.p99_ms)
+    assert "RATIOS saturated/idle health latency" in out
+    assert "| saturated |" in out
