@@ -24,10 +24,12 @@ MODEL_CACHE = ROOT / "var" / "models"
 
 QUESTIONS = (
     pb.Question(type="Colour", label="Is the colour red?", value_to_check="Yes", mandatory=True),
-    pb.Question(type="Brand", label="Is the brand ACME visible?", value_to_check="Yes",
-                mandatory=True),
-    pb.Question(type="Damage", label="Is the product damaged?", value_to_check="No",
-                mandatory=True),
+    pb.Question(
+        type="Brand", label="Is the brand ACME visible?", value_to_check="Yes", mandatory=True
+    ),
+    pb.Question(
+        type="Damage", label="Is the product damaged?", value_to_check="No", mandatory=True
+    ),
 )
 
 
@@ -48,7 +50,9 @@ DEFAULT_TORCH_THREADS = 1
 
 def add_torch_threads_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--torch-threads", type=int, default=DEFAULT_TORCH_THREADS,
+        "--torch-threads",
+        type=int,
+        default=DEFAULT_TORCH_THREADS,
         help="torch intra-op threads in the server process (0 = torch's default, one per "
         "core). Default 1: on a small machine shared with other work, 2-thread OpenMP regions "
         "stall whenever one of their threads is descheduled (see BENCHMARKS.md).",
@@ -127,8 +131,7 @@ class LatencySummary:
     def of(cls, seconds: Sequence[float]) -> LatencySummary:
         ms = [s * 1000.0 for s in seconds]
         mean = sum(ms) / len(ms) if ms else math.nan
-        return cls(len(ms), percentile(ms, 50), percentile(ms, 99), max(ms, default=math.nan),
-                   mean)
+        return cls(len(ms), percentile(ms, 50), percentile(ms, 99), max(ms, default=math.nan), mean)
 
 
 def ratio(ours: float, baseline: float) -> float:
@@ -144,8 +147,9 @@ def fmt(value: float, digits: int = 1) -> str:
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """A Markdown table (pasted as is into BENCHMARKS.md)."""
     body = [list(map(str, r)) for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)
+    ]
 
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"

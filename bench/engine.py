@@ -108,31 +108,39 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
         "batch_wait_ms": args.batch_wait_ms,
     }
     rows = [
-        RowConfig("seed-style", {**forced, "engine_mode": "sequential",
-                                 "constrained_decoding": False}, True),
+        RowConfig(
+            "seed-style",
+            {**forced, "engine_mode": "sequential", "constrained_decoding": False},
+            True,
+        ),
         RowConfig("ours", {**forced, **batching, "constrained_decoding": True}, True),
     ]
     if args.with_unconstrained:
-        rows.append(RowConfig("ours, unconstrained",
-                              {**forced, **batching, "constrained_decoding": False}, True))
+        rows.append(
+            RowConfig(
+                "ours, unconstrained", {**forced, **batching, "constrained_decoding": False}, True
+            )
+        )
     if not args.no_extra:
-        rows.append(RowConfig(
-            "ours, natural length",
-            {
-                **batching,
-                **tiles,
-                "constrained_decoding": True,
-                "max_new_tokens": max(args.tokens * 4, 1024),
-                "min_new_tokens": 0,
-                "max_output_retries": 0,
-                # The untrained model fills every string to its bound; these bounds give a
-                # complete JSON answer of a few hundred tokens.
-                "max_analysis_chars": 24,
-                "max_evidence_chars": 16,
-                "max_result_chars": 8,
-            },
-            False,
-        ))
+        rows.append(
+            RowConfig(
+                "ours, natural length",
+                {
+                    **batching,
+                    **tiles,
+                    "constrained_decoding": True,
+                    "max_new_tokens": max(args.tokens * 4, 1024),
+                    "min_new_tokens": 0,
+                    "max_output_retries": 0,
+                    # The untrained model fills every string to its bound; these bounds give a
+                    # complete JSON answer of a few hundred tokens.
+                    "max_analysis_chars": 24,
+                    "max_evidence_chars": 16,
+                    "max_result_chars": 8,
+                },
+                False,
+            )
+        )
     return rows
 
 
@@ -141,10 +149,14 @@ def build_requests(args: argparse.Namespace) -> list[bytes]:
     w, h = args.image_size
     out = []
     for i in range(args.distinct):
-        refs = [pb.Image(content=photo_jpeg((w, h), seed=100 * i + k, quality=90))
-                for k in range(args.references)]
-        picks = [pb.Image(content=photo_jpeg((h, w), seed=100 * i + 50 + k, quality=90))
-                 for k in range(args.pickups)]
+        refs = [
+            pb.Image(content=photo_jpeg((w, h), seed=100 * i + k, quality=90))
+            for k in range(args.references)
+        ]
+        picks = [
+            pb.Image(content=photo_jpeg((h, w), seed=100 * i + 50 + k, quality=90))
+            for k in range(args.pickups)
+        ]
         out.append(make_request(refs, picks, shipping_id=f"SHIP-BENCH-{i}").SerializeToString())
     return out
 
@@ -180,25 +192,32 @@ async def run_row(
                 if (o.code, o.reason) not in COMPLETED:
                     key = f"{o.code}/{o.reason}"
                     failures[key] = failures.get(key, 0) + 1
-            results.append(LevelResult(
-                row=row.name,
-                concurrency=c,
-                requests=total,
-                completed=len(ok),
-                wall_s=load.wall_s,
-                latency=LatencySummary.of([o.latency_s for o in ok]),
-                tokens=tokens,
-                batches=batches,
-                failures=failures,
-            ))
+            results.append(
+                LevelResult(
+                    row=row.name,
+                    concurrency=c,
+                    requests=total,
+                    completed=len(ok),
+                    wall_s=load.wall_s,
+                    latency=LatencySummary.of([o.latency_s for o in ok]),
+                    tokens=tokens,
+                    batches=batches,
+                    failures=failures,
+                )
+            )
             if row.forced and rows and tokens != args.tokens * rows:
-                print(f"WARNING: {row.name} c={c}: {tokens} tokens for {rows} generates, "
-                      f"expected {args.tokens} each", file=sys.stderr)
+                print(
+                    f"WARNING: {row.name} c={c}: {tokens} tokens for {rows} generates, "
+                    f"expected {args.tokens} each",
+                    file=sys.stderr,
+                )
             r = results[-1]
-            print(f"  {row.name:<22} c={c:<3} {r.completed}/{total} completed in "
-                  f"{r.wall_s:6.1f} s, {r.rps:6.2f} req/s, p50 {r.latency.p50_ms:8.0f} ms, "
-                  f"mean batch {r.mean_batch:4.1f}"
-                  + (f", failures {failures}" if failures else ""), flush=True)
+            print(
+                f"  {row.name:<22} c={c:<3} {r.completed}/{total} completed in "
+                f"{r.wall_s:6.1f} s, {r.rps:6.2f} req/s, p50 {r.latency.p50_ms:8.0f} ms, "
+                f"mean batch {r.mean_batch:4.1f}" + (f", failures {failures}" if failures else ""),
+                flush=True,
+            )
     return results
 
 
@@ -212,20 +231,40 @@ def report(results: list[LevelResult], args: argparse.Namespace) -> str:
         body = []
         for name in rows:
             r = by[(name, c)]
-            body.append([
-                name, f"{r.completed}/{r.requests}", fmt(r.rps, 2), fmt(r.latency.p50_ms, 0),
-                fmt(r.latency.p99_ms, 0), fmt(r.tokens_per_s, 0), fmt(r.tokens_per_request, 0),
-                fmt(r.mean_batch, 1),
-                "1.00x" if name == "seed-style" else f"{ratio(r.rps, base.rps):.2f}x",
-                "1.00x" if name == "seed-style"
-                else f"{ratio(r.latency.p50_ms, base.latency.p50_ms):.2f}x",
-            ])
+            body.append(
+                [
+                    name,
+                    f"{r.completed}/{r.requests}",
+                    fmt(r.rps, 2),
+                    fmt(r.latency.p50_ms, 0),
+                    fmt(r.latency.p99_ms, 0),
+                    fmt(r.tokens_per_s, 0),
+                    fmt(r.tokens_per_request, 0),
+                    fmt(r.mean_batch, 1),
+                    "1.00x" if name == "seed-style" else f"{ratio(r.rps, base.rps):.2f}x",
+                    "1.00x"
+                    if name == "seed-style"
+                    else f"{ratio(r.latency.p50_ms, base.latency.p50_ms):.2f}x",
+                ]
+            )
         lines.append(f"\nConcurrency {c}:\n")
-        lines.append(table(
-            ["engine", "done", "req/s", "p50 ms", "p99 ms", "tokens/s", "tokens/req",
-             "batch", "req/s vs seed", "p50 vs seed"],
-            body,
-        ))
+        lines.append(
+            table(
+                [
+                    "engine",
+                    "done",
+                    "req/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "tokens/s",
+                    "tokens/req",
+                    "batch",
+                    "req/s vs seed",
+                    "p50 vs seed",
+                ],
+                body,
+            )
+        )
         ours = by[("ours", c)]
         summary.append(
             f"c={c}: throughput {ratio(ours.rps, base.rps):.2f}x, "
@@ -241,26 +280,43 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.engine", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.engine",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--requests", type=int, default=8,
-                   help="measured requests per level (at least ROUNDS x concurrency)")
-    p.add_argument("--rounds", type=int, default=2,
-                   help="measured requests per level = max(REQUESTS, ROUNDS x concurrency)")
+    p.add_argument(
+        "--requests",
+        type=int,
+        default=8,
+        help="measured requests per level (at least ROUNDS x concurrency)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="measured requests per level = max(REQUESTS, ROUNDS x concurrency)",
+    )
     p.add_argument("--tokens", type=int, default=256, help="forced output length")
-    p.add_argument("--image-size", type=parse_size, default=(1024, 768),
-                   help="WxH of the (inline) reference photos; pickups are the same, portrait")
+    p.add_argument(
+        "--image-size",
+        type=parse_size,
+        default=(1024, 768),
+        help="WxH of the (inline) reference photos; pickups are the same, portrait",
+    )
     p.add_argument("--references", type=int, default=2)
     p.add_argument("--pickups", type=int, default=2)
     p.add_argument("--distinct", type=int, default=4, help="distinct requests cycled through")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--batch-wait-ms", type=float, default=10.0)
     p.add_argument("--no-warmup", dest="warmup", action="store_false")
-    p.add_argument("--no-extra", action="store_true",
-                   help="without the natural-length row")
-    p.add_argument("--with-unconstrained", action="store_true",
-                   help="add ours with constrained decoding off (batching alone)")
+    p.add_argument("--no-extra", action="store_true", help="without the natural-length row")
+    p.add_argument(
+        "--with-unconstrained",
+        action="store_true",
+        help="add ours with constrained decoding off (batching alone)",
+    )
     p.add_argument("--pickup-max-tiles", type=int, default=2)
     p.add_argument("--reference-max-tiles", type=int, default=1)
     add_torch_threads_flag(p)
@@ -274,12 +330,16 @@ async def run(args: argparse.Namespace) -> tuple[list[LevelResult], str]:
     print(f"machine: {machine()}")
     w, h = args.image_size
     tiles = args.references * _tiles(w, h, args.reference_max_tiles) + args.pickups * _tiles(
-        h, w, args.pickup_max_tiles)
-    print(f"requests: {args.references} reference {w}x{h} + {args.pickups} pickup {h}x{w} "
-          f"inline photos = {tiles} tiles ({tiles * 256} image tokens), {len(requests)} "
-          f"distinct, {sum(sizes) / len(sizes) / 1e6:.2f} MB each; forced length "
-          f"{args.tokens} tokens; MAX_BATCH_SIZE {args.max_batch_size}, BATCH_WAIT_MS "
-          f"{args.batch_wait_ms:g}", flush=True)
+        h, w, args.pickup_max_tiles
+    )
+    print(
+        f"requests: {args.references} reference {w}x{h} + {args.pickups} pickup {h}x{w} "
+        f"inline photos = {tiles} tiles ({tiles * 256} image tokens), {len(requests)} "
+        f"distinct, {sum(sizes) / len(sizes) / 1e6:.2f} MB each; forced length "
+        f"{args.tokens} tokens; MAX_BATCH_SIZE {args.max_batch_size}, BATCH_WAIT_MS "
+        f"{args.batch_wait_ms:g}",
+        flush=True,
+    )
     results: list[LevelResult] = []
     started = time.perf_counter()
     with ChildProcess() as client:

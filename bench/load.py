@@ -69,7 +69,9 @@ def _timings(response: pb.InspectResponse) -> dict[str, float]:
 
 
 async def _one(
-    stub: pb_grpc.InspectionServiceStub, request: pb.InspectRequest, origin: float,
+    stub: pb_grpc.InspectionServiceStub,
+    request: pb.InspectRequest,
+    origin: float,
     timeout_s: float,
 ) -> Outcome:
     started = time.perf_counter()
@@ -78,10 +80,10 @@ async def _one(
             request, timeout=timeout_s
         )
     except grpc.aio.AioRpcError as error:
-        return Outcome(started - origin, time.perf_counter() - started, error.code().name,
-                       _reason(error))
-    return Outcome(started - origin, time.perf_counter() - started, "OK", "",
-                   _timings(response))
+        return Outcome(
+            started - origin, time.perf_counter() - started, error.code().name, _reason(error)
+        )
+    return Outcome(started - origin, time.perf_counter() - started, "OK", "", _timings(response))
 
 
 async def drive(
@@ -107,9 +109,7 @@ async def drive(
 
             async def worker() -> None:
                 for i in counter:
-                    outcomes.append(
-                        await _one(stub, decoded[i % len(decoded)], origin, timeout_s)
-                    )
+                    outcomes.append(await _one(stub, decoded[i % len(decoded)], origin, timeout_s))
 
             await asyncio.gather(*(worker() for _ in range(min(concurrency, max(count, 1)))))
             return outcomes, time.perf_counter() - origin
@@ -120,7 +120,10 @@ async def drive(
 
 
 async def saturate_until(
-    target: str, requests: list[bytes], concurrency: int, stop_after_s: float,
+    target: str,
+    requests: list[bytes],
+    concurrency: int,
+    stop_after_s: float,
     timeout_s: float = 600.0,
 ) -> LoadResult:
     """Keeps ``concurrency`` Inspect calls in flight for ``stop_after_s`` seconds (calls that

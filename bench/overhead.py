@@ -88,7 +88,10 @@ def _free_port() -> int:
 
 
 async def run_row(
-    name: str, args: argparse.Namespace, requests: list[bytes], client: ChildProcess,
+    name: str,
+    args: argparse.Namespace,
+    requests: list[bytes],
+    client: ChildProcess,
     persistence_target: str,
 ) -> RowResult:
     overrides: dict[str, object] = {
@@ -129,12 +132,19 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.overhead",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--requests", type=int, default=16, help="measured inspections per row")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--size", type=parse_size, default=TWELVE_MP,
-                   help="WxH of references; pickups are the same size, portrait")
+    p.add_argument(
+        "--size",
+        type=parse_size,
+        default=TWELVE_MP,
+        help="WxH of references; pickups are the same size, portrait",
+    )
     p.add_argument("--sets", type=int, default=2, help="distinct image sets cycled through")
     p.add_argument("--no-compare", action="store_true", help="skip the recording-off row")
     add_torch_threads_flag(p)
@@ -152,9 +162,12 @@ async def run(args: argparse.Namespace) -> list[RowResult]:
             images[f"pick-{s}-{k}.jpg"] = photo_jpeg((h, w), seed=2000 + 10 * s + k)
     mb = sum(len(v) for v in images.values()) / len(images) / 1e6
     print(f"machine: {machine()}")
-    print(f"images: 2 reference {w}x{h} + 2 pickup {h}x{w} JPEG per inspection, {args.sets} "
-          f"sets, {mb:.2f} MB each on average (generated in "
-          f"{time.perf_counter() - started:.0f} s)", flush=True)
+    print(
+        f"images: 2 reference {w}x{h} + 2 pickup {h}x{w} JPEG per inspection, {args.sets} "
+        f"sets, {mb:.2f} MB each on average (generated in "
+        f"{time.perf_counter() - started:.0f} s)",
+        flush=True,
+    )
     rows: list[RowResult] = []
     with ImageServerProcess(images) as server, ChildProcess() as client:
         requests = [
@@ -166,8 +179,11 @@ async def run(args: argparse.Namespace) -> list[RowResult]:
             for s in range(args.sets)
         ]
         closed_port = _free_port()
-        rows.append(await run_row("recording on (spooled events)", args, requests, client,
-                                  f"127.0.0.1:{closed_port}"))
+        rows.append(
+            await run_row(
+                "recording on (spooled events)", args, requests, client, f"127.0.0.1:{closed_port}"
+            )
+        )
         if not args.no_compare:
             rows.append(await run_row("recording off", args, requests, client, ""))
     print(report(rows))
@@ -184,8 +200,9 @@ async def run(args: argparse.Namespace) -> list[RowResult]:
         # recording, so their differences between the rows are noise.
         on = statistics.median(first["other"])
         off = statistics.median(rows[1].per_stage_ms()["other"])
-        line += (f"; 'other' stage with/without recording p50 {on:.1f}/{off:.1f} ms = "
-                 f"{on / off:.2f}x")
+        line += (
+            f"; 'other' stage with/without recording p50 {on:.1f}/{off:.1f} ms = {on / off:.2f}x"
+        )
     print(line)
     print(f"(total benchmark time {time.perf_counter() - started:.0f} s)")
     return rows

@@ -60,9 +60,7 @@ def _time(fn: object, repeats: int) -> tuple[list[float], np.ndarray]:
     return out, result
 
 
-def run_case(
-    photos: list[bytes], role: ImageRole, max_tiles: int, repeats: int
-) -> CaseResult:
+def run_case(photos: list[bytes], role: ImageRole, max_tiles: int, repeats: int) -> CaseResult:
     seed_ms: list[float] = []
     ours_ms: list[float] = []
     diffs: list[np.ndarray] = []
@@ -70,9 +68,7 @@ def run_case(
     for i, data in enumerate(photos):
         fetched = FetchedImage(ImageSource(role, i, content=data), data, sha256="-")
         s_ms, seed_tiles = _time(lambda d=data: seed_style_prepare(d, max_tiles), repeats)
-        o_ms, ours_tiles = _time(
-            lambda f=fetched: prepare_image(f, max_tiles).tiles, repeats
-        )
+        o_ms, ours_tiles = _time(lambda f=fetched: prepare_image(f, max_tiles).tiles, repeats)
         if seed_tiles.shape != ours_tiles.shape:
             raise AssertionError(f"tile shapes differ: {seed_tiles.shape} {ours_tiles.shape}")
         tiles = int(ours_tiles.shape[0])
@@ -81,8 +77,13 @@ def run_case(
         diffs.append(np.abs(seed_tiles - ours_tiles).ravel())
     diff = np.concatenate(diffs)
     return CaseResult(
-        role=role.value, max_tiles=max_tiles, tiles=tiles, seed_ms=seed_ms, ours_ms=ours_ms,
-        mean_abs=float(diff.mean()), p99_abs=float(np.percentile(diff, 99)),
+        role=role.value,
+        max_tiles=max_tiles,
+        tiles=tiles,
+        seed_ms=seed_ms,
+        ours_ms=ours_ms,
+        mean_abs=float(diff.mean()),
+        p99_abs=float(np.percentile(diff, 99)),
         max_abs=float(diff.max()),
     )
 
@@ -90,16 +91,33 @@ def run_case(
 def report(cases: list[CaseResult]) -> str:
     body = [
         [
-            f"{c.role} (max_tiles={c.max_tiles})", str(c.tiles),
-            fmt(statistics.median(c.seed_ms), 1), fmt(percentile(c.seed_ms, 99), 1),
-            fmt(statistics.median(c.ours_ms), 1), fmt(percentile(c.ours_ms, 99), 1),
-            f"{c.speedup:.2f}x", f"{c.mean_abs:.4f}", f"{c.p99_abs:.4f}", f"{c.max_abs:.3f}",
+            f"{c.role} (max_tiles={c.max_tiles})",
+            str(c.tiles),
+            fmt(statistics.median(c.seed_ms), 1),
+            fmt(percentile(c.seed_ms, 99), 1),
+            fmt(statistics.median(c.ours_ms), 1),
+            fmt(percentile(c.ours_ms, 99), 1),
+            f"{c.speedup:.2f}x",
+            f"{c.mean_abs:.4f}",
+            f"{c.p99_abs:.4f}",
+            f"{c.max_abs:.3f}",
             "yes" if c.within_tolerance else "NO",
         ]
         for c in cases
     ]
-    headers = ["case", "tiles", "seed p50 ms", "seed p99 ms", "ours p50 ms", "ours p99 ms",
-               "speedup", "mean |diff|", "p99 |diff|", "max |diff|", "within tol."]
+    headers = [
+        "case",
+        "tiles",
+        "seed p50 ms",
+        "seed p99 ms",
+        "ours p50 ms",
+        "ours p99 ms",
+        "speedup",
+        "mean |diff|",
+        "p99 |diff|",
+        "max |diff|",
+        "within tol.",
+    ]
     return table(headers, body)
 
 
@@ -109,8 +127,11 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.preprocess", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.preprocess",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--images", type=int, default=4, help="distinct photos per case")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per photo and path")
     p.add_argument("--size", type=parse_size, default=TWELVE_MP, help="WxH (default 12 MP)")
@@ -126,30 +147,37 @@ def main(argv: Sequence[str] | None = None) -> list[CaseResult]:
     # Catalogue photos landscape; pickup photos portrait (as taken on a phone), which is also
     # the orientation that gives a pickup its 2 tiles + thumbnail.
     photos = [photo_jpeg((w, h), seed=i, quality=args.quality) for i in range(args.images)]
-    portrait = [photo_jpeg((h, w), seed=100 + i, quality=args.quality)
-                for i in range(args.images)]
+    portrait = [photo_jpeg((h, w), seed=100 + i, quality=args.quality) for i in range(args.images)]
     sizes = [len(p) / 1e6 for p in photos + portrait]
-    print(f"photos: {args.images} landscape {w}x{h} (reference) + {args.images} portrait "
-          f"{h}x{w} (pickup), {w * h / 1e6:.1f} MP JPEG q{args.quality}, "
-          f"{min(sizes):.2f}-{max(sizes):.2f} MB (generated in "
-          f"{time.perf_counter() - started:.0f} s); {args.repeats} timed runs each, "
-          "one thread, one image at a time", flush=True)
+    print(
+        f"photos: {args.images} landscape {w}x{h} (reference) + {args.images} portrait "
+        f"{h}x{w} (pickup), {w * h / 1e6:.1f} MP JPEG q{args.quality}, "
+        f"{min(sizes):.2f}-{max(sizes):.2f} MB (generated in "
+        f"{time.perf_counter() - started:.0f} s); {args.repeats} timed runs each, "
+        "one thread, one image at a time",
+        flush=True,
+    )
     # Each path once untimed, so lazy imports and first-call allocations are not measured.
     seed_style_prepare(photos[0], 1)
-    prepare_image(FetchedImage(ImageSource(ImageRole.PICKUP, 0, content=photos[0]), photos[0],
-                               sha256="-"), 1)
+    prepare_image(
+        FetchedImage(ImageSource(ImageRole.PICKUP, 0, content=photos[0]), photos[0], sha256="-"), 1
+    )
     cases = [
         run_case(photos, ImageRole.REFERENCE, 1, args.repeats),
         run_case(portrait, ImageRole.PICKUP, 2, args.repeats),
     ]
     print()
     print(report(cases))
-    print(f"\ntolerance (normalised units): mean |diff| <= {TOLERANCE_MEAN}, "
-          f"p99 |diff| <= {TOLERANCE_P99}")
-    print("RATIOS seed-style/ours time: "
-          + "; ".join(f"{c.role} {c.speedup:.2f}x" for c in cases)
-          + "; tiles within tolerance: "
-          + ("yes" if all(c.within_tolerance for c in cases) else "NO"))
+    print(
+        f"\ntolerance (normalised units): mean |diff| <= {TOLERANCE_MEAN}, "
+        f"p99 |diff| <= {TOLERANCE_P99}"
+    )
+    print(
+        "RATIOS seed-style/ours time: "
+        + "; ".join(f"{c.role} {c.speedup:.2f}x" for c in cases)
+        + "; tiles within tolerance: "
+        + ("yes" if all(c.within_tolerance for c in cases) else "NO")
+    )
     return cases
 
 

@@ -55,8 +55,14 @@ class Result:
 
 def report(r: Result) -> str:
     body = [
-        [name, str(s.count), fmt(s.p50_ms, 2), fmt(s.p99_ms, 2), fmt(s.max_ms, 2),
-         fmt(s.mean_ms, 2)]
+        [
+            name,
+            str(s.count),
+            fmt(s.p50_ms, 2),
+            fmt(s.p99_ms, 2),
+            fmt(s.max_ms, 2),
+            fmt(s.mean_ms, 2),
+        ]
         for name, s in (("idle", r.idle), ("saturated", r.saturated))
     ]
     failed = len(r.load.outcomes) - r.completed
@@ -76,17 +82,29 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.responsiveness", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.responsiveness",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--duration", type=float, default=40.0,
-                   help="seconds of saturation (probes run inside it, after the ramp-up)")
-    p.add_argument("--ramp", type=float, default=3.0,
-                   help="seconds of load before the probes start")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=40.0,
+        help="seconds of saturation (probes run inside it, after the ramp-up)",
+    )
+    p.add_argument(
+        "--ramp", type=float, default=3.0, help="seconds of load before the probes start"
+    )
     p.add_argument("--idle", type=float, default=10.0, help="seconds of idle probing")
     p.add_argument("--interval-ms", type=float, default=10.0)
-    p.add_argument("--size", type=parse_size, default=(4000, 3000),
-                   help="WxH of references; pickups are the same size, portrait")
+    p.add_argument(
+        "--size",
+        type=parse_size,
+        default=(4000, 3000),
+        help="WxH of references; pickups are the same size, portrait",
+    )
     add_torch_threads_flag(p)
     return p.parse_args(argv)
 
@@ -94,12 +112,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> Result:
     apply_torch_threads(args.torch_threads)
     w, h = args.size
-    images = {"ref-0.jpg": photo_jpeg((w, h), seed=1), "ref-1.jpg": photo_jpeg((w, h), seed=2),
-              "pick-0.jpg": photo_jpeg((h, w), seed=3), "pick-1.jpg": photo_jpeg((h, w), seed=4)}
+    images = {
+        "ref-0.jpg": photo_jpeg((w, h), seed=1),
+        "ref-1.jpg": photo_jpeg((w, h), seed=2),
+        "pick-0.jpg": photo_jpeg((h, w), seed=3),
+        "pick-1.jpg": photo_jpeg((h, w), seed=4),
+    }
     print(f"machine: {machine()}")
-    print(f"load: {args.concurrency} concurrent inspections, 2 reference {w}x{h} + 2 pickup "
-          f"{h}x{w} JPEG fetched from loopback; health every {args.interval_ms:.0f} ms on its "
-          "own channel and process", flush=True)
+    print(
+        f"load: {args.concurrency} concurrent inspections, 2 reference {w}x{h} + 2 pickup "
+        f"{h}x{w} JPEG fetched from loopback; health every {args.interval_ms:.0f} ms on its "
+        "own channel and process",
+        flush=True,
+    )
     interval = args.interval_ms / 1000.0
     overrides: dict[str, object] = {
         "max_new_tokens": 1024,
@@ -108,8 +133,7 @@ async def run(args: argparse.Namespace) -> Result:
         "max_evidence_chars": 8,
         "max_result_chars": 4,
     }
-    with ImageServerProcess(images) as server, ChildProcess() as loader, \
-            ChildProcess() as prober:
+    with ImageServerProcess(images) as server, ChildProcess() as loader, ChildProcess() as prober:
         request = make_request(
             [pb.Image(uri=server.url("ref-0.jpg")), pb.Image(uri=server.url("ref-1.jpg"))],
             [pb.Image(uri=server.url("pick-0.jpg")), pb.Image(uri=server.url("pick-1.jpg"))],
@@ -134,10 +158,12 @@ async def run(args: argparse.Namespace) -> Result:
     print()
     print(report(result))
     verdict = "met" if result.saturated.p99_ms < TARGET_P99_MS else "NOT met"
-    print(f"\nRATIOS saturated/idle health latency: p50 "
-          f"{result.saturated.p50_ms / result.idle.p50_ms:.2f}x, p99 "
-          f"{result.saturated.p99_ms / result.idle.p99_ms:.2f}x; saturated p99 "
-          f"{result.saturated.p99_ms:.1f} ms (target < {TARGET_P99_MS:.0f} ms: {verdict})")
+    print(
+        f"\nRATIOS saturated/idle health latency: p50 "
+        f"{result.saturated.p50_ms / result.idle.p50_ms:.2f}x, p99 "
+        f"{result.saturated.p99_ms / result.idle.p99_ms:.2f}x; saturated p99 "
+        f"{result.saturated.p99_ms:.1f} ms (target < {TARGET_P99_MS:.0f} ms: {verdict})"
+    )
     return result
 
 

@@ -59,11 +59,28 @@ def test_preprocess_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_engine_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
-    results = engine.main([
-        "--concurrency", "1", "2", "--requests", "2", "--rounds", "1", "--tokens", "8",
-        "--image-size", "320x240", "--distinct", "1", "--references", "1", "--pickups", "1",
-        "--with-unconstrained",
-    ])
+    results = engine.main(
+        [
+            "--concurrency",
+            "1",
+            "2",
+            "--requests",
+            "2",
+            "--rounds",
+            "1",
+            "--tokens",
+            "8",
+            "--image-size",
+            "320x240",
+            "--distinct",
+            "1",
+            "--references",
+            "1",
+            "--pickups",
+            "1",
+            "--with-unconstrained",
+        ]
+    )
     out = capsys.readouterr().out
     rows = {r.row for r in results}
     assert rows == {"seed-style", "ours", "ours, unconstrained", "ours, natural length"}
@@ -79,8 +96,7 @@ def test_engine_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_overhead_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
-    rows = overhead.main(["--requests", "2", "--warmup", "1", "--size", "320x240",
-                          "--sets", "1"])
+    rows = overhead.main(["--requests", "2", "--warmup", "1", "--size", "320x240", "--sets", "1"])
     out = capsys.readouterr().out
     assert [r.name for r in rows] == ["recording on (spooled events)", "recording off"]
     for row in rows:
@@ -93,10 +109,22 @@ def test_overhead_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_responsiveness_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
-    result = responsiveness.main([
-        "--duration", "3", "--ramp", "1", "--idle", "0.5", "--concurrency", "2",
-        "--size", "320x240", "--interval-ms", "20",
-    ])
+    result = responsiveness.main(
+        [
+            "--duration",
+            "3",
+            "--ramp",
+            "1",
+            "--idle",
+            "0.5",
+            "--concurrency",
+            "2",
+            "--size",
+            "320x240",
+            "--interval-ms",
+            "20",
+        ]
+    )
     out = capsys.readouterr().out
     assert result.idle.count > 0 and result.saturated.count > 0
     assert result.completed > 0
