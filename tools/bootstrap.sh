@@ -48,7 +48,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want_hash" ]; then
     "$VPY" -m pip install -q --disable-pip-version-check "torch==${TORCH_VERSION:-2.13.0}"
   fi
   log "installing the project and its dev dependencies"
-  "$VPY" -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+  # The registry mirror here prints a warning per missing index entry: filter those only,
+  # and keep pip's own exit status.
+  "$VPY" -m pip install -q --disable-pip-version-check -e ".[dev]" 2> >(grep -v "^WARNING: Location" >&2)
   "$VPY" -c "import inference_svc, persistence_svc, rpi" 
   echo "$want_hash" > "$stamp"
 fi
