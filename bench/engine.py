@@ -334,7 +334,7 @@ async def run(args: argparse.Namespace) -> tuple[list[LevelResult], str]:
     )
     print(
         f"requests: {args.references} reference {w}x{h} + {args.pickups} pickup {h}x{w} "
-        f"inline photos = {tiles} tiles ({tiles * 256} image tokens), {len(requests)} "
+        f"inline photos = {tiles} tiles, {len(requests)} "
         f"distinct, {sum(sizes) / len(sizes) / 1e6:.2f} MB each; forced length "
         f"{args.tokens} tokens; MAX_BATCH_SIZE {args.max_batch_size}, BATCH_WAIT_MS "
         f"{args.batch_wait_ms:g}",

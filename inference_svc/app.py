@@ -78,6 +78,8 @@ def engine_config(settings: InferenceSettings) -> EngineConfig:
         batch_wait_ms=settings.batch_wait_ms,
         max_queue_size=settings.max_queue_size,
         system_message=settings.system_message or None,
+        kv_cache=settings.kv_cache,
+        torch_threads=settings.torch_threads,
     )
 
 

@@ -141,6 +141,14 @@ class InferenceSettings(BaseSettings):
         120, ge=1, description="Constrained decoding: longest free-text Result."
     )
     max_output_retries: int = Field(1, ge=0, description="Retries on invalid model output.")
+    kv_cache: Literal["auto", "dynamic", "static"] = Field(
+        "auto",
+        description="KV cache of the native model: static (preallocated per batch), dynamic "
+        "(grown by concatenation); auto = static on CPU, dynamic on CUDA.",
+    )
+    torch_threads: int = Field(
+        0, ge=0, description="torch intra-op threads for the model; 0 = torch's default."
+    )
 
     # --- persistence link
     persistence_target: str = Field(

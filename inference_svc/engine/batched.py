@@ -31,7 +31,13 @@ from .api import (
 )
 from .batch_control import BatchController, RowSpec
 from .config import EngineConfig
-from .loader import LoadedModel, detect_runtime, load_model, wrap_native_model
+from .loader import (
+    LoadedModel,
+    detect_runtime,
+    load_model,
+    resolve_kv_cache,
+    wrap_native_model,
+)
 from .model_builder import build_full_size_model, ensure_demo_model
 from .prompting import build_prompt
 
@@ -295,7 +301,14 @@ class BatchedEngine:
 
     # --- model thread ----------------------------------------------------------------------
     def _load(self) -> LoadedModel:
+        loaded = self._load_model()
+        loaded.kv_cache = resolve_kv_cache(self.config.kv_cache, loaded.runtime)
+        return loaded
+
+    def _load_model(self) -> LoadedModel:
         cfg = self.config
+        if cfg.torch_threads > 0:
+            torch.set_num_threads(cfg.torch_threads)
         runtime = detect_runtime(cfg.device, cfg.dtype, cfg.attn_implementation)
         if cfg.model_path is not None:
             return load_model(

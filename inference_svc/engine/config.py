@@ -38,3 +38,8 @@ class EngineConfig:
     # Progress callbacks (and the text decode behind them) every this many tokens per row.
     progress_every_tokens: int = 8
     warmup: bool = True
+    # KV cache of the native model: "static" (preallocated per batch), "dynamic" (grown by
+    # concatenation), "auto" (static on CPU, dynamic elsewhere).
+    kv_cache: Literal["auto", "dynamic", "static"] = "auto"
+    # torch intra-op threads for the model; 0 leaves torch's default.
+    torch_threads: int = 0

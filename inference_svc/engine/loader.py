@@ -95,6 +95,17 @@ def select_runtime(
     return Runtime(resolved, torch_dtype, attn_impl, tuple(notes))
 
 
+def resolve_kv_cache(kv_cache: str, runtime: Runtime) -> str:
+    """``auto``: a static (preallocated) KV cache on CPU, where growing the dynamic cache by
+    concatenation costs a full copy per step; transformers' dynamic cache elsewhere (flash
+    attention on CUDA is not validated with the static cache here)."""
+    if kv_cache == "auto":
+        return "static" if runtime.device == "cpu" else "dynamic"
+    if kv_cache not in ("dynamic", "static"):
+        raise ValueError(f"unknown kv cache {kv_cache!r}")
+    return kv_cache
+
+
 def detect_runtime(device: str, dtype: str, attn: str) -> Runtime:
     return select_runtime(
         device,
@@ -126,9 +137,17 @@ class LoadedModel:
     vocab_size: int
     runtime: Runtime
     info: dict[str, Any] = field(default_factory=dict)
+    # "dynamic" or "static" (see resolve_kv_cache); only the native model honours it.
+    kv_cache: str = "dynamic"
 
     def generation_config(self, max_new_tokens: int) -> GenerationConfig:
         config_cls: Any = GenerationConfig
+        extra: dict[str, Any] = {}
+        if self.kind == "native" and self.kv_cache == "static":
+            # Preallocated for prompt + max_new_tokens: a decode step writes one slot per row
+            # instead of concatenating (copying) the whole cache, which on CPU cost more than
+            # the attention itself for long image prompts.
+            extra["cache_implementation"] = "static"
         return config_cls(  # type: ignore[no-any-return]
             max_new_tokens=max_new_tokens,
             do_sample=False,
@@ -137,6 +156,7 @@ class LoadedModel:
             pad_token_id=self.pad_token_id,
             bos_token_id=None,
             use_cache=True,
+            **extra,
         )
 
     def prompt_offset(self, input_ids: torch.Tensor) -> int:

@@ -2,8 +2,11 @@
 
 No weights can be downloaded, so tests and the local demo use a tiny transformers-native
 InternVL built from ``model_configs/demo_internvl.json`` with a byte-level BPE tokenizer
-trained on ``model_configs/tokenizer_corpus.txt``. Its image contract is the product's:
-448 px tiles, 14 px patches, pixel shuffle 0.5, so 256 image tokens per tile.
+trained on ``model_configs/tokenizer_corpus.txt`` (which includes the bundled prompt
+template's wording, so prompts tokenise at about 3.8 characters per token like a real Qwen2.5
+tokenizer). It keeps the product's 448 px tiles but uses 28 px patches: with pixel shuffle 0.5
+that is 64 image tokens per tile, against the real model's 256 (a property of this tiny
+demo model only, see BENCHMARKS.md); the full-size shapes keep 14 px patches and 256.
 Benchmarks use :func:`build_full_size_model` (InternVL2.5-1B shapes, random weights).
 """
 

@@ -74,6 +74,23 @@ async def test_concurrent_requests_share_one_batch_and_match_solo_runs(
         assert alone.completion_tokens == together.completion_tokens
 
 
+async def test_static_kv_cache_gives_the_dynamic_cache_outputs(
+    engine_factory: EngineFactory,
+) -> None:
+    # Left padding (prompts of different lengths), a text-only row and rows that stop at
+    # different lengths, in one batch each way.
+    results = {}
+    for kv_cache in ("static", "dynamic"):
+        engine = await engine_factory(kv_cache=kv_cache, max_batch_size=4, batch_wait_ms=60_000)
+        assert engine.loaded.kv_cache == kv_cache
+        results[kv_cache] = await asyncio.gather(
+            *(engine.generate(r, NullListener()) for r in _variety())
+        )
+    assert [r.batch_size for r in results["static"]] == [4, 4, 4, 4]
+    assert [r.text for r in results["static"]] == [r.text for r in results["dynamic"]]
+    assert [r.completion_tokens for r in results["static"]] == [12, 40, 25, 33]
+
+
 async def test_timings_are_reported(engine_factory: EngineFactory) -> None:
     engine = await engine_factory(max_batch_size=2, batch_wait_ms=0)
     result = await engine.generate(make_request("t", max_new_tokens=20), NullListener())
@@ -156,7 +173,8 @@ async def test_deadline_abandons_request(engine_factory: EngineFactory) -> None:
     with pytest.raises(TimeoutError):
         await engine.generate(expired, NullListener())
     soon = make_request(
-        "soon", max_new_tokens=2000, min_new_tokens=2000, deadline=time.monotonic() + 0.3
+        # Long enough to be started even on a loaded machine, far shorter than 2000 tokens.
+        "soon", max_new_tokens=2000, min_new_tokens=2000, deadline=time.monotonic() + 1.5
     )
     with pytest.raises(TimeoutError):
         await engine.generate(soon, NullListener())

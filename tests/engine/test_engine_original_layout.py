@@ -40,9 +40,9 @@ def test_converted_original_matches_native(demo_model_dir: Path, original_dir: P
     converted = load_model(original_dir, layout="auto", runtime=CPU)
     assert converted.kind == "native"
     assert converted.source_layout == "original"
-    assert converted.tokens_per_tile == native.tokens_per_tile == 256
+    assert converted.tokens_per_tile == native.tokens_per_tile == 64
 
-    prompt = "<|im_start|>user\n<img>" + "<IMG_CONTEXT>" * 256 + "</img>\nSeal?<|im_end|>\n"
+    prompt = "<|im_start|>user\n<img>" + "<IMG_CONTEXT>" * 64 + "</img>\nSeal?<|im_end|>\n"
     prompt += "<|im_start|>assistant\n"
     enc = native.tokenizer([prompt], return_tensors="pt")
     pixels = torch.randn(1, 3, 448, 448, generator=torch.Generator().manual_seed(3))
