@@ -174,7 +174,10 @@ async def test_deadline_abandons_request(engine_factory: EngineFactory) -> None:
         await engine.generate(expired, NullListener())
     soon = make_request(
         # Long enough to be started even on a loaded machine, far shorter than 2000 tokens.
-        "soon", max_new_tokens=2000, min_new_tokens=2000, deadline=time.monotonic() + 1.5
+        "soon",
+        max_new_tokens=2000,
+        min_new_tokens=2000,
+        deadline=time.monotonic() + 1.5,
     )
     with pytest.raises(TimeoutError):
         await engine.generate(soon, NullListener())
