@@ -6,7 +6,9 @@ values (timings are for BENCHMARKS.md, not for tests).
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -17,6 +19,18 @@ from bench.common import LatencySummary, percentile, table
 from bench.photos import photo_jpeg
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The benchmarks quiet the service loggers for their tables; later tests need them back."""
+    names = ("", "inference_svc", "svc_common", "persistence_svc", "transformers", "grpc")
+    saved = {name: logging.getLogger(name).level for name in names}
+    handlers = list(logging.getLogger().handlers)
+    yield
+    for name, level in saved.items():
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger().handlers[:] = handlers
 
 
 def _finite_positive(value: float) -> bool:

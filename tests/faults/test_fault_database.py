@@ -158,7 +158,10 @@ async def test_terminated_and_cut_connections_lose_no_acknowledged_event(
             assert sender.acknowledged - recorded == set()
             assert sender.acknowledged == sent
             assert recorded == sent
-            assert applied == len(sent)
+            # The rows above prove each event was applied exactly once. The service's own
+            # count can be lower: a COMMIT whose connection died before Postgres answered has
+            # an unknown outcome, so the batch is retried and its events come back as repeats.
+            assert applied <= len(sent) <= applied + duplicates
             assert counts.requests == counts.completed == counts.results == inspections
             assert attempts == inspections
             assert counts.duplicate_results == counts.missing_results == 0
