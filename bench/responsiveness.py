@@ -105,6 +105,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=(4000, 3000),
         help="WxH of references; pickups are the same size, portrait",
     )
+    p.add_argument(
+        "--preprocess-processes",
+        type=int,
+        default=0,
+        help="PREPROCESS_PROCESSES of the server (0 = decode and tile in threads)",
+    )
     add_torch_threads_flag(p)
     return p.parse_args(argv)
 
@@ -132,6 +138,7 @@ async def run(args: argparse.Namespace) -> Result:
         "max_analysis_chars": 8,
         "max_evidence_chars": 8,
         "max_result_chars": 4,
+        "preprocess_processes": args.preprocess_processes,
     }
     with ImageServerProcess(images) as server, ChildProcess() as loader, ChildProcess() as prober:
         request = make_request(

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import multiprocessing
+import os
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -106,6 +107,15 @@ class InferenceApp:
         self.executor = ThreadPoolExecutor(
             max_workers=settings.preprocess_threads, thread_name_prefix="preprocess"
         )
+        self.prepare_executor: Executor = self.executor
+        if settings.preprocess_processes > 0:
+            # forkserver: never fork this process, whose gRPC and torch threads a fork would
+            # copy in an undefined state.
+            self.prepare_executor = ProcessPoolExecutor(
+                max_workers=settings.preprocess_processes,
+                mp_context=multiprocessing.get_context("forkserver"),
+                initializer=_preprocess_worker_init,
+            )
         self.engine = create_engine(engine_config(settings))
         self.fetcher = ImageFetcher(FetchConfig.from_settings(settings))
         self.template = PromptTemplate.load(settings.prompt_template_path)
@@ -140,13 +150,15 @@ class InferenceApp:
         self.metrics.queue_depth.set_function(lambda: float(self.engine.queue_depth()))
         self.pipeline = InspectionPipeline(
             fetcher=self.fetcher,
+            # A module-level function with plain arguments: it pickles to worker processes.
             prepare=functools.partial(
-                _prepare, image_size=IMAGE_SIZE, max_pixels=settings.max_image_pixels
+                prepare_image, image_size=IMAGE_SIZE, max_pixels=settings.max_image_pixels
             ),
             engine=self.engine,
             template=self.template,
             recorder=recorder,
             executor=self.executor,
+            prepare_executor=self.prepare_executor,
             config=PipelineConfig(
                 reference_max_tiles=settings.reference_max_tiles,
                 pickup_max_tiles=settings.pickup_max_tiles,
@@ -263,6 +275,8 @@ class InferenceApp:
             await self.sender.close()
         await self.fetcher.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.prepare_executor is not self.executor:
+            self.prepare_executor.shutdown(wait=False, cancel_futures=True)
         if self.metrics_server is not None:
             await asyncio.to_thread(self.metrics_server.stop)
         self._stopped.set()
@@ -272,8 +286,10 @@ class InferenceApp:
         return self.delivery.link_state
 
 
-def _prepare(fetched: Any, max_tiles: int, *, image_size: int, max_pixels: int) -> Any:
-    return prepare_image(fetched, max_tiles=max_tiles, image_size=image_size, max_pixels=max_pixels)
+def _preprocess_worker_init() -> None:
+    # Image decoding is throughput work: on a busy node it yields the CPU to the event loop
+    # (latency of every call, health checks) and to the model worker.
+    os.nice(5)
 
 
 async def serve(settings: InferenceSettings) -> None:

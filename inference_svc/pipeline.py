@@ -149,7 +149,12 @@ class _ImageState:
 class _GenerationListener:
     """Turns engine callbacks into stream events, including answers parsed as they complete."""
 
-    def __init__(self, emit: Emit, attempt: int, max_new_tokens: int, every: int) -> None:
+    def __init__(
+        self, emit: Emit, attempt: int, max_new_tokens: int, every: int, streaming: bool
+    ) -> None:
+        # Only a streaming caller sees answers before the end: parse (and have the engine
+        # decode) the text so far only for those.
+        self.wants_text = streaming
         self._emit = emit
         self._attempt = attempt
         self._max = max_new_tokens
@@ -170,6 +175,8 @@ class _GenerationListener:
         if tokens_generated - self._last_reported >= self._every or tokens_generated >= self._max:
             self._last_reported = tokens_generated
             self._emit(GenerationProgress(self._attempt, tokens_generated, self._max))
+        if not self.wants_text:
+            return
         for answer in self._parser.feed(text_so_far):
             self._emit(
                 AnswerReady(
@@ -226,6 +233,7 @@ class InspectionPipeline:
         config: PipelineConfig,
         observer: PipelineObserver | None = None,
         tracer: trace.Tracer | None = None,
+        prepare_executor: Executor | None = None,
     ) -> None:
         self._fetcher = fetcher
         self._prepare = prepare
@@ -236,6 +244,7 @@ class InspectionPipeline:
         self._config = config
         self._observer: PipelineObserver = observer or NullObserver()
         self._tracer = tracer or trace.NoOpTracer()
+        self._prepare_executor = prepare_executor or executor
 
     @property
     def model_info(self) -> ModelInfo:
@@ -255,6 +264,7 @@ class InspectionPipeline:
         method: str,
         emit: Emit,
         deadline: float | None = None,
+        streaming: bool = True,
     ) -> Inspection:
         """Runs the inspection. Records request, attempts and result or failure; raises
         InspectionError (its ``stage`` says where) for every failure the caller should see."""
@@ -274,7 +284,9 @@ class InspectionPipeline:
             await self._recorder.request_received(request, method, [s.info() for s in states])
             request_recorded = True
             stage = "generate"
-            inspection = await self._infer(request, states, emit, timings, deadline, started)
+            inspection = await self._infer(
+                request, states, emit, timings, deadline, started, streaming
+            )
             stage = "record"
             enqueue_started = time.monotonic()
             await self._recorder.result(inspection)
@@ -380,7 +392,9 @@ class InspectionPipeline:
             with self._tracer.start_as_current_span(
                 "preprocess", attributes={"image": state.source.field_path}
             ):
-                state.prepared = await self._in_thread(self._prepare, state.fetched, max_tiles)
+                state.prepared = await asyncio.get_running_loop().run_in_executor(
+                    self._prepare_executor, self._prepare, state.fetched, max_tiles
+                )
 
         with self._tracer.start_as_current_span("images", attributes={"images": total}):
             await _first_error([asyncio.create_task(one(s)) for s in states])
@@ -427,6 +441,7 @@ class InspectionPipeline:
         timings: StageTimings,
         deadline: float | None,
         started: float,
+        streaming: bool,
     ) -> Inspection:
         prepared = [s.prepared for s in states if s.prepared is not None]
         pixel_values: np.ndarray[Any, np.dtype[np.float32]] = await self._in_thread(
@@ -464,7 +479,11 @@ class InspectionPipeline:
                     PreprocessingDone(tiles=int(pixel_values.shape[0]), prompt_tokens=prompt_tokens)
                 )
             listener = _GenerationListener(
-                emit, attempt_no, self._config.max_new_tokens, self._config.progress_every_tokens
+                emit,
+                attempt_no,
+                self._config.max_new_tokens,
+                self._config.progress_every_tokens,
+                streaming,
             )
             gen_started = time.monotonic()
             with self._tracer.start_as_current_span(

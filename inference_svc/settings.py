@@ -81,7 +81,15 @@ class InferenceSettings(BaseSettings):
     )
     reference_max_tiles: int = Field(1, ge=1, description="Tiles per reference image.")
     pickup_max_tiles: int = Field(2, ge=1, description="Tiles per pickup image.")
-    preprocess_threads: int = Field(4, ge=1, description="Threads for decode and tiling.")
+    preprocess_threads: int = Field(
+        4, ge=1, description="Threads for decode, tiling and output parsing."
+    )
+    preprocess_processes: int = Field(
+        0,
+        ge=0,
+        description="Decode and tile in this many worker processes instead of threads, so "
+        "big photos never contend with the event loop for the interpreter lock (0 = threads).",
+    )
 
     # --- model
     model_path: Path | None = Field(

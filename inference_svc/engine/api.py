@@ -50,7 +50,10 @@ class GenerationResult:
 
 
 class GenerationListener(Protocol):
-    """Progress callbacks. Called from the event loop (never from the model worker thread)."""
+    """Progress callbacks. Called from the event loop (never from the model worker thread).
+
+    A listener may set ``wants_text = False``: ``on_tokens`` then gets an empty text, and the
+    engine skips decoding the output so far (work that competes with the event loop)."""
 
     def on_queued(self, position: int) -> None: ...
 

@@ -31,6 +31,9 @@ class RowSpec:
     # Read on every step from the model thread: True once the caller has gone away.
     is_cancelled: Callable[[], bool]
     deadline: float | None = None
+    # Decoding the text so far costs the model thread time (and the GIL) on every report;
+    # callers that only count tokens say so.
+    wants_text: bool = True
 
 
 class BatchController:
@@ -125,7 +128,8 @@ class BatchController:
     def _report(self, row: int) -> None:
         self._reported[row] = len(self.tokens[row])
         if self._progress is not None:
-            self._progress(row, len(self.tokens[row]), self.text(row))
+            text = self.text(row) if self.rows[row].wants_text else ""
+            self._progress(row, len(self.tokens[row]), text)
 
     def finish(self) -> None:
         """After generate returned: close rows it ended by length, feed grammars their last

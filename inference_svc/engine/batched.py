@@ -395,6 +395,7 @@ class BatchedEngine:
                     matcher=job.prepared.matcher,
                     is_cancelled=_cancel_probe(job),
                     deadline=job.request.deadline,
+                    wants_text=bool(getattr(job.listener, "wants_text", True)),
                 )
                 for job in jobs
             ],

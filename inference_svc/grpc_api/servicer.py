@@ -72,6 +72,7 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
         context: Context,
         method: str,
         emit: Callable[[ProgressEvent], None],
+        streaming: bool,
     ) -> Inspection:
         self._check_serving()
         domain_request = validate_request(raw_request_from_proto(request), self._limits)
@@ -80,7 +81,9 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
         with self._admission.slot():
             try:
                 async with asyncio.timeout(budget):
-                    inspection = await self._pipeline.run(domain_request, method, emit, deadline)
+                    inspection = await self._pipeline.run(
+                        domain_request, method, emit, deadline, streaming=streaming
+                    )
             except TimeoutError as exc:
                 raise InspectionError(
                     ErrorKind.DEADLINE_EXCEEDED,
@@ -116,7 +119,9 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
         self, request: pb.InspectRequest, context: Context
     ) -> pb.InspectResponse:
         try:
-            inspection = await self._run(request, context, "Inspect", lambda _e: None)
+            inspection = await self._run(
+                request, context, "Inspect", lambda _e: None, streaming=False
+            )
         except InspectionError as error:
             await self._abort(context, error, request)
             raise AssertionError("unreachable") from error
@@ -137,7 +142,9 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
                 return
             queue.put_nowait(event)
 
-        task = asyncio.create_task(self._run(request, context, "InspectStream", emit))
+        task = asyncio.create_task(
+            self._run(request, context, "InspectStream", emit, streaming=True)
+        )
         task.add_done_callback(lambda _t: queue.put_nowait(None))
         try:
             while True:
