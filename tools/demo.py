@@ -20,6 +20,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image, ImageDraw
+from rpi.persistence.v1 import persistence_pb2 as ppb
+from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var" / "demo"
@@ -50,6 +52,23 @@ def wait_serving(target: str, service: str, proc: subprocess.Popen[bytes], timeo
                 pass
             time.sleep(0.5)
     raise SystemExit(f"{service} not SERVING after {timeout:.0f} s")
+
+
+def wait_recorded(target: str, inspection_id: str, timeout: float) -> None:
+    done = (ppb.INSPECTION_STATUS_COMPLETED, ppb.INSPECTION_STATUS_FAILED)
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = ppb_grpc.PersistenceServiceStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.GetInspection(
+                    ppb.GetInspectionRequest(inspection_id=inspection_id), timeout=2
+                )
+                if reply.inspection.status in done:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
 
 
 def make_images() -> tuple[Path, Path, Path]:
@@ -213,24 +232,9 @@ def main() -> int:
             return rc
         inspection_id = json.loads(text)["inspectionId"]
         banner("the record, read back from persistence_svc")
-        for _ in range(50):
-            rc = subprocess.call(
-                [
-                    py,
-                    "-m",
-                    "clients.python.rpi_client",
-                    "get",
-                    "--persistence-target",
-                    f"127.0.0.1:{p_port}",
-                    inspection_id,
-                ],
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            if rc == 0:
-                break
-            time.sleep(0.2)
+        # Records are delivered in the background, after the answer: wait for the result.
+        p_target = f"127.0.0.1:{p_port}"
+        wait_recorded(p_target, inspection_id, timeout=30)
         rc = subprocess.call(
             [
                 py,
@@ -238,7 +242,7 @@ def main() -> int:
                 "clients.python.rpi_client",
                 "get",
                 "--persistence-target",
-                f"127.0.0.1:{p_port}",
+                p_target,
                 inspection_id,
             ],
             cwd=ROOT,
