@@ -8,8 +8,10 @@ runs out, and compact JSON is also fewer tokens. A schema may override this with
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Sequence
@@ -163,11 +165,24 @@ class ConstrainedLogitsProcessor(LogitsProcessor):
         if masked:
             words = (self.vocab_size + 31) // 32
             bitmask = torch.full((len(masked), words), -1, dtype=torch.int32)
-            for k, row in enumerate(masked):
-                matcher = self.matchers[row]
+            matchers = [self.matchers[row] for row in masked]
+            if len(masked) > 1:
+                # llguidance computes the rows' masks on its own threads without the
+                # interpreter lock: the step costs one row's time, and the event loop runs on.
+                _executor().unsafe_compute_mask_ptr(
+                    [(m, k) for k, m in enumerate(matchers) if m is not None],
+                    bitmask.data_ptr(),
+                    words * bitmask.element_size(),
+                    len(masked),
+                )
+            else:
+                view = bitmask[0]
+                assert matchers[0] is not None
+                matchers[0].unsafe_compute_mask_ptr(
+                    view.data_ptr(), view.numel() * view.element_size()
+                )
+            for row, matcher in zip(masked, matchers, strict=True):
                 assert matcher is not None
-                view = bitmask[k]
-                matcher.unsafe_compute_mask_ptr(view.data_ptr(), view.numel() * view.element_size())
                 if matcher.is_error():
                     self.errors[row] = matcher.get_error()
                     forced.append(row)
@@ -177,6 +192,12 @@ class ConstrainedLogitsProcessor(LogitsProcessor):
         for row in forced:
             force_eos(scores, row, self.eos_token_id)
         return scores
+
+
+@functools.cache
+def _executor() -> Any:
+    """One llguidance thread pool per process (a few threads; masks are small)."""
+    return llguidance.LLExecutor(num_threads=min(8, os.cpu_count() or 1))
 
 
 def force_eos(scores: torch.Tensor, row: int, eos_token_id: int) -> None:
