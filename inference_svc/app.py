@@ -42,6 +42,7 @@ from inference_svc.persistence_link import PersistenceSender
 from inference_svc.pipeline import Admission, InspectionPipeline, PipelineConfig
 from inference_svc.settings import InferenceSettings
 from svc_common.grpc_metrics import GrpcServerMetricsInterceptor
+from svc_common.grpc_options import KEEPALIVE_OPTIONS
 from svc_common.health import LIVENESS_SERVICE
 from svc_common.inference_metrics import InferenceMetrics
 from svc_common.metrics_server import MetricsServer, start_metrics_server
@@ -199,6 +200,7 @@ class InferenceApp:
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", 16 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
+                *KEEPALIVE_OPTIONS,
             ],
         )
         inspection_pb2_grpc.add_InspectionServiceServicer_to_server(

@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from rpi.persistence.v1 import persistence_pb2, persistence_pb2_grpc
 
 from persistence_svc.servicer import PersistenceServicer
+from svc_common.grpc_options import KEEPALIVE_OPTIONS
 from svc_common.health import LIVENESS_SERVICE
 
 SERVICE_NAME: str = persistence_pb2.DESCRIPTOR.services_by_name["PersistenceService"].full_name
@@ -59,6 +60,7 @@ def build_server(
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
+            *KEEPALIVE_OPTIONS,
         ],
     )
     persistence_pb2_grpc.add_PersistenceServiceServicer_to_server(servicer, server)
