@@ -309,15 +309,19 @@ class InspectionPipeline:
             )
             raise
         except asyncio.CancelledError:
+            # The server cancels the run when the call's deadline passes (gRPC's own deadline
+            # timer may fire a moment before ours); the caller went away otherwise. The record
+            # says which.
+            expired = deadline is not None and time.monotonic() >= deadline - 0.1
             await self._record_failure(
                 request,
                 method,
                 states,
                 request_recorded,
                 stage,
-                Reason.CANCELLED.value,
-                "the call was cancelled or its deadline passed",
-                "CANCELLED",
+                (Reason.DEADLINE_EXCEEDED if expired else Reason.CANCELLED).value,
+                "the deadline passed" if expired else "the call was cancelled",
+                "DEADLINE_EXCEEDED" if expired else "CANCELLED",
             )
             raise
         except Exception as exc:

@@ -44,9 +44,17 @@ async def test_client_cancelling_a_stream_stops_its_generation(
     assert inference_app.admission.inflight == 0
 
 
-async def test_short_deadline_ends_with_deadline_exceeded(
-    inspection_stub: pb_grpc.InspectionServiceStub, image_server: ImageServer
+async def test_short_deadline_ends_with_deadline_exceeded_and_is_recorded(
+    inspection_stub: pb_grpc.InspectionServiceStub,
+    persistence_stub: ppb_grpc.PersistenceServiceStub,
+    image_server: ImageServer,
 ) -> None:
+    inspection_id = str(uuid.uuid4())
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await inspection_stub.Inspect(make_request(image_server), timeout=0.3)
+        await inspection_stub.Inspect(
+            make_request(image_server, inspection_id=inspection_id), timeout=0.3
+        )
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    record = await wait_for_record(persistence_stub, inspection_id, ppb.INSPECTION_STATUS_FAILED)
+    assert record.failure.reason == "DEADLINE_EXCEEDED"
+    assert record.failure.status_code == "DEADLINE_EXCEEDED"
