@@ -168,15 +168,16 @@ async def test_cancelled_running_row_stops_and_frees_the_engine(
 
 
 async def test_deadline_abandons_request(engine_factory: EngineFactory) -> None:
-    engine = await engine_factory(max_batch_size=1, batch_wait_ms=0)
+    engine = await engine_factory(max_batch_size=1, batch_wait_ms=0, max_new_tokens=12_000)
     expired = make_request("late", deadline=time.monotonic() - 1)
     with pytest.raises(TimeoutError):
         await engine.generate(expired, NullListener())
     soon = make_request(
-        # Long enough to be started even on a loaded machine, far shorter than 2000 tokens.
+        # Long enough to be started even on a loaded machine, far shorter than 12,000 forced
+        # tokens take (seconds even with the preallocated cache).
         "soon",
-        max_new_tokens=2000,
-        min_new_tokens=2000,
+        max_new_tokens=12_000,
+        min_new_tokens=12_000,
         deadline=time.monotonic() + 1.5,
     )
     with pytest.raises(TimeoutError):

@@ -100,10 +100,12 @@ class DedicatedPersistence:
 
     async def stop(self) -> None:
         if self.app is not None:
+            # Counted after the stop: calls still in flight when it began finish (or not)
+            # during it.
+            await self.app.stop(0)
             applied, duplicates = _event_outcomes(self.app)
             self.applied += applied
             self.duplicates += duplicates
-            await self.app.stop(0)
             self.app = None
 
     def figures(self) -> tuple[int, int]:

@@ -115,7 +115,10 @@ async def test_persistence_outage_during_inspections_loses_and_duplicates_nothin
             assert counts.missing_results == 0
             assert counts.duplicate_results == 0
             assert counts.processed_events == events_sent
-            assert applied == events_sent
+            # The rows above prove exactly-once. The service's own counters can only
+            # under-count: a batch cut off after its COMMIT is retried by the producer and
+            # then acknowledged as a repeat.
+            assert applied <= events_sent <= applied + duplicates
         finally:
             await app.stop(1)
             await persistence.stop()

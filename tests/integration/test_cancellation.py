@@ -8,6 +8,7 @@ import uuid
 
 import grpc
 import pytest
+from rpi.inspection.v1 import inspection_pb2 as pb
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
@@ -25,8 +26,14 @@ async def test_client_cancelling_a_stream_stops_its_generation(
 ) -> None:
     cancelled_before = inference_app.engine.stats["cancelled_rows"]
     inspection_id = str(uuid.uuid4())
+    # Many questions: the output is hundreds of tokens long, so the generation is certainly still
+    # running when the cancellation arrives a few tokens in.
+    questions = [
+        pb.Question(type="Text", label=f"What is written on label {i}?", value_to_check="ACME")
+        for i in range(12)
+    ]
     call = inspection_stub.InspectStream(
-        make_request(image_server, inspection_id=inspection_id), timeout=120
+        make_request(image_server, inspection_id=inspection_id, questions=questions), timeout=120
     )
     async for message in call:
         if message.WhichOneof("event") == "generation_progress":
