@@ -170,3 +170,9 @@ def machine() -> str:
         f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads, CUDA {'yes' if torch.cuda.is_available() else 'no'}"
     )
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """ "4000x3000" -> (4000, 3000), for the benchmarks' --size flags."""
+    w, _, h = text.lower().partition("x")
+    return int(w), int(h)

@@ -39,6 +39,7 @@ from bench.common import (
     fmt,
     machine,
     make_request,
+    parse_size,
     quiet_logs,
     ratio,
     running_app,
@@ -272,11 +273,6 @@ def report(results: list[LevelResult], args: argparse.Namespace) -> str:
         )
     lines.append("\nRATIOS ours/seed-style (forced length, both rows): " + "; ".join(summary))
     return "\n".join(lines)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    w, _, h = text.lower().partition("x")
-    return int(w), int(h)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -36,6 +36,7 @@ from bench.common import (
     fmt,
     machine,
     make_request,
+    parse_size,
     percentile,
     quiet_logs,
     running_app,
@@ -124,11 +125,6 @@ def report(rows: list[RowResult]) -> str:
         parts.append(f"\n{row.name} ({len(row.outcomes)} inspections, one at a time):\n")
         parts.append(table(["stage", "p50 ms", "p99 ms", "what"], body))
     return "\n".join(parts)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    w, _, h = text.lower().partition("x")
-    return int(w), int(h)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

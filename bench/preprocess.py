@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.common import fmt, machine, percentile, table
+from bench.common import fmt, machine, parse_size, percentile, table
 from bench.photos import TWELVE_MP, photo_jpeg
 from inference_svc.domain.models import FetchedImage, ImageRole, ImageSource
 from inference_svc.imaging.tiling import prepare_image, seed_style_prepare
@@ -119,11 +119,6 @@ def report(cases: list[CaseResult]) -> str:
         "within tol.",
     ]
     return table(headers, body)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    w, _, h = text.lower().partition("x")
-    return int(w), int(h)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -29,6 +29,7 @@ from bench.common import (
     fmt,
     machine,
     make_request,
+    parse_size,
     quiet_logs,
     running_app,
     table,
@@ -74,11 +75,6 @@ def report(r: Result) -> str:
         + f" in {r.load.wall_s:.1f} s ({r.completed / r.load.wall_s:.2f}/s), engine batches "
         f"{r.engine_batches}, mean batch {r.engine_rows / max(r.engine_batches, 1):.1f}"
     )
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    w, _, h = text.lower().partition("x")
-    return int(w), int(h)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
