@@ -8,7 +8,10 @@ Rows (each a fresh in-process InferenceApp, the demo model, recording off):
 
 * ``seed-style``: ENGINE_MODE=sequential (one generate per request, one at a time),
   CONSTRAINED_DECODING=false: the replaced service's method.
-* ``ours``: ENGINE_MODE=batched with constrained decoding on: the production configuration.
+* ``ours``: ENGINE_MODE=continuous (iteration-level batching) with constrained decoding on:
+  the production configuration.
+* ``ours, request-level`` (extra, ``--with-request-level``): ENGINE_MODE=batched, one
+  ``generate`` per batch, constrained: what continuous batching adds over it.
 * ``ours, unconstrained`` (extra): batching alone.
 * ``ours, natural length`` (extra): constrained decoding to completion, no forced length; every
   call returns a valid inspection.
@@ -68,7 +71,7 @@ class LevelResult:
     wall_s: float
     latency: LatencySummary
     tokens: int
-    batches: int
+    mean_batch: float
     failures: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -82,10 +85,6 @@ class LevelResult:
     @property
     def tokens_per_request(self) -> float:
         return self.tokens / self.requests if self.requests else 0.0
-
-    @property
-    def mean_batch(self) -> float:
-        return self.requests / self.batches if self.batches else 0.0
 
 
 def row_configs(args: argparse.Namespace) -> list[RowConfig]:
@@ -104,7 +103,7 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
         **tiles,
     }
     batching: dict[str, object] = {
-        "engine_mode": "batched",
+        "engine_mode": "continuous",
         "max_batch_size": args.max_batch_size,
         "batch_wait_ms": args.batch_wait_ms,
     }
@@ -116,6 +115,14 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
         ),
         RowConfig("ours", {**forced, **batching, "constrained_decoding": True}, True),
     ]
+    if args.with_request_level:
+        rows.append(
+            RowConfig(
+                "ours, request-level",
+                {**forced, **batching, "engine_mode": "batched", "constrained_decoding": True},
+                True,
+            )
+        )
     if args.with_unconstrained:
         rows.append(
             RowConfig(
@@ -187,6 +194,12 @@ async def run_row(
             tokens = after["tokens_generated"] - before["tokens_generated"]
             rows = after["rows"] - before["rows"]
             batches = after["batches"] - before["batches"]
+            steps = after.get("steps", 0) - before.get("steps", 0)
+            # Mean rows per model call: per decode step (continuous), per generate (others).
+            if steps:
+                mean_batch = (after["row_steps"] - before["row_steps"]) / steps
+            else:
+                mean_batch = rows / batches if batches else 0.0
             ok = [o for o in load.outcomes if (o.code, o.reason) in COMPLETED]
             failures: dict[str, int] = {}
             for o in load.outcomes:
@@ -202,7 +215,7 @@ async def run_row(
                     wall_s=load.wall_s,
                     latency=LatencySummary.of([o.latency_s for o in ok]),
                     tokens=tokens,
-                    batches=batches,
+                    mean_batch=mean_batch,
                     failures=failures,
                 )
             )
@@ -312,6 +325,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--with-unconstrained",
         action="store_true",
         help="add ours with constrained decoding off (batching alone)",
+    )
+    p.add_argument(
+        "--with-request-level",
+        action="store_true",
+        help="add ours with request-level batching (ENGINE_MODE=batched)",
     )
     p.add_argument("--pickup-max-tiles", type=int, default=2)
     p.add_argument("--reference-max-tiles", type=int, default=1)

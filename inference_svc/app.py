@@ -27,8 +27,8 @@ from rpi.inspection.v1 import inspection_pb2, inspection_pb2_grpc
 
 from inference_svc.domain.prompt import PromptTemplate
 from inference_svc.domain.validation import RequestLimits
-from inference_svc.engine.batched import create_engine
 from inference_svc.engine.config import EngineConfig
+from inference_svc.engine.factory import create_engine
 from inference_svc.events.delivery import DeliveryHooks, EventDelivery, LinkState
 from inference_svc.events.link_health import PERSISTENCE_LINK_HEALTH_NAME, link_health_status
 from inference_svc.events.metrics import DeliveryMetrics

@@ -130,11 +130,15 @@ class InferenceSettings(BaseSettings):
     constrained_decoding: bool = Field(
         True, description="Force schema-valid JSON output with llguidance."
     )
-    engine_mode: Literal["batched", "sequential"] = Field(
-        "batched", description="batched: dynamic batching; sequential: seed-style baseline."
+    engine_mode: Literal["continuous", "batched", "sequential"] = Field(
+        "continuous",
+        description="continuous: rows join/leave the batch between tokens; batched: one "
+        "generate per batch; sequential: seed-style baseline.",
     )
-    max_batch_size: int = Field(16, ge=1, description="Largest generate batch.")
-    batch_wait_ms: float = Field(10.0, ge=0, description="Wait to fill a batch.")
+    max_batch_size: int = Field(16, ge=1, description="Most rows generating at once.")
+    batch_wait_ms: float = Field(
+        10.0, ge=0, description="batched mode: wait to fill a batch (continuous needs none)."
+    )
     max_queue_size: int = Field(64, ge=1, description="Requests waiting for the model.")
     prompt_template_path: Path | None = Field(
         None, description="Jinja2 prompt template; unset = the bundled versioned template."

@@ -122,6 +122,10 @@ class BatchedEngine:
     def queue_depth(self) -> int:
         return len(self._queue)
 
+    def running_rows(self) -> int:
+        """Requests generating now (taken from the queue, not yet answered)."""
+        return len(self._running)
+
     async def start(self) -> None:
         if self._executor is not None:
             return
@@ -153,11 +157,13 @@ class BatchedEngine:
         self._stopping = True
         self._ready = False
         while self._queue:
-            job = self._queue.popleft()
+            try:
+                job = self._queue.popleft()
+            except IndexError:  # taken by the model thread meanwhile (continuous engine)
+                break
             if not job.future.done():
                 job.future.set_exception(EngineNotReady("engine stopping"))
-        if self._wakeup is not None:
-            self._wakeup.set()
+        self._signal_work()
         if self._scheduler is not None:
             # The scheduler exits after the batch in progress (if any) has finished.
             await self._scheduler
@@ -187,7 +193,7 @@ class BatchedEngine:
         self._queue.append(job)
         job.position = len(self._queue)
         _safe(listener.on_queued, job.position)
-        self._wakeup.set()
+        self._signal_work()
         try:
             if request.deadline is None:
                 return await job.future
@@ -242,14 +248,22 @@ class BatchedEngine:
         return constrained.ll_tokenizer(loaded.tokenizer, loaded.vocab_size, loaded.eos_token_id)
 
     # --- scheduling (event loop) -----------------------------------------------------------
+    def _signal_work(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
     def _abandon(self, job: _Job) -> None:
         job.cancelled = True
-        if job in self._queue:
+        try:
             self._queue.remove(job)
-            self._report_positions()
+        except ValueError:  # already taken for generation
+            return
+        self._report_positions()
 
     def _report_positions(self) -> None:
-        for index, job in enumerate(self._queue, start=1):
+        # A snapshot: the continuous engine's model thread may pop from the queue meanwhile
+        # (deque operations are atomic; iterating while it changes is not).
+        for index, job in enumerate(list(self._queue), start=1):
             if job.position != index:
                 job.position = index
                 _safe(job.listener.on_queued, index)
@@ -344,9 +358,19 @@ class BatchedEngine:
     async def _warm_up(self) -> None:
         """One small batch through the full path (vision, constrained decoding, streaming) so
         the first real request does not pay for lazy initialisation."""
-        loaded = self.loaded
+        request = self._warm_up_request(self.loaded)
+        prepared = await asyncio.to_thread(self._prepare, request)
+        assert self._loop is not None
+        job = _Job(request, NullListener(), prepared, self._loop.create_future())
+        started = time.perf_counter()
+        outcome = await self._loop.run_in_executor(self._executor, self._run_batch, [job])
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        logger.info("warm-up generate took %.3fs", time.perf_counter() - started)
+
+    def _warm_up_request(self, loaded: LoadedModel) -> GenerationRequest:
         size = loaded.image_size
-        request = GenerationRequest(
+        return GenerationRequest(
             request_id="warmup",
             prompt="<image>\nwarm up",
             pixel_values=np.zeros((1, 3, size, size), dtype=np.float32),
@@ -356,14 +380,6 @@ class BatchedEngine:
             if self.config.constrained_decoding
             else None,
         )
-        prepared = await asyncio.to_thread(self._prepare, request)
-        assert self._loop is not None
-        job = _Job(request, NullListener(), prepared, self._loop.create_future())
-        started = time.perf_counter()
-        outcome = await self._loop.run_in_executor(self._executor, self._run_batch, [job])
-        if isinstance(outcome[0], BaseException):
-            raise outcome[0]
-        logger.info("warm-up generate took %.3fs", time.perf_counter() - started)
 
     def _run_batch(self, jobs: list[_Job]) -> list[GenerationResult | BaseException]:
         loaded = self.loaded
@@ -476,12 +492,6 @@ class SequentialEngine(BatchedEngine):
         super().__init__(config)
         self._max_batch = 1
         self._wait_s = 0.0
-
-
-def create_engine(config: EngineConfig) -> BatchedEngine:
-    if config.engine_mode == "sequential":
-        return SequentialEngine(config)
-    return BatchedEngine(config)
 
 
 def _cancel_probe(job: _Job) -> Any:

@@ -30,7 +30,9 @@ class EngineConfig:
     max_new_tokens: int = 2000
     min_new_tokens: int = 0
     constrained_decoding: bool = True
-    engine_mode: Literal["batched", "sequential"] = "batched"
+    # continuous: rows join and leave between tokens (falls back to batched for models the
+    # slot decoder cannot drive); batched: one generate per batch; sequential: the seed's way.
+    engine_mode: Literal["continuous", "batched", "sequential"] = "continuous"
     max_batch_size: int = 16
     batch_wait_ms: float = 10.0
     max_queue_size: int = 64

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from inference_svc.engine.api import GenerationRequest
-from inference_svc.engine.batched import BatchedEngine, create_engine
+from inference_svc.engine.batched import BatchedEngine
 from inference_svc.engine.config import EngineConfig
+from inference_svc.engine.factory import create_engine
 from inference_svc.engine.model_builder import ensure_demo_model
 
 TILE = 448
@@ -73,11 +74,18 @@ EngineFactory = Callable[..., Any]
 
 
 @pytest.fixture
-async def engine_factory(model_cache: Path) -> AsyncIterator[EngineFactory]:
+def engine_mode() -> str:
+    """The engine_mode engine_factory uses unless a test names one (modules override this)."""
+    return "continuous"
+
+
+@pytest.fixture
+async def engine_factory(model_cache: Path, engine_mode: str) -> AsyncIterator[EngineFactory]:
     engines: list[BatchedEngine] = []
 
     async def make(**overrides: Any) -> BatchedEngine:
         overrides.setdefault("device", "cpu")
+        overrides.setdefault("engine_mode", engine_mode)
         config = EngineConfig(model_cache_dir=model_cache, **overrides)
         engine = create_engine(config)
         await engine.start()
@@ -96,9 +104,21 @@ def worker_blocker() -> Iterator[Callable[[BatchedEngine], threading.Event]]:
 
     def block(engine: BatchedEngine) -> threading.Event:
         release = threading.Event()
+        events.append(release)
+        decoder = getattr(engine, "_decoder", None)
+        if decoder is not None:
+            # The continuous engine's model thread never returns to the executor: hold it in
+            # the next prefill instead (the request is taken from the queue, then waits).
+            prefill = decoder.prefill
+
+            def held(*args: Any) -> Any:
+                release.wait()
+                return prefill(*args)
+
+            decoder.prefill = held
+            return release
         assert engine._executor is not None
         engine._executor.submit(release.wait)
-        events.append(release)
         return release
 
     yield block

@@ -16,8 +16,9 @@ from inference_svc.engine.api import (
     GenerationRequest,
     NullListener,
 )
-from inference_svc.engine.batched import BatchedEngine, SequentialEngine, create_engine
+from inference_svc.engine.batched import BatchedEngine, SequentialEngine
 from inference_svc.engine.config import EngineConfig
+from inference_svc.engine.factory import create_engine
 
 from .conftest import EngineFactory, Recorder, make_request
 
@@ -34,8 +35,14 @@ def _depth_is(engine: BatchedEngine, depth: int) -> bool:
     return engine.queue_depth() == depth
 
 
+@pytest.fixture(params=["batched", "continuous"])
+def engine_mode(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both batching engines unless it names one."""
+    return str(request.param)
+
+
 async def _worker_idle(engine: BatchedEngine) -> None:
-    await asyncio.get_running_loop().run_in_executor(engine._executor, lambda: None)
+    await _until(lambda: engine.running_rows() == 0 and engine.queue_depth() == 0)
 
 
 def _variety() -> list[GenerationRequest]:
@@ -56,7 +63,7 @@ def _variety() -> list[GenerationRequest]:
 async def test_concurrent_requests_share_one_batch_and_match_solo_runs(
     engine_factory: EngineFactory,
 ) -> None:
-    engine = await engine_factory(max_batch_size=4, batch_wait_ms=60_000)
+    engine = await engine_factory(engine_mode="batched", max_batch_size=4, batch_wait_ms=60_000)
     requests = _variety()
     batched = await asyncio.gather(*(engine.generate(r, NullListener()) for r in requests))
     assert [r.batch_size for r in batched] == [4, 4, 4, 4]
@@ -81,7 +88,9 @@ async def test_static_kv_cache_gives_the_dynamic_cache_outputs(
     # different lengths, in one batch each way.
     results = {}
     for kv_cache in ("static", "dynamic"):
-        engine = await engine_factory(kv_cache=kv_cache, max_batch_size=4, batch_wait_ms=60_000)
+        engine = await engine_factory(
+            engine_mode="batched", kv_cache=kv_cache, max_batch_size=4, batch_wait_ms=60_000
+        )
         assert engine.loaded.kv_cache == kv_cache
         results[kv_cache] = await asyncio.gather(
             *(engine.generate(r, NullListener()) for r in _variety())
@@ -209,7 +218,7 @@ async def test_per_row_budgets_and_min_tokens(engine_factory: EngineFactory) -> 
         make_request("z", max_new_tokens=3000, min_new_tokens=10, seed=7),
     ]
     results = await asyncio.gather(*(engine.generate(r, NullListener()) for r in requests))
-    assert [r.batch_size for r in results] == [3, 3, 3]
+    assert all(r.batch_size >= 2 for r in results)
     assert results[0].completion_tokens == 7
     assert results[1].completion_tokens == 60
     # Capped by the engine's max_new_tokens.

@@ -55,7 +55,7 @@ async def test_random_model_output_validates_against_schema(engine_factory: Engi
         jsonschema.validate(json.loads(result.text), SCHEMA)
     assert results[3].constrained is False
     assert results[3].completion_tokens == 30
-    assert {r.batch_size for r in results} == {4}
+    assert all(r.batch_size >= 3 for r in results)  # mean rows per step they shared
 
 
 def test_bad_schema_is_rejected() -> None:

@@ -1,0 +1,391 @@
+"""Continuous (iteration-level) batching: rows join and leave the running batch between tokens.
+
+Request-level batching (:class:`~inference_svc.engine.batched.BatchedEngine`) runs one
+``generate`` per batch, so a request arriving a moment after a batch started waits for the
+whole batch, and the batch shrinks as its rows finish. Here the model thread runs a loop:
+take queued requests into free slots (one unpadded prefill each), run one decode step for
+every live row, choose each row's next token under its own rules (grammar, token floor and
+budget, cancellation, deadline), retire finished rows and answer them at once. A slot is free
+again on the next step, and a cancelled or expired row leaves at the next step.
+
+The event-loop side (queue bound, positions, deadlines, listeners) is the batched engine's;
+only the scheduler differs. Models :mod:`.slot_decoder` cannot drive (the remote-code layout,
+other language models) fall back to request-level batching, with a warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import constrained
+from .api import GenerationResult, NullListener
+from .batched import BatchedEngine, _deliver_progress, _Job, _safe
+from .config import EngineConfig
+from .loader import LoadedModel
+from .slot_decoder import SlotDecoder, supports
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Row:
+    job: _Job
+    prompt_tokens: int
+    admitted_at: float
+    prefill_seconds: float = 0.0
+    # Next cache position to write (the prompt length after prefill, +1 per step).
+    position: int = 0
+    tokens: list[int] = field(default_factory=list)
+    reported: int = 0
+    finish_reason: str = ""
+    first_token_at: float = 0.0
+    finished_at: float = 0.0
+    # Sum of live rows over the steps this row took part in (mean batch size it saw).
+    batch_rows: int = 0
+    steps: int = 0
+    grammar_error: str = ""
+
+    @property
+    def matcher(self) -> Any | None:
+        return self.job.prepared.matcher
+
+    @property
+    def last_token(self) -> int:
+        return self.tokens[-1]
+
+
+class ContinuousEngine(BatchedEngine):
+    """Implements :class:`inference_svc.engine.api.Engine` with iteration-level batching."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        super().__init__(config)
+        self._work = threading.Event()
+        self._decoder: SlotDecoder | None = None
+        self._stop_ids: frozenset[int] = frozenset()
+        self._stop_list: torch.Tensor | None = None
+        self.stats.update({"steps": 0, "row_steps": 0, "prefills": 0})
+        # Rows taken from the queue and not yet answered; written by the model thread.
+        self._live = 0
+
+    def running_rows(self) -> int:
+        return self._live if self._decoder is not None else super().running_rows()
+
+    @property
+    def continuous(self) -> bool:
+        """False when the loaded model made the engine fall back to request-level batching."""
+        return self._decoder is not None
+
+    # --- set-up ----------------------------------------------------------------------------
+    def _load(self) -> LoadedModel:
+        loaded = super()._load()
+        reason = "remote-code model" if loaded.kind != "native" else supports(loaded.model)
+        if reason is not None:
+            logger.warning("continuous batching unavailable (%s): batching per request", reason)
+            return loaded
+        self._decoder = SlotDecoder(
+            loaded.model,
+            self._max_batch,
+            device=loaded.runtime.device,
+            dtype=loaded.runtime.dtype,
+        )
+        self._stop_ids = frozenset(loaded.stop_token_ids)
+        self._stop_list = torch.tensor(sorted(self._stop_ids), dtype=torch.long)
+        return loaded
+
+    def _release(self) -> None:
+        if self._decoder is not None:
+            self._decoder.release()
+        super()._release()
+
+    def _signal_work(self) -> None:
+        super()._signal_work()
+        self._work.set()
+
+    async def _warm_up(self) -> None:
+        if self._decoder is None:
+            await super()._warm_up()
+            return
+        # The same request as the batched warm-up, through this engine's own path.
+        loaded = self.loaded
+        request = self._warm_up_request(loaded)
+        prepared = await asyncio.to_thread(self._prepare, request)
+        assert self._loop is not None
+        job = _Job(request, NullListener(), prepared, self._loop.create_future())
+        started = time.perf_counter()
+        await self._loop.run_in_executor(self._executor, self._run_to_completion, [job])
+        outcome = await job.future
+        logger.info(
+            "warm-up took %.3fs (%d tokens)",
+            time.perf_counter() - started,
+            outcome.completion_tokens,
+        )
+
+    # --- scheduling ------------------------------------------------------------------------
+    async def _schedule(self) -> None:
+        if self._decoder is None:
+            await super()._schedule()
+            return
+        assert self._loop is not None
+        await self._loop.run_in_executor(self._executor, self._serve)
+
+    def _serve(self) -> None:
+        """The model thread's loop, until the engine stops and the live rows are done."""
+        rows: list[_Row] = []
+        while True:
+            if not self._stopping:
+                self._admit_queued(rows)
+            if not rows:
+                if self._stopping:
+                    return
+                self._work.clear()
+                if not self._queue and not self._stopping:
+                    self._work.wait()
+                continue
+            self._step(rows)
+
+    def _run_to_completion(self, jobs: list[_Job]) -> None:
+        rows: list[_Row] = []
+        for job in jobs:
+            self._admit(job, rows)
+        while rows:
+            self._step(rows)
+
+    def _admit_queued(self, rows: list[_Row]) -> None:
+        taken = False
+        while len(rows) < self._max_batch:
+            try:
+                job = self._queue.popleft()
+            except IndexError:
+                break
+            taken = True
+            if job.cancelled or job.future.done():
+                continue
+            self._post(_safe, job.listener.on_started)
+            self._live += 1
+            self._admit(job, rows)
+            self._live = len(rows)
+        if taken:
+            self._post(self._report_positions)
+
+    def _admit(self, job: _Job, rows: list[_Row]) -> None:
+        decoder = self._decoder
+        assert decoder is not None
+        now = time.monotonic()
+        prepared = job.prepared
+        row = _Row(job, len(prepared.input_ids), admitted_at=now)
+        if self._gone(row):
+            self._finish(row, "cancelled")
+            return
+        started = time.perf_counter()
+        try:
+            decoder.reserve(len(prepared.input_ids) + prepared.max_new_tokens + 1)
+            logits = decoder.prefill(len(rows), prepared.input_ids, prepared.pixel_values)
+        except Exception as exc:
+            logger.exception("prefill failed for %s", job.request.request_id)
+            self._post(_set_outcome, job, exc)
+            return
+        row.prefill_seconds = time.perf_counter() - started
+        row.position = len(prepared.input_ids)
+        self.stats["prefills"] += 1
+        rows.append(row)
+        self._choose([row], logits.unsqueeze(0))
+        self._retire(rows)
+
+    def _step(self, rows: list[_Row]) -> None:
+        decoder = self._decoder
+        assert decoder is not None
+        live = len(rows)
+        try:
+            logits = decoder.decode([r.last_token for r in rows], [r.position for r in rows])
+        except Exception as exc:
+            logger.exception("decode step failed (%d rows)", live)
+            for row in rows:
+                self._post(_set_outcome, row.job, exc)
+            rows.clear()
+            self._live = 0
+            return
+        for row in rows:
+            row.position += 1
+            row.batch_rows += live
+            row.steps += 1
+        self.stats["steps"] += 1
+        self.stats["row_steps"] += live
+        self._choose(rows, logits)
+        self._retire(rows)
+        self._live = len(rows)
+
+    # --- token choice ----------------------------------------------------------------------
+    def _gone(self, row: _Row) -> bool:
+        deadline = row.job.request.deadline
+        return row.job.cancelled or (deadline is not None and time.monotonic() > deadline)
+
+    def _choose(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Pick each row's next token under its own grammar, floor and budget."""
+        loaded = self.loaded
+        eos = loaded.eos_token_id
+        scores = logits.float()
+        forced: dict[int, int] = {}
+        masked: list[int] = []
+        for i, row in enumerate(rows):
+            if self._gone(row):
+                row.finish_reason = "cancelled"
+                continue
+            matcher = row.matcher
+            if matcher is None:
+                continue
+            if row.grammar_error or matcher.is_stopped() or matcher.is_accepting():
+                forced[i] = eos
+            else:
+                masked.append(i)
+        if masked:
+            self._apply_grammars(rows, masked, scores, forced)
+        assert self._stop_list is not None
+        stop_ids = self._stop_list.to(scores.device)
+        for i, row in enumerate(rows):
+            below_floor = len(row.tokens) < row.job.prepared.min_new_tokens
+            if below_floor and not row.finish_reason and i not in forced:
+                scores[i, stop_ids] = float("-inf")
+        choices = scores.argmax(dim=-1).tolist()
+        now = time.perf_counter()
+        for i, row in enumerate(rows):
+            if row.finish_reason:
+                continue
+            token = forced.get(i, int(choices[i]))
+            if not row.tokens:
+                row.first_token_at = now
+            row.tokens.append(token)
+            if token not in self._stop_ids:
+                self._advance_grammar(row, token)
+            if token in self._stop_ids:
+                row.finish_reason = "stop"
+            elif len(row.tokens) >= row.job.prepared.max_new_tokens:
+                row.finish_reason = "length"
+            elif len(row.tokens) - row.reported >= self.config.progress_every_tokens:
+                self._report(row)
+
+    def _advance_grammar(self, row: _Row, token: int) -> None:
+        matcher = row.matcher
+        if matcher is None or row.grammar_error:
+            return
+        if not matcher.consume_token(token) or matcher.is_error():
+            row.grammar_error = matcher.get_error() or f"token {token} rejected"
+            logger.warning("constrained row %s: %s", row.job.request.request_id, row.grammar_error)
+
+    def _apply_grammars(
+        self, rows: list[_Row], masked: list[int], scores: torch.Tensor, forced: dict[int, int]
+    ) -> None:
+        loaded = self.loaded
+        words = (loaded.vocab_size + 31) // 32
+        bitmask = torch.full((len(masked), words), -1, dtype=torch.int32)
+        matchers: list[Any] = [rows[i].matcher for i in masked]
+        if len(masked) > 1:
+            # Computed on llguidance's threads without the interpreter lock.
+            constrained._executor().unsafe_compute_mask_ptr(
+                [(m, k) for k, m in enumerate(matchers)],
+                bitmask.data_ptr(),
+                words * bitmask.element_size(),
+                len(masked),
+            )
+        else:
+            view = bitmask[0]
+            matchers[0].unsafe_compute_mask_ptr(view.data_ptr(), view.numel() * view.element_size())
+        for i, matcher in zip(masked, matchers, strict=True):
+            if matcher.is_error():
+                rows[i].grammar_error = matcher.get_error()
+                forced[i] = loaded.eos_token_id
+        allowed = constrained.unpack_bitmask(bitmask, scores.shape[1]).to(scores.device)
+        index = torch.tensor(masked, device=scores.device)
+        scores[index] = scores[index].masked_fill(~allowed, float("-inf"))
+
+    # --- finishing -------------------------------------------------------------------------
+    def _retire(self, rows: list[_Row]) -> None:
+        """Answer finished rows and keep the live ones in slots 0..n-1."""
+        if not any(r.finish_reason for r in rows):
+            return
+        decoder = self._decoder
+        assert decoder is not None
+        kept: list[_Row] = []
+        for slot, row in enumerate(rows):
+            if row.finish_reason:
+                self._finish(row, row.finish_reason)
+                continue
+            if slot != len(kept):
+                # Written up to position - 1; the pending last token is written next step.
+                decoder.move(slot, len(kept), row.position)
+            kept.append(row)
+        rows[:] = kept
+
+    def _finish(self, row: _Row, reason: str) -> None:
+        row.finish_reason = reason
+        row.finished_at = time.perf_counter()
+        if reason == "cancelled":
+            self.stats["cancelled_rows"] += 1
+        self.stats["rows"] += 1
+        self.stats["tokens_generated"] += len(row.tokens)
+        if row.reported != len(row.tokens) or not row.tokens:
+            self._report(row)
+        self._post(_set_outcome, row.job, self._result(row))
+
+    def _report(self, row: _Row) -> None:
+        row.reported = len(row.tokens)
+        wants_text = bool(getattr(row.job.listener, "wants_text", True))
+        text = self._text(row) if wants_text else ""
+        if not row.job.cancelled:
+            self._post(_deliver_progress, row.job, len(row.tokens), text)
+
+    def _text(self, row: _Row) -> str:
+        ids = [t for t in row.tokens if t not in self._stop_ids]
+        return str(self.loaded.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def _result(self, row: _Row) -> GenerationResult:
+        job = row.job
+        count = len(row.tokens)
+        queue_seconds = max(row.admitted_at - job.enqueued_at, 0.0)
+        first = row.first_token_at or row.finished_at
+        decode = max(row.finished_at - first, 0.0)
+        batch = round(row.batch_rows / row.steps) if row.steps else 1
+        extra: dict[str, Any] = {
+            "scheduler": "continuous",
+            "ttft_seconds": queue_seconds + row.prefill_seconds,
+            "generate_seconds": row.prefill_seconds + decode,
+            "decode_tokens_per_second": (count - 1) / decode if decode > 0 and count > 1 else 0.0,
+            "decode_steps": row.steps,
+        }
+        matcher = row.matcher
+        if matcher is not None:
+            extra["schema_complete"] = not row.grammar_error and bool(matcher.is_accepting())
+            if row.grammar_error:
+                extra["constraint_error"] = row.grammar_error
+        return GenerationResult(
+            text=self._text(row),
+            prompt_tokens=row.prompt_tokens,
+            completion_tokens=count,
+            queue_seconds=queue_seconds,
+            prefill_seconds=row.prefill_seconds,
+            decode_seconds=decode,
+            constrained=matcher is not None,
+            batch_size=max(batch, 1),
+            finish_reason=row.finish_reason,
+            extra=extra,
+        )
+
+    def _post(self, callback: Any, *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(callback, *args)
+
+
+def _set_outcome(job: _Job, outcome: GenerationResult | BaseException) -> None:
+    if job.future.done():
+        return
+    if isinstance(outcome, BaseException):
+        job.future.set_exception(outcome)
+    else:
+        job.future.set_result(outcome)

@@ -1,0 +1,187 @@
+"""Iteration-level decoding over a native InternVL model: a slotted KV cache and a lean step.
+
+Continuous batching needs what ``generate`` cannot give: rows that join and leave a running
+batch between two tokens. Each row owns a *slot* (one batch index of a preallocated KV
+cache, filled from column 0), so rows of different lengths sit side by side without padding
+their prompts to each other. A row enters with its own prefill (transformers' own
+``InternVLModel.forward``: vision tower, image-token merge and the language model, exactly
+as ``generate`` runs it, on one unpadded row) and then advances one token per ``decode``
+call together with every other live row.
+
+The decode step runs the language model's own modules (norms, projections, rotary tables,
+MLP) but does the attention itself: one grouped matmul per layer against the slot cache,
+masked per row to that row's length. transformers' attention path would repeat the KV heads
+and build a float mask per layer, which dominated a step on CPU. Only the Qwen2/Llama
+decoder layer shape (InternVL2.5-1B's language model) is supported; :func:`supports` says
+whether a model has it, and the engine falls back to request-level batching otherwise.
+Outputs are the same as ``generate``'s (greedy tokens identical; tested).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+logger = logging.getLogger(__name__)
+
+_SUPPORTED_TEXT_MODELS = ("qwen2", "llama")
+# Cache columns are allocated in chunks so that growth (a copy) is rare.
+_CAPACITY_CHUNK = 256
+
+
+def supports(model: Any) -> str | None:
+    """``None`` when ``model`` can be driven by :class:`SlotDecoder`, else why not."""
+    inner = getattr(model, "model", None)
+    language_model = getattr(inner, "language_model", None)
+    if language_model is None or not hasattr(model, "lm_head"):
+        return "not a transformers-native InternVL model"
+    config = language_model.config
+    model_type = getattr(config, "model_type", "")
+    if model_type not in _SUPPORTED_TEXT_MODELS:
+        return f"language model type {model_type!r} is not one of {_SUPPORTED_TEXT_MODELS}"
+    if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
+        return "sliding-window attention is not supported"
+    for layer in language_model.layers:
+        attention = getattr(layer, "self_attn", None)
+        needed = ("q_proj", "k_proj", "v_proj", "o_proj")
+        if attention is None or not all(hasattr(attention, name) for name in needed):
+            return "decoder layer without q/k/v/o projections"
+        if hasattr(attention, "q_norm") or getattr(attention, "sliding_window", None):
+            return "decoder layer with query/key norms or a sliding window"
+        if not all(hasattr(layer, n) for n in ("input_layernorm", "post_attention_layernorm")):
+            return "decoder layer without the pre-norm layout"
+    return None
+
+
+class SlotDecoder:
+    """A KV cache of ``max_rows`` slots and the prefill/decode operations on it.
+
+    Not thread-safe: one model thread owns it. Slots ``0 .. n-1`` are the live rows of a
+    step (the engine keeps them contiguous with :meth:`move`), so a step reads one prefix
+    of the cache instead of gathering scattered rows.
+    """
+
+    def __init__(self, model: Any, max_rows: int, *, device: str, dtype: torch.dtype) -> None:
+        reason = supports(model)
+        if reason is not None:
+            raise ValueError(reason)
+        self.model = model
+        self.language_model = model.model.language_model
+        self.layers = list(self.language_model.layers)
+        first = self.layers[0].self_attn
+        self.head_dim = int(first.head_dim)
+        self.heads = int(first.config.num_attention_heads)
+        self.kv_heads = int(first.config.num_key_value_heads)
+        self.groups = self.heads // self.kv_heads
+        self.scaling = float(first.scaling)
+        self.max_rows = max_rows
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.capacity = 0
+        self._keys: list[torch.Tensor] = []
+        self._values: list[torch.Tensor] = []
+        self._columns = torch.zeros(0, dtype=torch.long, device=self.device)
+
+    # --- cache management ------------------------------------------------------------------
+    def reserve(self, columns: int) -> None:
+        """Make every slot hold at least ``columns`` positions (grows by copying)."""
+        if columns <= self.capacity:
+            return
+        capacity = -(-columns // _CAPACITY_CHUNK) * _CAPACITY_CHUNK
+        shape = (self.max_rows, self.kv_heads, capacity, self.head_dim)
+        keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        if self.capacity:
+            for old, new in zip(self._keys + self._values, keys + values, strict=True):
+                new[:, :, : self.capacity] = old
+        self._keys, self._values = keys, values
+        self._columns = torch.arange(capacity, device=self.device)
+        if self.capacity:
+            logger.info("KV cache grown to %d positions per slot", capacity)
+        self.capacity = capacity
+
+    def release(self) -> None:
+        self._keys, self._values = [], []
+        self.capacity = 0
+
+    def move(self, source: int, target: int, length: int) -> None:
+        """Copy slot ``source``'s first ``length`` positions to slot ``target``."""
+        if source == target or length <= 0:
+            return
+        for cache in (*self._keys, *self._values):
+            cache[target, :, :length] = cache[source, :, :length]
+
+    # --- model operations ------------------------------------------------------------------
+    def prefill(
+        self, slot: int, input_ids: Sequence[int], pixel_values: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Run one row's prompt into ``slot``; returns the next-token logits (vocab,)."""
+        length = len(input_ids)
+        self.reserve(length + 1)
+        ids = torch.tensor([list(input_ids)], dtype=torch.long, device=self.device)
+        kwargs: dict[str, Any] = {}
+        if pixel_values is not None:
+            kwargs["pixel_values"] = pixel_values.to(device=self.device, dtype=self.dtype)
+        cache = DynamicCache(config=self.language_model.config)
+        out = self.model.model(input_ids=ids, past_key_values=cache, use_cache=True, **kwargs)
+        for index in range(len(self.layers)):
+            keys, values = _layer_kv(cache, index)
+            self._keys[index][slot, :, :length] = keys[0]
+            self._values[index][slot, :, :length] = values[0]
+        hidden = out.last_hidden_state[:, -1]
+        return torch.as_tensor(self.model.lm_head(hidden)[0])
+
+    def decode(self, tokens: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
+        """One step for slots ``0 .. len(tokens)-1``: write each row's ``tokens[i]`` at
+        ``positions[i]`` and return the next-token logits (rows, vocab)."""
+        rows = len(tokens)
+        width = max(positions) + 1
+        if width > self.capacity:
+            raise ValueError(f"position {width - 1} is beyond the cache ({self.capacity})")
+        device = self.device
+        token_ids = torch.tensor(tokens, dtype=torch.long, device=device)
+        pos = torch.tensor(positions, dtype=torch.long, device=device)
+        row_index = torch.arange(rows, device=device)
+        visible = self._columns[:width].unsqueeze(0) <= pos.unsqueeze(1)
+        bias = torch.zeros((rows, 1, 1, width), dtype=self.dtype, device=device)
+        bias.masked_fill_(~visible[:, None, None, :], float("-inf"))
+
+        lm = self.language_model
+        hidden = lm.embed_tokens(token_ids[:, None])
+        cos, sin = lm.rotary_emb(hidden, pos[:, None])
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        for index, layer in enumerate(self.layers):
+            attention = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            q = attention.q_proj(x).view(rows, 1, self.heads, self.head_dim).transpose(1, 2)
+            k = attention.k_proj(x).view(rows, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = attention.v_proj(x).view(rows, self.kv_heads, self.head_dim)
+            q = q * cos + _rotate_half(q) * sin
+            k = (k * cos + _rotate_half(k) * sin)[:, :, 0]
+            keys, values = self._keys[index], self._values[index]
+            keys[row_index, :, pos] = k
+            values[row_index, :, pos] = v
+            # Query heads grouped by their key-value head: no repeat of the cache.
+            grouped = q.reshape(rows, self.kv_heads, self.groups, self.head_dim)
+            scores = torch.matmul(grouped, keys[:rows, :, :width].transpose(-1, -2))
+            scores = scores * self.scaling + bias
+            weights = torch.softmax(scores.float(), dim=-1).to(self.dtype)
+            context = torch.matmul(weights, values[:rows, :, :width])
+            hidden = hidden + attention.o_proj(context.reshape(rows, 1, self.heads * self.head_dim))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        hidden = lm.norm(hidden)
+        return torch.as_tensor(self.model.lm_head(hidden[:, -1]))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _layer_kv(cache: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    layer = cache.layers[index]
+    return layer.keys, layer.values

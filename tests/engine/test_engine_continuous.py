@@ -1,0 +1,151 @@
+"""Continuous batching: rows join and leave a running batch and still get their solo outputs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from inference_svc.engine import continuous
+from inference_svc.engine.api import GenerationRequest, GenerationResult, NullListener
+from inference_svc.engine.batched import BatchedEngine
+from inference_svc.engine.continuous import ContinuousEngine
+from inference_svc.engine.slot_decoder import SlotDecoder, supports
+
+from .conftest import EngineFactory, Recorder, make_request
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    while not predicate():  # noqa: ASYNC110 - synchronisation only, bounded by pytest's timeout
+        await asyncio.sleep(0.002)
+
+
+async def _solo(engine_factory: EngineFactory, requests: list[GenerationRequest]) -> list[str]:
+    alone = await engine_factory(engine_mode="sequential")
+    return [(await alone.generate(r, NullListener())).text for r in requests]
+
+
+async def test_rows_joining_a_running_batch_get_their_solo_outputs(
+    engine_factory: EngineFactory,
+) -> None:
+    engine = await engine_factory(max_batch_size=4, progress_every_tokens=1)
+    assert isinstance(engine, ContinuousEngine) and engine.continuous
+    first = make_request("first", max_new_tokens=160, min_new_tokens=160, seed=1)
+    # Admitted in this order, finishing in this order: each leaves a slot below live rows.
+    late = [
+        make_request("short", max_new_tokens=6, seed=4),
+        make_request("text-only", "No image, just text.", (), max_new_tokens=25, seed=3),
+        make_request("two-images", "A: <image>\nB: <image>\nSame?", (1, 2), 40, seed=2),
+    ]
+    listener = Recorder()
+    running = asyncio.create_task(engine.generate(first, listener))
+    await _until(lambda: len(listener.tokens) >= 10)  # the first row is mid-generation
+    joined = await asyncio.gather(*(engine.generate(r, NullListener()) for r in late))
+    assert not running.done()  # they finished while the first row was still generating
+    result = await running
+
+    assert [r.completion_tokens for r in joined] == [6, 25, 40]
+    assert all(r.batch_size >= 2 for r in joined)
+    assert result.completion_tokens == 160
+    # Rows left in the middle of the batch (slots compacted), yet every output is the solo one.
+    solo = await _solo(engine_factory, [first, *late])
+    assert [result.text] + [r.text for r in joined] == solo
+    assert engine.stats["prefills"] == 1 + 4  # warm-up + four rows, each prefilled alone
+
+
+async def test_cache_grows_while_rows_are_live(engine_factory: EngineFactory) -> None:
+    engine = await engine_factory(max_batch_size=2)
+    assert isinstance(engine, ContinuousEngine) and engine._decoder is not None
+    small = make_request("small", max_new_tokens=120, min_new_tokens=120, seed=5)
+    listener = Recorder()
+    running = asyncio.create_task(engine.generate(small, listener))
+    await _until(lambda: len(listener.tokens) >= 1)
+    capacity = engine._decoder.capacity
+    big_prompt = "".join(f"Image-{i}: <image>\n" for i in range(4)) + "Compare them all."
+    big = make_request("big", big_prompt, (2, 2, 2, 2), max_new_tokens=40, seed=6)
+    grown = await engine.generate(big, NullListener())
+    assert engine._decoder.capacity > capacity
+    kept = await running
+    assert [kept.text, grown.text] == await _solo(engine_factory, [small, big])
+
+
+async def test_grammar_rows_and_plain_rows_share_steps(engine_factory: EngineFactory) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "note": {"type": "string", "maxLength": 12}},
+        "required": ["ok", "note"],
+        "additionalProperties": False,
+    }
+    engine = await engine_factory(max_batch_size=4)
+    requests = [
+        make_request("json", max_new_tokens=200, json_schema=schema, seed=7),
+        make_request("plain", max_new_tokens=30, seed=8),
+    ]
+    results = await asyncio.gather(*(engine.generate(r, NullListener()) for r in requests))
+    constrained, plain = results
+    assert constrained.constrained and constrained.extra["schema_complete"] is True
+    assert constrained.finish_reason == "stop"
+    assert not plain.constrained and plain.completion_tokens == 30
+    assert [r.text for r in results] == await _solo(engine_factory, requests)
+
+
+async def test_cancelled_row_leaves_and_the_others_continue(engine_factory: EngineFactory) -> None:
+    engine = await engine_factory(max_batch_size=4, max_new_tokens=12_000)
+    doomed_listener, kept_listener = Recorder(), Recorder()
+    doomed = asyncio.create_task(
+        engine.generate(
+            make_request("doomed", max_new_tokens=12_000, min_new_tokens=12_000), doomed_listener
+        )
+    )
+    kept_request = make_request("kept", max_new_tokens=64, min_new_tokens=64, seed=9)
+    kept = asyncio.create_task(engine.generate(kept_request, kept_listener))
+    await _until(lambda: bool(doomed_listener.tokens) and bool(kept_listener.tokens))
+    doomed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    result: GenerationResult = await kept
+    await _until(lambda: engine.running_rows() == 0)
+    assert engine.stats["cancelled_rows"] == 1
+    assert result.completion_tokens == 64
+    assert [result.text] == await _solo(engine_factory, [kept_request])
+
+
+async def test_unsupported_model_falls_back_to_request_level_batching(
+    engine_factory: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(continuous, "supports", lambda model: "not this one")
+    engine = await engine_factory(max_batch_size=2, batch_wait_ms=0)
+    assert isinstance(engine, ContinuousEngine) and not engine.continuous
+    result = await engine.generate(make_request("r", max_new_tokens=9), NullListener())
+    assert result.completion_tokens == 9
+    assert "batch_id" in result.extra  # answered by the request-level scheduler
+
+
+def test_supports_names_what_it_cannot_drive(engine_factory: EngineFactory) -> None:
+    class NotInternVL:
+        pass
+
+    assert supports(NotInternVL()) == "not a transformers-native InternVL model"
+
+
+async def test_decode_step_logits_match_the_model_forward(engine_factory: EngineFactory) -> None:
+    engine = await engine_factory(engine_mode="batched")
+    assert isinstance(engine, BatchedEngine)
+    model: Any = engine.loaded.model
+    assert supports(model) is None
+    decoder = SlotDecoder(model, 3, device="cpu", dtype=torch.float32)
+    lengths = (37, 11, 23)
+    prompts = [torch.randint(20, 900, (n,)).tolist() for n in lengths]
+    with torch.inference_mode():
+        for slot, ids in enumerate(prompts):
+            decoder.prefill(slot, ids, None)
+        nxt = [5, 6, 7]
+        logits = decoder.decode(nxt, list(lengths))
+        for row, ids in enumerate(prompts):
+            full = torch.tensor([[*ids, nxt[row]]])
+            out = model(input_ids=full, past_key_values=DynamicCache(config=model.config))
+            torch.testing.assert_close(logits[row], out.logits[0, -1], rtol=1e-4, atol=1e-4)
