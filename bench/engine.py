@@ -33,6 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import psutil
 from rpi.inspection.v1 import inspection_pb2 as pb
 
 from bench.common import (
@@ -73,6 +74,8 @@ class LevelResult:
     tokens: int
     mean_batch: float
     failures: dict[str, int] = field(default_factory=dict)
+    # CPU seconds per request by process role (server, engine process, load client).
+    cpu_per_request: dict[str, float] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -93,6 +96,9 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
         "pickup_max_tiles": args.pickup_max_tiles,
     }
     forced: dict[str, object] = {
+        # The engine process applies it to itself (the in-process rows get it from
+        # apply_torch_threads as well).
+        "torch_threads": args.torch_threads,
         "max_new_tokens": args.tokens,
         "min_new_tokens": args.tokens,
         "max_output_retries": 0,
@@ -110,7 +116,13 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
     rows = [
         RowConfig(
             "seed-style",
-            {**forced, "engine_mode": "sequential", "constrained_decoding": False},
+            {
+                **forced,
+                "engine_mode": "sequential",
+                "constrained_decoding": False,
+                # The replaced service ran its model in the server process.
+                "engine_process": args.seed_engine_process,
+            },
             True,
         ),
         RowConfig("ours", {**forced, **batching, "constrained_decoding": True}, True),
@@ -136,6 +148,7 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
                 {
                     **batching,
                     **tiles,
+                    "torch_threads": args.torch_threads,
                     "constrained_decoding": True,
                     "max_new_tokens": max(args.tokens * 4, 1024),
                     "min_new_tokens": 0,
@@ -189,7 +202,10 @@ async def run_row(
             if args.warmup:
                 await client.call(drive_sync, target, requests, c, c)
             before = dict(app.engine.stats)
+            engine_pid = getattr(getattr(app.engine, "_process", None), "pid", None)
+            cpu_before = cpu_seconds(engine_pid)
             load: LoadResult = await client.call(drive_sync, target, requests, c, total)
+            cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(engine_pid).items()}
             after = app.engine.stats
             tokens = after["tokens_generated"] - before["tokens_generated"]
             rows = after["rows"] - before["rows"]
@@ -226,13 +242,31 @@ async def run_row(
                     file=sys.stderr,
                 )
             r = results[-1]
+            r.cpu_per_request = {k: v / total for k, v in cpu.items()}
             print(
                 f"  {row.name:<22} c={c:<3} {r.completed}/{total} completed in "
                 f"{r.wall_s:6.1f} s, {r.rps:6.2f} req/s, p50 {r.latency.p50_ms:8.0f} ms, "
-                f"mean batch {r.mean_batch:4.1f}" + (f", failures {failures}" if failures else ""),
+                f"mean batch {r.mean_batch:4.1f}, CPU ms/request "
+                + ", ".join(f"{k} {v * 1000:.0f}" for k, v in r.cpu_per_request.items())
+                + (f", failures {failures}" if failures else ""),
                 flush=True,
             )
     return results
+
+
+def cpu_seconds(engine_pid: int | None) -> dict[str, float]:
+    """CPU time (user + system) so far of this process (the server), its engine process and
+    its other children (the load client, the image server)."""
+    me = psutil.Process()
+    out = {"server": sum(me.cpu_times()[:2]), "engine": 0.0, "client": 0.0}
+    for child in me.children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.Error:
+            continue
+        role = "engine" if child.pid == engine_pid else "client"
+        out[role] += times.user + times.system
+    return out
 
 
 def report(results: list[LevelResult], args: argparse.Namespace) -> str:
@@ -325,6 +359,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--with-unconstrained",
         action="store_true",
         help="add ours with constrained decoding off (batching alone)",
+    )
+    p.add_argument(
+        "--seed-engine-process",
+        action="store_true",
+        help="run the seed-style baseline in its own engine process too (ENGINE_PROCESS)",
     )
     p.add_argument(
         "--with-request-level",

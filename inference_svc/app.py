@@ -29,6 +29,7 @@ from inference_svc.domain.prompt import PromptTemplate
 from inference_svc.domain.validation import RequestLimits
 from inference_svc.engine.config import EngineConfig
 from inference_svc.engine.factory import create_engine
+from inference_svc.engine.process import ProcessEngine
 from inference_svc.events.delivery import DeliveryHooks, EventDelivery, LinkState
 from inference_svc.events.link_health import PERSISTENCE_LINK_HEALTH_NAME, link_health_status
 from inference_svc.events.metrics import DeliveryMetrics
@@ -76,6 +77,7 @@ def engine_config(settings: InferenceSettings) -> EngineConfig:
         min_new_tokens=settings.min_new_tokens,
         constrained_decoding=settings.constrained_decoding,
         engine_mode=settings.engine_mode,
+        engine_process=settings.engine_process,
         max_batch_size=settings.max_batch_size,
         batch_wait_ms=settings.batch_wait_ms,
         max_queue_size=settings.max_queue_size,
@@ -117,7 +119,9 @@ class InferenceApp:
                 mp_context=multiprocessing.get_context("forkserver"),
                 initializer=_preprocess_worker_init,
             )
-        self.engine = create_engine(engine_config(settings))
+        self.engine = create_engine(engine_config(settings), log_level=settings.log_level)
+        if isinstance(self.engine, ProcessEngine):
+            self.engine.on_exit = self._engine_lost
         self.fetcher = ImageFetcher(FetchConfig.from_settings(settings))
         self.template = PromptTemplate.load(settings.prompt_template_path)
         self.sender: PersistenceSender | None = None
@@ -182,6 +186,19 @@ class InferenceApp:
     async def _on_link_state(self, state: LinkState) -> None:
         self.delivery_metrics.on_link_state(state)
         await self.health.set(PERSISTENCE_LINK_HEALTH_NAME, link_health_status(state))
+
+    def _engine_lost(self) -> None:
+        """The engine process died and cannot come back in this pod: readiness and liveness
+        both fail, so the orchestrator stops routing here and restarts the container."""
+        if not self.serving:
+            return
+        self.serving = False
+        self.metrics.set_model_ready(False)
+        self._lost_engine_task = asyncio.create_task(self._report_engine_lost())
+
+    async def _report_engine_lost(self) -> None:
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):

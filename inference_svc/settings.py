@@ -135,6 +135,11 @@ class InferenceSettings(BaseSettings):
         description="continuous: rows join/leave the batch between tokens; batched: one "
         "generate per batch; sequential: seed-style baseline.",
     )
+    engine_process: bool = Field(
+        True,
+        description="Run the model engine in its own process (no interpreter-lock contention "
+        "with gRPC and preprocessing).",
+    )
     max_batch_size: int = Field(16, ge=1, description="Most rows generating at once.")
     batch_wait_ms: float = Field(
         10.0, ge=0, description="batched mode: wait to fill a batch (continuous needs none)."

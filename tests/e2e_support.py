@@ -114,6 +114,9 @@ def inference_settings(
         "max_analysis_chars": 32,
         "max_result_chars": 16,
         "drain_grace_s": 5.0,
+        # In-process engine: a spawned engine process costs seconds per app start. The
+        # process engine (the production default) has its own tests.
+        "engine_process": False,
     }
     values.update(overrides)
     return InferenceSettings(**values)  # type: ignore[arg-type]

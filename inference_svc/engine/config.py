@@ -33,6 +33,8 @@ class EngineConfig:
     # continuous: rows join and leave between tokens (falls back to batched for models the
     # slot decoder cannot drive); batched: one generate per batch; sequential: the seed's way.
     engine_mode: Literal["continuous", "batched", "sequential"] = "continuous"
+    # Run the engine in a child process (see process.py); in-process otherwise.
+    engine_process: bool = False
     max_batch_size: int = 16
     batch_wait_ms: float = 10.0
     max_queue_size: int = 64

@@ -5,9 +5,14 @@ from __future__ import annotations
 from .batched import BatchedEngine, SequentialEngine
 from .config import EngineConfig
 from .continuous import ContinuousEngine
+from .process import ProcessEngine
 
 
-def create_engine(config: EngineConfig) -> BatchedEngine:
+def create_engine(
+    config: EngineConfig, *, log_level: str = "INFO"
+) -> BatchedEngine | ProcessEngine:
+    if config.engine_process:
+        return ProcessEngine(config, log_level=log_level)
     if config.engine_mode == "sequential":
         return SequentialEngine(config)
     if config.engine_mode == "continuous":

@@ -1,0 +1,458 @@
+"""The model engine in its own process, so the model loop never waits for the interpreter lock.
+
+In one process the model thread shares the GIL with the event loop, gRPC, decoding and
+tiling: every one of the ~100 small tensor operations of a decode step gives the lock up and
+must win it back, and a busy Python thread holds it for up to the switch interval (5 ms). A
+decode step measured 3 ms alone and 250 ms next to a pure-Python thread. Here the engine
+(continuous batching, unchanged) runs in a child process started with ``spawn``; the parent
+keeps the event-loop side (admission, queue bound, deadlines, listeners) and talks to it over
+a pipe:
+
+parent -> child: ``("generate", id, request, wants_text)``, ``("cancel", id)``, ``("stop",)``
+child -> parent: ``("ready", info)``, ``("failed", text)``, ``("queued", id, position)``,
+``("started", id)``, ``("tokens", id, count, text)``, ``("done", id, result, stats)``,
+``("error", id, exception, stats)``, ``("cancelled", id, stats)``
+
+Requests are pickled on a sender thread (pixel tensors are megabytes), never on the event
+loop. The parent tokenises nothing: it counts prompt tokens with the child's tokenizer, saved
+to a temporary directory at start. When the child dies, every pending call fails with
+EngineNotReady and the engine reports not ready (health NOT_SERVING), so the orchestrator
+replaces the pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import multiprocessing
+import pickle
+import queue
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer
+
+from .api import (
+    EngineNotReady,
+    EngineOverloaded,
+    GenerationListener,
+    GenerationRequest,
+    GenerationResult,
+)
+from .batched import BatchedEngine
+from .config import EngineConfig
+from .loader import Runtime
+from .prompting import build_prompt
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    """What the parent knows about the model loaded in the child."""
+
+    name: str
+    revision: str
+    untrained: bool
+    tokens_per_tile: int
+    image_size: int
+    runtime: Runtime
+    continuous: bool
+    tokenizer_dir: str
+
+
+@dataclass(eq=False)
+class _Call:
+    future: asyncio.Future[GenerationResult]
+    listener: GenerationListener
+    started: bool = False
+
+
+class ProcessEngine:
+    """Implements :class:`inference_svc.engine.api.Engine` by driving an engine in a child
+    process (the one ``create_engine`` builds for the same config, in-process there)."""
+
+    def __init__(self, config: EngineConfig, *, log_level: str = "INFO") -> None:
+        self.config = config
+        self._log_level = log_level
+        self._model: RemoteModel | None = None
+        self._tokenizer: Any = None
+        self._process: Any = None
+        self._conn: Connection | None = None
+        self._outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._calls: dict[int, _Call] = {}
+        self._ids = itertools.count(1)
+        self._waiting = 0  # sent, not yet started by the child
+        self._ready = False
+        self._stopping = False
+        self._started: asyncio.Future[RemoteModel] | None = None
+        self._exited: asyncio.Event | None = None
+        self._threads: list[threading.Thread] = []
+        # The child's counters, as of its last answer.
+        self.stats: dict[str, int] = {}
+        # Called on the event loop when the child exits unexpectedly.
+        self.on_exit: Callable[[], None] | None = None
+
+    # --- Engine protocol -------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self._model.name if self._model else ""
+
+    @property
+    def model_revision(self) -> str:
+        return self._model.revision if self._model else self.config.model_revision
+
+    @property
+    def untrained(self) -> bool:
+        return self._model.untrained if self._model else self.config.model_path is None
+
+    @property
+    def constrained(self) -> bool:
+        return self.config.constrained_decoding
+
+    @property
+    def ready(self) -> bool:
+        return self._ready and not self._stopping
+
+    @property
+    def loaded(self) -> RemoteModel:
+        if self._model is None:
+            raise EngineNotReady("model not loaded")
+        return self._model
+
+    def queue_depth(self) -> int:
+        return self._waiting
+
+    def running_rows(self) -> int:
+        return sum(1 for call in self._calls.values() if call.started)
+
+    def count_prompt_tokens(self, prompt: str, tiles_per_image: tuple[int, ...]) -> int:
+        model = self.loaded
+        text = build_prompt(
+            prompt, tiles_per_image, model.tokens_per_tile, self.config.system_message
+        )
+        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    async def start(self) -> None:
+        if self._process is not None:
+            return
+        loop = self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        self._started = loop.create_future()
+        self._exited = asyncio.Event()
+        context = multiprocessing.get_context("spawn")
+        parent_end, child_end = context.Pipe()
+        self._conn = parent_end
+        inner = dataclasses.replace(self.config, engine_process=False)
+        self._process = context.Process(
+            target=child_main,
+            args=(inner, child_end, self._log_level),
+            name="model-engine",
+            daemon=True,
+        )
+        self._process.start()
+        child_end.close()
+        self._threads = [
+            threading.Thread(target=self._receive, name="engine-receiver", daemon=True),
+            threading.Thread(target=self._send, name="engine-sender", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        try:
+            model = await self._started
+        except BaseException:
+            await self._shutdown_process(join_seconds=5)
+            raise
+        self._tokenizer = await asyncio.to_thread(
+            AutoTokenizer.from_pretrained, model.tokenizer_dir
+        )
+        self._model = model
+        self._ready = True
+        logger.info(
+            "engine process %d ready: %s rev %s on %s (%s)",
+            self._process.pid,
+            model.name,
+            model.revision,
+            model.runtime.device,
+            "continuous batching" if model.continuous else "request-level batching",
+        )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._ready = False
+        if self._process is None:
+            return
+        if self._exited is not None and not self._exited.is_set():
+            self._outbox.put(("stop",))
+            # The child finishes the rows it is generating, then exits.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(60):
+                    await self._exited.wait()
+        await self._shutdown_process(join_seconds=5)
+        if self._model is not None:
+            shutil.rmtree(self._model.tokenizer_dir, ignore_errors=True)
+
+    async def generate(
+        self, request: GenerationRequest, listener: GenerationListener
+    ) -> GenerationResult:
+        if not self.ready or self._loop is None:
+            raise EngineNotReady("model not loaded" if not self._stopping else "engine stopping")
+        # Calls sent but not started may still find free slots in the child, which enforces
+        # the exact queue bound; this only stops a burst before pickling megabytes for it.
+        if self._waiting >= self.config.max_queue_size + self.config.max_batch_size:
+            raise EngineOverloaded(f"queue full ({self.config.max_queue_size})")
+        if request.deadline is not None and request.deadline <= time.monotonic():
+            raise TimeoutError("deadline passed before generation")
+        call_id = next(self._ids)
+        call = _Call(self._loop.create_future(), listener)
+        self._calls[call_id] = call
+        self._waiting += 1
+        wants_text = bool(getattr(listener, "wants_text", True))
+        self._outbox.put(("generate", call_id, request, wants_text))
+        # Shielded: our caller's cancellation must reach the child as a message, not cancel
+        # the future the receiver resolves.
+        try:
+            if request.deadline is None:
+                return await asyncio.shield(call.future)
+            remaining = max(request.deadline - time.monotonic(), 0)
+            return await asyncio.wait_for(asyncio.shield(call.future), remaining)
+        except (asyncio.CancelledError, TimeoutError):
+            if not call.future.done():
+                call.future.cancel()
+                self._outbox.put(("cancel", call_id))
+            raise
+        finally:
+            self._forget(call_id)
+
+    # --- plumbing --------------------------------------------------------------------------
+    def _forget(self, call_id: int) -> None:
+        call = self._calls.pop(call_id, None)
+        if call is not None and not call.started:
+            self._waiting -= 1
+
+    def _send(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        while True:
+            message = self._outbox.get()
+            if message is None:
+                return
+            try:
+                conn.send(message)
+            except (OSError, ValueError):
+                return  # the child is gone; the receiver reports it
+
+    def _receive(self) -> None:
+        conn = self._conn
+        loop = self._loop
+        assert conn is not None and loop is not None
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError, TypeError):  # TypeError: closed under us at shutdown
+                break
+            except Exception:  # an unpicklable message must not kill the receiver
+                logger.exception("bad message from the engine process")
+                continue
+            loop.call_soon_threadsafe(self._dispatch, message)
+        with contextlib.suppress(RuntimeError):  # the loop may be closed at interpreter exit
+            loop.call_soon_threadsafe(self._on_exit)
+
+    def _dispatch(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "ready":
+            if self._started is not None and not self._started.done():
+                self._started.set_result(message[1])
+            return
+        if kind == "failed":
+            if self._started is not None and not self._started.done():
+                self._started.set_exception(RuntimeError(f"engine process: {message[1]}"))
+            return
+        call = self._calls.get(message[1])
+        if kind in ("done", "error", "cancelled"):
+            self.stats = message[-1]
+        if call is None:
+            return
+        if kind == "queued":
+            _safe(call.listener.on_queued, message[2])
+        elif kind == "started":
+            if not call.started:
+                call.started = True
+                self._waiting -= 1
+            _safe(call.listener.on_started)
+        elif kind == "tokens":
+            _safe(call.listener.on_tokens, message[2], message[3])
+        elif kind == "done" and not call.future.done():
+            call.future.set_result(message[2])
+        elif kind == "error" and not call.future.done():
+            call.future.set_exception(message[2])
+
+    def _on_exit(self) -> None:
+        was_ready = self._ready
+        self._ready = False
+        if self._exited is not None:
+            self._exited.set()
+        if self._started is not None and not self._started.done():
+            self._started.set_exception(RuntimeError("engine process exited while starting"))
+        for call in self._calls.values():
+            if not call.future.done():
+                call.future.set_exception(EngineNotReady("the engine process exited"))
+        if was_ready and not self._stopping:
+            code = self._process.exitcode if self._process is not None else None
+            logger.error("engine process exited unexpectedly (exit code %s)", code)
+            if self.on_exit is not None:
+                _safe(self.on_exit)
+
+    async def _shutdown_process(self, join_seconds: float) -> None:
+        process, self._process = self._process, None
+        self._outbox.put(None)
+        if process is None:
+            return
+        await asyncio.to_thread(process.join, join_seconds)
+        if process.is_alive():
+            logger.warning("engine process did not exit; terminating it")
+            process.terminate()
+            await asyncio.to_thread(process.join, 5)
+        # The receiver ends on the pipe's EOF once the child is gone; close after it.
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join, 5)
+        if self._conn is not None:
+            self._conn.close()
+
+
+def _portable(exc: Exception) -> Exception:
+    """The exception itself when it survives pickling (the parent raises the same type),
+    else a RuntimeError with its text."""
+    try:
+        pickle.loads(pickle.dumps(exc))  # noqa: S301 - our own bytes, a round-trip probe
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _safe(callback: Any, *args: Any) -> None:
+    try:
+        callback(*args)
+    except Exception:
+        logger.exception("generation listener failed")
+
+
+# --- child process -------------------------------------------------------------------------
+class _PipeListener:
+    def __init__(self, call_id: int, conn: Connection, wants_text: bool) -> None:
+        self._id = call_id
+        self._conn = conn
+        self.wants_text = wants_text
+
+    def on_queued(self, position: int) -> None:
+        self._conn.send(("queued", self._id, position))
+
+    def on_started(self) -> None:
+        self._conn.send(("started", self._id))
+
+    def on_tokens(self, tokens_generated: int, text_so_far: str) -> None:
+        self._conn.send(("tokens", self._id, tokens_generated, text_so_far))
+
+
+def child_main(config: EngineConfig, conn: Connection, log_level: str) -> None:
+    """Entry point of the engine process."""
+    from svc_common.logging import configure_logging  # noqa: PLC0415 - child process only
+
+    # The parent owns the drain: a terminal's Ctrl-C or a pod's SIGTERM reaches the process
+    # group, and the child must keep generating until the parent says stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    configure_logging("inference-engine", log_level)
+    try:
+        asyncio.run(_serve_child(config, conn))
+    finally:
+        conn.close()
+
+
+async def _serve_child(config: EngineConfig, conn: Connection) -> None:
+    from .factory import create_engine  # noqa: PLC0415 - the factory imports this module
+
+    engine = create_engine(config)
+    assert isinstance(engine, BatchedEngine), "the child runs an in-process engine"
+    try:
+        await engine.start()
+    except Exception as exc:
+        logger.exception("engine failed to start")
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    tokenizer_dir = tempfile.mkdtemp(prefix="rpi-tokenizer-")
+    await asyncio.to_thread(engine.loaded.tokenizer.save_pretrained, tokenizer_dir)
+    loaded = engine.loaded
+    conn.send(
+        (
+            "ready",
+            RemoteModel(
+                name=engine.model_name,
+                revision=engine.model_revision,
+                untrained=engine.untrained,
+                tokens_per_tile=loaded.tokens_per_tile,
+                image_size=loaded.image_size,
+                runtime=loaded.runtime,
+                continuous=bool(getattr(engine, "continuous", False)),
+                tokenizer_dir=str(Path(tokenizer_dir)),
+            ),
+        )
+    )
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()
+
+    def receive() -> None:
+        while True:
+            try:
+                message: tuple[Any, ...] | None = conn.recv()
+            except (EOFError, OSError):
+                message = None  # the parent is gone: stop
+            loop.call_soon_threadsafe(inbox.put_nowait, message)
+            if message is None or message[0] == "stop":
+                return
+
+    threading.Thread(target=receive, name="engine-inbox", daemon=True).start()
+    tasks: dict[int, asyncio.Task[None]] = {}
+
+    async def run(call_id: int, request: GenerationRequest, wants_text: bool) -> None:
+        listener = _PipeListener(call_id, conn, wants_text)
+        try:
+            result = await engine.generate(request, listener)
+        except asyncio.CancelledError:
+            conn.send(("cancelled", call_id, dict(engine.stats)))
+        except Exception as exc:
+            conn.send(("error", call_id, _portable(exc), dict(engine.stats)))
+        else:
+            conn.send(("done", call_id, result, dict(engine.stats)))
+        finally:
+            tasks.pop(call_id, None)
+
+    while True:
+        message = await inbox.get()
+        if message is None or message[0] == "stop":
+            break
+        if message[0] == "generate":
+            _, call_id, request, wants_text = message
+            tasks[call_id] = asyncio.create_task(run(call_id, request, wants_text))
+        elif message[0] == "cancel" and message[1] in tasks:
+            tasks[message[1]].cancel()
+    # The parent has drained its calls before it says stop (or it is gone): whatever still
+    # runs here has no one waiting, so its rows leave at the next step.
+    for task in list(tasks.values()):
+        task.cancel()
+    await engine.stop()
+    if tasks:
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+    shutil.rmtree(tokenizer_dir, ignore_errors=True)
