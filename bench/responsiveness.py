@@ -46,12 +46,18 @@ class Result:
     idle: LatencySummary
     saturated: LatencySummary
     load: LoadResult
+    # Model calls (decode steps for the continuous engine, generates otherwise) and the rows
+    # they carried.
     engine_batches: int
     engine_rows: int
 
     @property
     def completed(self) -> int:
         return sum(1 for o in self.load.outcomes if o.code == "OK")
+
+
+def _delta(after: dict[str, int], before: dict[str, int], key: str) -> int:
+    return after.get(key, 0) - before.get(key, 0)
 
 
 def report(r: Result) -> str:
@@ -72,8 +78,8 @@ def report(r: Result) -> str:
         table(["server", "health checks", "p50 ms", "p99 ms", "max ms", "mean ms"], body)
         + f"\n\nload during the saturated phase: {r.completed} inspections completed"
         + (f", {failed} failed {codes}" if failed else "")
-        + f" in {r.load.wall_s:.1f} s ({r.completed / r.load.wall_s:.2f}/s), engine batches "
-        f"{r.engine_batches}, mean batch {r.engine_rows / max(r.engine_batches, 1):.1f}"
+        + f" in {r.load.wall_s:.1f} s ({r.completed / r.load.wall_s:.2f}/s), engine model calls "
+        f"{r.engine_batches}, mean rows per call {r.engine_rows / max(r.engine_batches, 1):.1f}"
     )
 
 
@@ -155,8 +161,8 @@ async def run(args: argparse.Namespace) -> Result:
         idle=LatencySummary.of([lat for _, lat in idle]),
         saturated=LatencySummary.of([lat for _, lat in saturated]),
         load=load,
-        engine_batches=after["batches"] - before["batches"],
-        engine_rows=after["rows"] - before["rows"],
+        engine_batches=_delta(after, before, "steps") or _delta(after, before, "batches"),
+        engine_rows=_delta(after, before, "row_steps") or _delta(after, before, "rows"),
     )
     print()
     print(report(result))

@@ -9,7 +9,7 @@ keeps the event-loop side (admission, queue bound, deadlines, listeners) and tal
 a pipe:
 
 parent -> child: ``("generate", id, request, wants_text)``, ``("cancel", id)``, ``("stop",)``
-child -> parent: ``("ready", info)``, ``("failed", text)``, ``("queued", id, position)``,
+child -> parent: ``("ready", info, stats)``, ``("failed", text)``, ``("queued", id, position)``,
 ``("started", id)``, ``("tokens", id, count, text)``, ``("done", id, result, stats)``,
 ``("error", id, exception, stats)``, ``("cancelled", id, stats)``
 
@@ -273,6 +273,7 @@ class ProcessEngine:
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "ready":
+            self.stats = message[2]
             if self._started is not None and not self._started.done():
                 self._started.set_result(message[1])
             return
@@ -408,6 +409,7 @@ async def _serve_child(config: EngineConfig, conn: Connection) -> None:
                 continuous=bool(getattr(engine, "continuous", False)),
                 tokenizer_dir=str(Path(tokenizer_dir)),
             ),
+            dict(engine.stats),
         )
     )
     loop = asyncio.get_running_loop()
