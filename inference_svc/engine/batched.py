@@ -196,11 +196,18 @@ class BatchedEngine:
         self._signal_work()
         try:
             if request.deadline is None:
-                return await job.future
-            return await asyncio.wait_for(job.future, max(request.deadline - time.monotonic(), 0))
+                result = await job.future
+            else:
+                remaining = max(request.deadline - time.monotonic(), 0)
+                result = await asyncio.wait_for(job.future, remaining)
         except (asyncio.CancelledError, TimeoutError):
             self._abandon(job)
             raise
+        if result.finish_reason == "cancelled":
+            # The model thread ended the row at its deadline and answered before our timer
+            # fired (a busy loop): still a deadline, never a truncated success.
+            raise TimeoutError("deadline passed during generation")
+        return result
 
     def count_prompt_tokens(self, prompt: str, tiles_per_image: tuple[int, ...]) -> int:
         """Tokens the model will read for this prompt, image tokens included (CPU work: call
