@@ -163,35 +163,36 @@ class ConstrainedLogitsProcessor(LogitsProcessor):
             else:
                 masked.append(row)
         if masked:
-            words = (self.vocab_size + 31) // 32
-            bitmask = torch.full((len(masked), words), -1, dtype=torch.int32)
             matchers = [self.matchers[row] for row in masked]
-            if len(masked) > 1:
-                # llguidance computes the rows' masks on its own threads without the
-                # interpreter lock: the step costs one row's time, and the event loop runs on.
-                _executor().unsafe_compute_mask_ptr(
-                    [(m, k) for k, m in enumerate(matchers) if m is not None],
-                    bitmask.data_ptr(),
-                    words * bitmask.element_size(),
-                    len(masked),
-                )
-            else:
-                view = bitmask[0]
-                assert matchers[0] is not None
-                matchers[0].unsafe_compute_mask_ptr(
-                    view.data_ptr(), view.numel() * view.element_size()
-                )
+            allowed = allowed_tokens(matchers, self.vocab_size, vocab)
             for row, matcher in zip(masked, matchers, strict=True):
                 assert matcher is not None
                 if matcher.is_error():
                     self.errors[row] = matcher.get_error()
                     forced.append(row)
-            allowed = unpack_bitmask(bitmask, vocab).to(scores.device)
             index = torch.tensor(masked, device=scores.device)
-            scores[index] = scores[index].masked_fill(~allowed, float("-inf"))
+            scores[index] = scores[index].masked_fill(~allowed.to(scores.device), float("-inf"))
         for row in forced:
             force_eos(scores, row, self.eos_token_id)
         return scores
+
+
+def allowed_tokens(matchers: Sequence[Any], ll_vocab_size: int, width: int) -> torch.Tensor:
+    """(len(matchers), width) bool: the tokens each matcher allows next. Several rows' masks
+    are computed on llguidance's own threads without the interpreter lock."""
+    words = (ll_vocab_size + 31) // 32
+    bitmask = torch.full((len(matchers), words), -1, dtype=torch.int32)
+    if len(matchers) > 1:
+        _executor().unsafe_compute_mask_ptr(
+            [(m, k) for k, m in enumerate(matchers)],
+            bitmask.data_ptr(),
+            words * bitmask.element_size(),
+            len(matchers),
+        )
+    else:
+        view = bitmask[0]
+        matchers[0].unsafe_compute_mask_ptr(view.data_ptr(), view.numel() * view.element_size())
+    return unpack_bitmask(bitmask, width)
 
 
 @functools.cache

@@ -282,27 +282,14 @@ class ContinuousEngine(BatchedEngine):
         self, rows: list[_Row], masked: list[int], scores: torch.Tensor, forced: dict[int, int]
     ) -> None:
         loaded = self.loaded
-        words = (loaded.vocab_size + 31) // 32
-        bitmask = torch.full((len(masked), words), -1, dtype=torch.int32)
         matchers: list[Any] = [rows[i].matcher for i in masked]
-        if len(masked) > 1:
-            # Computed on llguidance's threads without the interpreter lock.
-            constrained._executor().unsafe_compute_mask_ptr(
-                [(m, k) for k, m in enumerate(matchers)],
-                bitmask.data_ptr(),
-                words * bitmask.element_size(),
-                len(masked),
-            )
-        else:
-            view = bitmask[0]
-            matchers[0].unsafe_compute_mask_ptr(view.data_ptr(), view.numel() * view.element_size())
+        allowed = constrained.allowed_tokens(matchers, loaded.vocab_size, scores.shape[1])
         for i, matcher in zip(masked, matchers, strict=True):
             if matcher.is_error():
                 rows[i].grammar_error = matcher.get_error()
                 forced[i] = loaded.eos_token_id
-        allowed = constrained.unpack_bitmask(bitmask, scores.shape[1]).to(scores.device)
         index = torch.tensor(masked, device=scores.device)
-        scores[index] = scores[index].masked_fill(~allowed, float("-inf"))
+        scores[index] = scores[index].masked_fill(~allowed.to(scores.device), float("-inf"))
 
     # --- finishing -------------------------------------------------------------------------
     def _retire(self, rows: list[_Row]) -> None:

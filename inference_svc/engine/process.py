@@ -50,7 +50,7 @@ from .api import (
     GenerationRequest,
     GenerationResult,
 )
-from .batched import BatchedEngine
+from .batched import BatchedEngine, _safe
 from .config import EngineConfig
 from .loader import Runtime
 from .prompting import build_prompt
@@ -341,13 +341,6 @@ def _portable(exc: Exception) -> Exception:
     except Exception:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
     return exc
-
-
-def _safe(callback: Any, *args: Any) -> None:
-    try:
-        callback(*args)
-    except Exception:
-        logger.exception("generation listener failed")
 
 
 # --- child process -------------------------------------------------------------------------

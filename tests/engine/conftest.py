@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -73,6 +74,13 @@ class Recorder:
 EngineFactory = Callable[..., Any]
 
 
+async def until(predicate: Callable[[], bool]) -> None:
+    """Waits for an engine state; synchronisation only (pytest's timeout bounds it), never a
+    timing assertion."""
+    while not predicate():  # noqa: ASYNC110 - the engines expose no event for these states
+        await asyncio.sleep(0.005)
+
+
 @pytest.fixture
 def engine_mode() -> str:
     """The engine_mode engine_factory uses unless a test names one (modules override this)."""
@@ -88,6 +96,7 @@ async def engine_factory(model_cache: Path, engine_mode: str) -> AsyncIterator[E
         overrides.setdefault("engine_mode", engine_mode)
         config = EngineConfig(model_cache_dir=model_cache, **overrides)
         engine = create_engine(config)
+        assert isinstance(engine, BatchedEngine), "engine_factory builds in-process engines"
         await engine.start()
         engines.append(engine)
         return engine

@@ -20,15 +20,9 @@ from inference_svc.engine.batched import BatchedEngine, SequentialEngine
 from inference_svc.engine.config import EngineConfig
 from inference_svc.engine.factory import create_engine
 
-from .conftest import EngineFactory, Recorder, make_request
+from .conftest import EngineFactory, Recorder, make_request, until
 
 Blocker = Callable[[BatchedEngine], threading.Event]
-
-
-async def _until(predicate: Callable[[], bool]) -> None:
-    # Synchronisation only (the pytest timeout bounds it), never a timing assertion.
-    while not predicate():  # noqa: ASYNC110 - the engine exposes no event for these states
-        await asyncio.sleep(0.005)
 
 
 def _depth_is(engine: BatchedEngine, depth: int) -> bool:
@@ -42,7 +36,7 @@ def engine_mode(request: pytest.FixtureRequest) -> str:
 
 
 async def _worker_idle(engine: BatchedEngine) -> None:
-    await _until(lambda: engine.running_rows() == 0 and engine.queue_depth() == 0)
+    await until(lambda: engine.running_rows() == 0 and engine.queue_depth() == 0)
 
 
 def _variety() -> list[GenerationRequest]:
@@ -117,11 +111,11 @@ async def test_full_queue_rejects_at_once(
     release = worker_blocker(engine)
     first = Recorder()
     tasks = [asyncio.create_task(engine.generate(make_request("r0"), first))]
-    await _until(lambda: first.started == 1)  # popped into a batch, waiting for the worker
+    await until(lambda: first.started == 1)  # popped into a batch, waiting for the worker
     tasks += [
         asyncio.create_task(engine.generate(make_request(f"r{i}"), NullListener())) for i in (1, 2)
     ]
-    await _until(lambda: engine.queue_depth() == 2)
+    await until(lambda: engine.queue_depth() == 2)
     with pytest.raises(EngineOverloaded):
         await engine.generate(make_request("r3"), NullListener())
     release.set()
@@ -136,10 +130,10 @@ async def test_queue_positions_move_and_cancelled_request_leaves_queue(
     release = worker_blocker(engine)
     listeners = [Recorder() for _ in range(4)]
     tasks = [asyncio.create_task(engine.generate(make_request("r0"), listeners[0]))]
-    await _until(lambda: listeners[0].started == 1)
+    await until(lambda: listeners[0].started == 1)
     for i in (1, 2, 3):
         tasks.append(asyncio.create_task(engine.generate(make_request(f"r{i}"), listeners[i])))
-        await _until(functools.partial(_depth_is, engine, i))
+        await until(functools.partial(_depth_is, engine, i))
     assert [listeners[i].queued for i in (1, 2, 3)] == [[1], [2], [3]]
 
     tasks[2].cancel()  # r2 leaves the queue at once; r3 moves up
@@ -167,7 +161,7 @@ async def test_cancelled_running_row_stops_and_frees_the_engine(
     # Seconds of forced generation, so the cancellation certainly lands mid-row.
     long = make_request("long", max_new_tokens=12_000, min_new_tokens=12_000)
     task = asyncio.create_task(engine.generate(long, listener))
-    await _until(lambda: len(listener.tokens) >= 1)
+    await until(lambda: len(listener.tokens) >= 1)
     before = engine.stats["tokens_generated"]
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

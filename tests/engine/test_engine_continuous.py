@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,12 +15,7 @@ from inference_svc.engine.batched import BatchedEngine
 from inference_svc.engine.continuous import ContinuousEngine
 from inference_svc.engine.slot_decoder import SlotDecoder, supports
 
-from .conftest import EngineFactory, Recorder, make_request
-
-
-async def _until(predicate: Callable[[], bool]) -> None:
-    while not predicate():  # noqa: ASYNC110 - synchronisation only, bounded by pytest's timeout
-        await asyncio.sleep(0.002)
+from .conftest import EngineFactory, Recorder, make_request, until
 
 
 async def _solo(engine_factory: EngineFactory, requests: list[GenerationRequest]) -> list[str]:
@@ -43,7 +37,7 @@ async def test_rows_joining_a_running_batch_get_their_solo_outputs(
     ]
     listener = Recorder()
     running = asyncio.create_task(engine.generate(first, listener))
-    await _until(lambda: len(listener.tokens) >= 10)  # the first row is mid-generation
+    await until(lambda: len(listener.tokens) >= 10)  # the first row is mid-generation
     joined = await asyncio.gather(*(engine.generate(r, NullListener()) for r in late))
     assert not running.done()  # they finished while the first row was still generating
     result = await running
@@ -63,7 +57,7 @@ async def test_cache_grows_while_rows_are_live(engine_factory: EngineFactory) ->
     small = make_request("small", max_new_tokens=120, min_new_tokens=120, seed=5)
     listener = Recorder()
     running = asyncio.create_task(engine.generate(small, listener))
-    await _until(lambda: len(listener.tokens) >= 1)
+    await until(lambda: len(listener.tokens) >= 1)
     capacity = engine._decoder.capacity
     big_prompt = "".join(f"Image-{i}: <image>\n" for i in range(4)) + "Compare them all."
     big = make_request("big", big_prompt, (2, 2, 2, 2), max_new_tokens=40, seed=6)
@@ -103,12 +97,12 @@ async def test_cancelled_row_leaves_and_the_others_continue(engine_factory: Engi
     )
     kept_request = make_request("kept", max_new_tokens=64, min_new_tokens=64, seed=9)
     kept = asyncio.create_task(engine.generate(kept_request, kept_listener))
-    await _until(lambda: bool(doomed_listener.tokens) and bool(kept_listener.tokens))
+    await until(lambda: bool(doomed_listener.tokens) and bool(kept_listener.tokens))
     doomed.cancel()
     with pytest.raises(asyncio.CancelledError):
         await doomed
     result: GenerationResult = await kept
-    await _until(lambda: engine.running_rows() == 0)
+    await until(lambda: engine.running_rows() == 0)
     assert engine.stats["cancelled_rows"] == 1
     assert result.completion_tokens == 64
     assert [result.text] == await _solo(engine_factory, [kept_request])

@@ -22,12 +22,7 @@ from inference_svc.engine.config import EngineConfig
 from inference_svc.engine.factory import create_engine
 from inference_svc.engine.process import ProcessEngine
 
-from .conftest import EngineFactory, Recorder, make_request
-
-
-async def _until(predicate: object) -> None:
-    while not predicate():  # type: ignore[operator]  # noqa: ASYNC110 - synchronisation only
-        await asyncio.sleep(0.005)
+from .conftest import EngineFactory, Recorder, make_request, until
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +91,14 @@ async def test_cancel_deadline_and_full_queue(engine: ProcessEngine) -> None:
         asyncio.create_task(engine.generate(make_request("r0", **endless), first)),  # type: ignore[arg-type]
         asyncio.create_task(engine.generate(make_request("r1", **endless), second)),  # type: ignore[arg-type]
     ]
-    await _until(lambda: bool(first.tokens) and bool(second.tokens))  # both slots busy
+    await until(lambda: bool(first.tokens) and bool(second.tokens))  # both slots busy
     queued = [
         asyncio.create_task(
             engine.generate(make_request(f"q{i}", max_new_tokens=4), NullListener())
         )
         for i in range(2)
     ]
-    await _until(lambda: engine.queue_depth() == 2)
+    await until(lambda: engine.queue_depth() == 2)
     with pytest.raises(EngineOverloaded):
         await engine.generate(make_request("too-many"), NullListener())
 
@@ -112,7 +107,7 @@ async def test_cancel_deadline_and_full_queue(engine: ProcessEngine) -> None:
     for task in running:
         with pytest.raises(asyncio.CancelledError):
             await task
-    await _until(lambda: engine.queue_depth() == 0)  # the freed slots took q0 and q1
+    await until(lambda: engine.queue_depth() == 0)  # the freed slots took q0 and q1
     late = make_request("late", **endless, deadline=time.monotonic() + 0.5)  # type: ignore[arg-type]
     with pytest.raises(TimeoutError):
         await engine.generate(late, NullListener())
@@ -141,7 +136,7 @@ async def test_a_dead_engine_process_fails_calls_and_reports_not_ready(
         listener = Recorder()
         endless = make_request("r", max_new_tokens=12_000, min_new_tokens=12_000)
         call = asyncio.create_task(engine.generate(endless, listener))
-        await _until(lambda: bool(listener.tokens))
+        await until(lambda: bool(listener.tokens))
         assert engine._process is not None
         os.kill(engine._process.pid, signal.SIGKILL)
         with pytest.raises(EngineNotReady, match="exited"):
