@@ -1,6 +1,8 @@
 """Preprocessing benchmark: 12-megapixel JPEG photos to model tiles, the replaced service's path
 (full-resolution decode, then per-tile PIL transforms) against ours (reduced-scale JPEG decode
-with Image.draft, one resize, vectorised normalisation), with the pixel difference of the tiles.
+with Image.draft, one resize, uint8 tiles normalised as the engine does), with the pixel
+difference of the tiles. Ours is timed through the normalisation, which the server leaves to the
+engine, so both sides produce the float32 tensor the vision tower reads.
 
     .venv/bin/python -m bench.preprocess
     .venv/bin/python -m bench.preprocess --images 1 --repeats 1 --size 800x600
@@ -19,6 +21,7 @@ import numpy as np
 from bench.common import fmt, machine, parse_size, percentile, table
 from bench.photos import TWELVE_MP, photo_jpeg
 from inference_svc.domain.models import FetchedImage, ImageRole, ImageSource
+from inference_svc.engine.pixels import normalise_array
 from inference_svc.imaging.tiling import prepare_image, seed_style_prepare
 
 # Tiles are ImageNet-normalised (1 unit = one std, about 57 grey levels). The two paths resample
@@ -68,7 +71,10 @@ def run_case(photos: list[bytes], role: ImageRole, max_tiles: int, repeats: int)
     for i, data in enumerate(photos):
         fetched = FetchedImage(ImageSource(role, i, content=data), data, sha256="-")
         s_ms, seed_tiles = _time(lambda d=data: seed_style_prepare(d, max_tiles), repeats)
-        o_ms, ours_tiles = _time(lambda f=fetched: prepare_image(f, max_tiles).tiles, repeats)
+        o_ms, ours_tiles = _time(
+            lambda f=fetched: normalise_array(prepare_image(f, max_tiles).tiles),  # type: ignore[arg-type]
+            repeats,
+        )
         if seed_tiles.shape != ours_tiles.shape:
             raise AssertionError(f"tile shapes differ: {seed_tiles.shape} {ours_tiles.shape}")
         tiles = int(ours_tiles.shape[0])

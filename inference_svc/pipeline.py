@@ -448,7 +448,7 @@ class InspectionPipeline:
         streaming: bool,
     ) -> Inspection:
         prepared = [s.prepared for s in states if s.prepared is not None]
-        pixel_values: np.ndarray[Any, np.dtype[np.float32]] = await self._in_thread(
+        pixel_values: np.ndarray[Any, np.dtype[np.uint8]] = await self._in_thread(
             np.concatenate, [p.tiles for p in prepared]
         )
         tiles_per_image = tuple(p.num_tiles for p in prepared)

@@ -71,7 +71,8 @@ class FetchedImage:
 
 @dataclass
 class PreparedImage:
-    """A decoded image cut into model tiles: float32 array (tiles, 3, size, size), normalised."""
+    """A decoded image cut into model tiles: uint8 RGB array (tiles, 3, size, size); the engine
+    normalises it."""
 
     source: ImageSource
     tiles: object  # numpy.ndarray; kept untyped here so the domain does not import numpy

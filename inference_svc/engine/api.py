@@ -22,8 +22,10 @@ class GenerationRequest:
     request_id: str
     # User message text with one IMAGE_PLACEHOLDER per image, in image order.
     prompt: str
-    # float32 (total_tiles, 3, H, W), ImageNet-normalised, images concatenated in order.
-    pixel_values: npt.NDArray[np.float32]
+    # (total_tiles, 3, H, W), images concatenated in order: uint8 RGB bytes, which the engine
+    # normalises on its own device (the cheap form to hand over), or float32 tiles that are
+    # already ImageNet-normalised.
+    pixel_values: npt.NDArray[np.uint8] | npt.NDArray[np.float32]
     # Tiles per image, same order as the placeholders; sums to pixel_values.shape[0].
     tiles_per_image: tuple[int, ...]
     max_new_tokens: int

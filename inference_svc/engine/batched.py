@@ -39,6 +39,7 @@ from .loader import (
     wrap_native_model,
 )
 from .model_builder import build_full_size_model, ensure_demo_model
+from .pixels import PixelStaging, check_dtype
 from .prompting import build_prompt
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class BatchedEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._batch_ids = itertools.count(1)
         self._running: list[_Job] = []
+        self._staging: PixelStaging | None = None  # the model thread's pixel buffer
         # Counters for metrics and tests; written by the model thread only.
         self.stats: dict[str, int] = {
             "batches": 0,
@@ -231,9 +233,9 @@ class BatchedEngine:
                     f"pixel_values shape {tuple(pixels.shape)} does not fit {total} tiles of "
                     f"3x{size}x{size}"
                 )
-            pixel_tensor: torch.Tensor | None = torch.from_numpy(
-                np.ascontiguousarray(pixels, dtype=np.float32)
-            )
+            check_dtype(pixels)
+            # Bytes stay bytes until they reach the model's device (pixels.PixelStaging).
+            pixel_tensor: torch.Tensor | None = torch.from_numpy(np.ascontiguousarray(pixels))
         else:
             if pixels.size:
                 raise ValueError("pixel_values given without images in tiles_per_image")
@@ -359,6 +361,7 @@ class BatchedEngine:
 
     def _release(self) -> None:
         self._loaded = None
+        self._staging = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -380,13 +383,19 @@ class BatchedEngine:
         return GenerationRequest(
             request_id="warmup",
             prompt="<image>\nwarm up",
-            pixel_values=np.zeros((1, 3, size, size), dtype=np.float32),
+            pixel_values=np.zeros((1, 3, size, size), dtype=np.uint8),
             tiles_per_image=(1,),
             max_new_tokens=4,
             json_schema={"type": "object", "properties": {"ok": {"type": "boolean"}}}
             if self.config.constrained_decoding
             else None,
         )
+
+    def _pixels(self, device: torch.device | str) -> PixelStaging:
+        staging = self._staging
+        if staging is None or staging.device != torch.device(device):
+            staging = self._staging = PixelStaging(device)
+        return staging
 
     def _run_batch(self, jobs: list[_Job]) -> list[GenerationResult | BaseException]:
         loaded = self.loaded
@@ -403,7 +412,7 @@ class BatchedEngine:
             ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
             mask[row, width - len(tokens) :] = 1
         tiles = [job.prepared.pixel_values for job in jobs if job.prepared.pixel_values is not None]
-        pixels = torch.cat(tiles).to(device=device, dtype=loaded.runtime.dtype) if tiles else None
+        pixels = self._pixels(device).stage(tiles, loaded.runtime.dtype) if tiles else None
         ids = ids.to(device)
         mask = mask.to(device)
 

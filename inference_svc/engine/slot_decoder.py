@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from .pixels import PixelStaging
+
 logger = logging.getLogger(__name__)
 
 _SUPPORTED_TEXT_MODELS = ("qwen2", "llama")
@@ -85,6 +87,7 @@ class SlotDecoder:
         self._keys: list[torch.Tensor] = []
         self._values: list[torch.Tensor] = []
         self._columns = torch.zeros(0, dtype=torch.long, device=self.device)
+        self.pixels = PixelStaging(self.device)
 
     # --- cache management ------------------------------------------------------------------
     def reserve(self, columns: int) -> None:
@@ -107,6 +110,7 @@ class SlotDecoder:
     def release(self) -> None:
         self._keys, self._values = [], []
         self.capacity = 0
+        self.pixels.release()
 
     def move(self, source: int, target: int, length: int) -> None:
         """Copy slot ``source``'s first ``length`` positions to slot ``target``."""
@@ -125,7 +129,7 @@ class SlotDecoder:
         ids = torch.tensor([list(input_ids)], dtype=torch.long, device=self.device)
         kwargs: dict[str, Any] = {}
         if pixel_values is not None:
-            kwargs["pixel_values"] = pixel_values.to(device=self.device, dtype=self.dtype)
+            kwargs["pixel_values"] = self.pixels.stage([pixel_values], self.dtype)
         cache = DynamicCache(config=self.language_model.config)
         out = self.model.model(input_ids=ids, past_key_values=cache, use_cache=True, **kwargs)
         for index in range(len(self.layers)):

@@ -1,9 +1,11 @@
-"""InternVL dynamic preprocessing: grid choice, 448 px tiles, thumbnail, ImageNet normalisation.
+"""InternVL dynamic preprocessing: grid choice, 448 px tiles, thumbnail.
 
 The grid choice reproduces InternVL's published ``dynamic_preprocess`` exactly (candidate order
 and tie rule included). The fast path differs from the published one only in how pixels are
 produced: a JPEG is decoded at a reduced DCT scale that stays at or above the grid size, the
-image is resized once, tiles are sliced out of one array and normalised together.
+image is resized once and tiles are sliced out of one array. Tiles leave here as uint8 bytes;
+the engine applies the ImageNet normalisation on its own device (``engine.pixels``), with the
+same float32 operations as the published transform.
 :func:`seed_style_tiles` keeps the published per-tile path for comparison and benchmarks.
 """
 
@@ -18,22 +20,17 @@ import numpy.typing as npt
 from PIL import Image
 
 from inference_svc.domain.models import FetchedImage, PreparedImage
+from inference_svc.engine.pixels import IMAGENET_MEAN, IMAGENET_STD
 from inference_svc.imaging.decode import load_rgb, probe_image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_IMAGE_SIZE = 448
 
 _MEAN32 = np.array(IMAGENET_MEAN, dtype=np.float32)
 _STD32 = np.array(IMAGENET_STD, dtype=np.float32)
-# Per channel, the normalised value of each byte, computed with the same float32 operations as
-# torchvision's ToTensor + Normalize ((x / 255 - mean) / std), so a lookup gives identical values.
-_LUT = (
-    (np.arange(256, dtype=np.float32)[None, :] / np.float32(255) - _MEAN32[:, None])
-    / _STD32[:, None]
-).astype(np.float32)
 
+# Normalised float32 tiles (the seed-style path) and tile bytes (ours: the engine normalises).
 Tiles = npt.NDArray[np.float32]
+TileBytes = npt.NDArray[np.uint8]
 
 
 @functools.cache
@@ -84,29 +81,25 @@ def choose_grid(
     )
 
 
-def _normalise(chw_uint8: npt.NDArray[np.uint8], out: Tiles) -> None:
-    """(n, 3, S, S) bytes -> normalised float32 in ``out``."""
-    for c in range(3):
-        np.take(_LUT[c], chw_uint8[:, c], out=out[:, c])
-
-
 def tiles_for_grid(
     image: Image.Image, grid: tuple[int, int], image_size: int, use_thumbnail: bool = True
-) -> Tiles:
+) -> TileBytes:
     """Resize ``image`` once to the grid, slice row-major tiles, add the thumbnail when there is
-    more than one tile; float32 array (tiles, 3, S, S)."""
+    more than one tile; uint8 array (tiles, 3, S, S) of RGB bytes, which the engine normalises
+    (``inference_svc.engine.pixels``)."""
     cols, rows = grid
     s = image_size
     count = cols * rows
     thumbnail = use_thumbnail and count > 1
-    out = np.empty((count + int(thumbnail), 3, s, s), dtype=np.float32)
+    out = np.empty((count + int(thumbnail), 3, s, s), dtype=np.uint8)
     resized = image.resize((cols * s, rows * s), Image.Resampling.BICUBIC)
     pixels = np.asarray(resized, dtype=np.uint8)
-    tiles = pixels.reshape(rows, s, cols, s, 3).transpose(0, 2, 4, 1, 3).reshape(count, 3, s, s)
-    _normalise(tiles, out[:count])
+    out[:count] = (
+        pixels.reshape(rows, s, cols, s, 3).transpose(0, 2, 4, 1, 3).reshape(count, 3, s, s)
+    )
     if thumbnail:
         small = np.asarray(image.resize((s, s), Image.Resampling.BICUBIC), dtype=np.uint8)
-        _normalise(small.transpose(2, 0, 1)[None], out[count:])
+        out[count] = small.transpose(2, 0, 1)
     return out
 
 
@@ -116,8 +109,8 @@ def image_to_tiles(
     image_size: int = DEFAULT_IMAGE_SIZE,
     use_thumbnail: bool = True,
     min_num: int = 1,
-) -> Tiles:
-    """Model tiles of an RGB image, the grid chosen from its own size."""
+) -> TileBytes:
+    """Model tiles (uint8) of an RGB image, the grid chosen from its own size."""
     grid = choose_grid(image.width, image.height, min_num, max_num, image_size)
     return tiles_for_grid(image, grid, image_size, use_thumbnail)
 

@@ -18,10 +18,9 @@ from PIL import Image
 
 from inference_svc.domain.errors import InspectionError, Reason
 from inference_svc.domain.models import FetchedImage, ImageRole, ImageSource
+from inference_svc.engine.pixels import IMAGENET_MEAN, IMAGENET_STD, normalise_array
 from inference_svc.imaging.testing import encode, textured
 from inference_svc.imaging.tiling import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     choose_grid,
     image_to_tiles,
     prepare_image,
@@ -246,9 +245,12 @@ TILE_CASES = [
 def test_tiles_match_published_pipeline_exactly(size: tuple[int, int], max_num: int) -> None:
     image = textured(*size, seed=size[0] * 7 + size[1])
     want = ref_load(image, max_num, 28)
-    fast = image_to_tiles(image, max_num, image_size=28)
+    raw = image_to_tiles(image, max_num, image_size=28)
     seed = seed_style_tiles(image, max_num, image_size=28)
-    assert fast.dtype == np.float32 and fast.shape == want.shape
+    assert raw.dtype == np.uint8 and raw.shape == want.shape
+    # Our bytes, normalised as the engine does, equal the published transform bit for bit.
+    fast = normalise_array(raw)
+    assert fast.dtype == np.float32
     assert np.array_equal(fast, want)
     assert np.array_equal(seed, want)
 
@@ -258,7 +260,8 @@ def test_tiles_match_published_pipeline_exactly(size: tuple[int, int], max_num: 
 )
 def test_tiles_match_published_pipeline_at_448(size: tuple[int, int], max_num: int) -> None:
     image = textured(*size)
-    assert np.array_equal(image_to_tiles(image, max_num), ref_load(image, max_num, 448))
+    want = ref_load(image, max_num, 448)
+    assert np.array_equal(normalise_array(image_to_tiles(image, max_num)), want)
 
 
 def test_thumbnail_only_with_more_than_one_tile() -> None:
@@ -280,7 +283,8 @@ def test_tiles_are_row_major() -> None:
         image.paste(colour, ((k % 3) * 28, (k // 3) * 28, (k % 3 + 1) * 28, (k // 3 + 1) * 28))
     tiles = image_to_tiles(image, 6, image_size=28)
     assert tiles.shape[0] == 7
-    red = tiles[:6, 0, 14, 14] * IMAGENET_STD[0] + IMAGENET_MEAN[0]
+    assert tiles[:6, 0, 14, 14].tolist() == [c[0] for c in colours]
+    red = normalise_array(tiles)[:6, 0, 14, 14] * IMAGENET_STD[0] + IMAGENET_MEAN[0]
     assert np.allclose(red * 255, [c[0] for c in colours], atol=0.5)
 
 
@@ -323,7 +327,8 @@ def test_prepare_rejects_undecodable() -> None:
 def test_prepare_png_equals_seed_path_exactly() -> None:
     data = encode(textured(1500, 700), "PNG", compress_level=1)
     prepared = prepare_image(fetched(data), max_tiles=2, image_size=448, max_pixels=64_000_000)
-    assert np.array_equal(prepared.tiles, seed_style_prepare(data, 2))  # type: ignore[arg-type]
+    assert isinstance(prepared.tiles, np.ndarray) and prepared.tiles.dtype == np.uint8
+    assert np.array_equal(normalise_array(prepared.tiles), seed_style_prepare(data, 2))
 
 
 # Fast path (JPEG decoded at a reduced DCT scale) vs the seed path (full decode, bicubic from
@@ -341,9 +346,11 @@ def test_fast_path_matches_seed_path_within_tolerance(
     size: tuple[int, int], max_tiles: int
 ) -> None:
     data = encode(textured(*size, seed=size[0]), "JPEG", quality=90)
-    fast = prepare_image(fetched(data), max_tiles, 448, 64_000_000).tiles
+    raw = prepare_image(fetched(data), max_tiles, 448, 64_000_000).tiles
+    assert isinstance(raw, np.ndarray)
+    fast = normalise_array(raw)
     seed = seed_style_prepare(data, max_tiles)
-    assert isinstance(fast, np.ndarray) and fast.shape == seed.shape
+    assert fast.shape == seed.shape
     diff = np.abs(fast - seed)
     assert diff.mean() <= MEAN_TOL
     assert np.quantile(diff, 0.99) <= P99_TOL
