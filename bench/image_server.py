@@ -11,8 +11,12 @@ from typing import Any
 
 from aiohttp import web
 
+from inference_svc.priority import lower_process_priority
 
-def _serve(images: dict[str, bytes], port: int) -> None:
+
+def _serve(images: dict[str, bytes], port: int, nice: int) -> None:
+    lower_process_priority(nice)
+
     async def handle(request: web.Request) -> web.Response:
         data = images.get(request.match_info["name"])
         if data is None:
@@ -39,10 +43,10 @@ def _free_port() -> int:
 class ImageServerProcess:
     """``with ImageServerProcess({"a.jpg": data}) as server: server.url("a.jpg")``"""
 
-    def __init__(self, images: dict[str, bytes]) -> None:
+    def __init__(self, images: dict[str, bytes], nice: int = 0) -> None:
         self.port = _free_port()
         ctx = multiprocessing.get_context("spawn")
-        self._process: Any = ctx.Process(target=_serve, args=(images, self.port), daemon=True)
+        self._process: Any = ctx.Process(target=_serve, args=(images, self.port, nice), daemon=True)
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}"

@@ -21,6 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rpi.inspection.v1 import inspection_pb2 as pb
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 
+from inference_svc.priority import lower_process_priority
+
 T = TypeVar("T")
 
 CHANNEL_OPTIONS = [
@@ -188,9 +190,12 @@ class ChildProcess:
     """One spawned worker process (spawned, not forked: the parent holds torch and gRPC
     threads, which fork does not copy safely)."""
 
-    def __init__(self) -> None:
+    def __init__(self, nice: int = 0) -> None:
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn")
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=lower_process_priority,
+            initargs=(nice,),
         )
         # Import grpc and the protos now, so the first measured call does not pay for it.
         self._pool.submit(_ready).result()

@@ -113,6 +113,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=0,
         help="PREPROCESS_PROCESSES of the server (0 = decode and tile in threads)",
     )
+    p.add_argument(
+        "--worker-nice",
+        type=int,
+        default=None,
+        help="WORKER_NICE of the server (default: the service's default)",
+    )
+    p.add_argument(
+        "--helpers-nice",
+        type=int,
+        default=10,
+        help="niceness of the image host and load generator processes, which stand in for "
+        "other machines (0 = compete with the server as equals)",
+    )
     add_torch_threads_flag(p)
     return p.parse_args(argv)
 
@@ -142,7 +155,15 @@ async def run(args: argparse.Namespace) -> Result:
         "max_result_chars": 4,
         "preprocess_processes": args.preprocess_processes,
     }
-    with ImageServerProcess(images) as server, ChildProcess() as loader, ChildProcess() as prober:
+    if args.worker_nice is not None:
+        overrides["worker_nice"] = args.worker_nice
+    # The image host and the load generator stand in for other machines: they yield the CPU
+    # to the server under test (and the probe), as they would by not sharing its cores.
+    with (
+        ImageServerProcess(images, nice=args.helpers_nice) as server,
+        ChildProcess(nice=args.helpers_nice) as loader,
+        ChildProcess() as prober,
+    ):
         request = make_request(
             [pb.Image(uri=server.url("ref-0.jpg")), pb.Image(uri=server.url("ref-1.jpg"))],
             [pb.Image(uri=server.url("pick-0.jpg")), pb.Image(uri=server.url("pick-1.jpg"))],

@@ -7,7 +7,6 @@ import asyncio
 import functools
 import logging
 import multiprocessing
-import os
 import signal
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -41,6 +40,7 @@ from inference_svc.imaging.tiling import prepare_image
 from inference_svc.observability import MetricsObserver
 from inference_svc.persistence_link import PersistenceSender
 from inference_svc.pipeline import Admission, InspectionPipeline, PipelineConfig
+from inference_svc.priority import lower_process_priority, lower_thread_priority
 from inference_svc.settings import InferenceSettings
 from svc_common.grpc_metrics import GrpcServerMetricsInterceptor
 from svc_common.grpc_options import KEEPALIVE_OPTIONS
@@ -84,6 +84,7 @@ def engine_config(settings: InferenceSettings) -> EngineConfig:
         system_message=settings.system_message or None,
         kv_cache=settings.kv_cache,
         torch_threads=settings.torch_threads,
+        process_nice=settings.worker_nice,
     )
 
 
@@ -108,7 +109,10 @@ class InferenceApp:
         self.metrics = InferenceMetrics(self.registry, max_batch_size=settings.max_batch_size)
         self.health = HealthServicer()
         self.executor = ThreadPoolExecutor(
-            max_workers=settings.preprocess_threads, thread_name_prefix="preprocess"
+            max_workers=settings.preprocess_threads,
+            thread_name_prefix="preprocess",
+            initializer=lower_thread_priority,
+            initargs=(settings.worker_nice,),
         )
         self.prepare_executor: Executor = self.executor
         if settings.preprocess_processes > 0:
@@ -117,7 +121,9 @@ class InferenceApp:
             self.prepare_executor = ProcessPoolExecutor(
                 max_workers=settings.preprocess_processes,
                 mp_context=multiprocessing.get_context("forkserver"),
-                initializer=_preprocess_worker_init,
+                # Image decoding is throughput work: it yields the CPU to the event loop.
+                initializer=lower_process_priority,
+                initargs=(settings.worker_nice,),
             )
         self.engine = create_engine(engine_config(settings), log_level=settings.log_level)
         if isinstance(self.engine, ProcessEngine):
@@ -303,12 +309,6 @@ class InferenceApp:
     @property
     def persistence_link(self) -> LinkState:
         return self.delivery.link_state
-
-
-def _preprocess_worker_init() -> None:
-    # Image decoding is throughput work: on a busy node it yields the CPU to the event loop
-    # (latency of every call, health checks) and to the model worker.
-    os.nice(5)
 
 
 async def serve(settings: InferenceSettings) -> None:

@@ -90,6 +90,14 @@ class InferenceSettings(BaseSettings):
         description="Decode and tile in this many worker processes instead of threads, so "
         "big photos never contend with the event loop for the interpreter lock (0 = threads).",
     )
+    worker_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Niceness added to the decode/tiling workers (threads or processes) and "
+        "to the engine process, so on a busy node the event loop (every call's latency, "
+        "health checks) gets the CPU first; 0 = all at the server's priority.",
+    )
 
     # --- model
     model_path: Path | None = Field(

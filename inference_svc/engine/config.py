@@ -47,3 +47,5 @@ class EngineConfig:
     kv_cache: Literal["auto", "dynamic", "static"] = "auto"
     # torch intra-op threads for the model; 0 leaves torch's default.
     torch_threads: int = 0
+    # Niceness the engine process adds to itself (bulk work yields to the server's event loop).
+    process_nice: int = 0

@@ -43,6 +43,8 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
+from inference_svc.priority import lower_process_priority
+
 from .api import (
     EngineNotReady,
     EngineOverloaded,
@@ -121,6 +123,12 @@ class ProcessEngine:
     @property
     def constrained(self) -> bool:
         return self.config.constrained_decoding
+
+    @property
+    def pid(self) -> int | None:
+        """The engine process's id while it runs (logs, debugging, tests)."""
+        process = self._process
+        return int(process.pid) if process is not None and process.pid is not None else None
 
     @property
     def ready(self) -> bool:
@@ -369,6 +377,7 @@ def child_main(config: EngineConfig, conn: Connection, log_level: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging("inference-engine", log_level)
+    lower_process_priority(config.process_nice)
     try:
         asyncio.run(_serve_child(config, conn))
     finally:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from inference_svc.engine.api import (
@@ -36,6 +37,7 @@ def process_config(model_cache: Path) -> EngineConfig:
         max_new_tokens=12_000,
         progress_every_tokens=4,
         torch_threads=1,
+        process_nice=3,
     )
 
 
@@ -53,6 +55,9 @@ async def test_answers_equal_the_in_process_engine(
 ) -> None:
     assert engine.ready and engine.untrained
     assert engine.model_name == "internvl-demo-tiny" and engine.loaded.continuous
+    # Bulk work: the child runs at a lower priority than the server that started it.
+    assert engine.pid is not None and engine.pid != os.getpid()
+    assert psutil.Process(engine.pid).nice() == min(19, os.nice(0) + 3)
     schema = {
         "type": "object",
         "properties": {"ok": {"type": "boolean"}},
