@@ -169,11 +169,11 @@ class SlotDecoder:
             keys, values = self._keys[index], self._values[index]
             keys[row_index, :, pos] = k
             values[row_index, :, pos] = v
-            # Query heads grouped by their key-value head: no repeat of the cache.
-            grouped = q.reshape(rows, self.kv_heads, self.groups, self.head_dim)
-            scores = torch.matmul(grouped, keys[:rows, :, :width].transpose(-1, -2))
-            scores = scores * self.scaling + bias
-            weights = torch.softmax(scores.float(), dim=-1).to(self.dtype)
+            # Query heads grouped by their key-value head: no repeat of the cache. Scaling the
+            # query (heads x dim) is cheaper than scaling the scores (heads x width).
+            grouped = (q * self.scaling).reshape(rows, self.kv_heads, self.groups, self.head_dim)
+            scores = torch.matmul(grouped, keys[:rows, :, :width].transpose(-1, -2)).add_(bias)
+            weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)
             context = torch.matmul(weights, values[:rows, :, :width])
             hidden = hidden + attention.o_proj(context.reshape(rows, 1, self.heads * self.head_dim))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
