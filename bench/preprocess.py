@@ -72,7 +72,7 @@ def run_case(photos: list[bytes], role: ImageRole, max_tiles: int, repeats: int)
         fetched = FetchedImage(ImageSource(role, i, content=data), data, sha256="-")
         s_ms, seed_tiles = _time(lambda d=data: seed_style_prepare(d, max_tiles), repeats)
         o_ms, ours_tiles = _time(
-            lambda f=fetched: normalise_array(prepare_image(f, max_tiles).tiles),  # type: ignore[arg-type]
+            lambda f=fetched: normalise_array(np.asarray(prepare_image(f, max_tiles).tiles)),
             repeats,
         )
         if seed_tiles.shape != ours_tiles.shape:

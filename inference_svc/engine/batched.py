@@ -315,12 +315,7 @@ class BatchedEngine:
             finally:
                 self._running = []
             for job, outcome in zip(batch, outcomes, strict=True):
-                if job.future.done():
-                    continue
-                if isinstance(outcome, BaseException):
-                    job.future.set_exception(outcome)
-                else:
-                    job.future.set_result(outcome)
+                _set_outcome(job, outcome)
 
     # --- model thread ----------------------------------------------------------------------
     def _load(self) -> LoadedModel:
@@ -517,6 +512,16 @@ def _cancel_probe(job: _Job) -> Any:
 def _deliver_progress(job: _Job, count: int, text: str) -> None:
     if not job.cancelled:
         _safe(job.listener.on_tokens, count, text)
+
+
+def _set_outcome(job: _Job, outcome: GenerationResult | BaseException) -> None:
+    """Answer a job's caller once (a cancelled or already answered caller is left alone)."""
+    if job.future.done():
+        return
+    if isinstance(outcome, BaseException):
+        job.future.set_exception(outcome)
+    else:
+        job.future.set_result(outcome)
 
 
 def _safe(callback: Any, *args: Any) -> None:

@@ -26,7 +26,7 @@ import torch
 
 from . import constrained
 from .api import GenerationResult, NullListener
-from .batched import BatchedEngine, _deliver_progress, _Job, _safe
+from .batched import BatchedEngine, _deliver_progress, _Job, _safe, _set_outcome
 from .config import EngineConfig
 from .loader import LoadedModel
 from .slot_decoder import SlotDecoder, supports
@@ -367,12 +367,3 @@ class ContinuousEngine(BatchedEngine):
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(callback, *args)
-
-
-def _set_outcome(job: _Job, outcome: GenerationResult | BaseException) -> None:
-    if job.future.done():
-        return
-    if isinstance(outcome, BaseException):
-        job.future.set_exception(outcome)
-    else:
-        job.future.set_result(outcome)
