@@ -135,8 +135,12 @@ class ContinuousEngine(BatchedEngine):
         assert self._loop is not None
         await self._loop.run_in_executor(self._executor, self._serve)
 
+    @torch.inference_mode()
     def _serve(self) -> None:
-        """The model thread's loop, until the engine stops and the live rows are done."""
+        """The model thread's loop, until the engine stops and the live rows are done.
+
+        In inference mode throughout: the decoder's logits are inference tensors, and token
+        choice masks them in place."""
         rows: list[_Row] = []
         while True:
             if not self._stopping:
@@ -150,6 +154,7 @@ class ContinuousEngine(BatchedEngine):
                 continue
             self._step(rows)
 
+    @torch.inference_mode()
     def _run_to_completion(self, jobs: list[_Job]) -> None:
         rows: list[_Row] = []
         for job in jobs:

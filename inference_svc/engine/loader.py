@@ -387,6 +387,9 @@ def _describe(
     runtime: Runtime,
     info: dict[str, Any],
 ) -> LoadedModel:
+    # Serving never trains: with frozen parameters no forward pass records an autograd graph,
+    # even one that runs outside an inference-mode block.
+    model.requires_grad_(False)
     tokenizer.padding_side = "left"
     eos_id = _token_id(tokenizer, IM_END)
     stop_ids = [eos_id]

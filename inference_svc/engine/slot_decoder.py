@@ -15,6 +15,10 @@ and build a float mask per layer, which dominated a step on CPU. Only the Qwen2/
 decoder layer shape (InternVL2.5-1B's language model) is supported; :func:`supports` says
 whether a model has it, and the engine falls back to request-level batching otherwise.
 Outputs are the same as ``generate``'s (greedy tokens identical; tested).
+
+Every operation runs in ``torch.inference_mode``: without it each decode step recorded an
+autograd graph and kept prefill activations alive for it (a step took ~40% longer on CPU).
+The cache is therefore made of inference tensors, only ever touched here.
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ class SlotDecoder:
         self.pixels = PixelStaging(self.device)
 
     # --- cache management ------------------------------------------------------------------
+    @torch.inference_mode()
     def reserve(self, columns: int) -> None:
         """Make every slot hold at least ``columns`` positions (grows by copying)."""
         if columns <= self.capacity:
@@ -112,6 +117,7 @@ class SlotDecoder:
         self.capacity = 0
         self.pixels.release()
 
+    @torch.inference_mode()
     def move(self, source: int, target: int, length: int) -> None:
         """Copy slot ``source``'s first ``length`` positions to slot ``target``."""
         if source == target or length <= 0:
@@ -120,6 +126,7 @@ class SlotDecoder:
             cache[target, :, :length] = cache[source, :, :length]
 
     # --- model operations ------------------------------------------------------------------
+    @torch.inference_mode()
     def prefill(
         self, slot: int, input_ids: Sequence[int], pixel_values: torch.Tensor | None
     ) -> torch.Tensor:
@@ -139,6 +146,7 @@ class SlotDecoder:
         hidden = out.last_hidden_state[:, -1]
         return torch.as_tensor(self.model.lm_head(hidden)[0])
 
+    @torch.inference_mode()
     def decode(self, tokens: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
         """One step for slots ``0 .. len(tokens)-1``: write each row's ``tokens[i]`` at
         ``positions[i]`` and return the next-token logits (rows, vocab)."""

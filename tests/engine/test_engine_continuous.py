@@ -143,3 +143,25 @@ async def test_decode_step_logits_match_the_model_forward(engine_factory: Engine
             full = torch.tensor([[*ids, nxt[row]]])
             out = model(input_ids=full, past_key_values=DynamicCache(config=model.config))
             torch.testing.assert_close(logits[row], out.logits[0, -1], rtol=1e-4, atol=1e-4)
+
+
+async def test_slot_decoder_records_no_autograd_graph(engine_factory: EngineFactory) -> None:
+    engine = await engine_factory(engine_mode="batched")
+    assert isinstance(engine, BatchedEngine)
+    model: Any = engine.loaded.model
+    # Loaded models are frozen (no forward records a graph, whatever the caller's mode).
+    assert not any(p.requires_grad for p in model.parameters())
+    # The decoder does not rely on that: it enters inference mode itself, so even a model
+    # whose parameters require grad builds no graph (and keeps no activations for one).
+    model.requires_grad_(True)
+    try:
+        decoder = SlotDecoder(model, 2, device="cpu", dtype=torch.float32)
+        assert torch.is_grad_enabled()
+        first = decoder.prefill(0, torch.randint(20, 900, (9,)).tolist(), None)
+        step = decoder.decode([5], [9])
+    finally:
+        model.requires_grad_(False)
+    for logits in (first, step):
+        assert torch.is_inference(logits)
+        assert not logits.requires_grad
+        assert logits.grad_fn is None
