@@ -163,7 +163,10 @@ class InferenceApp:
             fetcher=self.fetcher,
             # A module-level function with plain arguments: it pickles to worker processes.
             prepare=functools.partial(
-                prepare_image, image_size=IMAGE_SIZE, max_pixels=settings.max_image_pixels
+                prepare_image,
+                image_size=IMAGE_SIZE,
+                max_pixels=settings.max_image_pixels,
+                resize=settings.image_resize,
             ),
             engine=self.engine,
             template=self.template,
