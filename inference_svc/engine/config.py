@@ -47,5 +47,9 @@ class EngineConfig:
     kv_cache: Literal["auto", "dynamic", "static"] = "auto"
     # torch intra-op threads for the model; 0 leaves torch's default.
     torch_threads: int = 0
+    # Continuous engine: run prefills on a second model thread while the first runs decode
+    # steps ("auto": on CPU, where the two threads use two cores; off on CUDA, where both
+    # would queue on one stream).
+    prefill_overlap: Literal["auto", "on", "off"] = "auto"
     # Niceness the engine process adds to itself (bulk work yields to the server's event loop).
     process_nice: int = 0

@@ -8,6 +8,13 @@ every live row, choose each row's next token under its own rules (grammar, token
 budget, cancellation, deadline), retire finished rows and answer them at once. A slot is free
 again on the next step, and a cancelled or expired row leaves at the next step.
 
+With prefill overlap (``PREFILL_OVERLAP``, on by default on CPU) a second model thread runs the
+prefills: it takes a queued request as soon as a slot is free, runs the vision tower and the
+prompt through the model beside the running steps, and hands the result over; the step
+thread copies it into its slot between two steps. On CPU the prefill then uses the second
+core instead of stalling every live row for its duration (tens of milliseconds per photo
+request), and torch releases the interpreter lock inside its kernels, so the threads overlap.
+
 The event-loop side (queue bound, positions, deadlines, listeners) is the batched engine's;
 only the scheduler differs. Models :mod:`.slot_decoder` cannot drive (the remote-code layout,
 other language models) fall back to request-level batching, with a warning.
@@ -16,6 +23,7 @@ other language models) fall back to request-level batching, with a warning.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 import time
@@ -29,9 +37,17 @@ from .api import GenerationResult, NullListener
 from .batched import BatchedEngine, _deliver_progress, _Job, _safe, _set_outcome
 from .config import EngineConfig
 from .loader import LoadedModel
-from .slot_decoder import SlotDecoder, supports
+from .pixels import PixelStaging
+from .slot_decoder import Prefilled, SlotDecoder, supports
 
 logger = logging.getLogger(__name__)
+
+
+def overlaps_prefill(mode: str, device: str) -> bool:
+    """Whether PREFILL_OVERLAP ``mode`` runs prefills on their own thread on ``device``."""
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"prefill overlap {mode!r} is not one of auto, on, off")
+    return mode == "on" or (mode == "auto" and torch.device(device).type == "cpu")
 
 
 @dataclass(eq=False)
@@ -73,9 +89,27 @@ class ContinuousEngine(BatchedEngine):
         self.stats.update({"steps": 0, "row_steps": 0, "prefills": 0})
         # Rows taken from the queue and not yet answered; written by the model thread.
         self._live = 0
+        # Prefill overlap: the prefill thread and the step thread share these under _slots.
+        self._overlap = False
+        self._slots = threading.Condition()
+        self._prefilling = 0  # prefills running (slot taken, not yet handed over)
+        self._handover: collections.deque[tuple[_Row, Prefilled | Exception | None]] = (
+            collections.deque()
+        )
+        self._stepping = 0  # rows in the step thread's batch
+        self._prefill_thread: threading.Thread | None = None
 
     def running_rows(self) -> int:
-        return self._live if self._decoder is not None else super().running_rows()
+        if self._decoder is None:
+            return super().running_rows()
+        if self._overlap:
+            return self._occupied()
+        return self._live
+
+    @property
+    def overlapping_prefill(self) -> bool:
+        """True when prefills run on their own thread beside the decode steps."""
+        return self._overlap
 
     @property
     def continuous(self) -> bool:
@@ -97,6 +131,7 @@ class ContinuousEngine(BatchedEngine):
         )
         self._stop_ids = frozenset(loaded.stop_token_ids)
         self._stop_list = torch.tensor(sorted(self._stop_ids), dtype=torch.long)
+        self._overlap = overlaps_prefill(self.config.prefill_overlap, loaded.runtime.device)
         return loaded
 
     def _release(self) -> None:
@@ -107,6 +142,9 @@ class ContinuousEngine(BatchedEngine):
     def _signal_work(self) -> None:
         super()._signal_work()
         self._work.set()
+        if self._overlap:
+            with self._slots:
+                self._slots.notify_all()
 
     async def _warm_up(self) -> None:
         if self._decoder is None:
@@ -133,7 +171,19 @@ class ContinuousEngine(BatchedEngine):
             await super()._schedule()
             return
         assert self._loop is not None
-        await self._loop.run_in_executor(self._executor, self._serve)
+        if not self._overlap:
+            await self._loop.run_in_executor(self._executor, self._serve)
+            return
+        thread = threading.Thread(target=self._prefill_loop, name="model-prefill", daemon=True)
+        self._prefill_thread = thread
+        thread.start()
+        try:
+            await self._loop.run_in_executor(self._executor, self._serve_overlapped)
+        finally:
+            with self._slots:
+                self._slots.notify_all()
+            await asyncio.to_thread(thread.join)
+            self._prefill_thread = None
 
     @torch.inference_mode()
     def _serve(self) -> None:
@@ -225,6 +275,132 @@ class ContinuousEngine(BatchedEngine):
         self._choose(rows, logits)
         self._retire(rows)
         self._live = len(rows)
+
+    # --- prefill overlap -------------------------------------------------------------------
+    def _occupied(self) -> int:
+        return self._stepping + self._prefilling + len(self._handover)
+
+    @torch.inference_mode()
+    def _prefill_loop(self) -> None:
+        """The prefill thread: queued request -> free slot -> prefill -> hand-over."""
+        decoder = self._decoder
+        assert decoder is not None
+        staging = PixelStaging(decoder.device)  # this thread's own pixel buffer
+        try:
+            while True:
+                with self._slots:
+                    while not self._stopping and (
+                        not self._queue or self._occupied() >= self._max_batch
+                    ):
+                        self._slots.wait()
+                    if self._stopping:  # stop() answers the queued requests itself
+                        return
+                    try:
+                        job = self._queue.popleft()
+                    except IndexError:  # abandoned meanwhile
+                        continue
+                    self._prefilling += 1
+                self._post(self._report_positions)
+                self._prefill_one(job, decoder, staging)
+        finally:
+            staging.release()
+
+    def _prefill_one(self, job: _Job, decoder: SlotDecoder, staging: PixelStaging) -> None:
+        if job.cancelled or job.future.done():  # abandoned while queued: nothing to answer
+            with self._slots:
+                self._prefilling -= 1
+                self._slots.notify_all()
+            return
+        row = _Row(job, len(job.prepared.input_ids), admitted_at=time.monotonic())
+        outcome: Prefilled | Exception | None = None  # None: expired before its prefill
+        if not self._gone(row):
+            self._post(_safe, job.listener.on_started)
+            started = time.perf_counter()
+            try:
+                outcome = decoder.prefill_detached(
+                    job.prepared.input_ids, job.prepared.pixel_values, staging
+                )
+            except Exception as exc:
+                logger.exception("prefill failed for %s", job.request.request_id)
+                outcome = exc
+            row.prefill_seconds = time.perf_counter() - started
+        with self._slots:
+            self._prefilling -= 1
+            self._handover.append((row, outcome))
+        self._work.set()
+
+    @torch.inference_mode()
+    def _serve_overlapped(self) -> None:
+        """The step thread with prefill overlap: take over finished prefills, step, repeat."""
+        rows: list[_Row] = []
+        while True:
+            self._take_over(rows)
+            if rows:
+                self._step(rows)
+            self._set_stepping(len(rows))
+            if rows:
+                continue
+            with self._slots:
+                idle = not self._handover and not self._prefilling
+            if idle and self._stopping and not self._prefill_alive():
+                return
+            self._work.clear()
+            with self._slots:
+                pending = bool(self._handover)
+            if not pending:
+                self._work.wait(timeout=0.1 if self._stopping else None)
+
+    def _prefill_alive(self) -> bool:
+        thread = self._prefill_thread
+        return thread is not None and thread.is_alive()
+
+    def _set_stepping(self, count: int) -> None:
+        if count == self._stepping:
+            return
+        with self._slots:
+            freed = count < self._stepping
+            self._stepping = count
+            if freed:
+                self._slots.notify_all()
+
+    def _take_over(self, rows: list[_Row]) -> None:
+        decoder = self._decoder
+        assert decoder is not None
+        while True:
+            with self._slots:
+                if not self._handover:
+                    return
+                row, outcome = self._handover.popleft()
+                self._stepping += 1  # the slot stays taken until the row is settled below
+            self._settle(row, outcome, rows, decoder)
+            self._set_stepping(len(rows))
+
+    def _settle(
+        self,
+        row: _Row,
+        outcome: Prefilled | Exception | None,
+        rows: list[_Row],
+        decoder: SlotDecoder,
+    ) -> None:
+        job = row.job
+        if outcome is None or self._gone(row):
+            self._finish(row, "cancelled")
+            return
+        if isinstance(outcome, Exception):
+            self._post(_set_outcome, job, outcome)
+            return
+        try:
+            decoder.reserve(outcome.length + job.prepared.max_new_tokens + 1)
+            decoder.install(len(rows), outcome)
+        except Exception as exc:
+            logger.exception("installing the prefill failed for %s", job.request.request_id)
+            self._post(_set_outcome, job, exc)
+            return
+        row.position = outcome.length
+        self.stats["prefills"] += 1
+        rows.append(row)
+        self._choose([row], outcome.logits.unsqueeze(0))
+        self._retire(rows)
 
     # --- token choice ----------------------------------------------------------------------
     def _gone(self, row: _Row) -> bool:

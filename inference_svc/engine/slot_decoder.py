@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,6 +38,16 @@ logger = logging.getLogger(__name__)
 _SUPPORTED_TEXT_MODELS = ("qwen2", "llama")
 # Cache columns are allocated in chunks so that growth (a copy) is rare.
 _CAPACITY_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class Prefilled:
+    """One row's prompt run through the model, not yet in a slot."""
+
+    length: int
+    keys: list[torch.Tensor]  # per layer (kv_heads, length, head_dim)
+    values: list[torch.Tensor]
+    logits: torch.Tensor  # next-token logits (vocab,)
 
 
 def supports(model: Any) -> str | None:
@@ -131,20 +142,42 @@ class SlotDecoder:
         self, slot: int, input_ids: Sequence[int], pixel_values: torch.Tensor | None
     ) -> torch.Tensor:
         """Run one row's prompt into ``slot``; returns the next-token logits (vocab,)."""
-        length = len(input_ids)
-        self.reserve(length + 1)
+        prefilled = self.prefill_detached(input_ids, pixel_values)
+        self.install(slot, prefilled)
+        return prefilled.logits
+
+    @torch.inference_mode()
+    def prefill_detached(
+        self,
+        input_ids: Sequence[int],
+        pixel_values: torch.Tensor | None,
+        pixels: PixelStaging | None = None,
+    ) -> Prefilled:
+        """Run one row's prompt without touching the slot cache, so another thread may do
+        it while steps run; :meth:`install` puts the result in a slot. ``pixels`` is the
+        calling thread's staging buffer (default: the decoder's own)."""
         ids = torch.tensor([list(input_ids)], dtype=torch.long, device=self.device)
         kwargs: dict[str, Any] = {}
         if pixel_values is not None:
-            kwargs["pixel_values"] = self.pixels.stage([pixel_values], self.dtype)
+            staging = pixels if pixels is not None else self.pixels
+            kwargs["pixel_values"] = staging.stage([pixel_values], self.dtype)
         cache = DynamicCache(config=self.language_model.config)
         out = self.model.model(input_ids=ids, past_key_values=cache, use_cache=True, **kwargs)
-        for index in range(len(self.layers)):
-            keys, values = _layer_kv(cache, index)
-            self._keys[index][slot, :, :length] = keys[0]
-            self._values[index][slot, :, :length] = values[0]
+        layers = [_layer_kv(cache, index) for index in range(len(self.layers))]
         hidden = out.last_hidden_state[:, -1]
-        return torch.as_tensor(self.model.lm_head(hidden)[0])
+        logits = torch.as_tensor(self.model.lm_head(hidden)[0])
+        return Prefilled(
+            len(input_ids), [k[0] for k, _ in layers], [v[0] for _, v in layers], logits
+        )
+
+    @torch.inference_mode()
+    def install(self, slot: int, prefilled: Prefilled) -> None:
+        """Copy a detached prefill into ``slot`` (the cache grows if it must)."""
+        length = prefilled.length
+        self.reserve(length + 1)
+        for index in range(len(self.layers)):
+            self._keys[index][slot, :, :length] = prefilled.keys[index]
+            self._values[index][slot, :, :length] = prefilled.values[index]
 
     @torch.inference_mode()
     def decode(self, tokens: Sequence[int], positions: Sequence[int]) -> torch.Tensor:

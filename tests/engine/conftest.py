@@ -94,6 +94,11 @@ async def engine_factory(model_cache: Path, engine_mode: str) -> AsyncIterator[E
     async def make(**overrides: Any) -> BatchedEngine:
         overrides.setdefault("device", "cpu")
         overrides.setdefault("engine_mode", engine_mode)
+        if overrides["engine_mode"] == "continuous-serial-prefill":
+            # The continuous engine prefilling on its step thread (overlap is on by default
+            # on CPU).
+            overrides["engine_mode"] = "continuous"
+            overrides.setdefault("prefill_overlap", "off")
         config = EngineConfig(model_cache_dir=model_cache, **overrides)
         engine = create_engine(config)
         assert isinstance(engine, BatchedEngine), "engine_factory builds in-process engines"
@@ -117,14 +122,15 @@ def worker_blocker() -> Iterator[Callable[[BatchedEngine], threading.Event]]:
         decoder = getattr(engine, "_decoder", None)
         if decoder is not None:
             # The continuous engine's model thread never returns to the executor: hold it in
-            # the next prefill instead (the request is taken from the queue, then waits).
-            prefill = decoder.prefill
+            # the next prefill instead (the request is taken from the queue, then waits). Both
+            # the step thread's prefill and the prefill thread's go through prefill_detached.
+            prefill = decoder.prefill_detached
 
             def held(*args: Any) -> Any:
                 release.wait()
                 return prefill(*args)
 
-            decoder.prefill = held
+            decoder.prefill_detached = held
             return release
         assert engine._executor is not None
         engine._executor.submit(release.wait)

@@ -25,13 +25,17 @@ from .conftest import EngineFactory, Recorder, make_request, until
 Blocker = Callable[[BatchedEngine], threading.Event]
 
 
+SERIAL_PREFILL = "continuous-serial-prefill"
+
+
 def _depth_is(engine: BatchedEngine, depth: int) -> bool:
     return engine.queue_depth() == depth
 
 
-@pytest.fixture(params=["batched", "continuous"])
+@pytest.fixture(params=["batched", "continuous", SERIAL_PREFILL])
 def engine_mode(request: pytest.FixtureRequest) -> str:
-    """Every test here runs on both batching engines unless it names one."""
+    """Every test here runs on both batching engines (the continuous one with and without
+    prefill overlap) unless it names one."""
     return str(request.param)
 
 
@@ -212,7 +216,11 @@ async def test_per_row_budgets_and_min_tokens(engine_factory: EngineFactory) -> 
         make_request("z", max_new_tokens=3000, min_new_tokens=10, seed=7),
     ]
     results = await asyncio.gather(*(engine.generate(r, NullListener()) for r in requests))
-    assert all(r.batch_size >= 2 for r in results)
+    # Rows of different budgets share steps. With prefill overlap the short row may run its 7
+    # steps before the next prefill is handed over (it does not wait for the others').
+    assert results[1].batch_size >= 2
+    if not getattr(engine, "overlapping_prefill", False):
+        assert all(r.batch_size >= 2 for r in results)
     assert results[0].completion_tokens == 7
     assert results[1].completion_tokens == 60
     # Capped by the engine's max_new_tokens.

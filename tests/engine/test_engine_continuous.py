@@ -17,6 +17,14 @@ from inference_svc.engine.slot_decoder import SlotDecoder, supports
 
 from .conftest import EngineFactory, Recorder, make_request, until
 
+SERIAL_PREFILL = "continuous-serial-prefill"
+
+
+@pytest.fixture(params=["continuous", SERIAL_PREFILL])
+def engine_mode(request: pytest.FixtureRequest) -> str:
+    """Tests here run with prefills on their own thread (the CPU default) and without."""
+    return str(request.param)
+
 
 async def _solo(engine_factory: EngineFactory, requests: list[GenerationRequest]) -> list[str]:
     alone = await engine_factory(engine_mode="sequential")
