@@ -84,6 +84,7 @@ def engine_config(settings: InferenceSettings) -> EngineConfig:
         system_message=settings.system_message or None,
         kv_cache=settings.kv_cache,
         torch_threads=settings.torch_threads,
+        prefill_overlap=settings.prefill_overlap,
         process_nice=settings.worker_nice,
     )
 

@@ -180,6 +180,12 @@ class InferenceSettings(BaseSettings):
     torch_threads: int = Field(
         0, ge=0, description="torch intra-op threads for the model; 0 = torch's default."
     )
+    prefill_overlap: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Continuous engine: run prefills (vision tower and prompt) on a second "
+        "model thread beside the decode steps, so a new request does not stall the running "
+        "batch; auto = on for CPU, off for CUDA.",
+    )
 
     # --- persistence link
     persistence_target: str = Field(

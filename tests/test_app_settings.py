@@ -1,14 +1,16 @@
-"""IMAGE_RESIZE reaches the preparer the pipeline runs."""
+"""Settings reach the parts the composition root builds."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from inference_svc.app import InferenceApp
+from inference_svc.app import InferenceApp, engine_config
 from inference_svc.domain.models import FetchedImage, ImageRole, ImageSource
+from inference_svc.engine.config import EngineConfig
 from inference_svc.imaging.testing import encode, textured
 from inference_svc.imaging.tiling import prepare_image
 from tests.e2e_support import inference_settings
@@ -28,3 +30,26 @@ def test_app_prepares_tiles_with_the_configured_resize(tmp_path: Path, method: s
     assert isinstance(tiles, np.ndarray)
     assert np.array_equal(tiles, prepare_image(fetched, 2, resize=method).tiles)  # type: ignore[arg-type]
     assert not np.array_equal(tiles, prepare_image(fetched, 2, resize=other).tiles)  # type: ignore[arg-type]
+
+
+def test_engine_settings_reach_the_engine_config(tmp_path: Path) -> None:
+    # Every EngineConfig field with a setting of the same name takes the setting's value;
+    # non-default values make a forgotten mapping visible.
+    settings = inference_settings(
+        tmp_path,
+        "",
+        prefill_overlap="off",
+        torch_threads=3,
+        kv_cache="dynamic",
+        max_batch_size=5,
+        batch_wait_ms=7.5,
+        engine_mode="batched",
+        constrained_decoding=False,
+    )
+    config = engine_config(settings)
+    shared = [
+        f.name for f in dataclasses.fields(EngineConfig) if f.name in type(settings).model_fields
+    ]
+    assert {"prefill_overlap", "torch_threads", "kv_cache", "max_batch_size"} <= set(shared)
+    for name in shared:
+        assert getattr(config, name) == getattr(settings, name), name
