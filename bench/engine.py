@@ -12,6 +12,8 @@ Rows (each a fresh in-process InferenceApp, the demo model, recording off):
   the production configuration.
 * ``ours, request-level`` (extra, ``--with-request-level``): ENGINE_MODE=batched, one
   ``generate`` per batch, constrained: what continuous batching adds over it.
+* ``ours, serial prefill`` (extra, ``--with-serial-prefill``): PREFILL_OVERLAP=off, what
+  running prefills on their own thread adds.
 * ``ours, unconstrained`` (extra): batching alone.
 * ``ours, natural length`` (extra): constrained decoding to completion, no forced length; every
   call returns a valid inspection.
@@ -132,6 +134,14 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
             RowConfig(
                 "ours, request-level",
                 {**forced, **batching, "engine_mode": "batched", "constrained_decoding": True},
+                True,
+            )
+        )
+    if args.with_serial_prefill:
+        rows.append(
+            RowConfig(
+                "ours, serial prefill",
+                {**forced, **batching, "constrained_decoding": True, "prefill_overlap": "off"},
                 True,
             )
         )
@@ -364,6 +374,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--seed-engine-process",
         action="store_true",
         help="run the seed-style baseline in its own engine process too (ENGINE_PROCESS)",
+    )
+    p.add_argument(
+        "--with-serial-prefill",
+        action="store_true",
+        help="add ours with PREFILL_OVERLAP=off (prefills on the step thread)",
     )
     p.add_argument(
         "--with-request-level",
