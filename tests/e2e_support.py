@@ -4,6 +4,7 @@ are created lazily, so tests that do not use them pay nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 from collections.abc import AsyncIterator
@@ -60,6 +61,11 @@ async def image_server() -> AsyncIterator[ImageServer]:
         data = images.get(request.match_info["name"])
         if data is None:
             raise web.HTTPNotFound()
+        # ?delay_ms=N answers late: a deadline can then expire mid-fetch, whatever the speed
+        # of the rest of the pipeline.
+        delay_ms = float(request.query.get("delay_ms", "0"))
+        if delay_ms > 0:
+            await asyncio.sleep(delay_ms / 1000.0)
         return web.Response(body=data, content_type="image/jpeg")
 
     app = web.Application()

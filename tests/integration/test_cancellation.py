@@ -57,9 +57,12 @@ async def test_short_deadline_ends_with_deadline_exceeded_and_is_recorded(
     image_server: ImageServer,
 ) -> None:
     inspection_id = str(uuid.uuid4())
+    # The reference answers after 3 s, so the 0.3 s deadline expires while it is fetched.
+    slow = pb.Image(uri=image_server.url("ref.jpg") + "?delay_ms=3000")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await inspection_stub.Inspect(
-            make_request(image_server, inspection_id=inspection_id), timeout=0.3
+            make_request(image_server, inspection_id=inspection_id, reference_images=[slow]),
+            timeout=0.3,
         )
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     record = await wait_for_record(persistence_stub, inspection_id, ppb.INSPECTION_STATUS_FAILED)
