@@ -22,7 +22,12 @@ from bench.common import fmt, machine, parse_size, percentile, table
 from bench.photos import TWELVE_MP, photo_jpeg
 from inference_svc.domain.models import FetchedImage, ImageRole, ImageSource
 from inference_svc.engine.pixels import normalise_array
-from inference_svc.imaging.tiling import prepare_image, seed_style_prepare
+from inference_svc.imaging.tiling import (
+    RESIZE_METHODS,
+    ResizeMethod,
+    prepare_image,
+    seed_style_prepare,
+)
 
 # Tiles are ImageNet-normalised (1 unit = one std, about 57 grey levels). The two paths resample
 # differently (DCT-domain downscale + one bicubic resize vs. full decode + bicubic resize + a
@@ -63,7 +68,13 @@ def _time(fn: object, repeats: int) -> tuple[list[float], np.ndarray]:
     return out, result
 
 
-def run_case(photos: list[bytes], role: ImageRole, max_tiles: int, repeats: int) -> CaseResult:
+def run_case(
+    photos: list[bytes],
+    role: ImageRole,
+    max_tiles: int,
+    repeats: int,
+    resize: ResizeMethod = "torch",
+) -> CaseResult:
     seed_ms: list[float] = []
     ours_ms: list[float] = []
     diffs: list[np.ndarray] = []
@@ -72,7 +83,9 @@ def run_case(photos: list[bytes], role: ImageRole, max_tiles: int, repeats: int)
         fetched = FetchedImage(ImageSource(role, i, content=data), data, sha256="-")
         s_ms, seed_tiles = _time(lambda d=data: seed_style_prepare(d, max_tiles), repeats)
         o_ms, ours_tiles = _time(
-            lambda f=fetched: normalise_array(np.asarray(prepare_image(f, max_tiles).tiles)),
+            lambda f=fetched: normalise_array(
+                np.asarray(prepare_image(f, max_tiles, resize=resize).tiles)
+            ),
             repeats,
         )
         if seed_tiles.shape != ours_tiles.shape:
@@ -137,6 +150,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per photo and path")
     p.add_argument("--size", type=parse_size, default=TWELVE_MP, help="WxH (default 12 MP)")
     p.add_argument("--quality", type=int, default=90)
+    p.add_argument(
+        "--resize",
+        choices=RESIZE_METHODS,
+        default="torch",
+        help="ours: IMAGE_RESIZE (torch: the default; pillow: the published filter)",
+    )
     return p.parse_args(argv)
 
 
@@ -155,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> list[CaseResult]:
         f"{h}x{w} (pickup), {w * h / 1e6:.1f} MP JPEG q{args.quality}, "
         f"{min(sizes):.2f}-{max(sizes):.2f} MB (generated in "
         f"{time.perf_counter() - started:.0f} s); {args.repeats} timed runs each, "
-        "one thread, one image at a time",
+        f"one thread, one image at a time; ours resizes with {args.resize}",
         flush=True,
     )
     # Each path once untimed, so lazy imports and first-call allocations are not measured.
@@ -164,8 +183,8 @@ def main(argv: Sequence[str] | None = None) -> list[CaseResult]:
         FetchedImage(ImageSource(ImageRole.PICKUP, 0, content=photos[0]), photos[0], sha256="-"), 1
     )
     cases = [
-        run_case(photos, ImageRole.REFERENCE, 1, args.repeats),
-        run_case(portrait, ImageRole.PICKUP, 2, args.repeats),
+        run_case(photos, ImageRole.REFERENCE, 1, args.repeats, args.resize),
+        run_case(portrait, ImageRole.PICKUP, 2, args.repeats, args.resize),
     ]
     print()
     print(report(cases))
