@@ -138,7 +138,12 @@ class InferenceSettings(BaseSettings):
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
         "auto", description="auto: flash-attention 2 when installed on CUDA, else SDPA."
     )
-    torch_compile: bool = Field(False, description="torch.compile the language model (CUDA).")
+    torch_compile: bool = Field(
+        False,
+        description="torch.compile the language model's forward (CUDA only): "
+        "request-level generate and prefills; the continuous engine's decode step calls the "
+        "layers itself and is not compiled.",
+    )
     max_new_tokens: int = Field(2000, ge=1, description="Generation budget per attempt.")
     min_new_tokens: int = Field(0, ge=0, description="Forced minimum (benchmarks only).")
     constrained_decoding: bool = Field(
