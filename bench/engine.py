@@ -112,6 +112,7 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
     }
     batching: dict[str, object] = {
         "engine_mode": "continuous",
+        "torch_compile": args.torch_compile,
         "max_batch_size": args.max_batch_size,
         "batch_wait_ms": args.batch_wait_ms,
     }
@@ -374,6 +375,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--seed-engine-process",
         action="store_true",
         help="run the seed-style baseline in its own engine process too (ENGINE_PROCESS)",
+    )
+    p.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="our rows with TORCH_COMPILE=true (the decode step compiled; ~30 s warm-up each)",
     )
     p.add_argument(
         "--with-serial-prefill",

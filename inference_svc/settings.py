@@ -140,9 +140,9 @@ class InferenceSettings(BaseSettings):
     )
     torch_compile: bool = Field(
         False,
-        description="torch.compile the language model's forward (CUDA only): "
-        "request-level generate and prefills; the continuous engine's decode step calls the "
-        "layers itself and is not compiled.",
+        description="torch.compile the continuous engine's decode step (CPU and CUDA; the "
+        "warm-up compiles it, ~30 s on CPU) and, on CUDA, the language model's forward "
+        "(request-level generate and prefills).",
     )
     max_new_tokens: int = Field(2000, ge=1, description="Generation budget per attempt.")
     min_new_tokens: int = Field(0, ge=0, description="Forced minimum (benchmarks only).")

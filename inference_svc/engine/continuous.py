@@ -128,6 +128,7 @@ class ContinuousEngine(BatchedEngine):
             self._max_batch,
             device=loaded.runtime.device,
             dtype=loaded.runtime.dtype,
+            compile_step=self.config.torch_compile,
         )
         self._stop_ids = frozenset(loaded.stop_token_ids)
         self._stop_list = torch.tensor(sorted(self._stop_ids), dtype=torch.long)
@@ -159,6 +160,10 @@ class ContinuousEngine(BatchedEngine):
         started = time.perf_counter()
         await self._loop.run_in_executor(self._executor, self._run_to_completion, [job])
         outcome = await job.future
+        if self._decoder.compiled:
+            compiling = time.perf_counter()
+            await self._loop.run_in_executor(self._executor, self._decoder.warm_up)
+            logger.info("decode step compiled in %.1fs", time.perf_counter() - compiling)
         logger.info(
             "warm-up took %.3fs (%d tokens)",
             time.perf_counter() - started,
@@ -185,12 +190,12 @@ class ContinuousEngine(BatchedEngine):
             await asyncio.to_thread(thread.join)
             self._prefill_thread = None
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def _serve(self) -> None:
         """The model thread's loop, until the engine stops and the live rows are done.
 
-        In inference mode throughout: the decoder's logits are inference tensors, and token
-        choice masks them in place."""
+        Without autograd throughout (the decoder's own operations are, too): token choice
+        masks the logits in place."""
         rows: list[_Row] = []
         while True:
             if not self._stopping:
@@ -204,7 +209,7 @@ class ContinuousEngine(BatchedEngine):
                 continue
             self._step(rows)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def _run_to_completion(self, jobs: list[_Job]) -> None:
         rows: list[_Row] = []
         for job in jobs:
@@ -280,7 +285,7 @@ class ContinuousEngine(BatchedEngine):
     def _occupied(self) -> int:
         return self._stepping + self._prefilling + len(self._handover)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def _prefill_loop(self) -> None:
         """The prefill thread: queued request -> free slot -> prefill -> hand-over."""
         decoder = self._decoder
@@ -329,7 +334,7 @@ class ContinuousEngine(BatchedEngine):
             self._handover.append((row, outcome))
         self._work.set()
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def _serve_overlapped(self) -> None:
         """The step thread with prefill overlap: take over finished prefills, step, repeat."""
         rows: list[_Row] = []

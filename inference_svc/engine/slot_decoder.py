@@ -16,9 +16,13 @@ decoder layer shape (InternVL2.5-1B's language model) is supported; :func:`suppo
 whether a model has it, and the engine falls back to request-level batching otherwise.
 Outputs are the same as ``generate``'s (greedy tokens identical; tested).
 
-Every operation runs in ``torch.inference_mode``: without it each decode step recorded an
-autograd graph and kept prefill activations alive for it (a step took ~40% longer on CPU).
-The cache is therefore made of inference tensors, only ever touched here.
+Every operation runs without autograd (``torch.no_grad``): with it each decode step recorded
+an autograd graph and kept prefill activations alive for it (a step took ~40% longer on CPU).
+``no_grad`` rather than ``inference_mode``, because torch.compile refuses the inference
+tensors a cache made under ``inference_mode`` would be. With ``compile_step`` (TORCH_COMPILE)
+the decode step is compiled with dynamic shapes (rows and cache width vary step to step): on
+CPU it cut a 1-row step from 0.41 to 0.24 ms and a 16-row step from 1.39 to 1.20 ms, after
+~30 s of compilation during the warm-up.
 """
 
 from __future__ import annotations
@@ -82,7 +86,15 @@ class SlotDecoder:
     of the cache instead of gathering scattered rows.
     """
 
-    def __init__(self, model: Any, max_rows: int, *, device: str, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        model: Any,
+        max_rows: int,
+        *,
+        device: str,
+        dtype: torch.dtype,
+        compile_step: bool = False,
+    ) -> None:
         reason = supports(model)
         if reason is not None:
             raise ValueError(reason)
@@ -103,9 +115,11 @@ class SlotDecoder:
         self._values: list[torch.Tensor] = []
         self._columns = torch.zeros(0, dtype=torch.long, device=self.device)
         self.pixels = PixelStaging(self.device)
+        self._decode = torch.compile(self._step, dynamic=True) if compile_step else self._step
+        self.compiled = compile_step
 
     # --- cache management ------------------------------------------------------------------
-    @torch.inference_mode()
+    @torch.no_grad()
     def reserve(self, columns: int) -> None:
         """Make every slot hold at least ``columns`` positions (grows by copying)."""
         if columns <= self.capacity:
@@ -128,7 +142,7 @@ class SlotDecoder:
         self.capacity = 0
         self.pixels.release()
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def move(self, source: int, target: int, length: int) -> None:
         """Copy slot ``source``'s first ``length`` positions to slot ``target``."""
         if source == target or length <= 0:
@@ -137,7 +151,7 @@ class SlotDecoder:
             cache[target, :, :length] = cache[source, :, :length]
 
     # --- model operations ------------------------------------------------------------------
-    @torch.inference_mode()
+    @torch.no_grad()
     def prefill(
         self, slot: int, input_ids: Sequence[int], pixel_values: torch.Tensor | None
     ) -> torch.Tensor:
@@ -146,7 +160,7 @@ class SlotDecoder:
         self.install(slot, prefilled)
         return prefilled.logits
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def prefill_detached(
         self,
         input_ids: Sequence[int],
@@ -170,7 +184,7 @@ class SlotDecoder:
             len(input_ids), [k[0] for k, _ in layers], [v[0] for _, v in layers], logits
         )
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def install(self, slot: int, prefilled: Prefilled) -> None:
         """Copy a detached prefill into ``slot`` (the cache grows if it must)."""
         length = prefilled.length
@@ -179,17 +193,37 @@ class SlotDecoder:
             self._keys[index][slot, :, :length] = prefilled.keys[index]
             self._values[index][slot, :, :length] = prefilled.values[index]
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def decode(self, tokens: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
         """One step for slots ``0 .. len(tokens)-1``: write each row's ``tokens[i]`` at
         ``positions[i]`` and return the next-token logits (rows, vocab)."""
-        rows = len(tokens)
         width = max(positions) + 1
         if width > self.capacity:
             raise ValueError(f"position {width - 1} is beyond the cache ({self.capacity})")
+        token_ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        return self._decode(token_ids, pos, width)
+
+    @torch.no_grad()
+    def warm_up(self) -> None:
+        """Compile the step for every shape serving will see, so no request waits for a
+        compilation: one row and several rows (torch specialises size 1), at two cache
+        widths (the width is then symbolic). A no-op without ``compile_step``.
+
+        It writes into the first slots' cache beyond any live prompt: every row's prefill
+        overwrites its slot, and a step never reads past a row's own position."""
+        if not self.compiled:
+            return
+        self.reserve(4)
+        for rows in sorted({1, min(2, self.max_rows)}):
+            for width in (3, 4):
+                self.decode([0] * rows, [width - 1] * rows)
+
+    def _step(self, token_ids: torch.Tensor, pos: torch.Tensor, width: int) -> torch.Tensor:
+        # Tensors, not lists: a list's length would be a static guard, and every batch size
+        # a new compilation.
+        rows = token_ids.shape[0]
         device = self.device
-        token_ids = torch.tensor(tokens, dtype=torch.long, device=device)
-        pos = torch.tensor(positions, dtype=torch.long, device=device)
         row_index = torch.arange(rows, device=device)
         visible = self._columns[:width].unsqueeze(0) <= pos.unsqueeze(1)
         bias = torch.zeros((rows, 1, 1, width), dtype=self.dtype, device=device)
