@@ -237,26 +237,29 @@ class ContinuousEngine(BatchedEngine):
     def _admit(self, job: _Job, rows: list[_Row]) -> None:
         decoder = self._decoder
         assert decoder is not None
-        now = time.monotonic()
-        prepared = job.prepared
-        row = _Row(job, len(prepared.input_ids), admitted_at=now)
+        row, outcome = self._prefill_row(job, decoder, decoder.pixels)
+        self._settle(row, outcome, rows, decoder)
+
+    def _prefill_row(
+        self, job: _Job, decoder: SlotDecoder, staging: PixelStaging
+    ) -> tuple[_Row, Prefilled | Exception | None]:
+        """Run a job's prompt through the model, outside the slot cache (any model thread).
+        The outcome is None when the job expired or was cancelled first, the exception when
+        the prefill failed; :meth:`_settle` takes it from there on the step thread."""
+        row = _Row(job, len(job.prepared.input_ids), admitted_at=time.monotonic())
         if self._gone(row):
-            self._finish(row, "cancelled")
-            return
+            return row, None
         started = time.perf_counter()
+        outcome: Prefilled | Exception
         try:
-            decoder.reserve(len(prepared.input_ids) + prepared.max_new_tokens + 1)
-            logits = decoder.prefill(len(rows), prepared.input_ids, prepared.pixel_values)
+            outcome = decoder.prefill_detached(
+                job.prepared.input_ids, job.prepared.pixel_values, staging
+            )
         except Exception as exc:
             logger.exception("prefill failed for %s", job.request.request_id)
-            self._post(_set_outcome, job, exc)
-            return
+            outcome = exc
         row.prefill_seconds = time.perf_counter() - started
-        row.position = len(prepared.input_ids)
-        self.stats["prefills"] += 1
-        rows.append(row)
-        self._choose([row], logits.unsqueeze(0))
-        self._retire(rows)
+        return row, outcome
 
     def _step(self, rows: list[_Row]) -> None:
         decoder = self._decoder
@@ -316,19 +319,8 @@ class ContinuousEngine(BatchedEngine):
                 self._prefilling -= 1
                 self._slots.notify_all()
             return
-        row = _Row(job, len(job.prepared.input_ids), admitted_at=time.monotonic())
-        outcome: Prefilled | Exception | None = None  # None: expired before its prefill
-        if not self._gone(row):
-            self._post(_safe, job.listener.on_started)
-            started = time.perf_counter()
-            try:
-                outcome = decoder.prefill_detached(
-                    job.prepared.input_ids, job.prepared.pixel_values, staging
-                )
-            except Exception as exc:
-                logger.exception("prefill failed for %s", job.request.request_id)
-                outcome = exc
-            row.prefill_seconds = time.perf_counter() - started
+        self._post(_safe, job.listener.on_started)
+        row, outcome = self._prefill_row(job, decoder, staging)
         with self._slots:
             self._prefilling -= 1
             self._handover.append((row, outcome))

@@ -8,10 +8,10 @@ antialiased bicubic on uint8 (``resize="torch"``, the default): a vectorised por
 Pillow's filter, ~5x faster than ``Image.resize`` here, within 3 levels (of 255) of it on
 photo-sized images with most bytes identical (tests and ``bench.preprocess`` give the
 figures). ``resize="pillow"`` keeps Pillow's own resize, which the published pipeline runs:
-with it, tiles of images that need no JPEG draft equal the published ones bit for bit. Tiles
-leave here as uint8 bytes;
-the engine applies the ImageNet normalisation on its own device (``engine.pixels``), with the
-same float32 operations as the published transform.
+with it, tiles of images that need no JPEG draft equal the published ones bit for bit.
+
+Tiles leave here as uint8 bytes; the engine applies the ImageNet normalisation on its own
+device (``engine.pixels``), with the same float32 operations as the published transform.
 :func:`seed_style_tiles` keeps the published per-tile path for comparison and benchmarks.
 """
 
