@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench import engine, overhead, preprocess, responsiveness
+from bench import decode_step, engine, overhead, preprocess, responsiveness
 from bench.common import LatencySummary, percentile, table
 from bench.photos import photo_jpeg
 
@@ -107,6 +107,18 @@ def test_engine_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
     assert next(r for r in results if r.row == "seed-style").mean_batch == 1.0
     assert "Concurrency 2:" in out
     assert "RATIOS ours/seed-style" in out and "c=2: throughput" in out
+
+
+def test_decode_step_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
+    timings = decode_step.main(
+        ["--rows", "1", "3", "--steps", "2", "--repeats", "2", "--width", "64"]
+    )
+    out = capsys.readouterr().out
+    assert {(t.variant, t.rows) for t in timings} == {
+        (v, r) for v in ("modules", "fused") for r in (1, 3)
+    }
+    assert all(_finite_positive(t.cpu_ms) and _finite_positive(t.wall_ms) for t in timings)
+    assert "| 3    | fused   |" in out and "CPU vs modules" in out
 
 
 def test_overhead_benchmark(capsys: pytest.CaptureFixture[str]) -> None:

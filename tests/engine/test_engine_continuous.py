@@ -153,6 +153,73 @@ async def test_decode_step_logits_match_the_model_forward(engine_factory: Engine
             torch.testing.assert_close(logits[row], out.logits[0, -1], rtol=1e-4, atol=1e-4)
 
 
+def _storage_bytes(model: Any) -> int:
+    storages = {
+        p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()
+    }
+    return sum(storages.values())
+
+
+def _decode_matches_forward(decoder: SlotDecoder, model: Any) -> None:
+    lengths = (29, 8, 17)
+    prompts = [torch.randint(20, 900, (n,)).tolist() for n in lengths]
+    for slot, ids in enumerate(prompts):
+        decoder.prefill(slot, ids, None)
+    nxt = [9, 10, 11]
+    logits = decoder.decode(nxt, list(lengths))
+    with torch.no_grad():
+        for row, ids in enumerate(prompts):
+            full = torch.tensor([[*ids, nxt[row]]])
+            out = model(input_ids=full, past_key_values=DynamicCache(config=model.config))
+            torch.testing.assert_close(logits[row], out.logits[0, -1], rtol=1e-4, atol=1e-4)
+
+
+async def test_decoder_fuses_projections_without_a_second_copy(
+    engine_factory: EngineFactory,
+) -> None:
+    engine = await engine_factory(engine_mode="batched")
+    assert isinstance(engine, BatchedEngine)
+    model: Any = engine.loaded.model
+    before = _storage_bytes(model)
+    decoder = SlotDecoder(model, 3, device="cpu", dtype=torch.float32)
+    for layer, fused in zip(decoder.layers, decoder._fused, strict=True):
+        attention, mlp = layer.self_attn, layer.mlp
+        assert fused.qkv_weight is not None and fused.gate_up_weight is not None
+        # The modules read the stacked matrices: same memory, q then k then v, gate then up.
+        assert attention.q_proj.weight.data_ptr() == fused.qkv_weight.data_ptr()
+        assert attention.v_proj.weight.data_ptr() + attention.v_proj.weight.nbytes == (
+            fused.qkv_weight.data_ptr() + fused.qkv_weight.nbytes
+        )
+        assert mlp.gate_proj.weight.data_ptr() == fused.gate_up_weight.data_ptr()
+    assert _storage_bytes(model) <= before  # the model's weights are not held twice
+    # A second decoder on the same model finds the stacks in place and copies nothing.
+    again = SlotDecoder(model, 3, device="cpu", dtype=torch.float32)
+    assert [f.qkv_weight.data_ptr() for f in again._fused if f.qkv_weight is not None] == [
+        f.qkv_weight.data_ptr() for f in decoder._fused if f.qkv_weight is not None
+    ]
+    _decode_matches_forward(again, model)
+
+
+async def test_decoder_keeps_module_calls_for_projections_it_cannot_fuse(
+    engine_factory: EngineFactory,
+) -> None:
+    class Wrapped(torch.nn.Linear):
+        """Stands for a quantised or hooked projection: not a plain nn.Linear."""
+
+    engine = await engine_factory(engine_mode="batched")
+    assert isinstance(engine, BatchedEngine)
+    model: Any = engine.loaded.model
+    for layer in model.model.language_model.layers:
+        for owner, name in ((layer.self_attn, "k_proj"), (layer.mlp, "up_proj")):
+            plain = getattr(owner, name)
+            wrapped = Wrapped(plain.in_features, plain.out_features, bias=plain.bias is not None)
+            wrapped.load_state_dict(plain.state_dict())
+            setattr(owner, name, wrapped.requires_grad_(False))
+    decoder = SlotDecoder(model, 3, device="cpu", dtype=torch.float32)
+    assert all(f.qkv_weight is None and f.gate_up_weight is None for f in decoder._fused)
+    _decode_matches_forward(decoder, model)
+
+
 async def test_slot_decoder_records_no_autograd_graph(engine_factory: EngineFactory) -> None:
     engine = await engine_factory(engine_mode="batched")
     assert isinstance(engine, BatchedEngine)

@@ -1,0 +1,152 @@
+"""Decode-step benchmark: one continuous-batching step (``SlotDecoder.decode``) with the
+projections fused (q/k/v in one matrix product, gate/up in one) against the language model's
+own module calls, on the same model in the same run.
+
+    .venv/bin/python -m bench.decode_step                    # demo model (see BENCHMARKS.md)
+    .venv/bin/python -m bench.decode_step --compile          # adds the compiled fused step
+    .venv/bin/python -m bench.decode_step --model full_size --rows 1 16 --steps 20
+
+Times are the calling thread's CPU time per step (``time.thread_time``), the minimum over
+interleaved repetitions: CPU time does not count what the hypervisor steals from a shared VM,
+and interleaving spreads the rest of the machine's noise over every variant alike. Wall time
+is printed beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AutoModelForImageTextToText
+
+from bench.common import (
+    MODEL_CACHE,
+    add_torch_threads_flag,
+    apply_torch_threads,
+    fmt,
+    machine,
+    ratio,
+    table,
+)
+from inference_svc.engine.model_builder import build_full_size_model, ensure_demo_model
+from inference_svc.engine.slot_decoder import SlotDecoder
+
+
+@dataclass(frozen=True)
+class Timing:
+    variant: str
+    rows: int
+    cpu_ms: float
+    wall_ms: float
+
+
+def load(model_name: str) -> Any:
+    model: Any
+    if model_name == "full_size":
+        model, _ = build_full_size_model(dtype=torch.float32)
+    else:
+        path = ensure_demo_model(MODEL_CACHE)
+        auto: Any = AutoModelForImageTextToText
+        model = auto.from_pretrained(str(path), dtype=torch.float32)
+    model.eval()
+    return model.requires_grad_(False)
+
+
+def decoders(model: Any, max_rows: int, width: int, compiled: bool) -> dict[str, SlotDecoder]:
+    """The baseline first: fusing rebinds the modules' weights (as views, same values)."""
+    out = {"modules": SlotDecoder(model, max_rows, device="cpu", dtype=torch.float32, fuse=False)}
+    out["fused"] = SlotDecoder(model, max_rows, device="cpu", dtype=torch.float32)
+    if compiled:
+        out["fused, compiled"] = SlotDecoder(
+            model, max_rows, device="cpu", dtype=torch.float32, compile_step=True
+        )
+    for decoder in out.values():
+        decoder.reserve(width + 1)
+        decoder.warm_up()
+    return out
+
+
+def time_steps(decoder: SlotDecoder, rows: int, width: int, steps: int) -> tuple[float, float]:
+    # Rows at staggered positions, as in a running batch; the widest sets the step's width.
+    positions = [width - 1 - (i * 7) % max(width // 4, 1) for i in range(rows)]
+    tokens = [5 + i for i in range(rows)]
+    for _ in range(3):
+        decoder.decode(tokens, positions)
+    cpu, wall = time.thread_time(), time.perf_counter()
+    for _ in range(steps):
+        decoder.decode(tokens, positions)
+    return (time.thread_time() - cpu) / steps * 1e3, (time.perf_counter() - wall) / steps * 1e3
+
+
+def run(args: argparse.Namespace) -> list[Timing]:
+    apply_torch_threads(args.torch_threads)
+    print(f"machine: {machine()}")
+    model = load(args.model)
+    found = decoders(model, max(args.rows), args.width, args.compile)
+    print(
+        f"model {args.model}, cache width {args.width}, {args.steps} steps x "
+        f"{args.repeats} interleaved repetitions per cell, torch threads "
+        f"{torch.get_num_threads()}",
+        flush=True,
+    )
+    best: dict[tuple[str, int], tuple[float, float]] = {}
+    with torch.no_grad():
+        for _ in range(args.repeats):
+            for rows in args.rows:
+                for name, decoder in found.items():
+                    cpu, wall = time_steps(decoder, rows, args.width, args.steps)
+                    old = best.get((name, rows))
+                    best[(name, rows)] = (
+                        (cpu, wall) if old is None else (min(old[0], cpu), min(old[1], wall))
+                    )
+    timings = [Timing(n, r, *best[(n, r)]) for r in args.rows for n in found]
+    body = []
+    for t in timings:
+        base = best[("modules", t.rows)][0]
+        body.append(
+            [
+                str(t.rows),
+                t.variant,
+                fmt(t.cpu_ms, 3),
+                fmt(t.wall_ms, 3),
+                "1.00x" if t.variant == "modules" else f"{ratio(t.cpu_ms, base):.2f}x",
+            ]
+        )
+    print()
+    print(table(["rows", "step", "CPU ms/step", "wall ms/step", "CPU vs modules"], body))
+    return timings
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.decode_step",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", choices=("demo", "full_size"), default="demo")
+    p.add_argument("--rows", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument(
+        "--width",
+        type=int,
+        default=1024,
+        help="cache positions read per step (bench.engine's 8-tile prompts are ~900-1,200)",
+    )
+    p.add_argument("--steps", type=int, default=200, help="steps per timed cell")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved repetitions")
+    p.add_argument(
+        "--compile", action="store_true", help="add the fused step compiled (TORCH_COMPILE)"
+    )
+    add_torch_threads_flag(p)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> list[Timing]:
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
