@@ -5,16 +5,24 @@ own module calls, on the same model in the same run.
     .venv/bin/python -m bench.decode_step                    # demo model (see BENCHMARKS.md)
     .venv/bin/python -m bench.decode_step --compile          # adds the compiled fused step
     .venv/bin/python -m bench.decode_step --model full_size --rows 1 16 --steps 20
+    .venv/bin/python -m bench.decode_step --with-prefill     # the step beside a prefill loop
 
 Times are the calling thread's CPU time per step (``time.thread_time``), the minimum over
 interleaved repetitions: CPU time does not count what the hypervisor steals from a shared VM,
 and interleaving spreads the rest of the machine's noise over every variant alike. Wall time
 is printed beside it.
+
+``--with-prefill`` then times the fused step at the largest row count three ways: alone, while
+another thread of the same process runs 8-tile prefills back to back (what PREFILL_OVERLAP
+does), and while another process does. The gap between the last two is what sharing the
+interpreter lock costs the step: the model's small operators each release and retake it.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +41,7 @@ from bench.common import (
     table,
 )
 from inference_svc.engine.model_builder import build_full_size_model, ensure_demo_model
+from inference_svc.engine.pixels import PixelStaging
 from inference_svc.engine.slot_decoder import SlotDecoder
 
 
@@ -82,6 +91,77 @@ def time_steps(decoder: SlotDecoder, rows: int, width: int, steps: int) -> tuple
     return (time.thread_time() - cpu) / steps * 1e3, (time.perf_counter() - wall) / steps * 1e3
 
 
+def prefill_ids(model: Any, tiles: int = 8) -> list[int]:
+    """A prompt shaped like bench.engine's: text, ``tiles`` tiles of image tokens, text."""
+    config = model.config
+    vision = config.vision_config
+    size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
+    patch = vision.patch_size if isinstance(vision.patch_size, int) else vision.patch_size[0]
+    per_tile = int((size // patch) ** 2 * config.downsample_ratio**2)
+    return [100] * 150 + [int(config.image_token_id)] * (per_tile * tiles) + [101] * 300
+
+
+def prefill_pixels(tiles: int = 8) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (tiles, 3, 448, 448), dtype=torch.uint8, generator=generator)
+
+
+def _prefill_forever(decoder: SlotDecoder, stop: Any, done: Any) -> None:
+    ids, pixels = prefill_ids(decoder.model), prefill_pixels()
+    staging = PixelStaging(decoder.device)
+    with torch.no_grad():
+        while not stop.is_set():
+            decoder.prefill_detached(ids, pixels, staging)
+            with done.get_lock():
+                done.value += 1
+
+
+def _prefill_process(model_name: str, torch_threads: int, stop: Any, done: Any) -> None:
+    apply_torch_threads(torch_threads)
+    decoder = SlotDecoder(load(model_name), 1, device="cpu", dtype=torch.float32)
+    _prefill_forever(decoder, stop, done)
+
+
+def contention(args: argparse.Namespace, decoder: SlotDecoder) -> list[list[str]]:
+    """The step alone, beside a prefill thread, beside a prefill process."""
+    rows = max(args.rows)
+    steps = args.steps * 2
+    body: list[list[str]] = []
+    alone = min(time_steps(decoder, rows, args.width, steps) for _ in range(args.repeats))
+    body.append(["alone", fmt(alone[0], 3), fmt(alone[1], 3), "1.00x", "-"])
+    spawn = multiprocessing.get_context("spawn")
+    for where in ("thread", "process"):
+        stop, done = spawn.Event(), spawn.Value("l", 0)
+        worker: threading.Thread | Any
+        if where == "thread":
+            worker = threading.Thread(target=_prefill_forever, args=(decoder, stop, done))
+        else:
+            worker = spawn.Process(
+                target=_prefill_process, args=(args.model, args.torch_threads, stop, done)
+            )
+        worker.start()
+        while done.value < 2:  # loaded and past its first (slow) prefill
+            if not worker.is_alive():
+                raise RuntimeError(f"the prefill {where} ended before its first prefills")
+            time.sleep(0.05)
+        first, started = done.value, time.perf_counter()
+        with torch.no_grad():
+            best = min(time_steps(decoder, rows, args.width, steps) for _ in range(args.repeats))
+        rate = (done.value - first) / (time.perf_counter() - started)
+        stop.set()
+        worker.join()
+        body.append(
+            [
+                f"beside a prefill {where}",
+                fmt(best[0], 3),
+                fmt(best[1], 3),
+                f"{ratio(best[1], alone[1]):.2f}x",
+                fmt(rate, 1),
+            ]
+        )
+    return body
+
+
 def run(args: argparse.Namespace) -> list[Timing]:
     apply_torch_threads(args.torch_threads)
     print(f"machine: {machine()}")
@@ -118,6 +198,14 @@ def run(args: argparse.Namespace) -> list[Timing]:
         )
     print()
     print(table(["rows", "step", "CPU ms/step", "wall ms/step", "CPU vs modules"], body))
+    if args.with_prefill:
+        print(f"\nFused step, {max(args.rows)} rows, beside 8-tile prefills run back to back:\n")
+        print(
+            table(
+                ["step runs", "CPU ms/step", "wall ms/step", "wall vs alone", "prefills/s"],
+                contention(args, found["fused"]),
+            )
+        )
     return timings
 
 
@@ -139,6 +227,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="interleaved repetitions")
     p.add_argument(
         "--compile", action="store_true", help="add the fused step compiled (TORCH_COMPILE)"
+    )
+    p.add_argument(
+        "--with-prefill",
+        action="store_true",
+        help="also time the step beside a prefill thread and beside a prefill process",
     )
     add_torch_threads_flag(p)
     return p.parse_args(argv)

@@ -111,7 +111,7 @@ def test_engine_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_decode_step_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
     timings = decode_step.main(
-        ["--rows", "1", "3", "--steps", "2", "--repeats", "2", "--width", "64"]
+        ["--rows", "1", "3", "--steps", "2", "--repeats", "2", "--width", "64", "--with-prefill"]
     )
     out = capsys.readouterr().out
     assert {(t.variant, t.rows) for t in timings} == {
@@ -119,6 +119,9 @@ def test_decode_step_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
     }
     assert all(_finite_positive(t.cpu_ms) and _finite_positive(t.wall_ms) for t in timings)
     assert "| 3    | fused   |" in out and "CPU vs modules" in out
+    # The contention table: the step alone, beside a prefill thread and beside a process.
+    for where in ("| alone ", "| beside a prefill thread ", "| beside a prefill process "):
+        assert where in out
 
 
 def test_overhead_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
