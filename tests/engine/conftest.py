@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from transformers import DynamicCache
 
 from inference_svc.engine.api import GenerationRequest
 from inference_svc.engine.batched import BatchedEngine
@@ -72,6 +74,22 @@ class Recorder:
 
 
 EngineFactory = Callable[..., Any]
+
+
+def assert_decode_matches_forward(decoder: Any, model: Any) -> None:
+    """Three rows of different lengths prefilled into ``decoder`` (a SlotDecoder), one step:
+    each row's logits equal the model's own forward over the whole sequence."""
+    lengths = (29, 8, 17)
+    prompts = [torch.randint(20, 900, (n,)).tolist() for n in lengths]
+    for slot, ids in enumerate(prompts):
+        decoder.prefill(slot, ids, None)
+    nxt = [9, 10, 11]
+    logits = decoder.decode(nxt, list(lengths))
+    with torch.no_grad():
+        for row, ids in enumerate(prompts):
+            full = torch.tensor([[*ids, nxt[row]]])
+            out = model(input_ids=full, past_key_values=DynamicCache(config=model.config))
+            torch.testing.assert_close(logits[row], out.logits[0, -1], rtol=1e-4, atol=1e-4)
 
 
 async def until(predicate: Callable[[], bool]) -> None:

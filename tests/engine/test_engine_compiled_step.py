@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from inference_svc.engine.api import NullListener
 from inference_svc.engine.continuous import ContinuousEngine
 
-from .conftest import EngineFactory, Recorder, make_request, until
+from .conftest import (
+    EngineFactory,
+    Recorder,
+    assert_decode_matches_forward,
+    make_request,
+    until,
+)
 
 
 def _compiled_graphs() -> int:
@@ -50,15 +54,4 @@ async def test_compiled_decode_step_serves_and_matches_the_model_forward(
     assert _compiled_graphs() == graphs
 
     # Numerics of the compiled step, on the idle engine's own decoder, against the model.
-    model: Any = engine.loaded.model
-    lengths = (31, 12, 20)
-    prompts = [torch.randint(20, 900, (n,)).tolist() for n in lengths]
-    for slot, ids in enumerate(prompts):
-        decoder.prefill(slot, ids, None)
-    nxt = [5, 6, 7]
-    logits = decoder.decode(nxt, list(lengths))
-    with torch.no_grad():
-        for row, ids in enumerate(prompts):
-            full = torch.tensor([[*ids, nxt[row]]])
-            out = model(input_ids=full, past_key_values=DynamicCache(config=model.config))
-            torch.testing.assert_close(logits[row], out.logits[0, -1], rtol=1e-4, atol=1e-4)
+    assert_decode_matches_forward(decoder, engine.loaded.model)

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import DynamicCache
 
 from inference_svc.engine import continuous
 from inference_svc.engine.api import GenerationRequest, GenerationResult, NullListener
@@ -15,7 +14,13 @@ from inference_svc.engine.batched import BatchedEngine
 from inference_svc.engine.continuous import ContinuousEngine
 from inference_svc.engine.slot_decoder import SlotDecoder, supports
 
-from .conftest import EngineFactory, Recorder, make_request, until
+from .conftest import (
+    EngineFactory,
+    Recorder,
+    assert_decode_matches_forward,
+    make_request,
+    until,
+)
 
 SERIAL_PREFILL = "continuous-serial-prefill"
 
@@ -139,18 +144,7 @@ async def test_decode_step_logits_match_the_model_forward(engine_factory: Engine
     assert isinstance(engine, BatchedEngine)
     model: Any = engine.loaded.model
     assert supports(model) is None
-    decoder = SlotDecoder(model, 3, device="cpu", dtype=torch.float32)
-    lengths = (37, 11, 23)
-    prompts = [torch.randint(20, 900, (n,)).tolist() for n in lengths]
-    with torch.inference_mode():
-        for slot, ids in enumerate(prompts):
-            decoder.prefill(slot, ids, None)
-        nxt = [5, 6, 7]
-        logits = decoder.decode(nxt, list(lengths))
-        for row, ids in enumerate(prompts):
-            full = torch.tensor([[*ids, nxt[row]]])
-            out = model(input_ids=full, past_key_values=DynamicCache(config=model.config))
-            torch.testing.assert_close(logits[row], out.logits[0, -1], rtol=1e-4, atol=1e-4)
+    assert_decode_matches_forward(SlotDecoder(model, 3, device="cpu", dtype=torch.float32), model)
 
 
 def _storage_bytes(model: Any) -> int:
@@ -158,20 +152,6 @@ def _storage_bytes(model: Any) -> int:
         p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()
     }
     return sum(storages.values())
-
-
-def _decode_matches_forward(decoder: SlotDecoder, model: Any) -> None:
-    lengths = (29, 8, 17)
-    prompts = [torch.randint(20, 900, (n,)).tolist() for n in lengths]
-    for slot, ids in enumerate(prompts):
-        decoder.prefill(slot, ids, None)
-    nxt = [9, 10, 11]
-    logits = decoder.decode(nxt, list(lengths))
-    with torch.no_grad():
-        for row, ids in enumerate(prompts):
-            full = torch.tensor([[*ids, nxt[row]]])
-            out = model(input_ids=full, past_key_values=DynamicCache(config=model.config))
-            torch.testing.assert_close(logits[row], out.logits[0, -1], rtol=1e-4, atol=1e-4)
 
 
 async def test_decoder_fuses_projections_without_a_second_copy(
@@ -197,7 +177,7 @@ async def test_decoder_fuses_projections_without_a_second_copy(
     assert [f.qkv_weight.data_ptr() for f in again._fused if f.qkv_weight is not None] == [
         f.qkv_weight.data_ptr() for f in decoder._fused if f.qkv_weight is not None
     ]
-    _decode_matches_forward(again, model)
+    assert_decode_matches_forward(again, model)
 
 
 async def test_decoder_keeps_module_calls_for_projections_it_cannot_fuse(
@@ -217,7 +197,7 @@ async def test_decoder_keeps_module_calls_for_projections_it_cannot_fuse(
             setattr(owner, name, wrapped.requires_grad_(False))
     decoder = SlotDecoder(model, 3, device="cpu", dtype=torch.float32)
     assert all(f.qkv_weight is None and f.gate_up_weight is None for f in decoder._fused)
-    _decode_matches_forward(decoder, model)
+    assert_decode_matches_forward(decoder, model)
 
 
 async def test_slot_decoder_records_no_autograd_graph(engine_factory: EngineFactory) -> None:
