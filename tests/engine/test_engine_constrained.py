@@ -39,8 +39,11 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-async def test_random_model_output_validates_against_schema(engine_factory: EngineFactory) -> None:
-    engine = await engine_factory(max_batch_size=4, batch_wait_ms=10_000)
+@pytest.mark.parametrize("mode", ["continuous", "batched"])
+async def test_random_model_output_validates_against_schema(
+    engine_factory: EngineFactory, mode: str
+) -> None:
+    engine = await engine_factory(engine_mode=mode, max_batch_size=4, batch_wait_ms=10_000)
     import asyncio
 
     requests = [
@@ -55,7 +58,11 @@ async def test_random_model_output_validates_against_schema(engine_factory: Engi
         jsonschema.validate(json.loads(result.text), SCHEMA)
     assert results[3].constrained is False
     assert results[3].completion_tokens == 30
-    assert all(r.batch_size >= 3 for r in results)  # mean rows per step they shared
+    if mode == "batched":
+        # One generate for all four (the wait window outlasts their arrival). The continuous
+        # engine admits each row when its prefill is done, so how many steps rows share there
+        # depends on timing; its batching is tested in test_engine_continuous.py.
+        assert all(r.batch_size == 4 for r in results)
 
 
 def test_bad_schema_is_rejected() -> None:
