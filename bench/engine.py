@@ -14,6 +14,8 @@ Rows (each a fresh in-process InferenceApp, the demo model, recording off):
   ``generate`` per batch, constrained: what continuous batching adds over it.
 * ``ours, serial prefill`` (extra, ``--with-serial-prefill``): PREFILL_OVERLAP=off, what
   running prefills on their own thread adds.
+* ``ours, masks after step`` (extra, ``--with-serial-grammar``): GRAMMAR_OVERLAP=false, what
+  computing the grammar masks beside the decode step adds.
 * ``ours, unconstrained`` (extra): batching alone.
 * ``ours, natural length`` (extra): constrained decoding to completion, no forced length; every
   call returns a valid inspection.
@@ -143,6 +145,14 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
             RowConfig(
                 "ours, serial prefill",
                 {**forced, **batching, "constrained_decoding": True, "prefill_overlap": "off"},
+                True,
+            )
+        )
+    if args.with_serial_grammar:
+        rows.append(
+            RowConfig(
+                "ours, masks after step",
+                {**forced, **batching, "constrained_decoding": True, "grammar_overlap": False},
                 True,
             )
         )
@@ -385,6 +395,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--with-serial-prefill",
         action="store_true",
         help="add ours with PREFILL_OVERLAP=off (prefills on the step thread)",
+    )
+    p.add_argument(
+        "--with-serial-grammar",
+        action="store_true",
+        help="add ours with GRAMMAR_OVERLAP=false (masks computed after each step)",
     )
     p.add_argument(
         "--with-request-level",

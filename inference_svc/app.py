@@ -85,6 +85,7 @@ def engine_config(settings: InferenceSettings) -> EngineConfig:
         kv_cache=settings.kv_cache,
         torch_threads=settings.torch_threads,
         prefill_overlap=settings.prefill_overlap,
+        grammar_overlap=settings.grammar_overlap,
         process_nice=settings.worker_nice,
     )
 

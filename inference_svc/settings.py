@@ -192,6 +192,12 @@ class InferenceSettings(BaseSettings):
         "batch; auto = on for CPU, off for CUDA.",
     )
 
+    grammar_overlap: bool = Field(
+        True,
+        description="Continuous engine with constrained decoding: compute each step's "
+        "grammar masks on a helper thread while the step runs, instead of after it.",
+    )
+
     # --- persistence link
     persistence_target: str = Field(
         "127.0.0.1:50061", description="persistence_svc gRPC address; empty = do not record."

@@ -39,6 +39,7 @@ def test_engine_settings_reach_the_engine_config(tmp_path: Path) -> None:
         tmp_path,
         "",
         prefill_overlap="off",
+        grammar_overlap=False,
         torch_threads=3,
         kv_cache="dynamic",
         max_batch_size=5,
@@ -50,6 +51,6 @@ def test_engine_settings_reach_the_engine_config(tmp_path: Path) -> None:
     shared = [
         f.name for f in dataclasses.fields(EngineConfig) if f.name in type(settings).model_fields
     ]
-    assert {"prefill_overlap", "torch_threads", "kv_cache", "max_batch_size"} <= set(shared)
+    assert {"prefill_overlap", "grammar_overlap", "torch_threads", "kv_cache"} <= set(shared)
     for name in shared:
         assert getattr(config, name) == getattr(settings, name), name

@@ -51,5 +51,8 @@ class EngineConfig:
     # steps ("auto": on CPU, where the two threads use two cores; off on CUDA, where both
     # would queue on one stream).
     prefill_overlap: Literal["auto", "on", "off"] = "auto"
+    # Continuous engine: compute each step's grammar masks on a helper thread while the step
+    # runs (they depend only on the tokens chosen before it); off = after the step.
+    grammar_overlap: bool = True
     # Niceness the engine process adds to itself (bulk work yields to the server's event loop).
     process_nice: int = 0

@@ -15,6 +15,12 @@ thread copies it into its slot between two steps. On CPU the prefill then uses t
 core instead of stalling every live row for its duration (tens of milliseconds per photo
 request), and torch releases the interpreter lock inside its kernels, so the threads overlap.
 
+With constrained decoding, a step's token masks depend only on the tokens chosen before the
+step, so (``GRAMMAR_OVERLAP``, on by default) they are computed on a helper thread while the
+step runs: llguidance releases the interpreter lock, the masks take the other core, and the
+step thread finds them ready when the logits are (``bench.engine_loop``: 1.16x requests/s at
+16 concurrent rows on 2 CPU cores; on an accelerator the whole mask time is hidden this way).
+
 The event-loop side (queue bound, positions, deadlines, listeners) is the batched engine's;
 only the scheduler differs. Models :mod:`.slot_decoder` cannot drive (the remote-code layout,
 other language models) fall back to request-level batching, with a warning.
@@ -27,6 +33,7 @@ import collections
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +55,17 @@ def overlaps_prefill(mode: str, device: str) -> bool:
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"prefill overlap {mode!r} is not one of auto, on, off")
     return mode == "on" or (mode == "auto" and torch.device(device).type == "cpu")
+
+
+@dataclass(eq=False)
+class _GrammarPlan:
+    """One step's token rules, decided from the rows' grammar states before the step:
+    rows whose grammar is done (``forced`` to end), rows that need a mask (``masked``), and
+    the masks, computed (a tensor) or being computed beside the step (a future)."""
+
+    forced: dict[int, int]
+    masked: list[int]
+    allowed: Future[torch.Tensor] | torch.Tensor | None = None
 
 
 @dataclass(eq=False)
@@ -86,7 +104,7 @@ class ContinuousEngine(BatchedEngine):
         self._decoder: SlotDecoder | None = None
         self._stop_ids: frozenset[int] = frozenset()
         self._stop_list: torch.Tensor | None = None
-        self.stats.update({"steps": 0, "row_steps": 0, "prefills": 0})
+        self.stats.update({"steps": 0, "row_steps": 0, "prefills": 0, "overlapped_masks": 0})
         # Rows taken from the queue and not yet answered; written by the model thread.
         self._live = 0
         # Prefill overlap: the prefill thread and the step thread share these under _slots.
@@ -98,6 +116,9 @@ class ContinuousEngine(BatchedEngine):
         )
         self._stepping = 0  # rows in the step thread's batch
         self._prefill_thread: threading.Thread | None = None
+        # GRAMMAR_OVERLAP: the thread that computes a step's token masks during the step.
+        self._grammar_pool: ThreadPoolExecutor | None = None
+        self._logits_width = 0
 
     def running_rows(self) -> int:
         if self._decoder is None:
@@ -130,12 +151,18 @@ class ContinuousEngine(BatchedEngine):
             dtype=loaded.runtime.dtype,
             compile_step=self.config.torch_compile,
         )
+        if self.config.grammar_overlap and self.config.constrained_decoding:
+            self._grammar_pool = ThreadPoolExecutor(1, thread_name_prefix="model-grammar")
+        self._logits_width = int(loaded.model.lm_head.weight.shape[0])
         self._stop_ids = frozenset(loaded.stop_token_ids)
         self._stop_list = torch.tensor(sorted(self._stop_ids), dtype=torch.long)
         self._overlap = overlaps_prefill(self.config.prefill_overlap, loaded.runtime.device)
         return loaded
 
     def _release(self) -> None:
+        pool, self._grammar_pool = self._grammar_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
         if self._decoder is not None:
             self._decoder.release()
         super()._release()
@@ -265,6 +292,8 @@ class ContinuousEngine(BatchedEngine):
         decoder = self._decoder
         assert decoder is not None
         live = len(rows)
+        # The masks depend on the tokens chosen so far only: computed during the step.
+        plan = self._plan_grammar(rows, self._grammar_pool)
         try:
             logits = decoder.decode([r.last_token for r in rows], [r.position for r in rows])
         except Exception as exc:
@@ -280,7 +309,7 @@ class ContinuousEngine(BatchedEngine):
             row.steps += 1
         self.stats["steps"] += 1
         self.stats["row_steps"] += live
-        self._choose(rows, logits)
+        self._choose(rows, logits, plan)
         self._retire(rows)
         self._live = len(rows)
 
@@ -404,32 +433,54 @@ class ContinuousEngine(BatchedEngine):
         deadline = row.job.request.deadline
         return row.job.cancelled or (deadline is not None and time.monotonic() > deadline)
 
-    def _choose(self, rows: list[_Row], logits: torch.Tensor) -> None:
-        """Pick each row's next token under its own grammar, floor and budget."""
-        loaded = self.loaded
-        eos = loaded.eos_token_id
-        scores = logits.float()
-        forced: dict[int, int] = {}
-        masked: list[int] = []
+    def _plan_grammar(self, rows: list[_Row], pool: ThreadPoolExecutor | None) -> _GrammarPlan:
+        """Which rows the grammar ends and which it masks. With ``pool`` the masks are
+        computed there while the caller runs the step: llguidance releases the interpreter
+        lock, so they take the other core instead of adding to the step's time."""
+        eos = self.loaded.eos_token_id
+        plan = _GrammarPlan({}, [])
         for i, row in enumerate(rows):
-            if self._gone(row):
-                row.finish_reason = "cancelled"
-                continue
             matcher = row.matcher
-            if matcher is None:
+            if matcher is None or self._gone(row):
                 continue
             if row.grammar_error or matcher.is_stopped() or matcher.is_accepting():
-                forced[i] = eos
+                plan.forced[i] = eos
             else:
-                masked.append(i)
-        if masked:
-            self._apply_grammars(rows, masked, scores, forced)
+                plan.masked.append(i)
+        if plan.masked and pool is not None:
+            plan.allowed = pool.submit(self._allowed, [rows[i].matcher for i in plan.masked])
+            self.stats["overlapped_masks"] += 1
+        return plan
+
+    def _allowed(self, matchers: list[Any]) -> torch.Tensor:
+        return constrained.allowed_tokens(matchers, self.loaded.vocab_size, self._logits_width)
+
+    def _choose(
+        self, rows: list[_Row], logits: torch.Tensor, plan: _GrammarPlan | None = None
+    ) -> None:
+        """Pick each row's next token under its own grammar, floor and budget (``plan``:
+        the grammar's part, decided before the step; decided here when not given)."""
+        if plan is None:
+            plan = self._plan_grammar(rows, None)
+        scores = logits.float()
+        forced = plan.forced
+        for row in rows:
+            if self._gone(row):
+                row.finish_reason = "cancelled"
+        if plan.masked:
+            self._apply_grammars(rows, plan, scores)
         assert self._stop_list is not None
         stop_ids = self._stop_list.to(scores.device)
-        for i, row in enumerate(rows):
-            below_floor = len(row.tokens) < row.job.prepared.min_new_tokens
-            if below_floor and not row.finish_reason and i not in forced:
-                scores[i, stop_ids] = float("-inf")
+        below_floor = [
+            i
+            for i, row in enumerate(rows)
+            if len(row.tokens) < row.job.prepared.min_new_tokens
+            and not row.finish_reason
+            and i not in forced
+        ]
+        if below_floor:  # one indexing operation, not one per row
+            index = torch.tensor(below_floor, device=scores.device)
+            scores[index[:, None], stop_ids] = float("-inf")
         choices = scores.argmax(dim=-1).tolist()
         now = time.perf_counter()
         for i, row in enumerate(rows):
@@ -456,16 +507,18 @@ class ContinuousEngine(BatchedEngine):
             row.grammar_error = matcher.get_error() or f"token {token} rejected"
             logger.warning("constrained row %s: %s", row.job.request.request_id, row.grammar_error)
 
-    def _apply_grammars(
-        self, rows: list[_Row], masked: list[int], scores: torch.Tensor, forced: dict[int, int]
-    ) -> None:
-        loaded = self.loaded
+    def _apply_grammars(self, rows: list[_Row], plan: _GrammarPlan, scores: torch.Tensor) -> None:
+        masked = plan.masked
         matchers: list[Any] = [rows[i].matcher for i in masked]
-        allowed = constrained.allowed_tokens(matchers, loaded.vocab_size, scores.shape[1])
+        allowed = plan.allowed
+        if allowed is None:
+            allowed = self._allowed(matchers)
+        elif isinstance(allowed, Future):
+            allowed = allowed.result()
         for i, matcher in zip(masked, matchers, strict=True):
             if matcher.is_error():
                 rows[i].grammar_error = matcher.get_error()
-                forced[i] = loaded.eos_token_id
+                plan.forced[i] = self.loaded.eos_token_id
         index = torch.tensor(masked, device=scores.device)
         scores[index] = scores[index].masked_fill(~allowed.to(scores.device), float("-inf"))
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench import decode_step, engine, overhead, preprocess, responsiveness
+from bench import decode_step, engine, engine_loop, overhead, preprocess, responsiveness
 from bench.common import LatencySummary, percentile, table
 from bench.photos import photo_jpeg
 
@@ -107,6 +107,19 @@ def test_engine_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
     assert next(r for r in results if r.row == "seed-style").mean_batch == 1.0
     assert "Concurrency 2:" in out
     assert "RATIOS ours/seed-style" in out and "c=2: throughput" in out
+
+
+def test_engine_loop_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
+    runs = engine_loop.main(
+        ["--concurrency", "2", "--requests", "2", "--tokens", "6", "--tiles", "1", "--repeats", "1"]
+    )
+    out = capsys.readouterr().out
+    assert [r.variant for r in runs] == list(engine_loop.VARIANTS)
+    assert all(_finite_positive(r.rps) and r.mean_batch >= 1 for r in runs)
+    assert all(r.concurrency == 2 for r in runs)
+    for variant in engine_loop.VARIANTS:
+        assert f"| {variant} " in out
+    assert "ours vs this" in out
 
 
 def test_decode_step_benchmark(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -44,8 +45,6 @@ async def test_random_model_output_validates_against_schema(
     engine_factory: EngineFactory, mode: str
 ) -> None:
     engine = await engine_factory(engine_mode=mode, max_batch_size=4, batch_wait_ms=10_000)
-    import asyncio
-
     requests = [
         make_request(f"c{i}", max_new_tokens=200, seed=i, json_schema=SCHEMA) for i in range(3)
     ] + [make_request("free", max_new_tokens=30)]
@@ -63,6 +62,35 @@ async def test_random_model_output_validates_against_schema(
         # engine admits each row when its prefill is done, so how many steps rows share there
         # depends on timing; its batching is tested in test_engine_continuous.py.
         assert all(r.batch_size == 4 for r in results)
+
+
+def _labelled(label: str) -> dict[str, Any]:
+    """SCHEMA with its own answer label: a row given another row's mask breaks its schema."""
+    schema = json.loads(json.dumps(SCHEMA))
+    schema["properties"]["answers"]["items"]["properties"]["Label"] = {"const": label}
+    return schema
+
+
+async def test_masks_computed_beside_the_step_are_the_masks_after_it(
+    engine_factory: EngineFactory,
+) -> None:
+    schemas = [_labelled(f"Question {i}: is part {i} present?") for i in range(3)]
+    requests = [
+        make_request(f"g{i}", max_new_tokens=200, seed=i, json_schema=schemas[i]) for i in range(3)
+    ] + [make_request("free", max_new_tokens=24, seed=7)]
+    texts: dict[bool, list[str]] = {}
+    for overlap in (False, True):
+        engine = await engine_factory(grammar_overlap=overlap, max_batch_size=4)
+        results = await asyncio.gather(*(engine.generate(r, _Null()) for r in requests))
+        texts[overlap] = [r.text for r in results]
+        # Steps with masked rows had their masks computed on the helper thread, or none did.
+        assert (engine.stats["overlapped_masks"] > 0) is overlap
+        for result, schema in zip(results[:3], schemas, strict=True):
+            assert result.extra["schema_complete"] is True, result.extra
+            jsonschema.validate(json.loads(result.text), schema)
+        assert results[3].constrained is False
+        await engine.stop()
+    assert texts[True] == texts[False]
 
 
 def test_bad_schema_is_rejected() -> None:
