@@ -1,6 +1,10 @@
-"""Decode-step benchmark: one continuous-batching step (``SlotDecoder.decode``) with the
-projections fused (q/k/v in one matrix product, gate/up in one) against the language model's
-own module calls, on the same model in the same run.
+"""Decode-step benchmark: one continuous-batching step (``SlotDecoder.decode``) as the engine
+runs it against the language model's own module calls, on the same model in the same run.
+
+Variants: ``modules`` (the module calls, keys cached by position: the baseline), ``fused, keys
+by row`` (q/k/v in one matrix product and gate/up in one, keys still by position), ``fused``
+(the engine's step: fused, and keys cached by column so the query-key product reads them in
+the layout a matrix product wants) and, with ``--compile``, ``fused, compiled``.
 
     .venv/bin/python -m bench.decode_step                    # demo model (see BENCHMARKS.md)
     .venv/bin/python -m bench.decode_step --compile          # adds the compiled fused step
@@ -67,7 +71,14 @@ def load(model_name: str) -> Any:
 
 def decoders(model: Any, max_rows: int, width: int, compiled: bool) -> dict[str, SlotDecoder]:
     """The baseline first: fusing rebinds the modules' weights (as views, same values)."""
-    out = {"modules": SlotDecoder(model, max_rows, device="cpu", dtype=torch.float32, fuse=False)}
+    out = {
+        "modules": SlotDecoder(
+            model, max_rows, device="cpu", dtype=torch.float32, fuse=False, keys_by_column=False
+        )
+    }
+    out["fused, keys by row"] = SlotDecoder(
+        model, max_rows, device="cpu", dtype=torch.float32, keys_by_column=False
+    )
     out["fused"] = SlotDecoder(model, max_rows, device="cpu", dtype=torch.float32)
     if compiled:
         out["fused, compiled"] = SlotDecoder(
@@ -79,10 +90,27 @@ def decoders(model: Any, max_rows: int, width: int, compiled: bool) -> dict[str,
     return out
 
 
-def time_steps(decoder: SlotDecoder, rows: int, width: int, steps: int) -> tuple[float, float]:
-    # Rows at staggered positions, as in a running batch; the widest sets the step's width.
+def step_inputs(rows: int, width: int) -> tuple[list[int], list[int]]:
+    """Rows at staggered positions, as in a running batch; the widest sets the step's width."""
     positions = [width - 1 - (i * 7) % max(width // 4, 1) for i in range(rows)]
-    tokens = [5 + i for i in range(rows)]
+    return [5 + i for i in range(rows)], positions
+
+
+def check_agreement(found: dict[str, SlotDecoder], rows: int, width: int) -> float:
+    """The variants compute the same step: the largest logit difference from the baseline
+    (every cache holds the same values, zeros and what the steps wrote)."""
+    tokens, positions = step_inputs(rows, width)
+    with torch.no_grad():
+        logits = {name: decoder.decode(tokens, positions) for name, decoder in found.items()}
+    base = logits["modules"]
+    worst = max(float((other - base).abs().max()) for other in logits.values())
+    if worst > 1e-3:
+        raise RuntimeError(f"the step variants disagree: max |logit difference| {worst:.2e}")
+    return worst
+
+
+def time_steps(decoder: SlotDecoder, rows: int, width: int, steps: int) -> tuple[float, float]:
+    tokens, positions = step_inputs(rows, width)
     for _ in range(3):
         decoder.decode(tokens, positions)
     cpu, wall = time.thread_time(), time.perf_counter()
@@ -167,10 +195,11 @@ def run(args: argparse.Namespace) -> list[Timing]:
     print(f"machine: {machine()}")
     model = load(args.model)
     found = decoders(model, max(args.rows), args.width, args.compile)
+    worst = check_agreement(found, max(args.rows), args.width)
     print(
         f"model {args.model}, cache width {args.width}, {args.steps} steps x "
         f"{args.repeats} interleaved repetitions per cell, torch threads "
-        f"{torch.get_num_threads()}",
+        f"{torch.get_num_threads()}; the variants' logits agree within {worst:.1e}",
         flush=True,
     )
     best: dict[tuple[str, int], tuple[float, float]] = {}
@@ -220,8 +249,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--width",
         type=int,
-        default=1024,
-        help="cache positions read per step (bench.engine's 8-tile prompts are ~900-1,200)",
+        default=1792,
+        help="cache positions read per step (bench.engine's prompt is 1,660 tokens with its 8 "
+        "tiles, and a row reads up to 256 more as it generates)",
     )
     p.add_argument("--steps", type=int, default=200, help="steps per timed cell")
     p.add_argument("--repeats", type=int, default=5, help="interleaved repetitions")

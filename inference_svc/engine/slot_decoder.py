@@ -11,7 +11,12 @@ call together with every other live row.
 The decode step runs the language model's own modules (norms, projections, rotary tables,
 MLP) but does the attention itself: one grouped matmul per layer against the slot cache,
 masked per row to that row's length. transformers' attention path would repeat the KV heads
-and build a float mask per layer, which dominated a step on CPU. Only the Qwen2/Llama
+and build a float mask per layer, which dominated a step on CPU. Keys are cached by column
+(slot, head, dim, position), so the query-key product reads each head's keys as the plain
+row-major right operand a matrix product wants; cached by position it read them transposed,
+2.3x slower for that product and 6% of a 16-row step at the production prompt's width
+(``bench.decode_step``). With prompts of ~1,700 tokens the step's attention reads the whole
+cache, which bounds it by memory bandwidth on CPU. Only the Qwen2/Llama
 decoder layer shape (InternVL2.5-1B's language model) is supported; :func:`supports` says
 whether a model has it, and the engine falls back to request-level batching otherwise.
 Outputs are the same as ``generate``'s (greedy tokens identical; tested).
@@ -195,6 +200,7 @@ class SlotDecoder:
         dtype: torch.dtype,
         compile_step: bool = False,
         fuse: bool = True,
+        keys_by_column: bool = True,
     ) -> None:
         reason = supports(model)
         if reason is not None:
@@ -212,6 +218,12 @@ class SlotDecoder:
         self.device = torch.device(device)
         self.dtype = dtype
         self.capacity = 0
+        # Keys stored (slot, head, dim, position): a step's query-key product then reads each
+        # head's keys as one row-major (dim x width) block, the layout a matrix product wants
+        # as its right operand. Stored by position, the same product reads them transposed,
+        # which measured 2.3x slower (bench.decode_step). ``keys_by_column=False`` is that
+        # baseline.
+        self.keys_by_column = keys_by_column
         self._keys: list[torch.Tensor] = []
         self._values: list[torch.Tensor] = []
         self._columns = torch.zeros(0, dtype=torch.long, device=self.device)
@@ -231,10 +243,15 @@ class SlotDecoder:
             return
         capacity = -(-columns // _CAPACITY_CHUNK) * _CAPACITY_CHUNK
         shape = (self.max_rows, self.kv_heads, capacity, self.head_dim)
-        keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        key_shape = (*shape[:2], self.head_dim, capacity) if self.keys_by_column else shape
+        keys = [torch.zeros(key_shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         if self.capacity:
-            for old, new in zip(self._keys + self._values, keys + values, strict=True):
+            for old, new in zip(self._keys, keys, strict=True):
+                self._key_columns(new, slice(None), self.capacity).copy_(
+                    self._key_columns(old, slice(None), self.capacity)
+                )
+            for old, new in zip(self._values, values, strict=True):
                 new[:, :, : self.capacity] = old
         self._keys, self._values = keys, values
         self._columns = torch.arange(capacity, device=self.device)
@@ -252,8 +269,17 @@ class SlotDecoder:
         """Copy slot ``source``'s first ``length`` positions to slot ``target``."""
         if source == target or length <= 0:
             return
-        for cache in (*self._keys, *self._values):
-            cache[target, :, :length] = cache[source, :, :length]
+        for keys in self._keys:
+            self._key_columns(keys, target, length).copy_(self._key_columns(keys, source, length))
+        for values in self._values:
+            values[target, :, :length] = values[source, :, :length]
+
+    def _key_columns(self, keys: torch.Tensor, slot: int | slice, length: int) -> torch.Tensor:
+        """Slot(s) ``slot``'s first ``length`` keys, viewed (..., length, head_dim) whichever
+        the layout."""
+        if self.keys_by_column:
+            return keys[slot, :, :, :length].transpose(-1, -2)
+        return keys[slot, :, :length]
 
     # --- model operations ------------------------------------------------------------------
     @torch.no_grad()
@@ -295,7 +321,7 @@ class SlotDecoder:
         length = prefilled.length
         self.reserve(length + 1)
         for index in range(len(self.layers)):
-            self._keys[index][slot, :, :length] = prefilled.keys[index]
+            self._key_columns(self._keys[index], slot, length).copy_(prefilled.keys[index])
             self._values[index][slot, :, :length] = prefilled.values[index]
 
     @torch.no_grad()
@@ -355,12 +381,17 @@ class SlotDecoder:
             q = q * cos + _rotate_half(q) * sin
             k = (k * cos + _rotate_half(k) * sin)[:, :, 0]
             keys, values = self._keys[index], self._values[index]
-            keys[row_index, :, pos] = k
+            if self.keys_by_column:
+                keys[row_index, :, :, pos] = k
+                keys_t = keys[:rows, :, :, :width]
+            else:
+                keys[row_index, :, pos] = k
+                keys_t = keys[:rows, :, :width].transpose(-1, -2)
             values[row_index, :, pos] = v
             # Query heads grouped by their key-value head: no repeat of the cache. Scaling the
             # query (heads x dim) is cheaper than scaling the scores (heads x width).
             grouped = (q * self.scaling).reshape(rows, self.kv_heads, self.groups, self.head_dim)
-            scores = torch.matmul(grouped, keys[:rows, :, :width].transpose(-1, -2)).add_(bias)
+            scores = torch.matmul(grouped, keys_t).add_(bias)
             weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)
             context = torch.matmul(weights, values[:rows, :, :width])
             hidden = hidden + attention.o_proj(context.reshape(rows, 1, self.heads * self.head_dim))

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from inference_svc.engine import continuous
 from inference_svc.engine.api import GenerationRequest, GenerationResult, NullListener
@@ -145,6 +146,37 @@ async def test_decode_step_logits_match_the_model_forward(engine_factory: Engine
     model: Any = engine.loaded.model
     assert supports(model) is None
     assert_decode_matches_forward(SlotDecoder(model, 3, device="cpu", dtype=torch.float32), model)
+
+
+@pytest.mark.parametrize("keys_by_column", [True, False], ids=["keys-by-column", "keys-by-row"])
+async def test_slot_cache_moves_and_grows_in_either_key_layout(
+    engine_factory: EngineFactory, keys_by_column: bool
+) -> None:
+    engine = await engine_factory(engine_mode="batched")
+    assert isinstance(engine, BatchedEngine)
+    model: Any = engine.loaded.model
+    decoder = SlotDecoder(
+        model, 3, device="cpu", dtype=torch.float32, keys_by_column=keys_by_column
+    )
+    assert_decode_matches_forward(decoder, model)
+    assert decoder._keys[0].shape[-1 if keys_by_column else -2] == decoder.capacity
+    # The third row moves to slot 0 (as when the rows before it retire), the cache grows
+    # (every slot copied), and the row goes on where it was.
+    prompts = [torch.randint(20, 900, (n,)).tolist() for n in (12, 30, 21)]
+    for slot, ids in enumerate(prompts):
+        decoder.prefill(slot, ids, None)
+    decoder.decode([7, 8, 9], [12, 30, 21])
+    decoder.move(2, 0, 22)
+    capacity = decoder.capacity
+    decoder.reserve(capacity + 1)
+    assert decoder.capacity > capacity
+    logits = decoder.decode([10], [22])
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.tensor([[*prompts[2], 9, 10]]),
+            past_key_values=DynamicCache(config=model.config),
+        )
+    torch.testing.assert_close(logits[0], out.logits[0, -1], rtol=1e-4, atol=1e-4)
 
 
 def _storage_bytes(model: Any) -> int:
