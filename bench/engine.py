@@ -93,6 +93,21 @@ class LevelResult:
     def tokens_per_request(self) -> float:
         return self.tokens / self.requests if self.requests else 0.0
 
+    @property
+    def cpu_ms_per_request(self) -> float:
+        """CPU time of every process of the row (server, engine, load client) per request."""
+        return sum(self.cpu_per_request.values()) * 1000
+
+
+def cpu_ceiling(ours: LevelResult, base: LevelResult, cores: int) -> float:
+    """The most ``ours`` could gain on the seed-style row on ``cores`` cores: its requests/s
+    if every core spent all its time on requests at its measured CPU cost, against the
+    seed-style requests/s. The seed-style row is one generate at a time, so its cost is its
+    latency, whatever the cores; ours spreads over the cores and is bounded by its CPU."""
+    if ours.cpu_ms_per_request <= 0 or base.rps <= 0:
+        return 0.0
+    return cores * 1000 / ours.cpu_ms_per_request / base.rps
+
 
 def row_configs(args: argparse.Namespace) -> list[RowConfig]:
     tiles: dict[str, object] = {
@@ -291,6 +306,7 @@ def cpu_seconds(engine_pid: int | None) -> dict[str, float]:
 
 
 def report(results: list[LevelResult], args: argparse.Namespace) -> str:
+    cores = psutil.cpu_count() or 1
     lines = []
     by = {(r.row, r.concurrency): r for r in results}
     rows = list(dict.fromkeys(r.row for r in results))
@@ -314,6 +330,8 @@ def report(results: list[LevelResult], args: argparse.Namespace) -> str:
                     "1.00x"
                     if name == "seed-style"
                     else f"{ratio(r.latency.p50_ms, base.latency.p50_ms):.2f}x",
+                    fmt(r.cpu_ms_per_request, 0),
+                    f"{r.cpu_ms_per_request * r.rps / 1000:.2f}",
                 ]
             )
         lines.append(f"\nConcurrency {c}:\n")
@@ -330,16 +348,24 @@ def report(results: list[LevelResult], args: argparse.Namespace) -> str:
                     "batch",
                     "req/s vs seed",
                     "p50 vs seed",
+                    "CPU ms/req",
+                    "cores busy",
                 ],
                 body,
             )
         )
         ours = by[("ours", c)]
         summary.append(
-            f"c={c}: throughput {ratio(ours.rps, base.rps):.2f}x, "
+            f"c={c}: throughput {ratio(ours.rps, base.rps):.2f}x "
+            f"(CPU ceiling {cpu_ceiling(ours, base, cores):.2f}x), "
             f"p50 {ratio(ours.latency.p50_ms, base.latency.p50_ms):.2f}x"
         )
     lines.append("\nRATIOS ours/seed-style (forced length, both rows): " + "; ".join(summary))
+    lines.append(
+        f"(CPU ceiling: the throughput ratio ours would reach if all {cores} cores ran requests "
+        "at its measured CPU ms/request; what is left between the two is idle or unscheduled "
+        "CPU, what the ceiling lacks from a target needs less CPU per request.)"
+    )
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
@@ -108,6 +109,16 @@ def test_engine_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
     assert next(r for r in results if r.row == "seed-style").mean_batch == 1.0
     assert "Concurrency 2:" in out
     assert "RATIOS ours/seed-style" in out and "c=2: throughput" in out
+    assert "CPU ceiling" in out and "cores busy" in out
+    for r in results:  # every process of the row did work the CPU accounting saw
+        assert r.cpu_per_request["server"] > 0 and r.cpu_ms_per_request > 0
+    ours = next(r for r in results if (r.row, r.concurrency) == ("ours", 2))
+    base = next(r for r in results if (r.row, r.concurrency) == ("seed-style", 2))
+    # No run can beat its CPU ceiling (the CPU seen over a window is at most cores x the
+    # window): a ratio above it means the accounting lost or double-counted a process. The
+    # margin covers the CPU window being a little longer than the client's wall clock.
+    ceiling = engine.cpu_ceiling(ours, base, psutil.cpu_count() or 1)
+    assert 0 < ours.rps / base.rps <= ceiling * 1.1
 
 
 def test_engine_loop_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
