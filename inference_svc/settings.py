@@ -195,7 +195,8 @@ class InferenceSettings(BaseSettings):
     grammar_overlap: bool = Field(
         True,
         description="Continuous engine with constrained decoding: compute each step's "
-        "grammar masks on a helper thread while the step runs, instead of after it.",
+        "grammar masks on a helper thread while the step runs, instead of after it (steps "
+        "with one constrained row compute its mask after the step either way).",
     )
 
     # --- persistence link

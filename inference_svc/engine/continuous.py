@@ -49,6 +49,9 @@ from .slot_decoder import Prefilled, SlotDecoder, supports
 
 logger = logging.getLogger(__name__)
 
+# Masks of fewer rows are computed on the step thread (see ContinuousEngine._plan_grammar).
+_OVERLAP_MIN_ROWS = 2
+
 
 def overlaps_prefill(mode: str, device: str) -> bool:
     """Whether PREFILL_OVERLAP ``mode`` runs prefills on their own thread on ``device``."""
@@ -434,9 +437,12 @@ class ContinuousEngine(BatchedEngine):
         return row.job.cancelled or (deadline is not None and time.monotonic() > deadline)
 
     def _plan_grammar(self, rows: list[_Row], pool: ThreadPoolExecutor | None) -> _GrammarPlan:
-        """Which rows the grammar ends and which it masks. With ``pool`` the masks are
-        computed there while the caller runs the step: llguidance releases the interpreter
-        lock, so they take the other core instead of adding to the step's time."""
+        """Which rows the grammar ends and which it masks. With ``pool`` the masks of two
+        rows or more are computed there while the caller runs the step: llguidance's
+        executor releases the interpreter lock, so they take the other core instead of
+        adding to the step's time. One row's mask is computed after the step, on the step
+        thread: llguidance computes a lone mask holding the lock, which beside the step made
+        a 1-row request 1.5x slower (``bench.engine_loop --concurrency 1``)."""
         eos = self.loaded.eos_token_id
         plan = _GrammarPlan({}, [])
         for i, row in enumerate(rows):
@@ -447,7 +453,7 @@ class ContinuousEngine(BatchedEngine):
                 plan.forced[i] = eos
             else:
                 plan.masked.append(i)
-        if plan.masked and pool is not None:
+        if len(plan.masked) >= _OVERLAP_MIN_ROWS and pool is not None:
             plan.allowed = pool.submit(self._allowed, [rows[i].matcher for i in plan.masked])
             self.stats["overlapped_masks"] += 1
         return plan

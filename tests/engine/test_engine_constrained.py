@@ -93,6 +93,22 @@ async def test_masks_computed_beside_the_step_are_the_masks_after_it(
     assert texts[True] == texts[False]
 
 
+async def test_a_lone_row_computes_its_mask_on_the_step_thread(
+    engine_factory: EngineFactory,
+) -> None:
+    # llguidance computes one matcher's mask holding the interpreter lock: on the helper
+    # thread it would stall the step, so a step with one masked row keeps it at home.
+    schema = _labelled("Question 0: is the seal intact?")
+    engine = await engine_factory(grammar_overlap=True, max_batch_size=4)
+    result = await engine.generate(
+        make_request("alone", max_new_tokens=200, seed=3, json_schema=schema), _Null()
+    )
+    assert result.extra["schema_complete"] is True, result.extra
+    jsonschema.validate(json.loads(result.text), schema)
+    assert engine.stats["overlapped_masks"] == 0
+    assert engine.stats["steps"] > 0
+
+
 def test_bad_schema_is_rejected() -> None:
     with pytest.raises(SchemaError):
         constrained.compile_json_schema({"type": "object", "properties": {"a": {"type": "nope"}}})
