@@ -14,7 +14,7 @@ masked per row to that row's length. transformers' attention path would repeat t
 and build a float mask per layer, which dominated a step on CPU. Keys are cached by column
 (slot, head, dim, position), so the query-key product reads each head's keys as the plain
 row-major right operand a matrix product wants; cached by position it read them transposed,
-2.3x slower for that product and 6% of a 16-row step at the production prompt's width
+which cost 6-16% more CPU per 16-row step at the production prompt's width
 (``bench.decode_step``). With prompts of ~1,700 tokens the step's attention reads the whole
 cache, which bounds it by memory bandwidth on CPU. Only the Qwen2/Llama
 decoder layer shape (InternVL2.5-1B's language model) is supported; :func:`supports` says
@@ -220,9 +220,9 @@ class SlotDecoder:
         self.capacity = 0
         # Keys stored (slot, head, dim, position): a step's query-key product then reads each
         # head's keys as one row-major (dim x width) block, the layout a matrix product wants
-        # as its right operand. Stored by position, the same product reads them transposed,
-        # which measured 2.3x slower (bench.decode_step). ``keys_by_column=False`` is that
-        # baseline.
+        # as its right operand. Stored by position, the same product reads them transposed
+        # (6-16% more CPU per 16-row step, bench.decode_step). ``keys_by_column=False`` is
+        # that baseline.
         self.keys_by_column = keys_by_column
         self._keys: list[torch.Tensor] = []
         self._values: list[torch.Tensor] = []
