@@ -7,8 +7,11 @@ no engine process), with its scheduling options against each other in the same r
 ``bench.engine`` measures the service end to end; on a 2-core host the server process, the
 load client and the engine then share the cores, and the engine's own loop is hard to see.
 Here ``--concurrency`` callers keep the engine busy with constrained requests of a forced
-length (min = max new tokens, each with its own schema), and each variant is one engine
-configuration:
+length (min = max new tokens, each with its own schema). By default each request is the one
+the service would send for ``bench.engine``'s inspection: the service's own prompt, three
+questions, 8 tiles in 4 images (1,780 prompt tokens with the demo model); ``--prompt short``
+sends one image of ``--tiles`` tiles and a one-line prompt instead. Each variant is one
+engine configuration:
 
 * ``ours``: the defaults (grammar masks computed beside each step, prefills on their own
   thread);
@@ -37,6 +40,7 @@ import numpy as np
 
 from bench.common import (
     MODEL_CACHE,
+    QUESTIONS,
     add_torch_threads_flag,
     apply_torch_threads,
     fmt,
@@ -47,6 +51,7 @@ from bench.common import (
 )
 from inference_svc.domain.models import Question
 from inference_svc.domain.output_schema import constrained_schema
+from inference_svc.domain.prompt import PromptTemplate
 from inference_svc.engine.api import GenerationRequest, GenerationResult, NullListener
 from inference_svc.engine.config import EngineConfig
 from inference_svc.engine.continuous import ContinuousEngine
@@ -95,22 +100,49 @@ def thread_cpu() -> dict[str, float]:
     return out
 
 
-def requests(count: int, tokens: int, tiles: int) -> list[GenerationRequest]:
+# bench.engine's request: 2 reference photos of 1 tile, 2 pickup photos of 3 (2 + thumbnail).
+PRODUCTION_TILES = (1, 1, 3, 3)
+
+
+def production_prompt(questions: Sequence[Question]) -> str:
+    """The service's own prompt (the bundled template) for bench.engine's product and photos:
+    1,780 tokens with the system message and 8 tiles of the demo model."""
+    return PromptTemplate.bundled().render(
+        product_name="ACME ceramic mug, red",
+        questions=list(questions),
+        n_reference=2,
+        n_pickup=2,
+        retry_errors=None,
+    )
+
+
+def requests(count: int, tokens: int, tiles: int, prompt: str) -> list[GenerationRequest]:
+    """``prompt`` "production": the service's prompt and bench.engine's 8 tiles in 4 images;
+    "short": one image of ``tiles`` tiles and a one-line prompt (the decode step then reads
+    a fraction of the cache, and the prefill is short)."""
     rng = np.random.default_rng(0)
-    pixels = [rng.integers(0, 255, (tiles, 3, 448, 448), dtype=np.uint8) for _ in range(4)]
+    layout = PRODUCTION_TILES if prompt == "production" else (tiles,)
+    total = sum(layout)
+    pixels = [rng.integers(0, 255, (total, 3, 448, 448), dtype=np.uint8) for _ in range(4)]
     out = []
     for i in range(count):
-        questions = [Question("Seal", f"Question {i}.{q}", "Yes", True) for q in range(3)]
+        # Each request its own labels, so each row has its own grammar.
+        questions = [
+            Question(q.type, f"{q.label} ({i})", q.value_to_check, q.mandatory) for q in QUESTIONS
+        ]
         # Strings long enough that no row's grammar can close before the forced length.
         schema = constrained_schema(
             questions, max_evidence_chars=tokens * 16, max_analysis_chars=tokens * 16
         )
+        text = (
+            production_prompt(questions) if prompt == "production" else "<image>\nInspect the item."
+        )
         out.append(
             GenerationRequest(
                 f"loop-{i}",
-                "<image>\nInspect the item.",
+                text,
                 pixels[i % len(pixels)],
-                (tiles,),
+                layout,
                 tokens,
                 min_new_tokens=tokens,
                 json_schema=schema,
@@ -202,13 +234,14 @@ async def run(args: argparse.Namespace) -> list[Run]:
     apply_torch_threads(args.torch_threads)
     quiet_logs()
     print(f"machine: {machine()}")
+    work = requests(args.requests, args.tokens, args.tiles, args.prompt)
+    tiles = sum(work[0].tiles_per_image)
     print(
-        f"{args.requests} constrained requests per run, {args.tiles} tiles each, forced length "
-        f"{args.tokens} tokens; MAX_BATCH_SIZE {args.max_batch_size}; {args.repeats} "
-        "interleaved runs per variant",
+        f"{args.requests} constrained requests per run, {args.prompt} prompt, {tiles} tiles "
+        f"each, forced length {args.tokens} tokens; MAX_BATCH_SIZE {args.max_batch_size}; "
+        f"{args.repeats} interleaved runs per variant",
         flush=True,
     )
-    work = requests(args.requests, args.tokens, args.tiles)
     runs: list[Run] = []
     for c in args.concurrency:
         for _ in range(args.repeats):
@@ -233,7 +266,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, nargs="+", default=[16])
     p.add_argument("--requests", type=int, default=48, help="requests per run")
     p.add_argument("--tokens", type=int, default=256, help="forced output length")
-    p.add_argument("--tiles", type=int, default=6, help="tiles per request")
+    p.add_argument(
+        "--prompt",
+        choices=("production", "short"),
+        default="production",
+        help="the service's prompt with bench.engine's 8 tiles, or a one-line prompt",
+    )
+    p.add_argument("--tiles", type=int, default=6, help="tiles per request (--prompt short)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument(

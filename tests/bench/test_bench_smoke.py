@@ -132,6 +132,7 @@ def test_engine_loop_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
     for variant in engine_loop.VARIANTS:
         assert f"| {variant} " in out
     assert "ours vs this" in out
+    assert "production prompt, 8 tiles each" in out  # the service's prompt, bench.engine's tiles
 
 
 def test_decode_step_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
