@@ -4,7 +4,9 @@ server, at several concurrencies, with the same model and the same forced output
     .venv/bin/python -m bench.engine                # full run (see BENCHMARKS.md)
     .venv/bin/python -m bench.engine --concurrency 1 2 --requests 2 --tokens 8 --image-size 320x240
 
-Rows (each a fresh in-process InferenceApp, the demo model, recording off):
+Rows (each its own in-process InferenceApp, the demo model, recording off; all rows' services
+run at once, idle but for the one being measured, and ``--repeats N`` measures every level N
+times with the rows in turn, so the host's drift falls on all rows alike):
 
 * ``seed-style``: ENGINE_MODE=sequential (one generate per request, one at a time),
   CONSTRAINED_DECODING=false: the replaced service's method.
@@ -32,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -55,6 +59,7 @@ from bench.common import (
 )
 from bench.load import ChildProcess, LoadResult, drive_sync
 from bench.photos import photo_jpeg
+from inference_svc.app import InferenceApp
 from inference_svc.imaging.tiling import choose_grid
 
 COMPLETED = {("OK", ""), ("INTERNAL", "MODEL_OUTPUT_INVALID")}
@@ -80,9 +85,15 @@ class LevelResult:
     failures: dict[str, int] = field(default_factory=dict)
     # CPU seconds per request by process role (server, engine process, load client).
     cpu_per_request: dict[str, float] = field(default_factory=dict)
+    # Every completed call's latency (seconds), for combining repeats.
+    latencies_s: list[float] = field(default_factory=list)
+    # With --repeats: each run's requests/s (rps is their median).
+    run_rps: list[float] = field(default_factory=list)
 
     @property
     def rps(self) -> float:
+        if self.run_rps:
+            return statistics.median(self.run_rps)
         return self.completed / self.wall_s if self.wall_s else 0.0
 
     @property
@@ -227,75 +238,140 @@ def requests_for(concurrency: int, args: argparse.Namespace) -> int:
     return max(int(args.requests), concurrency * int(args.rounds))
 
 
-async def run_row(
-    row: RowConfig, args: argparse.Namespace, requests: list[bytes], client: ChildProcess
+def _engine_pid(app: InferenceApp) -> int | None:
+    pid = getattr(getattr(app.engine, "_process", None), "pid", None)
+    return pid if isinstance(pid, int) else None
+
+
+async def measure(
+    row: RowConfig,
+    app: InferenceApp,
+    c: int,
+    args: argparse.Namespace,
+    requests: list[bytes],
+    client: ChildProcess,
+    others: set[int],
+) -> LevelResult:
+    """One measured level of one row: ``requests_for(c)`` closed-loop calls at concurrency
+    ``c`` against ``app`` (``others``: the other rows' engine processes, idle meanwhile and
+    left out of the CPU accounting)."""
+    target = f"127.0.0.1:{app.port}"
+    total = requests_for(c, args)
+    before = dict(app.engine.stats)
+    engine_pid = _engine_pid(app)
+    cpu_before = cpu_seconds(engine_pid, others)
+    load: LoadResult = await client.call(drive_sync, target, requests, c, total)
+    cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(engine_pid, others).items()}
+    after = app.engine.stats
+    tokens = after["tokens_generated"] - before["tokens_generated"]
+    rows = after["rows"] - before["rows"]
+    batches = after["batches"] - before["batches"]
+    steps = after.get("steps", 0) - before.get("steps", 0)
+    # Mean rows per model call: per decode step (continuous), per generate (others).
+    if steps:
+        mean_batch = (after["row_steps"] - before["row_steps"]) / steps
+    else:
+        mean_batch = rows / batches if batches else 0.0
+    ok = [o for o in load.outcomes if (o.code, o.reason) in COMPLETED]
+    failures: dict[str, int] = {}
+    for o in load.outcomes:
+        if (o.code, o.reason) not in COMPLETED:
+            key = f"{o.code}/{o.reason}"
+            failures[key] = failures.get(key, 0) + 1
+    if row.forced and rows and tokens != args.tokens * rows:
+        print(
+            f"WARNING: {row.name} c={c}: {tokens} tokens for {rows} generates, "
+            f"expected {args.tokens} each",
+            file=sys.stderr,
+        )
+    r = LevelResult(
+        row=row.name,
+        concurrency=c,
+        requests=total,
+        completed=len(ok),
+        wall_s=load.wall_s,
+        latency=LatencySummary.of([o.latency_s for o in ok]),
+        tokens=tokens,
+        mean_batch=mean_batch,
+        failures=failures,
+        latencies_s=[o.latency_s for o in ok],
+        cpu_per_request={k: v / total for k, v in cpu.items()},
+    )
+    print(
+        f"  {row.name:<22} c={c:<3} {r.completed}/{total} completed in "
+        f"{r.wall_s:6.1f} s, {r.rps:6.2f} req/s, p50 {r.latency.p50_ms:8.0f} ms, "
+        f"mean batch {r.mean_batch:4.1f}, CPU ms/request "
+        + ", ".join(f"{k} {v * 1000:.0f}" for k, v in r.cpu_per_request.items())
+        + (f", failures {failures}" if failures else ""),
+        flush=True,
+    )
+    return r
+
+
+def combine(runs: list[LevelResult]) -> LevelResult:
+    """One row's repeats at one level: requests/s is the median of the runs' (``run_rps``),
+    latency percentiles are over every call, counts and CPU are totals over the runs."""
+    if len(runs) == 1:
+        return runs[0]
+    first = runs[0]
+    total = sum(r.requests for r in runs)
+    latencies = [s for r in runs for s in r.latencies_s]
+    failures: dict[str, int] = {}
+    for r in runs:
+        for key, count in r.failures.items():
+            failures[key] = failures.get(key, 0) + count
+    roles = {k for r in runs for k in r.cpu_per_request}
+    return LevelResult(
+        row=first.row,
+        concurrency=first.concurrency,
+        requests=total,
+        completed=sum(r.completed for r in runs),
+        wall_s=sum(r.wall_s for r in runs),
+        latency=LatencySummary.of(latencies),
+        tokens=sum(r.tokens for r in runs),
+        mean_batch=statistics.fmean(r.mean_batch for r in runs),
+        failures=failures,
+        latencies_s=latencies,
+        cpu_per_request={
+            k: sum(r.cpu_per_request.get(k, 0.0) * r.requests for r in runs) / total for k in roles
+        },
+        run_rps=[r.rps for r in runs],
+    )
+
+
+async def run_levels(
+    configs: list[RowConfig], args: argparse.Namespace, requests: list[bytes], client: ChildProcess
 ) -> list[LevelResult]:
-    results = []
-    async with running_app(**row.overrides) as app:
-        target = f"127.0.0.1:{app.port}"
+    """Every row's service runs at once (idle but for the row being measured), so each
+    concurrency level can run the rows in turn, ``--repeats`` times over: the host's drift
+    then falls on every row alike instead of on whichever row ran last."""
+    async with contextlib.AsyncExitStack() as stack:
+        apps = [await stack.enter_async_context(running_app(**r.overrides)) for r in configs]
+        pids = {pid for pid in map(_engine_pid, apps) if pid is not None}
+        results: list[LevelResult] = []
         for c in args.concurrency:
-            total = requests_for(c, args)
             if args.warmup:
-                await client.call(drive_sync, target, requests, c, c)
-            before = dict(app.engine.stats)
-            engine_pid = getattr(getattr(app.engine, "_process", None), "pid", None)
-            cpu_before = cpu_seconds(engine_pid)
-            load: LoadResult = await client.call(drive_sync, target, requests, c, total)
-            cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(engine_pid).items()}
-            after = app.engine.stats
-            tokens = after["tokens_generated"] - before["tokens_generated"]
-            rows = after["rows"] - before["rows"]
-            batches = after["batches"] - before["batches"]
-            steps = after.get("steps", 0) - before.get("steps", 0)
-            # Mean rows per model call: per decode step (continuous), per generate (others).
-            if steps:
-                mean_batch = (after["row_steps"] - before["row_steps"]) / steps
-            else:
-                mean_batch = rows / batches if batches else 0.0
-            ok = [o for o in load.outcomes if (o.code, o.reason) in COMPLETED]
-            failures: dict[str, int] = {}
-            for o in load.outcomes:
-                if (o.code, o.reason) not in COMPLETED:
-                    key = f"{o.code}/{o.reason}"
-                    failures[key] = failures.get(key, 0) + 1
-            results.append(
-                LevelResult(
-                    row=row.name,
-                    concurrency=c,
-                    requests=total,
-                    completed=len(ok),
-                    wall_s=load.wall_s,
-                    latency=LatencySummary.of([o.latency_s for o in ok]),
-                    tokens=tokens,
-                    mean_batch=mean_batch,
-                    failures=failures,
-                )
-            )
-            if row.forced and rows and tokens != args.tokens * rows:
-                print(
-                    f"WARNING: {row.name} c={c}: {tokens} tokens for {rows} generates, "
-                    f"expected {args.tokens} each",
-                    file=sys.stderr,
-                )
-            r = results[-1]
-            r.cpu_per_request = {k: v / total for k, v in cpu.items()}
-            print(
-                f"  {row.name:<22} c={c:<3} {r.completed}/{total} completed in "
-                f"{r.wall_s:6.1f} s, {r.rps:6.2f} req/s, p50 {r.latency.p50_ms:8.0f} ms, "
-                f"mean batch {r.mean_batch:4.1f}, CPU ms/request "
-                + ", ".join(f"{k} {v * 1000:.0f}" for k, v in r.cpu_per_request.items())
-                + (f", failures {failures}" if failures else ""),
-                flush=True,
-            )
-    return results
+                for app in apps:
+                    await client.call(drive_sync, f"127.0.0.1:{app.port}", requests, c, c)
+            runs: dict[str, list[LevelResult]] = {r.name: [] for r in configs}
+            for _ in range(args.repeats):
+                for row, app in zip(configs, apps, strict=True):
+                    others = pids - {_engine_pid(app)}
+                    runs[row.name].append(
+                        await measure(row, app, c, args, requests, client, others)
+                    )
+            results.extend(combine(runs[r.name]) for r in configs)
+        return results
 
 
-def cpu_seconds(engine_pid: int | None) -> dict[str, float]:
+def cpu_seconds(engine_pid: int | None, others: set[int] | None = None) -> dict[str, float]:
     """CPU time (user + system) so far of this process (the server), its engine process and
-    its other children (the load client, the image server)."""
+    its other children (the load client, the image server), leaving out ``others``."""
     me = psutil.Process()
     out = {"server": sum(me.cpu_times()[:2]), "engine": 0.0, "client": 0.0}
     for child in me.children(recursive=True):
+        if others and child.pid in others:
+            continue
         try:
             times = child.cpu_times()
         except psutil.Error:
@@ -320,7 +396,8 @@ def report(results: list[LevelResult], args: argparse.Namespace) -> str:
                 [
                     name,
                     f"{r.completed}/{r.requests}",
-                    fmt(r.rps, 2),
+                    fmt(r.rps, 2)
+                    + (f" ({' '.join(fmt(x, 2) for x in r.run_rps)})" if r.run_rps else ""),
                     fmt(r.latency.p50_ms, 0),
                     fmt(r.latency.p99_ms, 0),
                     fmt(r.tokens_per_s, 0),
@@ -400,6 +477,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--distinct", type=int, default=4, help="distinct requests cycled through")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--batch-wait-ms", type=float, default=10.0)
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="measure each level this many times, the rows in turn each time; requests/s is "
+        "the median of a row's runs, latency percentiles are over all its calls",
+    )
     p.add_argument("--no-warmup", dest="warmup", action="store_false")
     p.add_argument("--no-extra", action="store_true", help="without the natural-length row")
     p.add_argument(
@@ -458,8 +542,7 @@ async def run(args: argparse.Namespace) -> tuple[list[LevelResult], str]:
     results: list[LevelResult] = []
     started = time.perf_counter()
     with ChildProcess() as client:
-        for row in row_configs(args):
-            results.extend(await run_row(row, args, requests, client))
+        results = await run_levels(row_configs(args), args, requests, client)
     text = report(results, args)
     print(text)
     print(f"\n(total benchmark time {time.perf_counter() - started:.0f} s)")

@@ -95,6 +95,8 @@ def test_engine_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
             "--pickups",
             "1",
             "--with-unconstrained",
+            "--repeats",
+            "2",
         ]
     )
     out = capsys.readouterr().out
@@ -102,7 +104,10 @@ def test_engine_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
     assert rows == {"seed-style", "ours", "ours, unconstrained", "ours, natural length"}
     assert {(r.row, r.concurrency) for r in results} == {(n, c) for n in rows for c in (1, 2)}
     for r in results:
-        assert r.completed == r.requests == 2, r.failures
+        # Two runs of 2 calls, combined: requests/s is the median of the two runs'.
+        assert r.completed == r.requests == 4, r.failures
+        assert len(r.run_rps) == 2 and len(r.latencies_s) == 4
+        assert r.rps == pytest.approx(sum(r.run_rps) / 2)
         assert _finite_positive(r.rps) and _finite_positive(r.latency.p50_ms)
         if r.row != "ours, natural length":
             assert r.tokens == 8 * r.requests  # the forced length, exactly
