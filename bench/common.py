@@ -48,6 +48,15 @@ def quiet_logs() -> None:
 DEFAULT_TORCH_THREADS = 1
 
 
+def argument_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line: ``python -m bench.<module>``, its docstring as the help."""
+    return argparse.ArgumentParser(
+        prog=f"python -m bench.{module}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def add_torch_threads_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--torch-threads",

@@ -39,6 +39,7 @@ from bench.common import (
     MODEL_CACHE,
     add_torch_threads_flag,
     apply_torch_threads,
+    argument_parser,
     fmt,
     machine,
     ratio,
@@ -239,11 +240,7 @@ def run(args: argparse.Namespace) -> list[Timing]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.decode_step",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = argument_parser("decode_step", __doc__)
     p.add_argument("--model", choices=("demo", "full_size"), default="demo")
     p.add_argument("--rows", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument(

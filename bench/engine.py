@@ -48,6 +48,7 @@ from bench.common import (
     LatencySummary,
     add_torch_threads_flag,
     apply_torch_threads,
+    argument_parser,
     fmt,
     machine,
     make_request,
@@ -447,11 +448,7 @@ def report(results: list[LevelResult], args: argparse.Namespace) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.engine",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = argument_parser("engine", __doc__)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument(
         "--requests",

@@ -43,6 +43,7 @@ from bench.common import (
     QUESTIONS,
     add_torch_threads_flag,
     apply_torch_threads,
+    argument_parser,
     fmt,
     machine,
     quiet_logs,
@@ -258,11 +259,7 @@ async def run(args: argparse.Namespace) -> list[Run]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.engine_loop",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = argument_parser("engine_loop", __doc__)
     p.add_argument("--concurrency", type=int, nargs="+", default=[16])
     p.add_argument("--requests", type=int, default=48, help="requests per run")
     p.add_argument("--tokens", type=int, default=256, help="forced output length")

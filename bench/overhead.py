@@ -33,6 +33,7 @@ from bench.common import (
     LatencySummary,
     add_torch_threads_flag,
     apply_torch_threads,
+    argument_parser,
     fmt,
     machine,
     make_request,
@@ -128,11 +129,7 @@ def report(rows: list[RowResult]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.overhead",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = argument_parser("overhead", __doc__)
     p.add_argument("--requests", type=int, default=16, help="measured inspections per row")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument(

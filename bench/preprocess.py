@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.common import fmt, machine, parse_size, percentile, table
+from bench.common import argument_parser, fmt, machine, parse_size, percentile, table
 from bench.photos import TWELVE_MP, photo_jpeg
 from inference_svc.domain.models import FetchedImage, ImageRole, ImageSource
 from inference_svc.engine.pixels import normalise_array
@@ -141,11 +141,7 @@ def report(cases: list[CaseResult]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.preprocess",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = argument_parser("preprocess", __doc__)
     p.add_argument("--images", type=int, default=4, help="distinct photos per case")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per photo and path")
     p.add_argument("--size", type=parse_size, default=TWELVE_MP, help="WxH (default 12 MP)")

@@ -26,6 +26,7 @@ from bench.common import (
     LatencySummary,
     add_torch_threads_flag,
     apply_torch_threads,
+    argument_parser,
     fmt,
     machine,
     make_request,
@@ -84,11 +85,7 @@ def report(r: Result) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.responsiveness",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = argument_parser("responsiveness", __doc__)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument(
         "--duration",

@@ -15,7 +15,7 @@ and build a float mask per layer, which dominated a step on CPU. Keys are cached
 (slot, head, dim, position), so the query-key product reads each head's keys as the plain
 row-major right operand a matrix product wants; cached by position it read them transposed,
 which cost 6-16% more CPU per 16-row step at the production prompt's width
-(``bench.decode_step``). With prompts of ~1,700 tokens the step's attention reads the whole
+(``bench.decode_step``). With prompts of ~1,800 tokens the step's attention reads the whole
 cache, which bounds it by memory bandwidth on CPU. Only the Qwen2/Llama
 decoder layer shape (InternVL2.5-1B's language model) is supported; :func:`supports` says
 whether a model has it, and the engine falls back to request-level batching otherwise.
