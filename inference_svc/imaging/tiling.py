@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+from collections.abc import Sequence
 from typing import Literal, get_args
 
 import numpy as np
@@ -44,22 +45,39 @@ ResizeMethod = Literal["torch", "pillow"]
 RESIZE_METHODS: tuple[str, ...] = get_args(ResizeMethod)
 
 
-def resize_rgb(image: Image.Image, size: tuple[int, int], method: ResizeMethod) -> TileBytes:
-    """``image`` (RGB) resized to ``size`` (width, height) with an antialiased bicubic filter;
-    (height, width, 3) uint8."""
+def resize_planar(image: Image.Image, size: tuple[int, int], method: ResizeMethod) -> TileBytes:
+    """``image`` (RGB) resized to ``size`` (width, height) with an antialiased bicubic filter,
+    in the tiles' planar layout: (3, height, width) uint8."""
+    return resize_planar_sizes(image, [size], method)[0]
+
+
+def resize_planar_sizes(
+    image: Image.Image, sizes: Sequence[tuple[int, int]], method: ResizeMethod
+) -> list[TileBytes]:
+    """:func:`resize_planar` for several sizes, reading the pixels out of Pillow once."""
     if method == "pillow":
-        return np.asarray(image.resize(size, Image.Resampling.BICUBIC), dtype=np.uint8)
+        return [
+            np.asarray(image.resize(size, Image.Resampling.BICUBIC), dtype=np.uint8).transpose(
+                2, 0, 1
+            )
+            for size in sizes
+        ]
     if method != "torch":
         raise ValueError(f"resize method {method!r} is not one of {RESIZE_METHODS}")
-    width, height = size
-    # np.array copies: a PIL buffer is read-only and torch wants writable memory. The (H, W, 3)
-    # array viewed as NCHW is channels-last, the layout torch's vectorised uint8 kernel reads.
+    # np.array copies: a PIL buffer is read-only and torch wants writable memory. Pillow packs
+    # its pixels holding the interpreter lock, hence once per image. The (H, W, 3) array viewed
+    # as NCHW is channels-last, the layout torch's vectorised uint8 kernel reads.
     pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0)
+    out = []
     with torch.inference_mode():
-        out = torch.nn.functional.interpolate(
-            pixels, size=(height, width), mode="bicubic", antialias=True
-        )
-    return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
+        for width, height in sizes:
+            resized = torch.nn.functional.interpolate(
+                pixels, size=(height, width), mode="bicubic", antialias=True
+            )
+            # The kernel answers in contiguous (planar) NCHW, the tiles' own layout: going
+            # through (H, W, 3) cost a strided copy each way, twice the resize itself.
+            out.append(np.asarray(resized[0].contiguous().numpy()))
+    return out
 
 
 @functools.cache
@@ -125,12 +143,14 @@ def tiles_for_grid(
     count = cols * rows
     thumbnail = use_thumbnail and count > 1
     out = np.empty((count + int(thumbnail), 3, s, s), dtype=np.uint8)
-    pixels = resize_rgb(image, (cols * s, rows * s), resize)
-    out[:count] = (
-        pixels.reshape(rows, s, cols, s, 3).transpose(0, 2, 4, 1, 3).reshape(count, 3, s, s)
+    sizes = [(cols * s, rows * s)] + ([(s, s)] if thumbnail else [])
+    planes = resize_planar_sizes(image, sizes, resize)
+    # One copy from the planar image into the row-major tiles.
+    out[:count].reshape(rows, cols, 3, s, s)[...] = (
+        planes[0].reshape(3, rows, s, cols, s).transpose(1, 3, 0, 2, 4)
     )
     if thumbnail:
-        out[count] = resize_rgb(image, (s, s), resize).transpose(2, 0, 1)
+        out[count] = planes[1]
     return out
 
 

@@ -24,7 +24,7 @@ from inference_svc.imaging.tiling import (
     choose_grid,
     image_to_tiles,
     prepare_image,
-    resize_rgb,
+    resize_planar,
     seed_style_prepare,
     seed_style_tiles,
     target_ratios,
@@ -299,11 +299,17 @@ def test_tiles_match_published_pipeline_at_448(size: tuple[int, int], max_num: i
 
 def test_resize_methods_agree_on_size_and_refuse_unknown_names() -> None:
     image = textured(300, 200)
+    # Pillow's own resize, (H, W, 3) as Pillow lays it out.
+    reference = np.asarray(image.resize((120, 50), Image.Resampling.BICUBIC)).astype(np.int16)
     for method in ("torch", "pillow"):
-        out = resize_rgb(image, (120, 50), method)  # type: ignore[arg-type]
-        assert out.shape == (50, 120, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
+        out = resize_planar(image, (120, 50), method)  # type: ignore[arg-type]
+        assert out.shape == (3, 50, 120) and out.dtype == np.uint8
+        # Planes in R, G, B order, each the whole image: a layout slip would move bytes by
+        # far more than the filters' few levels.
+        diff = np.abs(out.transpose(1, 2, 0).astype(np.int16) - reference)
+        assert diff.max() <= (0 if method == "pillow" else TORCH_MAX_LEVELS_448 + 1)
     with pytest.raises(ValueError, match="resize method"):
-        resize_rgb(image, (10, 10), "lanczos")  # type: ignore[arg-type]
+        resize_planar(image, (10, 10), "lanczos")  # type: ignore[arg-type]
 
 
 def test_thumbnail_only_with_more_than_one_tile() -> None:
@@ -313,7 +319,7 @@ def test_thumbnail_only_with_more_than_one_tile() -> None:
     three = image_to_tiles(image, 6, image_size=28)
     assert three.shape == (4, 3, 28, 28)  # 3x1 grid + thumbnail
     # The thumbnail is the whole image resized to one tile, by the same filter.
-    assert np.array_equal(three[-1], resize_rgb(image, (28, 28), "torch").transpose(2, 0, 1))
+    assert np.array_equal(three[-1], resize_planar(image, (28, 28), "torch"))
     assert image_to_tiles(image, 6, image_size=28, use_thumbnail=False).shape[0] == 3
 
 
