@@ -78,6 +78,7 @@ def engine_config(settings: InferenceSettings) -> EngineConfig:
         constrained_decoding=settings.constrained_decoding,
         engine_mode=settings.engine_mode,
         engine_process=settings.engine_process,
+        pixel_buffer_mb=settings.pixel_buffer_mb,
         max_batch_size=settings.max_batch_size,
         batch_wait_ms=settings.batch_wait_ms,
         max_queue_size=settings.max_queue_size,

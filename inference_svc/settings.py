@@ -159,6 +159,13 @@ class InferenceSettings(BaseSettings):
         description="Run the model engine in its own process (no interpreter-lock contention "
         "with gRPC and preprocessing).",
     )
+    pixel_buffer_mb: int = Field(
+        128,
+        ge=0,
+        description="ENGINE_PROCESS: MiB of shared memory (anonymous, not /dev/shm) that "
+        "carries request tiles to the engine process; requests that find none free are "
+        "pickled through the pipe; 0 = always pickle.",
+    )
     max_batch_size: int = Field(16, ge=1, description="Most rows generating at once.")
     batch_wait_ms: float = Field(
         10.0, ge=0, description="batched mode: wait to fill a batch (continuous needs none)."

@@ -56,3 +56,6 @@ class EngineConfig:
     grammar_overlap: bool = True
     # Niceness the engine process adds to itself (bulk work yields to the server's event loop).
     process_nice: int = 0
+    # ENGINE_PROCESS: shared memory for request tiles on their way to the engine process
+    # (pixel_slabs.py), in MiB; 0 pickles them through the pipe.
+    pixel_buffer_mb: int = 128

@@ -8,16 +8,18 @@ decode step measured 3 ms alone and 250 ms next to a pure-Python thread. Here th
 keeps the event-loop side (admission, queue bound, deadlines, listeners) and talks to it over
 a pipe:
 
-parent -> child: ``("generate", id, request, wants_text)``, ``("cancel", id)``, ``("stop",)``
+parent -> child: ``("generate", id, request, wants_text, slab_ref)``, ``("cancel", id)``,
+``("stop",)``, ``("slab", number, size)`` followed by the slab's descriptor
 child -> parent: ``("ready", info, stats)``, ``("failed", text)``, ``("queued", id, position)``,
 ``("started", id)``, ``("tokens", id, count, text)``, ``("done", id, result, stats)``,
-``("error", id, exception, stats)``, ``("cancelled", id, stats)``
+``("error", id, exception, stats)``, ``("cancelled", id, stats)``, ``("released", number)``
 
-Requests are pickled on a sender thread (pixel tensors are megabytes), never on the event
-loop. The parent tokenises nothing: it counts prompt tokens with the child's tokenizer, saved
-to a temporary directory at start. When the child dies, every pending call fails with
-EngineNotReady and the engine reports not ready (health NOT_SERVING), so the orchestrator
-replaces the pod.
+Requests are pickled on a sender thread, never on the event loop. Their tiles (megabytes)
+travel through shared-memory slabs when one is free (``slab_ref``; see :mod:`.pixel_slabs`),
+else in the pickle. The parent tokenises nothing: it counts prompt tokens with the child's
+tokenizer, saved to a temporary directory at start. When the child dies, every pending call
+fails with EngineNotReady and the engine reports not ready (health NOT_SERVING), so the
+orchestrator replaces the pod.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from transformers import AutoTokenizer
 
 from inference_svc.priority import lower_process_priority
@@ -55,9 +58,13 @@ from .api import (
 from .batched import BatchedEngine, _safe
 from .config import EngineConfig
 from .loader import Runtime
+from .pixel_slabs import SlabReceiver, SlabSender, available
 from .prompting import build_prompt
 
 logger = logging.getLogger(__name__)
+
+# The pixels of a request whose tiles wait in a slab.
+_NO_PIXELS = np.empty((0,), dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,7 @@ class ProcessEngine:
         self._started: asyncio.Future[RemoteModel] | None = None
         self._exited: asyncio.Event | None = None
         self._threads: list[threading.Thread] = []
+        self._slabs: SlabSender | None = None
         # The child's counters, as of its last answer.
         self.stats: dict[str, int] = {}
         # Called on the event loop when the child exits unexpectedly.
@@ -172,6 +180,10 @@ class ProcessEngine:
         )
         self._process.start()
         child_end.close()
+        budget = self.config.pixel_buffer_mb << 20
+        self._slabs = (
+            SlabSender(parent_end, budget, self._process.pid) if budget and available() else None
+        )
         self._threads = [
             threading.Thread(target=self._receive, name="engine-receiver", daemon=True),
             threading.Thread(target=self._send, name="engine-sender", daemon=True),
@@ -258,9 +270,35 @@ class ProcessEngine:
             if message is None:
                 return
             try:
+                if message[0] == "generate":
+                    message = self._with_shared_tiles(message)
                 conn.send(message)
             except (OSError, ValueError):
                 return  # the child is gone; the receiver reports it
+
+    def _with_shared_tiles(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The generate message with its tiles moved into a slab, when one is free."""
+        _, call_id, request, wants_text = message
+        pixels = request.pixel_values
+        ref = self._slabs.put(pixels) if self._slabs is not None and pixels.size else None
+        if ref is None:
+            return (*message, None)
+        return (
+            "generate",
+            call_id,
+            dataclasses.replace(request, pixel_values=_NO_PIXELS),
+            wants_text,
+            ref,
+        )
+
+    @property
+    def tile_transfers(self) -> dict[str, int]:
+        """Requests whose tiles went through shared memory and through the pipe (tests,
+        benchmarks)."""
+        slabs = self._slabs
+        if slabs is None:
+            return {"shared": 0, "pickled": 0, "slab_bytes": 0}
+        return {"shared": slabs.shared, "pickled": slabs.pickled, "slab_bytes": slabs.slab_bytes}
 
     def _receive(self) -> None:
         conn = self._conn
@@ -273,6 +311,10 @@ class ProcessEngine:
                 break
             except Exception:  # an unpicklable message must not kill the receiver
                 logger.exception("bad message from the engine process")
+                continue
+            if message[0] == "released":
+                if self._slabs is not None:
+                    self._slabs.release(message[1])
                 continue
             loop.call_soon_threadsafe(self._dispatch, message)
         with contextlib.suppress(RuntimeError):  # the loop may be closed at interpreter exit
@@ -339,6 +381,9 @@ class ProcessEngine:
             await asyncio.to_thread(thread.join, 5)
         if self._conn is not None:
             self._conn.close()
+        slabs, self._slabs = self._slabs, None
+        if slabs is not None:
+            slabs.close()
 
 
 def _portable(exc: Exception) -> Exception:
@@ -417,10 +462,17 @@ async def _serve_child(config: EngineConfig, conn: Connection) -> None:
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()
 
+    slabs = SlabReceiver()
+
     def receive() -> None:
         while True:
             try:
                 message: tuple[Any, ...] | None = conn.recv()
+                if message is not None and message[0] == "slab":
+                    slabs.add(conn, message[1], message[2])
+                    continue
+                if message is not None and message[0] == "generate":
+                    message = _unpack_tiles(message, slabs, loop, conn)
             except (EOFError, OSError):
                 message = None  # the parent is gone: stop
             loop.call_soon_threadsafe(inbox.put_nowait, message)
@@ -460,3 +512,16 @@ async def _serve_child(config: EngineConfig, conn: Connection) -> None:
     if tasks:
         await asyncio.gather(*tasks.values(), return_exceptions=True)
     shutil.rmtree(tokenizer_dir, ignore_errors=True)
+
+
+def _unpack_tiles(
+    message: tuple[Any, ...], slabs: SlabReceiver, loop: asyncio.AbstractEventLoop, conn: Connection
+) -> tuple[Any, ...]:
+    """A generate message with its tiles back in the request, and its slab given back (the
+    answer is sent from the event loop, the one thread that writes to the parent)."""
+    _, call_id, request, wants_text, ref = message
+    if ref is None:
+        return ("generate", call_id, request, wants_text)
+    pixels = slabs.take(ref)
+    loop.call_soon_threadsafe(conn.send, ("released", ref.slab))
+    return ("generate", call_id, dataclasses.replace(request, pixel_values=pixels), wants_text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import time
@@ -87,6 +88,29 @@ async def test_answers_equal_the_in_process_engine(
     # Counting tokens in the parent agrees with the child's tokenizer.
     assert engine.count_prompt_tokens(requests[1].prompt, (1, 2)) == remote[1].prompt_tokens
     assert engine.stats["rows"] >= 4
+    # The tiles went through shared memory (the equal answers above say they arrived intact).
+    assert engine.tile_transfers["shared"] == len(requests)
+
+
+async def test_tiles_beyond_the_shared_memory_budget_are_pickled(
+    process_config: EngineConfig, engine_factory: EngineFactory
+) -> None:
+    # 3 MiB of slabs hold a 1-tile request (float32 tiles: 2.4 MB), not a 3-tile one.
+    engine = create_engine(dataclasses.replace(process_config, pixel_buffer_mb=3))
+    assert isinstance(engine, ProcessEngine)
+    await engine.start()
+    try:
+        requests = [
+            make_request("small", max_new_tokens=6, seed=7),
+            make_request("large", "A: <image>\nB: <image>\nSame?", (1, 2), 6, seed=8),
+        ]
+        remote = [await engine.generate(r, NullListener()) for r in requests]
+        assert engine.tile_transfers == {"shared": 1, "pickled": 1, "slab_bytes": 3 << 20}
+    finally:
+        await engine.stop()
+    local_engine = await engine_factory()
+    local = [await local_engine.generate(r, NullListener()) for r in requests]
+    assert [r.text for r in remote] == [r.text for r in local]
 
 
 async def test_cancel_deadline_and_full_queue(engine: ProcessEngine) -> None:
