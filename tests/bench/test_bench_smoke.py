@@ -16,9 +16,18 @@ import psutil
 import pytest
 from PIL import Image
 
-from bench import decode_step, engine, engine_loop, overhead, preprocess, responsiveness
+from bench import (
+    decode_step,
+    engine,
+    engine_loop,
+    handover,
+    overhead,
+    preprocess,
+    responsiveness,
+)
 from bench.common import LatencySummary, percentile, table
 from bench.photos import photo_jpeg
+from inference_svc.engine import pixel_slabs
 
 pytestmark = pytest.mark.slow
 
@@ -154,6 +163,16 @@ def test_decode_step_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
     # The contention table: the step alone, beside a prefill thread and beside a process.
     for where in ("| alone ", "| beside a prefill thread ", "| beside a prefill process "):
         assert where in out
+
+
+@pytest.mark.skipif(not pixel_slabs.available(), reason="no memfd_create on this platform")
+def test_handover_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
+    # The reader checks each request's tiles, so a corrupted hand-over fails the run.
+    figures = handover.main(["--tiles", "2", "--messages", "3", "--rounds", "2"])
+    out = capsys.readouterr().out
+    assert set(figures) == {"pickled", "slab"}
+    assert all(_finite_positive(sent) and read >= 0 for sent, read in figures.values())
+    assert "| slab " in out and "RATIOS pickled/slab CPU per hand-over" in out
 
 
 def test_overhead_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
