@@ -52,6 +52,12 @@ def test_engine_settings_reach_the_engine_config(tmp_path: Path) -> None:
     shared = [
         f.name for f in dataclasses.fields(EngineConfig) if f.name in type(settings).model_fields
     ]
-    assert {"prefill_overlap", "grammar_overlap", "torch_threads", "kv_cache", "pixel_buffer_mb"} <= set(shared)
+    assert {
+        "prefill_overlap",
+        "grammar_overlap",
+        "torch_threads",
+        "kv_cache",
+        "pixel_buffer_mb",
+    } <= set(shared)
     for name in shared:
         assert getattr(config, name) == getattr(settings, name), name
