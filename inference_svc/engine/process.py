@@ -139,6 +139,15 @@ class ProcessEngine:
         return int(process.pid) if process is not None and process.pid is not None else None
 
     @property
+    def tile_transfers(self) -> dict[str, int]:
+        """Requests whose tiles went through shared memory and through the pipe (tests,
+        benchmarks)."""
+        slabs = self._slabs
+        if slabs is None:
+            return {"shared": 0, "pickled": 0, "slab_bytes": 0}
+        return {"shared": slabs.shared, "pickled": slabs.pickled, "slab_bytes": slabs.slab_bytes}
+
+    @property
     def ready(self) -> bool:
         return self._ready and not self._stopping
 
@@ -290,15 +299,6 @@ class ProcessEngine:
             wants_text,
             ref,
         )
-
-    @property
-    def tile_transfers(self) -> dict[str, int]:
-        """Requests whose tiles went through shared memory and through the pipe (tests,
-        benchmarks)."""
-        slabs = self._slabs
-        if slabs is None:
-            return {"shared": 0, "pickled": 0, "slab_bytes": 0}
-        return {"shared": slabs.shared, "pickled": slabs.pickled, "slab_bytes": slabs.slab_bytes}
 
     def _receive(self) -> None:
         conn = self._conn

@@ -76,7 +76,7 @@ def resize_planar_sizes(
             )
             # The kernel answers in contiguous (planar) NCHW, the tiles' own layout: going
             # through (H, W, 3) cost a strided copy each way, twice the resize itself.
-            out.append(np.asarray(resized[0].contiguous().numpy()))
+            out.append(resized[0].contiguous().numpy())
     return out
 
 
