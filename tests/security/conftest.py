@@ -1,0 +1,1 @@
+from pki_support import other_key, pki, signer  # noqa: F401 - fixtures are registered by being imported here
