@@ -217,3 +217,16 @@ async def test_tokens_file_is_reloaded_when_the_secret_changes(
     with pytest.raises(grpc.aio.AioRpcError) as old:
         await harness.call("Unary", f"Bearer {harness.api_key}")
     assert old.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_new_api_key_tool_adds_a_working_caller(harness: Harness, tmp_path: Path) -> None:
+    from tools.new_api_key import add_caller
+
+    fresh = tmp_path / "fresh.yaml"
+    key = add_caller(fresh, "ops-console")
+    assert key not in fresh.read_text()  # only the salted hash is stored
+    assert oct(fresh.stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(SystemExit, match="already has a key"):
+        add_caller(fresh, "ops-console")
+    fresh.replace(tmp_path / "tokens.yaml")  # the file the running server reads
+    assert await harness.call("Unary", f"Bearer {key}") == b"ops-console"
