@@ -230,3 +230,15 @@ async def test_new_api_key_tool_adds_a_working_caller(harness: Harness, tmp_path
         add_caller(fresh, "ops-console")
     fresh.replace(tmp_path / "tokens.yaml")  # the file the running server reads
     assert await harness.call("Unary", f"Bearer {key}") == b"ops-console"
+
+
+async def test_python_client_channel_sends_its_token_over_plaintext_loopback(
+    harness: Harness,
+) -> None:
+    from clients.python.rpi_client.channel import ChannelOptions, aio_channel
+
+    options = ChannelOptions(token=harness.api_key)
+    assert harness.api_key not in repr(options)
+    async with aio_channel(f"127.0.0.1:{harness.port}", options) as channel:
+        reply = await channel.unary_unary(f"/{SERVICE}/Unary")(b"x", timeout=5)
+    assert reply == b"returns-backend"

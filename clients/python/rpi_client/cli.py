@@ -78,9 +78,25 @@ def _connection_parser() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("connection")
     group.add_argument("--tls", action="store_true", help="use TLS (system roots by default)")
-    group.add_argument("--ca-file", type=Path, help="PEM roots to trust (implies --tls)")
-    group.add_argument("--cert", type=Path, help="client certificate for mutual TLS")
-    group.add_argument("--key", type=Path, help="client private key for mutual TLS")
+    group.add_argument(
+        "--tls-ca",
+        "--ca-file",
+        dest="ca_file",
+        type=Path,
+        help="PEM roots to trust (implies --tls)",
+    )
+    group.add_argument(
+        "--tls-cert", "--cert", dest="cert", type=Path, help="client certificate for mutual TLS"
+    )
+    group.add_argument(
+        "--tls-key", "--key", dest="key", type=Path, help="client private key for mutual TLS"
+    )
+    group.add_argument(
+        "--token",
+        default=os.environ.get("RPI_TOKEN") or None,
+        help="bearer API key or JWT (default: $RPI_TOKEN); prefer the variable: "
+        "arguments show in the process list",
+    )
     group.add_argument("--authority", help="override :authority and the TLS server name")
     group.add_argument(
         "--max-message-mb",
@@ -223,6 +239,7 @@ def channel_options(args: argparse.Namespace) -> ChannelOptions:
         credentials=credentials,
         keepalive_time_s=args.keepalive_s,
         authority=args.authority,
+        token=args.token,
     )
     if args.timeout is not None:
         options = dataclasses.replace(options, default_timeout_s=args.timeout)
