@@ -11,6 +11,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
@@ -24,6 +26,8 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	inspectionv1 "github.com/rpi-platform/rpi/gen/go/rpi/inspection/v1"
@@ -65,12 +69,17 @@ type options struct {
 	references, pickups, questions             repeated
 	stream                                     bool
 	timeout                                    time.Duration
+	tlsCA, tlsCert, tlsKey, token              string
 }
 
 func parseFlags(args []string) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("inspect-client", flag.ContinueOnError)
-	fs.StringVar(&o.target, "target", "localhost:50051", "server address host:port (plaintext)")
+	fs.StringVar(&o.target, "target", "localhost:50051", "server address host:port")
+	fs.StringVar(&o.tlsCA, "tls-ca", "", "PEM CA that signed the server certificate (turns TLS on)")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "client certificate for mutual TLS (with -tls-key)")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "client private key for mutual TLS")
+	fs.StringVar(&o.token, "token", os.Getenv("RPI_TOKEN"), "bearer API key or JWT (default $RPI_TOKEN)")
 	fs.Var(&o.references, "reference", "vendor reference image: https URL or local file (repeatable)")
 	fs.Var(&o.pickups, "pickup", "pickup image: https URL or local file (repeatable)")
 	fs.StringVar(&o.productName, "product-name", "", "product name as listed by the vendor")
@@ -253,6 +262,34 @@ func fail(err error) int {
 	return int(st.Code())
 }
 
+// transportSecurity is TLS when -tls-ca is given (mutual TLS with -tls-cert/-tls-key), else
+// plaintext for the local set-up.
+func transportSecurity(o *options) (grpc.DialOption, error) {
+	if o.tlsCA == "" {
+		if o.tlsCert != "" || o.tlsKey != "" {
+			return nil, fmt.Errorf("-tls-cert/-tls-key need -tls-ca")
+		}
+		return grpc.WithInsecure(), nil
+	}
+	pem, err := ioutil.ReadFile(o.tlsCA)
+	if err != nil {
+		return nil, fmt.Errorf("read -tls-ca: %v", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("-tls-ca %s holds no PEM certificate", o.tlsCA)
+	}
+	config := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	if o.tlsCert != "" || o.tlsKey != "" {
+		pair, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			return nil, fmt.Errorf("load -tls-cert/-tls-key: %v", err)
+		}
+		config.Certificates = []tls.Certificate{pair}
+	}
+	return grpc.WithTransportCredentials(credentials.NewTLS(config)), nil
+}
+
 func run(o *options) int {
 	req, err := buildRequest(o)
 	if err != nil {
@@ -261,7 +298,15 @@ func run(o *options) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 	defer cancel()
-	conn, err := grpc.DialContext(ctx, o.target, grpc.WithInsecure())
+	if o.token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+o.token)
+	}
+	security, err := transportSecurity(o)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return exitUsage
+	}
+	conn, err := grpc.DialContext(ctx, o.target, security)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "connect %s: %v\n", o.target, err)
 		return int(codes.Unavailable)

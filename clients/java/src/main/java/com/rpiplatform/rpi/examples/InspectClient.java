@@ -12,9 +12,14 @@ import com.rpiplatform.rpi.inspection.v1.InspectStreamResponse;
 import com.rpiplatform.rpi.inspection.v1.Inspection;
 import com.rpiplatform.rpi.inspection.v1.InspectionServiceGrpc;
 import com.rpiplatform.rpi.inspection.v1.Question;
+import io.grpc.ChannelCredentials;
+import io.grpc.Grpc;
+import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
-import io.grpc.ManagedChannelBuilder;
 import io.grpc.Metadata;
+import io.grpc.TlsChannelCredentials;
+import io.grpc.stub.MetadataUtils;
+import java.io.File;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import java.io.IOException;
@@ -49,6 +54,10 @@ public final class InspectClient {
   private final List<String> questions = new ArrayList<>();
   private boolean stream;
   private long timeoutMillis = 120_000;
+  private String tlsCa = "";
+  private String tlsCert = "";
+  private String tlsKey = "";
+  private String token = System.getenv().getOrDefault("RPI_TOKEN", "");
 
   private InspectClient() {}
 
@@ -69,7 +78,9 @@ public final class InspectClient {
           + "  -reference URL|FILE (repeatable)  -pickup URL|FILE (repeatable)\n"
           + "  -product-name NAME  -product-id ID  -shipping-id ID\n"
           + "  -inspection-id UUID  -previous-inspection-id UUID\n"
-          + "  -question \"type|label|value_to_check|mandatory\" (repeatable)";
+          + "  -question \"type|label|value_to_check|mandatory\" (repeatable)\n"
+          + "  -tls-ca FILE (turns TLS on)  -tls-cert FILE -tls-key FILE (mutual TLS, PKCS#8 key)\n"
+          + "  -token KEY_OR_JWT (default $RPI_TOKEN)";
 
   /** Accepts the Go client's flag syntax: -name value, --name value, -name=value. */
   private void parse(String[] args) {
@@ -101,6 +112,10 @@ public final class InspectClient {
       }
       switch (name) {
         case "target": target = value; break;
+        case "tls-ca": tlsCa = value; break;
+        case "tls-cert": tlsCert = value; break;
+        case "tls-key": tlsKey = value; break;
+        case "token": token = value; break;
         case "reference": references.add(value); break;
         case "pickup": pickups.add(value); break;
         case "product-name": productName = value; break;
@@ -174,6 +189,21 @@ public final class InspectClient {
     return req.build();
   }
 
+  /** TLS when -tls-ca is given (mutual TLS with -tls-cert/-tls-key), else plaintext (local). */
+  private ChannelCredentials channelCredentials() throws IOException {
+    if (tlsCa.isEmpty()) {
+      if (!tlsCert.isEmpty() || !tlsKey.isEmpty()) {
+        throw new IllegalArgumentException("-tls-cert/-tls-key need -tls-ca");
+      }
+      return InsecureChannelCredentials.create();
+    }
+    TlsChannelCredentials.Builder tls = TlsChannelCredentials.newBuilder().trustManager(new File(tlsCa));
+    if (!tlsCert.isEmpty() || !tlsKey.isEmpty()) {
+      tls.keyManager(new File(tlsCert), new File(tlsKey));
+    }
+    return tls.build();
+  }
+
   private int run() {
     InspectRequest request;
     try {
@@ -182,11 +212,23 @@ public final class InspectClient {
       System.err.println(e.getMessage());
       return EXIT_USAGE;
     }
-    ManagedChannel channel = ManagedChannelBuilder.forTarget(target).usePlaintext().build();
+    ManagedChannel channel;
+    try {
+      channel = Grpc.newChannelBuilder(target, channelCredentials()).build();
+    } catch (IOException | IllegalArgumentException e) {
+      System.err.println("TLS: " + e.getMessage());
+      return EXIT_USAGE;
+    }
     try {
       InspectionServiceGrpc.InspectionServiceBlockingStub stub =
           InspectionServiceGrpc.newBlockingStub(channel)
               .withDeadlineAfter(timeoutMillis, TimeUnit.MILLISECONDS);
+      if (!token.isEmpty()) {
+        Metadata headers = new Metadata();
+        headers.put(
+            Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER), "Bearer " + token);
+        stub = stub.withInterceptors(MetadataUtils.newAttachHeadersInterceptor(headers));
+      }
       if (!stream) {
         printInspection(stub.inspect(request).getInspection());
         return 0;
