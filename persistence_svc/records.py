@@ -36,6 +36,8 @@ class RequestData:
     questions_json: str
     # Image digests, sizes and sources: never bytes.
     images_json: str
+    # The authenticated caller's name (never its credential).
+    caller: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ class InspectionRow:
     product_name: str
     previous_inspection_id: UUID | None
     method: str
+    caller: str
     legacy_questions: bool
     questions_json: str
     images_json: str

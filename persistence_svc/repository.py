@@ -111,16 +111,17 @@ RETURNING event_id
 _UPSERT_REQUEST = """
 INSERT INTO inspection_requests AS r (
     inspection_id, shipping_id, product_id, product_name, previous_inspection_id, method,
-    legacy_questions, questions, images, request_recorded, is_latest, created_at)
+    legacy_questions, questions, images, request_recorded, is_latest, created_at, caller)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, true, NOT EXISTS (
             SELECT 1 FROM inspection_requests n WHERE n.previous_inspection_id = $1),
-        COALESCE($10::timestamptz, now()))
+        COALESCE($10::timestamptz, now()), $11)
 ON CONFLICT (inspection_id) DO UPDATE SET
     shipping_id = EXCLUDED.shipping_id,
     product_id = EXCLUDED.product_id,
     product_name = EXCLUDED.product_name,
     previous_inspection_id = EXCLUDED.previous_inspection_id,
     method = EXCLUDED.method,
+    caller = EXCLUDED.caller,
     legacy_questions = EXCLUDED.legacy_questions,
     questions = EXCLUDED.questions,
     -- A request re-sent before its images were fetched must not erase the fetched ones.
@@ -207,8 +208,8 @@ ON CONFLICT (event_id) DO NOTHING
 
 _SELECT_RECORDS = """
 SELECT r.inspection_id, r.shipping_id, r.product_id, r.product_name, r.previous_inspection_id,
-       r.method, r.legacy_questions, r.questions, r.images, r.request_recorded, r.is_latest,
-       r.status, r.created_at, r.updated_at,
+       r.method, r.caller, r.legacy_questions, r.questions, r.images, r.request_recorded,
+       r.is_latest, r.status, r.created_at, r.updated_at,
        res.payload AS result_payload,
        f.stage AS failure_stage, f.reason AS failure_reason, f.message AS failure_message,
        f.status_code AS failure_status_code
@@ -265,6 +266,7 @@ def _row_to_inspection(row: asyncpg.Record) -> InspectionRow:
         product_name=row["product_name"],
         previous_inspection_id=row["previous_inspection_id"],
         method=row["method"],
+        caller=row["caller"],
         legacy_questions=row["legacy_questions"],
         questions_json=row["questions"],
         images_json=row["images"],
@@ -440,6 +442,7 @@ class Repository:
                 payload.questions_json,
                 payload.images_json,
                 when,
+                payload.caller,
             )
         elif isinstance(payload, AttemptData):
             await self._touch(conn, iid, when, InspectionStatus.PENDING)
