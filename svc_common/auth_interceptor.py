@@ -18,6 +18,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opentelemetry import trace
 
 from svc_common.auth import (
     ANONYMOUS,
@@ -39,6 +40,7 @@ REFLECTION_METHODS = (
 )
 
 RefusalHook = Callable[[str, str], None]  # (method, reason)
+AdmitHook = Callable[[Caller], None]
 
 
 def _status(error: AuthError, domain: str, method: str) -> grpc.Status:
@@ -68,12 +70,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         domain: str,
         open_methods: Sequence[str] = HEALTH_METHODS,
         on_refused: RefusalHook | None = None,
+        on_admitted: AdmitHook | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._policy = policy
         self._domain = domain
         self._open = tuple(open_methods)
         self._on_refused = on_refused
+        self._on_admitted = on_admitted
 
     def _is_open(self, method: str) -> bool:
         return any(fnmatch.fnmatchcase(method, p) for p in self._open)
@@ -101,6 +105,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             status = _status(error, self._domain, method)
             await context.abort(status.code, status.details, status.trailing_metadata)
             raise  # abort raises; this keeps the type checker sure the branch ends
+        if self._on_admitted is not None:
+            self._on_admitted(caller)
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute("rpi.caller", caller.name)
         return caller
 
     async def intercept_service(

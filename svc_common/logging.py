@@ -23,6 +23,8 @@ from opentelemetry import trace
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
+from svc_common.auth import current_caller
+
 # Set by the servers for the duration of a request; asyncio tasks and asyncio.to_thread inherit
 # it, so every line logged on behalf of an inspection names it.
 inspection_id_var: ContextVar[str | None] = ContextVar("inspection_id", default=None)
@@ -149,6 +151,9 @@ class ServiceJsonFormatter(JsonFormatter):
         inspection_id = inspection_id_var.get()
         if inspection_id:
             fields["inspection_id"] = inspection_id
+        caller = current_caller()
+        if caller.method != "none":
+            fields["caller"] = caller.name
         span_context = trace.get_current_span().get_span_context()
         if span_context.is_valid:
             fields["trace_id"] = format(span_context.trace_id, "032x")

@@ -8,7 +8,7 @@ and intercept calls.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,8 +16,9 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
+from prometheus_client import CollectorRegistry, Counter
 
-from svc_common.auth import ApiKeys, Authenticator, JwtRules, JwtVerifier, Policy
+from svc_common.auth import ApiKeys, Authenticator, Caller, JwtRules, JwtVerifier, Policy
 from svc_common.auth_interceptor import HEALTH_METHODS, REFLECTION_METHODS, AuthInterceptor
 from svc_common.tls import ServerTLS, server_credentials
 
@@ -53,6 +54,42 @@ class SecurityConfigError(ValueError):
     """The security settings contradict each other; the service refuses to start."""
 
 
+AUTH_REFUSED_TOTAL = "rpi_auth_refused_total"
+AUTH_ACCEPTED_TOTAL = "rpi_auth_accepted_total"
+OTHER_CALLER = "other"
+
+
+class AuthMetrics:
+    """Refusals by method and reason; accepted calls by caller. The caller label is bounded to
+    the names the policy, tokens file and writer identities know; any other name (a JWT subject
+    nobody listed) counts as ``other``."""
+
+    def __init__(self, registry: CollectorRegistry, known_callers: frozenset[str]) -> None:
+        self._known = known_callers
+        self.refused = Counter(
+            AUTH_REFUSED_TOTAL,
+            "Calls refused by authentication or authorisation, by method and reason.",
+            ["method", "reason"],
+            registry=registry,
+        )
+        self.accepted = Counter(
+            AUTH_ACCEPTED_TOTAL,
+            "Calls admitted, by caller (bounded to configured callers).",
+            ["caller"],
+            registry=registry,
+        )
+
+    def on_refused(self, method: str, reason: str) -> None:
+        self.refused.labels(method, reason).inc()
+
+    def on_admitted(self, caller: Caller) -> None:
+        self.accepted.labels(caller_label(caller.name, self._known)).inc()
+
+
+def caller_label(name: str, known: frozenset[str]) -> str:
+    return name if name in known or name == "anonymous" else OTHER_CALLER
+
+
 @dataclass(frozen=True)
 class ServerSecurity:
     tls: ServerTLS | None
@@ -61,9 +98,13 @@ class ServerSecurity:
     reflection: bool
     health_listen: str
 
-    def interceptor(
-        self, domain: str, on_refused: Callable[[str, str], None] | None = None
-    ) -> AuthInterceptor:
+    def known_callers(self) -> frozenset[str]:
+        names = set(self.policy.known_callers())
+        if self.authenticator.api_keys is not None:
+            names.update(self.authenticator.api_keys.names())
+        return frozenset(names)
+
+    def interceptor(self, domain: str, metrics: AuthMetrics | None = None) -> AuthInterceptor:
         open_methods: Sequence[str] = HEALTH_METHODS
         if self.reflection:
             open_methods = (*HEALTH_METHODS, *REFLECTION_METHODS)
@@ -72,7 +113,8 @@ class ServerSecurity:
             self.policy,
             domain=domain,
             open_methods=open_methods,
-            on_refused=on_refused,
+            on_refused=metrics.on_refused if metrics else None,
+            on_admitted=metrics.on_admitted if metrics else None,
         )
 
     def bind(self, server: grpc.aio.Server, listen: str, service: str) -> int:
@@ -156,6 +198,7 @@ async def start_health_port(
 
 
 __all__ = [
+    "AuthMetrics",
     "SecurityConfigError",
     "SecuritySettings",
     "ServerSecurity",
