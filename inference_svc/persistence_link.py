@@ -58,20 +58,27 @@ class PersistenceSender:
         timeout_s: float,
         interceptors: Sequence[Any] | None = None,
         probe_timeout_s: float = 2.0,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        """``credentials``: TLS (mutual TLS with a client certificate) towards the persistence
+        service; plaintext when None (the local set-up)."""
         self._timeout = timeout_s
         self._probe_timeout = probe_timeout_s
-        self._channel = grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                # Reconnect quickly after the persistence service restarts.
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.min_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 2000),
-            ],
-            interceptors=list(interceptors or []),
-        )
+        options = [
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            # Reconnect quickly after the persistence service restarts.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(
+                target, options=options, interceptors=list(interceptors or [])
+            )
+        else:
+            self._channel = grpc.aio.secure_channel(
+                target, credentials, options=options, interceptors=list(interceptors or [])
+            )
         self._stub = ppb_grpc.PersistenceServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
