@@ -169,7 +169,8 @@ def server_security(
     authenticator = Authenticator(
         api_keys=ApiKeys(settings.auth_tokens_file) if settings.auth_tokens_file else None,
         jwt=jwt_verifier,
-        trust_certificates=bool(certificate_callers),
+        # With mutual TLS a verified certificate identifies its caller (service-to-service).
+        trust_certificates=tls is not None and tls.client_ca_file is not None,
     )
     if settings.auth_policy_file is not None:
         policy = Policy.from_file(settings.auth_policy_file, reserved=reserved_methods)
