@@ -1,7 +1,9 @@
 """Every setting of the inference service, read once from the environment.
 
-Each field's env var is its name in upper case (``MODEL_PATH``, ``MAX_QUEUE_SIZE``...). The
-README's configuration table lists them with their defaults.
+Each field's env var is its name in upper case (``MODEL_PATH``, ``MAX_QUEUE_SIZE``...). Each
+field names its group and whether it is an advanced tuning knob (`svc_common.settings_fields`);
+`python -m tools.config_table --write` turns them into the README summary and the full table in
+docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -9,211 +11,336 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference_svc.engine.prompting import INTERNVL25_SYSTEM_MESSAGE
+from svc_common.settings_fields import setting
 
 
 class InferenceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
-    # --- serving
-    grpc_listen: str = Field("0.0.0.0:50051", description="gRPC listen address.")
-    metrics_port: int = Field(
-        9095, description="Prometheus /metrics HTTP port (-1 = off, 0 = any free port)."
+    # --- server
+    grpc_listen: str = setting("0.0.0.0:50051", "gRPC listen address.", group="server")
+    max_concurrent_requests: int = setting(
+        32,
+        "Inspections processed at once; more are rejected OVERLOADED.",
+        group="server",
+        ge=1,
     )
-    metrics_host: str = Field("0.0.0.0", description="Prometheus HTTP bind address.")  # noqa: S104
-    max_concurrent_requests: int = Field(
-        32, ge=1, description="Inspections processed at once; more are rejected OVERLOADED."
+    request_timeout_s: float = setting(
+        300.0,
+        "Upper bound on one inspection, whatever the client deadline.",
+        group="server",
+        gt=0,
     )
-    request_timeout_s: float = Field(
-        300.0, gt=0, description="Upper bound on one inspection, whatever the client deadline."
+    drain_grace_s: float = setting(
+        30.0,
+        "On SIGTERM: how long in-flight calls may take to finish.",
+        group="server",
+        ge=0,
     )
-    drain_grace_s: float = Field(
-        30.0, ge=0, description="On SIGTERM: how long in-flight calls may take to finish."
+    max_message_bytes: int = setting(
+        256 * 1024 * 1024,
+        "Largest gRPC message accepted (inline images).",
+        group="server",
+        advanced=True,
     )
-    max_message_bytes: int = Field(
-        256 * 1024 * 1024, description="Largest gRPC message accepted (inline images)."
+    log_level: str = setting("INFO", "Log level (JSON lines on stderr).", group="server")
+
+    # --- observability
+    metrics_port: int = setting(
+        9095,
+        "Prometheus /metrics HTTP port (-1 = off, 0 = any free port).",
+        group="observability",
     )
-    log_level: str = Field("INFO", description="Log level (JSON lines on stderr).")
+    metrics_host: str = setting(
+        "0.0.0.0",  # noqa: S104
+        "Prometheus HTTP bind address.",
+        group="observability",
+    )
 
     # --- request limits
-    max_reference_images: int = Field(10, ge=1, description="Reference images per request.")
-    max_pickup_images: int = Field(10, ge=1, description="Pickup images per request.")
-    max_questions: int = Field(50, ge=1, description="Questions per request.")
-    max_text_length: int = Field(1000, ge=1, description="Longest id, name, label or value.")
-    max_legacy_questions_bytes: int = Field(
-        65536, ge=1, description="Longest legacy question JSON string."
+    max_reference_images: int = setting(10, "Reference images per request.", group="limits", ge=1)
+    max_pickup_images: int = setting(10, "Pickup images per request.", group="limits", ge=1)
+    max_questions: int = setting(50, "Questions per request.", group="limits", ge=1)
+    max_text_length: int = setting(
+        1000, "Longest id, name, label or value.", group="limits", advanced=True, ge=1
+    )
+    max_legacy_questions_bytes: int = setting(
+        65536, "Longest legacy question JSON string.", group="limits", advanced=True, ge=1
     )
 
     # --- image intake
-    max_image_bytes: int = Field(10 * 1024 * 1024, description="Largest image (fetched/inline).")
-    max_image_pixels: int = Field(
-        64_000_000, description="Decompression-bomb guard: largest decoded image, in pixels."
+    max_image_bytes: int = setting(
+        10 * 1024 * 1024, "Largest image (fetched/inline).", group="image intake"
     )
-    allow_http: bool = Field(False, description="Accept http:// image URLs (https always).")
-    allowed_hosts: list[str] = Field(
-        default_factory=list,
+    max_image_pixels: int = setting(
+        64_000_000,
+        "Decompression-bomb guard: largest decoded image, in pixels.",
+        group="image intake",
+        advanced=True,
+    )
+    allow_http: bool = setting(
+        False, "Accept http:// image URLs (https always).", group="image intake"
+    )
+    allowed_hosts: list[str] = setting(
         description="Image URL host allowlist; empty = any public host. Entries may start "
         "with '*.' for subdomains.",
-    )
-    allow_private_addresses: bool = Field(
-        False,
-        description="Allow image URLs resolving to loopback/private addresses (tests only).",
-    )
-    allowed_networks: list[str] = Field(
+        group="image intake",
         default_factory=list,
+    )
+    allow_private_addresses: bool = setting(
+        False,
+        "Allow image URLs resolving to loopback/private addresses (tests only).",
+        group="image intake",
+        advanced=True,
+    )
+    allowed_networks: list[str] = setting(
         description="Non-public networks image URLs may resolve to, JSON list of CIDRs, e.g. "
         '["127.0.0.1/32"] for a local test server. Narrower than ALLOW_PRIVATE_ADDRESSES.',
+        group="image intake",
+        advanced=True,
+        default_factory=list,
     )
-    follow_redirects: bool = Field(False, description="Follow redirects, re-checking each hop.")
-    max_redirects: int = Field(3, ge=0, description="Redirect hops when following redirects.")
-    fetch_connect_timeout_s: float = Field(5.0, gt=0, description="Image connect timeout.")
-    fetch_timeout_s: float = Field(20.0, gt=0, description="Image download total timeout.")
-    fetch_retries: int = Field(2, ge=0, description="Retries for transient fetch failures.")
-    fetch_backoff_s: float = Field(0.2, ge=0, description="First retry backoff (doubles).")
-    fetch_concurrency: int = Field(16, ge=1, description="Concurrent image downloads.")
-    host_rewrites: dict[str, str] = Field(
-        default_factory=dict,
+    follow_redirects: bool = setting(
+        False, "Follow redirects, re-checking each hop.", group="image intake"
+    )
+    max_redirects: int = setting(
+        3, "Redirect hops when following redirects.", group="image intake", advanced=True, ge=0
+    )
+    fetch_connect_timeout_s: float = setting(
+        5.0, "Image connect timeout.", group="image intake", advanced=True, gt=0
+    )
+    fetch_timeout_s: float = setting(
+        20.0, "Image download total timeout.", group="image intake", gt=0
+    )
+    fetch_retries: int = setting(
+        2, "Retries for transient fetch failures.", group="image intake", advanced=True, ge=0
+    )
+    fetch_backoff_s: float = setting(
+        0.2, "First retry backoff (doubles).", group="image intake", advanced=True, ge=0
+    )
+    fetch_concurrency: int = setting(
+        16, "Concurrent image downloads.", group="image intake", advanced=True, ge=1
+    )
+    host_rewrites: dict[str, str] = setting(
         description='Reference image host rewrite, JSON: {"bucket.s3.amazonaws.com": '
         '"cdn.example.com"}.',
+        group="image intake",
+        default_factory=dict,
     )
-    reference_max_tiles: int = Field(1, ge=1, description="Tiles per reference image.")
-    pickup_max_tiles: int = Field(2, ge=1, description="Tiles per pickup image.")
-    image_resize: Literal["torch", "pillow"] = Field(
+    reference_max_tiles: int = setting(1, "Tiles per reference image.", group="image intake", ge=1)
+    pickup_max_tiles: int = setting(2, "Tiles per pickup image.", group="image intake", ge=1)
+    image_resize: Literal["torch", "pillow"] = setting(
         "torch",
-        description="Resize filter for tiles: torch's antialiased bicubic on uint8 (~5x "
-        "faster, within 3 levels of 255 of Pillow's) or Pillow's own, which the published "
-        "InternVL pipeline uses (bit-identical tiles where no JPEG draft applies).",
+        "Resize filter for tiles: torch's antialiased bicubic on uint8 (faster, within 3 "
+        "levels of 255 of Pillow's) or Pillow's own, which the published InternVL pipeline "
+        "uses (bit-identical tiles where no JPEG draft applies).",
+        group="image intake",
+        advanced=True,
     )
-    preprocess_threads: int = Field(
-        4, ge=1, description="Threads for decode, tiling and output parsing."
+    preprocess_threads: int = setting(
+        4,
+        "Threads for decode, tiling and output parsing.",
+        group="image intake",
+        advanced=True,
+        ge=1,
     )
-    preprocess_processes: int = Field(
+    preprocess_processes: int = setting(
         0,
+        "Decode and tile in this many worker processes instead of threads, so big photos "
+        "never contend with the event loop for the interpreter lock (0 = threads).",
+        group="image intake",
+        advanced=True,
         ge=0,
-        description="Decode and tile in this many worker processes instead of threads, so "
-        "big photos never contend with the event loop for the interpreter lock (0 = threads).",
     )
-    worker_nice: int = Field(
+    worker_nice: int = setting(
         10,
+        "Niceness added to the decode/tiling workers (threads or processes) and to the "
+        "engine process, so on a busy node the event loop (every call's latency, health "
+        "checks) gets the CPU first; 0 = all at the server's priority.",
+        group="image intake",
+        advanced=True,
         ge=0,
         le=19,
-        description="Niceness added to the decode/tiling workers (threads or processes) and "
-        "to the engine process, so on a busy node the event loop (every call's latency, "
-        "health checks) gets the CPU first; 0 = all at the server's priority.",
     )
 
-    # --- model
-    model_path: Path | None = Field(
-        None, description="Model directory. Unset: a small untrained model is built locally."
+    # --- model, prompt and output
+    model_path: Path | None = setting(
+        None,
+        "Model directory. Unset: a small untrained model is built locally.",
+        group="model",
     )
-    model_layout: Literal["auto", "native", "original"] = Field(
-        "auto", description="Checkpoint layout: transformers-native or original OpenGVLab."
+    model_layout: Literal["auto", "native", "original"] = setting(
+        "auto",
+        "Checkpoint layout: transformers-native or original OpenGVLab.",
+        group="model",
     )
-    model_trust_remote_code: bool = Field(
+    model_trust_remote_code: bool = setting(
         False,
-        description="Run the checkpoint's own Python code (original layout only). Off: the "
-        "original layout is converted to transformers' native InternVL at load time.",
+        "Run the checkpoint's own Python code (original layout only). Off: the original "
+        "layout is converted to transformers' native InternVL at load time.",
+        group="model",
     )
-    random_model: Literal["demo", "full_size"] = Field(
-        "demo",
-        description="Without MODEL_PATH: the tiny demo model, or InternVL2.5-1B's real shapes "
-        "with random weights (benchmarks).",
-    )
-    system_message: str = Field(
+    system_message: str = setting(
         INTERNVL25_SYSTEM_MESSAGE,
-        description="Chat system message; must match what the served model was trained with "
-        "(empty = none).",
+        "Chat system message; must match what the served model was trained with (empty = none).",
+        group="model",
+        advanced=True,
     )
-    model_cache_dir: Path = Field(
-        Path("var/models"), description="Where the locally built demo model is cached."
+    model_cache_dir: Path = setting(
+        Path("var/models"),
+        "Where the locally built demo model is cached.",
+        group="model",
+        advanced=True,
     )
-    model_revision: str = Field("", description="Revision label recorded with every result.")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bf16 on CUDA, float32 on CPU."
+    model_revision: str = setting("", "Revision label recorded with every result.", group="model")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N.", group="model")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
+        "auto", "auto: bf16 on CUDA, float32 on CPU.", group="model"
     )
-    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
-        "auto", description="auto: flash-attention 2 when installed on CUDA, else SDPA."
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = setting(
+        "auto",
+        "auto: flash-attention 2 when installed on CUDA, else SDPA.",
+        group="model",
+        advanced=True,
     )
-    torch_compile: bool = Field(
-        False,
-        description="torch.compile the continuous engine's decode step (CPU and CUDA; the "
-        "warm-up compiles it, ~30 s on CPU) and, on CUDA, the language model's forward "
-        "(request-level generate and prefills).",
+    prompt_template_path: Path | None = setting(
+        None,
+        "Jinja2 prompt template; unset = the bundled versioned template.",
+        group="model",
     )
-    max_new_tokens: int = Field(2000, ge=1, description="Generation budget per attempt.")
-    min_new_tokens: int = Field(0, ge=0, description="Forced minimum (benchmarks only).")
-    constrained_decoding: bool = Field(
-        True, description="Force schema-valid JSON output with llguidance."
+    max_new_tokens: int = setting(2000, "Generation budget per attempt.", group="model", ge=1)
+    constrained_decoding: bool = setting(
+        True, "Force schema-valid JSON output with llguidance.", group="model"
     )
-    engine_mode: Literal["continuous", "batched", "sequential"] = Field(
-        "continuous",
-        description="continuous: rows join/leave the batch between tokens; batched: one "
-        "generate per batch; sequential: seed-style baseline.",
-    )
-    engine_process: bool = Field(
+    max_output_retries: int = setting(1, "Retries on invalid model output.", group="model", ge=0)
+
+    # --- engine
+    engine_process: bool = setting(
         True,
-        description="Run the model engine in its own process (no interpreter-lock contention "
-        "with gRPC and preprocessing).",
+        "Run the model engine in its own process (no interpreter-lock contention with gRPC "
+        "and preprocessing).",
+        group="engine",
+        advanced=True,
     )
-    pixel_buffer_mb: int = Field(
+    pixel_buffer_mb: int = setting(
         128,
+        "ENGINE_PROCESS: MiB of shared memory (anonymous, not /dev/shm) that carries request "
+        "tiles to the engine process; requests that find none free are pickled through the "
+        "pipe; 0 = always pickle.",
+        group="engine",
+        advanced=True,
         ge=0,
-        description="ENGINE_PROCESS: MiB of shared memory (anonymous, not /dev/shm) that "
-        "carries request tiles to the engine process; requests that find none free are "
-        "pickled through the pipe; 0 = always pickle.",
     )
-    max_batch_size: int = Field(16, ge=1, description="Most rows generating at once.")
-    batch_wait_ms: float = Field(
-        10.0, ge=0, description="batched mode: wait to fill a batch (continuous needs none)."
+    max_batch_size: int = setting(16, "Most rows generating at once.", group="engine", ge=1)
+    max_queue_size: int = setting(64, "Requests waiting for the model.", group="engine", ge=1)
+    torch_compile: bool = setting(
+        False,
+        "torch.compile the continuous engine's decode step (CPU and CUDA; the warm-up "
+        "compiles it) and, on CUDA, the language model's forward (request-level generate and "
+        "prefills).",
+        group="engine",
+        advanced=True,
     )
-    max_queue_size: int = Field(64, ge=1, description="Requests waiting for the model.")
-    prompt_template_path: Path | None = Field(
-        None, description="Jinja2 prompt template; unset = the bundled versioned template."
+    torch_threads: int = setting(
+        0,
+        "torch intra-op threads for the model; 0 = torch's default.",
+        group="engine",
+        advanced=True,
+        ge=0,
     )
-    max_evidence_chars: int = Field(
-        300, ge=1, description="Constrained decoding: longest Evidence string per answer."
-    )
-    max_analysis_chars: int = Field(
-        600, ge=1, description="Constrained decoding: longest image_analysis string."
-    )
-    max_result_chars: int = Field(
-        120, ge=1, description="Constrained decoding: longest free-text Result."
-    )
-    max_output_retries: int = Field(1, ge=0, description="Retries on invalid model output.")
-    kv_cache: Literal["auto", "dynamic", "static"] = Field(
+    prefill_overlap: Literal["auto", "on", "off"] = setting(
         "auto",
-        description="KV cache of the native model: static (preallocated per batch), dynamic "
-        "(grown by concatenation); auto = static on CPU, dynamic on CUDA.",
+        "Continuous engine: run prefills (vision tower and prompt) on a second model thread "
+        "beside the decode steps, so a new request does not stall the running batch; auto = "
+        "on for CPU, off for CUDA.",
+        group="engine",
+        advanced=True,
     )
-    torch_threads: int = Field(
-        0, ge=0, description="torch intra-op threads for the model; 0 = torch's default."
-    )
-    prefill_overlap: Literal["auto", "on", "off"] = Field(
-        "auto",
-        description="Continuous engine: run prefills (vision tower and prompt) on a second "
-        "model thread beside the decode steps, so a new request does not stall the running "
-        "batch; auto = on for CPU, off for CUDA.",
-    )
-
-    grammar_overlap: bool = Field(
+    grammar_overlap: bool = setting(
         True,
-        description="Continuous engine with constrained decoding: compute each step's "
-        "grammar masks on a helper thread while the step runs, instead of after it (steps "
-        "with one constrained row compute its mask after the step either way).",
+        "Continuous engine with constrained decoding: compute each step's grammar masks on a "
+        "helper thread while the step runs, instead of after it (steps with one constrained "
+        "row compute its mask after the step either way).",
+        group="engine",
+        advanced=True,
     )
 
-    # --- persistence link
-    persistence_target: str = Field(
-        "127.0.0.1:50061", description="persistence_svc gRPC address; empty = do not record."
+    # --- events (the link to persistence_svc)
+    persistence_target: str = setting(
+        "127.0.0.1:50061",
+        "persistence_svc gRPC address; empty = do not record.",
+        group="events",
     )
-    event_spool_dir: Path = Field(Path("var/spool"), description="Durable event spool.")
-    event_spool_max_bytes: int = Field(
-        1024 * 1024 * 1024, description="Spool bound; beyond it new inspections are refused."
+    event_spool_dir: Path = setting(Path("var/spool"), "Durable event spool.", group="events")
+    event_spool_max_bytes: int = setting(
+        1024 * 1024 * 1024,
+        "Spool bound; beyond it new inspections are refused.",
+        group="events",
     )
-    event_batch_size: int = Field(64, ge=1, description="Events per RecordEvents call.")
-    event_send_timeout_s: float = Field(10.0, gt=0, description="Deadline per RecordEvents.")
-    event_retry_max_backoff_s: float = Field(30.0, gt=0, description="Longest retry backoff.")
+    event_batch_size: int = setting(
+        64, "Events per RecordEvents call.", group="events", advanced=True, ge=1
+    )
+    event_send_timeout_s: float = setting(
+        10.0, "Deadline per RecordEvents.", group="events", advanced=True, gt=0
+    )
+    event_retry_max_backoff_s: float = setting(
+        30.0, "Longest retry backoff.", group="events", advanced=True, gt=0
+    )
+
+    # --- leaving (issue 25): the engine work removes the first five, the pipeline work moves
+    # the output caps into the prompt template; app.py reads them until then.
+    random_model: Literal["demo", "full_size"] = setting(
+        "demo",
+        "Without MODEL_PATH: the tiny demo model, or InternVL2.5-1B's real shapes with random "
+        "weights (benchmarks).",
+        group="model",
+        advanced=True,
+    )
+    min_new_tokens: int = setting(
+        0, "Forced minimum (benchmarks only).", group="engine", advanced=True, ge=0
+    )
+    engine_mode: Literal["continuous", "batched", "sequential"] = setting(
+        "continuous",
+        "continuous: rows join/leave the batch between tokens; batched: one generate per "
+        "batch; sequential: seed-style baseline.",
+        group="engine",
+        advanced=True,
+    )
+    batch_wait_ms: float = setting(
+        10.0,
+        "batched mode: wait to fill a batch (continuous needs none).",
+        group="engine",
+        advanced=True,
+        ge=0,
+    )
+    kv_cache: Literal["auto", "dynamic", "static"] = setting(
+        "auto",
+        "KV cache of the native model: static (preallocated per batch), dynamic (grown by "
+        "concatenation); auto = static on CPU, dynamic on CUDA.",
+        group="engine",
+        advanced=True,
+    )
+    max_evidence_chars: int = setting(
+        300,
+        "Constrained decoding: longest Evidence string per answer.",
+        group="model",
+        advanced=True,
+        ge=1,
+    )
+    max_analysis_chars: int = setting(
+        600,
+        "Constrained decoding: longest image_analysis string.",
+        group="model",
+        advanced=True,
+        ge=1,
+    )
+    max_result_chars: int = setting(
+        120,
+        "Constrained decoding: longest free-text Result.",
+        group="model",
+        advanced=True,
+        ge=1,
+    )

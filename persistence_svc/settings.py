@@ -1,75 +1,108 @@
 """Every setting of the persistence service, read once from the environment.
 
-Each field's env var is its name in upper case (``DATABASE_URL``, ``DB_POOL_MAX``...).
+Each field's env var is its name in upper case (``DATABASE_URL``, ``DB_POOL_MAX``...). Each
+field names its group and whether it is an advanced tuning knob (`svc_common.settings_fields`);
+`python -m tools.config_table --write` turns them into the README summary and the full table in
+docs/configuration.md.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from svc_common.settings_fields import setting
 
 
 class PersistenceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
-    # --- serving
-    grpc_listen: str = Field(
-        default="0.0.0.0:50061",
-        description="gRPC listen address (host:port; port 0 picks a free port).",
+    # --- server
+    grpc_listen: str = setting(
+        "0.0.0.0:50061",
+        "gRPC listen address (host:port; port 0 picks a free port).",
+        group="server",
     )
-    metrics_port: int = Field(
-        default=9096, description="Prometheus /metrics HTTP port (-1 = off, 0 = any free port)."
+    drain_grace_s: float = setting(
+        15.0,
+        "On SIGTERM: how long in-flight calls may take to finish.",
+        group="server",
+        ge=0,
     )
-    metrics_host: str = Field(default="0.0.0.0", description="Prometheus HTTP bind address.")  # noqa: S104
-    drain_grace_s: float = Field(
-        default=15.0, ge=0, description="On SIGTERM: how long in-flight calls may take to finish."
+    log_level: str = setting("INFO", "Log level.", group="server")
+    max_message_bytes: int = setting(
+        64 * 1024 * 1024,
+        "Largest gRPC message accepted or sent.",
+        group="server",
+        advanced=True,
+        ge=1024,
     )
-    log_level: str = Field(default="INFO", description="Log level.")
+
+    # --- observability
+    metrics_port: int = setting(
+        9096,
+        "Prometheus /metrics HTTP port (-1 = off, 0 = any free port).",
+        group="observability",
+    )
+    metrics_host: str = setting(
+        "0.0.0.0",  # noqa: S104
+        "Prometheus HTTP bind address.",
+        group="observability",
+    )
 
     # --- database
-    database_url: str | None = Field(
-        default=None,
-        description="Postgres DSN (postgresql://user:pass@host:port/db). Unset: an embedded "
-        "PostgreSQL (pgserver) is started in EMBEDDED_PG_DIR.",
+    database_url: str | None = setting(
+        None,
+        "Postgres DSN (postgresql://user:pass@host:port/db). Unset: an embedded PostgreSQL "
+        "(pgserver) is started in EMBEDDED_PG_DIR.",
+        group="database",
     )
-    embedded_pg_dir: Path = Field(
-        default=Path("var/pgdata"),
-        description="Data folder of the embedded PostgreSQL used when DATABASE_URL is unset.",
+    embedded_pg_dir: Path = setting(
+        Path("var/pgdata"),
+        "Data folder of the embedded PostgreSQL used when DATABASE_URL is unset.",
+        group="database",
     )
-    db_pool_min: int = Field(default=1, ge=0, description="Connections the pool keeps open.")
-    db_pool_max: int = Field(default=10, ge=1, description="Most connections the pool opens.")
-    db_command_timeout_s: float = Field(
-        default=30.0,
+    db_pool_min: int = setting(1, "Connections the pool keeps open.", group="database", ge=0)
+    db_pool_max: int = setting(10, "Most connections the pool opens.", group="database", ge=1)
+    db_command_timeout_s: float = setting(
+        30.0,
+        "Timeout of one SQL command (and of acquiring a connection).",
+        group="database",
+        advanced=True,
         gt=0,
-        description="Timeout of one SQL command (and of acquiring a connection).",
     )
-    db_connect_retry_max_s: float = Field(
-        default=300.0,
+    db_connect_retry_max_s: float = setting(
+        300.0,
+        "At start, how long to keep retrying an unreachable database before giving up "
+        "(health stays NOT_SERVING meanwhile).",
+        group="database",
+        advanced=True,
         ge=0,
-        description="At start, how long to keep retrying an unreachable database before "
-        "giving up (health stays NOT_SERVING meanwhile).",
     )
-    db_transaction_retries: int = Field(
-        default=2,
+    db_transaction_retries: int = setting(
+        2,
+        "Retries of a transaction that lost its connection or hit a deadlock (safe: event "
+        "recording is idempotent).",
+        group="database",
+        advanced=True,
         ge=0,
-        description="Retries of a transaction that lost its connection or hit a deadlock "
-        "(safe: event recording is idempotent).",
     )
 
     # --- API limits
-    max_events_per_call: int = Field(
-        default=500, ge=1, description="Most events one RecordEvents call may carry."
+    max_events_per_call: int = setting(
+        500,
+        "Most events one RecordEvents call may carry.",
+        group="limits",
+        advanced=True,
+        ge=1,
     )
-    list_default_page_size: int = Field(
-        default=50, ge=1, description="ListInspections page size when the caller gives none."
+    list_default_page_size: int = setting(
+        50, "ListInspections page size when the caller gives none.", group="limits", ge=1
     )
-    list_max_page_size: int = Field(
-        default=500, ge=1, description="Largest ListInspections page; larger requests are reduced."
-    )
-    max_message_bytes: int = Field(
-        default=64 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted or sent."
+    list_max_page_size: int = setting(
+        500, "Largest ListInspections page; larger requests are reduced.", group="limits", ge=1
     )
 
     @model_validator(mode="after")
