@@ -225,11 +225,18 @@ def test_probes_are_native_grpc_health_checks(overlay: list[Obj], name: str, ser
     deployment = find(overlay, "Deployment", name)
     c = container(deployment, name)
     grpc_port = named_port(c, "grpc")
-    assert env_values(c)["GRPC_LISTEN"].rsplit(":", 1)[1] == str(grpc_port)
+    env = env_values(c)
+    assert env["GRPC_LISTEN"].rsplit(":", 1)[1] == str(grpc_port)
+    # The kubelet's gRPC probe cannot do TLS: probes call the plaintext health-only listener,
+    # which must be a separate port and the one HEALTH_LISTEN opens, on all interfaces.
+    health_port = named_port(c, "health")
+    assert health_port != grpc_port
+    host, _, port = env["HEALTH_LISTEN"].rpartition(":")
+    assert (host, port) == ("0.0.0.0", str(health_port))
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = c[kind]
         assert set(probe) & {"grpc", "exec", "httpGet", "tcpSocket"} == {"grpc"}, kind
-        assert probe["grpc"]["port"] == grpc_port, kind
+        assert probe["grpc"]["port"] == health_port, kind
         assert "service" in probe["grpc"], f"{kind} must name its health service"
         assert probe["timeoutSeconds"] < probe["periodSeconds"], kind
     # Traffic and start-up gate on the API's own service, which is NOT_SERVING until ready.
@@ -411,11 +418,11 @@ def test_only_inference_pods_reach_the_persistence_grpc_port(overlay: list[Obj])
         for o in overlay
         if o["kind"] == "NetworkPolicy"
         and selects(o["spec"]["podSelector"], pod_labels(persistence))
+        and "Ingress" in o["spec"]["policyTypes"]
     ]
     assert policies, "the persistence pods must be isolated by a NetworkPolicy"
     admitting = 0
     for policy in policies:
-        assert "Ingress" in policy["spec"]["policyTypes"]
         for rule in policy["spec"].get("ingress", []):
             if not _rule_opens_port(rule, grpc_port, "grpc"):
                 continue
