@@ -4,7 +4,7 @@ Every overlay (and the base) is rendered with the real kustomize and each core o
 validated offline against the Kubernetes JSON schemas that `kubernetes-validate` ships, in
 strict mode (unknown fields are errors), for the oldest cluster version we support and for the
 kubectl version CI uses. Custom resources (Prometheus Operator's PodMonitor, KEDA's
-ScaledObject) have no schema there: their structure is checked by the tests below instead.
+ScaledObject, cert-manager's Certificate) have no schema there: their structure is checked by the tests below instead.
 """
 
 from __future__ import annotations
@@ -35,7 +35,11 @@ OVERLAYS = ("dev-cpu", "prod-gpu")
 # gRPC probes are GA since 1.27). 1.32: the kubectl/kustomize CI renders with.
 K8S_VERSIONS = ("1.30.0", "1.32.0")
 # Kinds whose schemas are CRDs, absent from kubernetes-validate; checked structurally below.
-CRD_KINDS = {("monitoring.coreos.com/v1", "PodMonitor"), ("keda.sh/v1alpha1", "ScaledObject")}
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("cert-manager.io/v1", "Certificate"),
+}
 
 INFERENCE_SERVICE = "rpi.inspection.v1.InspectionService"
 PERSISTENCE_SERVICE = "rpi.persistence.v1.PersistenceService"
