@@ -4,7 +4,8 @@ Every overlay (and the base) is rendered with the real kustomize and each core o
 validated offline against the Kubernetes JSON schemas that `kubernetes-validate` ships, in
 strict mode (unknown fields are errors), for the oldest cluster version we support and for the
 kubectl version CI uses. Custom resources (Prometheus Operator's PodMonitor, KEDA's
-ScaledObject, cert-manager's Certificate) have no schema there: their structure is checked by the tests below instead.
+ScaledObject, cert-manager's Certificate) have no schema there: their structure is checked by
+the tests below and in test_k8s_security.py instead.
 """
 
 from __future__ import annotations
