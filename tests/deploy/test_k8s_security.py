@@ -8,6 +8,7 @@ Rendering, schema validation and the helpers live in test_k8s_manifests.py.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -19,6 +20,7 @@ from test_k8s_manifests import (
     K8S,
     OVERLAYS,
     Obj,
+    _render_cached,
     container,
     env_values,
     find,
@@ -419,20 +421,27 @@ def test_no_secret_or_config_is_mounted_with_subpath(rendered: list[Obj]) -> Non
                     assert mount.get("readOnly") is True, mount
 
 
-@pytest.mark.parametrize("name", SERVICES)
-def test_tls_and_auth_settings_point_at_mounted_files(name: str) -> None:
-    objs = render("prod-gpu")
+def _assert_file_settings_are_mounted(objs: list[Obj], name: str) -> dict[str, str]:
     deployment = find(objs, "Deployment", name)
     c = container(deployment, name)
-    env = env_values(c)
-    files = {k: v for k, v in env.items() if FILE_SETTINGS.match(k)}
-    assert {"TLS_CERT_FILE", "TLS_KEY_FILE", "AUTH_TOKENS_FILE", "AUTH_POLICY_FILE"} <= set(files)
+    files = {k: v for k, v in env_values(c).items() if FILE_SETTINGS.match(k)}
     for setting, path in files.items():
         mount, volume = _mounted_file(deployment, c, path)
         assert mount["readOnly"] is True, setting
         assert PurePosixPath(path).name in _keys_of(objs, volume), setting
         source: Obj = volume.get("secret") or volume["configMap"]
         assert "items" not in source, f"{setting}: mount every key, as the Secret has them"
+    return files
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_tls_and_auth_settings_point_at_mounted_files(name: str) -> None:
+    objs = render("prod-gpu")
+    files = _assert_file_settings_are_mounted(objs, name)
+    assert {"TLS_CERT_FILE", "TLS_KEY_FILE", "AUTH_TOKENS_FILE", "AUTH_POLICY_FILE"} <= set(files)
+    deployment = find(objs, "Deployment", name)
+    c = container(deployment, name)
+    env = env_values(c)
     # Certificate and key from the same Secret, which is this service's own Certificate.
     _, cert_volume = _mounted_file(deployment, c, env["TLS_CERT_FILE"])
     _, key_volume = _mounted_file(deployment, c, env["TLS_KEY_FILE"])
@@ -453,6 +462,30 @@ def test_inference_uses_mutual_tls_towards_persistence() -> None:
     assert env["PERSISTENCE_TLS_KEY_FILE"] == env["TLS_KEY_FILE"]
     assert PurePosixPath(env["PERSISTENCE_TLS_CA_FILE"]).name == "ca.crt"
     assert PurePosixPath(persistence["TLS_CLIENT_CA_FILE"]).name == "ca.crt"
+
+
+def test_jwt_component_adds_jwt_callers_from_the_mounted_auth_secret(tmp_path: Path) -> None:
+    # Rendered as an operator would use it: an overlay on top of prod-gpu with the component.
+    def rel(p: Path) -> str:
+        return os.path.relpath(p, tmp_path)
+
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [rel(K8S / "overlays" / "prod-gpu")],
+        "components": [rel(K8S / "components" / "jwt-auth")],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    objs = list(_render_cached(str(tmp_path)))
+    files = _assert_file_settings_are_mounted(objs, "inference")
+    assert PurePosixPath(files["AUTH_JWKS_FILE"]).name == "jwks.json"
+    env = env_values(container(find(objs, "Deployment", "inference"), "inference"))
+    assert "AUTH_TOKENS_FILE" in env, "JWTs come in addition to API keys"
+    assert urlsplit(env["AUTH_JWT_ISSUER"]).scheme == "https"
+    assert env["AUTH_JWT_AUDIENCE"]
+    assert "AUTH_JWKS_FILE" not in env_values(
+        container(find(render("prod-gpu"), "Deployment", "inference"), "inference")
+    ), "opt-in only"
 
 
 def test_dev_stays_plaintext_without_auth() -> None:
