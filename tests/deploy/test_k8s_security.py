@@ -344,6 +344,7 @@ def test_certificates_rotate_before_expiry_with_new_keys() -> None:
         assert cert["apiVersion"] == "cert-manager.io/v1"
         assert spec["issuerRef"] == patch["spec"]["issuerRef"]
         assert spec["privateKey"]["rotationPolicy"] == "Always"
+        assert spec["privateKey"]["encoding"] == "PKCS8"
         duration, renew = _hours(spec["duration"]), _hours(spec["renewBefore"])
         # Renewed well before expiry, and well after issue (cert-manager requires it).
         assert duration / 4 <= renew < duration / 2
