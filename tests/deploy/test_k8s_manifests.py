@@ -4,7 +4,8 @@ Every overlay (and the base) is rendered with the real kustomize and each core o
 validated offline against the Kubernetes JSON schemas that `kubernetes-validate` ships, in
 strict mode (unknown fields are errors), for the oldest cluster version we support and for the
 kubectl version CI uses. Custom resources (Prometheus Operator's PodMonitor, KEDA's
-ScaledObject) have no schema there: their structure is checked by the tests below instead.
+ScaledObject, cert-manager's Certificate) have no schema there: their structure is checked by
+the tests below and in test_k8s_security.py instead.
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ OVERLAYS = ("dev-cpu", "prod-gpu")
 # gRPC probes are GA since 1.27). 1.32: the kubectl/kustomize CI renders with.
 K8S_VERSIONS = ("1.30.0", "1.32.0")
 # Kinds whose schemas are CRDs, absent from kubernetes-validate; checked structurally below.
-CRD_KINDS = {("monitoring.coreos.com/v1", "PodMonitor"), ("keda.sh/v1alpha1", "ScaledObject")}
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("cert-manager.io/v1", "Certificate"),
+}
 
 INFERENCE_SERVICE = "rpi.inspection.v1.InspectionService"
 PERSISTENCE_SERVICE = "rpi.persistence.v1.PersistenceService"
@@ -225,11 +230,18 @@ def test_probes_are_native_grpc_health_checks(overlay: list[Obj], name: str, ser
     deployment = find(overlay, "Deployment", name)
     c = container(deployment, name)
     grpc_port = named_port(c, "grpc")
-    assert env_values(c)["GRPC_LISTEN"].rsplit(":", 1)[1] == str(grpc_port)
+    env = env_values(c)
+    assert env["GRPC_LISTEN"].rsplit(":", 1)[1] == str(grpc_port)
+    # The kubelet's gRPC probe cannot do TLS: probes call the plaintext health-only listener,
+    # which must be a separate port and the one HEALTH_LISTEN opens, on all interfaces.
+    health_port = named_port(c, "health")
+    assert health_port != grpc_port
+    host, _, port = env["HEALTH_LISTEN"].rpartition(":")
+    assert (host, port) == ("0.0.0.0", str(health_port))
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = c[kind]
         assert set(probe) & {"grpc", "exec", "httpGet", "tcpSocket"} == {"grpc"}, kind
-        assert probe["grpc"]["port"] == grpc_port, kind
+        assert probe["grpc"]["port"] == health_port, kind
         assert "service" in probe["grpc"], f"{kind} must name its health service"
         assert probe["timeoutSeconds"] < probe["periodSeconds"], kind
     # Traffic and start-up gate on the API's own service, which is NOT_SERVING until ready.
@@ -411,11 +423,11 @@ def test_only_inference_pods_reach_the_persistence_grpc_port(overlay: list[Obj])
         for o in overlay
         if o["kind"] == "NetworkPolicy"
         and selects(o["spec"]["podSelector"], pod_labels(persistence))
+        and "Ingress" in o["spec"]["policyTypes"]
     ]
     assert policies, "the persistence pods must be isolated by a NetworkPolicy"
     admitting = 0
     for policy in policies:
-        assert "Ingress" in policy["spec"]["policyTypes"]
         for rule in policy["spec"].get("ingress", []):
             if not _rule_opens_port(rule, grpc_port, "grpc"):
                 continue
