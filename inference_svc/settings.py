@@ -14,10 +14,11 @@ from typing import Literal
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference_svc.engine.prompting import INTERNVL25_SYSTEM_MESSAGE
+from svc_common.security_settings import ServerSecuritySettings
 from svc_common.settings_fields import setting
 
 
-class InferenceSettings(BaseSettings):
+class InferenceSettings(ServerSecuritySettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
     # --- server
@@ -58,6 +59,7 @@ class InferenceSettings(BaseSettings):
         "0.0.0.0",  # noqa: S104
         "Prometheus HTTP bind address.",
         group="observability",
+        advanced=True,
     )
 
     # --- request limits
@@ -104,7 +106,7 @@ class InferenceSettings(BaseSettings):
         default_factory=list,
     )
     follow_redirects: bool = setting(
-        False, "Follow redirects, re-checking each hop.", group="image intake"
+        False, "Follow redirects, re-checking each hop.", group="image intake", advanced=True
     )
     max_redirects: int = setting(
         3, "Redirect hops when following redirects.", group="image intake", advanced=True, ge=0
@@ -128,6 +130,7 @@ class InferenceSettings(BaseSettings):
         description='Reference image host rewrite, JSON: {"bucket.s3.amazonaws.com": '
         '"cdn.example.com"}.',
         group="image intake",
+        advanced=True,
         default_factory=dict,
     )
     reference_max_tiles: int = setting(1, "Tiles per reference image.", group="image intake", ge=1)
@@ -176,6 +179,7 @@ class InferenceSettings(BaseSettings):
         "auto",
         "Checkpoint layout: transformers-native or original OpenGVLab.",
         group="model",
+        advanced=True,
     )
     model_trust_remote_code: bool = setting(
         False,
@@ -198,7 +202,7 @@ class InferenceSettings(BaseSettings):
     model_revision: str = setting("", "Revision label recorded with every result.", group="model")
     device: str = setting("auto", "auto | cpu | cuda | cuda:N.", group="model")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
-        "auto", "auto: bf16 on CUDA, float32 on CPU.", group="model"
+        "auto", "auto: bf16 on CUDA, float32 on CPU.", group="model", advanced=True
     )
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = setting(
         "auto",
@@ -213,9 +217,11 @@ class InferenceSettings(BaseSettings):
     )
     max_new_tokens: int = setting(2000, "Generation budget per attempt.", group="model", ge=1)
     constrained_decoding: bool = setting(
-        True, "Force schema-valid JSON output with llguidance.", group="model"
+        True, "Force schema-valid JSON output with llguidance.", group="model", advanced=True
     )
-    max_output_retries: int = setting(1, "Retries on invalid model output.", group="model", ge=0)
+    max_output_retries: int = setting(
+        1, "Retries on invalid model output.", group="model", advanced=True, ge=0
+    )
 
     # --- engine
     engine_process: bool = setting(
@@ -273,6 +279,19 @@ class InferenceSettings(BaseSettings):
         "127.0.0.1:50061",
         "persistence_svc gRPC address; empty = do not record.",
         group="events",
+    )
+    persistence_tls_ca_file: Path | None = setting(
+        None,
+        "CA of the persistence service's certificate; turns TLS on for the link.",
+        group="events",
+    )
+    persistence_tls_cert_file: Path | None = setting(
+        None,
+        "This service's client certificate towards persistence (mutual TLS).",
+        group="events",
+    )
+    persistence_tls_key_file: Path | None = setting(
+        None, "Private key of PERSISTENCE_TLS_CERT_FILE.", group="events"
     )
     event_spool_dir: Path = setting(Path("var/spool"), "Durable event spool.", group="events")
     event_spool_max_bytes: int = setting(

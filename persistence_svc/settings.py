@@ -13,10 +13,11 @@ from pathlib import Path
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from svc_common.security_settings import ServerSecuritySettings
 from svc_common.settings_fields import setting
 
 
-class PersistenceSettings(BaseSettings):
+class PersistenceSettings(ServerSecuritySettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
     # --- server
@@ -32,6 +33,12 @@ class PersistenceSettings(BaseSettings):
         ge=0,
     )
     log_level: str = setting("INFO", "Log level.", group="server")
+    writer_identities: str = setting(
+        "",
+        "Comma-separated client-certificate identities (SAN or CN) that may call RecordEvents; "
+        "needs mutual TLS. Empty = any caller the policy allows.",
+        group="security",
+    )
     max_message_bytes: int = setting(
         64 * 1024 * 1024,
         "Largest gRPC message accepted or sent.",
@@ -50,6 +57,7 @@ class PersistenceSettings(BaseSettings):
         "0.0.0.0",  # noqa: S104
         "Prometheus HTTP bind address.",
         group="observability",
+        advanced=True,
     )
 
     # --- database
@@ -112,3 +120,7 @@ class PersistenceSettings(BaseSettings):
         if self.list_default_page_size > self.list_max_page_size:
             raise ValueError("LIST_DEFAULT_PAGE_SIZE must not exceed LIST_MAX_PAGE_SIZE")
         return self
+
+    @property
+    def writer_identity_list(self) -> tuple[str, ...]:
+        return tuple(n.strip() for n in self.writer_identities.split(",") if n.strip())

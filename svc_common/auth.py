@@ -42,6 +42,11 @@ class AuthMethod(StrEnum):
 class Caller:
     name: str
     method: AuthMethod
+    # Every name a client certificate carries (SANs, then CN); the policy may grant any of them.
+    aliases: tuple[str, ...] = ()
+
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *(a for a in self.aliases if a != self.name))
 
 
 ANONYMOUS = Caller("anonymous", AuthMethod.NONE)
@@ -276,7 +281,7 @@ class Authenticator:
     def authenticate(self, authorization: str | None, peer_identities: Sequence[str]) -> Caller:
         if authorization is None:
             if self.trust_certificates and peer_identities:
-                return Caller(peer_identities[0], AuthMethod.CERTIFICATE)
+                return Caller(peer_identities[0], AuthMethod.CERTIFICATE, tuple(peer_identities))
             raise AuthError(AuthReason.MISSING_CREDENTIALS, "no credentials: send authorization")
         scheme, _, token = authorization.strip().partition(" ")
         token = token.strip()

@@ -89,12 +89,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             caller = self._authenticator.authenticate(
                 _metadata(context, "authorization"), peer_identities(dict(context.auth_context()))
             )
-            if not self._policy.allows(caller.name, method):
+            granted = next((n for n in caller.names() if self._policy.allows(n, method)), None)
+            if granted is None:
                 raise AuthError(
                     AuthReason.METHOD_NOT_ALLOWED,
                     f"caller {caller.name!r} may not call {method}",
                     denied=True,
                 )
+            if granted != caller.name:
+                caller = Caller(granted, caller.method, caller.aliases)
         except AuthError as error:
             if self._on_refused is not None:
                 self._on_refused(method, error.reason.value)

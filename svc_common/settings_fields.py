@@ -17,6 +17,7 @@ from pydantic.fields import FieldInfo
 
 Group = Literal[
     "server",
+    "security",
     "observability",
     "limits",
     "image intake",
