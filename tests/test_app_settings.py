@@ -11,9 +11,9 @@ import pytest
 from inference_svc.app import InferenceApp, engine_config
 from inference_svc.domain.models import FetchedImage, ImageRole, ImageSource
 from inference_svc.engine.config import EngineConfig
-from inference_svc.imaging.testing import encode, textured
 from inference_svc.imaging.tiling import prepare_image
-from tests.e2e_support import inference_settings
+from tests.support.e2e import inference_settings
+from tests.support.imaging import encode, textured
 
 
 @pytest.mark.parametrize("method", ["torch", "pillow"])

@@ -16,8 +16,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 
-from e2e_support import ROOT
-from fault_support import (
+from inference_svc.events.spool import SPOOL_FILE
+from tests.support.e2e import ROOT
+from tests.support.faults import (
     CHEAP_MODEL_ENV,
     DedicatedPersistence,
     cheap_request,
@@ -25,8 +26,7 @@ from fault_support import (
     free_port,
     wait_until,
 )
-from inference_svc.events.spool import SPOOL_FILE
-from persistence_svc.testing import TestPostgres
+from tests.support.postgres import PostgresForTests
 
 INSPECTIONS = 16
 
@@ -72,7 +72,7 @@ def spooled(spool_dir: Path) -> int:
 
 
 async def test_sigkilled_process_delivers_its_spool_after_restart_exactly_once(
-    postgres: TestPostgres, tmp_path: Path
+    postgres: PostgresForTests, tmp_path: Path
 ) -> None:
     spool_dir = tmp_path / "spool"
     persistence_port = free_port()

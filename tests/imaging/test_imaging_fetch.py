@@ -12,7 +12,7 @@ from aiohttp import web
 from inference_svc.domain.errors import ErrorKind, InspectionError, Reason
 from inference_svc.domain.models import ImageRole, ImageSource
 from inference_svc.imaging.fetch import FetchConfig, ImageFetcher
-from inference_svc.imaging.testing import Handler, LoopbackServer, StaticResolver
+from tests.support.imaging import Handler, LoopbackServer, StaticResolver
 
 MakeFetcher = Callable[..., ImageFetcher]
 BODY = bytes(range(256)) * 40  # 10240 bytes

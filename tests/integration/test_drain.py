@@ -16,9 +16,8 @@ from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
-from e2e_support import MODEL_CACHE, ROOT, ImageServer, make_request
 from persistence_svc.app import PersistenceApp
-from test_end_to_end import wait_for_record
+from tests.support.e2e import MODEL_CACHE, ROOT, ImageServer, make_request, wait_for_record
 
 
 def free_port() -> int:

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from e2e_support import ImageServer
 from inference_svc.app import InferenceApp
+from tests.support.e2e import ImageServer
 
 Run = Callable[..., Coroutine[Any, Any, subprocess.CompletedProcess[str]]]
 

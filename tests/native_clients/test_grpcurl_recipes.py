@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from e2e_support import ImageServer
 from inference_svc.app import InferenceApp
+from tests.support.e2e import ImageServer
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

@@ -19,13 +19,14 @@ from aiohttp import web
 from PIL import Image, ImageDraw
 from rpi.inspection.v1 import inspection_pb2 as pb
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
+from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
 from inference_svc.app import InferenceApp
 from inference_svc.settings import InferenceSettings
 from persistence_svc.app import PersistenceApp
 from persistence_svc.settings import PersistenceSettings
-from persistence_svc.testing import TestPostgres, start_test_postgres
+from tests.support.postgres import PostgresForTests, start_test_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_CACHE = Path(os.environ.get("RPI_TEST_MODEL_CACHE", ROOT / "var" / "test-models"))
@@ -80,14 +81,14 @@ async def image_server() -> AsyncIterator[ImageServer]:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def postgres() -> AsyncIterator[TestPostgres]:
+async def postgres() -> AsyncIterator[PostgresForTests]:
     server = await start_test_postgres()
     yield server
     await server.close()
 
 
 @pytest_asyncio.fixture(scope="session")
-async def database_url(postgres: TestPostgres) -> AsyncIterator[str]:
+async def database_url(postgres: PostgresForTests) -> AsyncIterator[str]:
     async with postgres.fresh_database("rpi_it_") as url:
         yield url
 
@@ -194,3 +195,19 @@ def make_request(image_server: ImageServer, **overrides: object) -> pb.InspectRe
         else:
             setattr(request, key, value)
     return request
+
+
+async def wait_for_record(
+    stub: ppb_grpc.PersistenceServiceStub, inspection_id: str, status: int
+) -> ppb.InspectionRecord:
+    """Events are delivered asynchronously; poll until the record reaches the status."""
+    for _ in range(200):
+        try:
+            reply = await stub.GetInspection(ppb.GetInspectionRequest(inspection_id=inspection_id))
+            if reply.inspection.status == status:
+                return reply.inspection
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"inspection {inspection_id} never reached status {status}")

@@ -17,10 +17,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 from rpi.inspection.v1 import inspection_pb2 as pb
 
-from e2e_support import MODEL_CACHE, inference_settings, jpeg
 from inference_svc.settings import InferenceSettings
 from persistence_svc.app import PersistenceApp
 from persistence_svc.settings import PersistenceSettings
+from tests.support.e2e import MODEL_CACHE, inference_settings, jpeg
 
 # The issue asks for 200 inspections at concurrency 16 (about 2.5 minutes on a 2-core CPU
 # machine); RPI_FAULT_INSPECTIONS lowers it for quick local runs.
