@@ -18,9 +18,10 @@ demo: bootstrap  ## bring the whole system up, run one streamed inspection, shut
 test: bootstrap check-protos lint typecheck lint-protos  ## install, lint, type-check, run all tests
 	@$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-lint:  ## ruff
+lint:  ## ruff, and the import contracts (pyproject.toml [tool.importlinter])
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/lint-imports --no-cache --no-logo
 
 typecheck:  ## mypy --strict on our packages
 	@$(VENV)/bin/mypy inference_svc persistence_svc svc_common clients tools bench

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from inference_svc.engine.prompting import INTERNVL25_SYSTEM_MESSAGE
+from inference_svc.model_inputs import INTERNVL25_SYSTEM_MESSAGE
 from svc_common.settings_fields import setting
 
 

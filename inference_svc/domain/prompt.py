@@ -28,7 +28,7 @@ from inference_svc.domain.questions import (
     is_negative_expected,
     value_type,
 )
-from inference_svc.engine.api import IMAGE_PLACEHOLDER
+from inference_svc.model_inputs import IMAGE_PLACEHOLDER
 
 DEFAULT_TEMPLATE = "inspection_v1.j2"
 

@@ -23,7 +23,7 @@ from inference_svc.domain.models import (
 )
 from inference_svc.domain.recording import ImageInfo
 from inference_svc.events.delivery import EventDelivery
-from inference_svc.grpc_api.convert import (
+from inference_svc.proto_convert import (
     duration,
     inspection_to_proto,
     question_to_proto,
