@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help bootstrap demo test lint typecheck lint-protos protos check-protos unit bench clean
+.PHONY: help bootstrap demo test unit integration lint typecheck lint-protos protos check-protos bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -15,8 +15,15 @@ bootstrap:  ## install everything (system packages, .venv, grpcurl, buf)
 demo: bootstrap  ## bring the whole system up, run one streamed inspection, shut down
 	@$(PY) -m tools.demo
 
-test: bootstrap check-protos lint typecheck lint-protos  ## install, lint, type-check, run all tests
+test: bootstrap check-protos lint typecheck lint-protos  ## install, lint, type-check, run all tests (both tiers)
 	@$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Tiers (tests/support/tiers.py): every test is unit or integration; `make test` runs all, once.
+unit: bootstrap  ## fast tests only: no PostgreSQL, services or model builds (under 2 minutes)
+	@$(PY) -m pytest -q -p no:cacheprovider -m unit --timeout=60 $(PYTEST_ARGS)
+
+integration: bootstrap  ## the other tier: integration, fault, persistence and client-toolchain tests
+	@$(PY) -m pytest -q -p no:cacheprovider -m integration $(PYTEST_ARGS)
 
 lint:  ## ruff, and the import contracts (pyproject.toml [tool.importlinter])
 	@$(VENV)/bin/ruff check .

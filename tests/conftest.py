@@ -1,12 +1,12 @@
-"""Hooks and fixtures shared by every test directory: the end-to-end fixtures (tests/support/e2e.py)
-are registered here as a plugin."""
+"""Hooks and fixtures shared by every test directory. Registered here as plugins: the end-to-end
+fixtures (tests/support/e2e.py) and the tiers (tests/support/tiers.py: unit or integration)."""
 
 import os
 from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = ["tests.support.e2e"]
+pytest_plugins = ["tests.support.e2e", "tests.support.tiers"]
 
 
 # In CI every tool the suite needs is installed by tools/bootstrap.sh, so a skipped test means a
