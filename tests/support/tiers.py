@@ -45,6 +45,7 @@ TIERS: dict[str, str] = {
     "pipeline/": UNIT,
     "protos/": UNIT,
     "test_app_settings.py": UNIT,
+    "test_fake_engine.py": UNIT,
     "test_layering.py": UNIT,
     "test_priority.py": UNIT,
     "test_tiers.py": UNIT,
@@ -100,7 +101,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             strays.append(f"{item.nodeid}: the unit marker is set by path, not by hand")
             continue
         try:
-            item.add_marker(getattr(pytest.mark, tier_of(relative, item.fixturenames, markers)))
+            fixtures = getattr(item, "fixturenames", ())  # a Function has them, other Items not
+            item.add_marker(getattr(pytest.mark, tier_of(relative, fixtures, markers)))
         except TierError as exc:
             strays.append(str(exc))
     if strays:
