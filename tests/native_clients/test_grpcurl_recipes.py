@@ -225,5 +225,5 @@ async def test_invalid_input_returns_invalid_argument(run_recipe: RunRecipe) -> 
     assert result.returncode == GRPCURL_STATUS_OFFSET + INVALID_ARGUMENT, result.stderr
     assert "Code: InvalidArgument" in result.stderr
     # Reflection also resolves the google.rpc detail types, so grpcurl prints them.
-    assert '"reason":"INVALID_REQUEST"' in result.stderr.replace(" ", "")
+    assert '"reason":"INVALID_ARGUMENT"' in result.stderr.replace(" ", "")
     assert '"field":"shipping_id"' in result.stderr.replace(" ", "")
