@@ -3,70 +3,17 @@ loopback port with a real PostgreSQL (TEST_DATABASE_URL, default 127.0.0.1:5432)
 
 from __future__ import annotations
 
-import os
-import secrets
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import grpc
 import pytest
 from rpi.persistence.v1 import persistence_pb2, persistence_pb2_grpc
 
 from persistence_svc.app import PersistenceApp
 from persistence_svc.errors import ERROR_DOMAIN
-from persistence_svc.settings import PersistenceSettings
+from tests.grpc_errors.conftest import persistence_settings
 from tests.grpc_errors.support import GARBAGE, details
-
-ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def _settings(database_url: str, **overrides: Any) -> PersistenceSettings:
-    values: dict[str, Any] = {
-        "database_url": database_url,
-        "grpc_listen": "127.0.0.1:0",
-        "metrics_port": -1,
-        "drain_grace_s": 1.0,
-        "db_pool_min": 1,
-        "db_pool_max": 2,
-    }
-    values.update(overrides)
-    return PersistenceSettings(**values)
-
-
-@pytest.fixture(scope="module")
-async def database_url() -> AsyncIterator[str]:
-    name = f"rpi_errors_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(ADMIN_URL, timeout=5)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield urlunsplit(urlsplit(ADMIN_URL)._replace(path="/" + name))
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-@pytest.fixture(scope="module")
-async def app(database_url: str) -> AsyncIterator[PersistenceApp]:
-    application = PersistenceApp(_settings(database_url))
-    await application.start()
-    try:
-        yield application
-    finally:
-        await application.stop(grace=0)
-
-
-@pytest.fixture(scope="module")
-async def channel(app: PersistenceApp) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(app.target) as ch:
-        yield ch
-
-
-@pytest.fixture(scope="module")
-def stub(channel: grpc.aio.Channel) -> persistence_pb2_grpc.PersistenceServiceStub:
-    return persistence_pb2_grpc.PersistenceServiceStub(channel)
 
 
 async def _fail(call: Any) -> Any:
@@ -142,7 +89,7 @@ async def test_garbage_request_bytes_are_invalid_argument(
 async def test_unreachable_database_is_unavailable_and_retryable() -> None:
     # Nothing listens on port 1: the service starts, but has no database to serve from.
     application = PersistenceApp(
-        _settings("postgresql://postgres@127.0.0.1:1/none", db_connect_retry_max_s=1.0)
+        persistence_settings("postgresql://postgres@127.0.0.1:1/none", db_connect_retry_max_s=1.0)
     )
     await application.start(wait_ready=False)
     try:
