@@ -12,8 +12,12 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.wrappers_pb2 import StringValue
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from svc_common.grpc_errors import MAX_FIELD_VIOLATIONS, ErrorTable, Rule, error_interceptor
+from svc_common.tracing import grpc_server_interceptors
 from tests.grpc_errors.support import GARBAGE, details
 
 DOMAIN = "test.rpi.v1"
@@ -248,3 +252,20 @@ async def test_without_the_interceptor_grpc_would_not_say_invalid_argument() -> 
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await _call(channel, "UnaryUnary", _ser("boom"))
         assert caught.value.code() is grpc.StatusCode.UNKNOWN
+
+
+@pytest.mark.parametrize("shape", ["UnaryUnary", "UnaryStream"])
+async def test_with_tracing_the_trace_id_is_the_server_spans(shape: str) -> None:
+    # The error interceptor sits inside the tracing one, so the call's span is current.
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    interceptors = [*grpc_server_interceptors(provider), error_interceptor(TABLE)]
+    async with _serve(interceptors) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _call(channel, shape, _ser("boom"))
+    provider.shutdown()
+    got = details(caught.value)
+    assert got.code is grpc.StatusCode.INTERNAL
+    span_ids = {format(s.context.trace_id, "032x") for s in exporter.get_finished_spans()}
+    assert got.info.metadata["trace_id"] in span_ids
