@@ -17,7 +17,7 @@ ERROR_DOMAIN = "inspection.rpi.v1"
 
 REASONS: Mapping[str, Rule] = {
     # Invalid input has the same reason in every service of the platform.
-    Reason.INVALID_REQUEST: Rule(StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+    Reason.INVALID_ARGUMENT: Rule(StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
     Reason.QUESTIONS_INVALID: Rule(StatusCode.INVALID_ARGUMENT, "QUESTIONS_INVALID"),
     Reason.IMAGE_FETCH_FAILED: Rule(StatusCode.INVALID_ARGUMENT, "IMAGE_FETCH_FAILED"),
     Reason.IMAGE_TOO_LARGE: Rule(StatusCode.INVALID_ARGUMENT, "IMAGE_TOO_LARGE"),

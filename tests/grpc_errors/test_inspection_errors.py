@@ -22,7 +22,7 @@ from tests.grpc_errors.support import GARBAGE, details
 
 # What callers rely on: written out here, not derived from the table under test.
 EXPECTED: dict[Reason, tuple[grpc.StatusCode, str, bool]] = {
-    Reason.INVALID_REQUEST: (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", False),
+    Reason.INVALID_ARGUMENT: (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", False),
     Reason.QUESTIONS_INVALID: (grpc.StatusCode.INVALID_ARGUMENT, "QUESTIONS_INVALID", False),
     Reason.IMAGE_FETCH_FAILED: (grpc.StatusCode.INVALID_ARGUMENT, "IMAGE_FETCH_FAILED", False),
     Reason.IMAGE_TOO_LARGE: (grpc.StatusCode.INVALID_ARGUMENT, "IMAGE_TOO_LARGE", False),
@@ -184,3 +184,9 @@ async def test_garbage_request_bytes_are_invalid_argument(
     got = details(caught.value)
     assert got.code is grpc.StatusCode.INVALID_ARGUMENT
     assert (got.info.domain, got.info.reason) == (ERROR_DOMAIN, "INVALID_ARGUMENT")
+
+
+def test_callers_and_failure_records_see_the_same_reason() -> None:
+    # A failure is recorded (FailureRecorded.reason) with the domain reason's value: it must be
+    # the reason the caller got.
+    assert all(wire == reason.value for reason, (_, wire, _) in EXPECTED.items())
