@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help bootstrap demo test unit integration lint typecheck lint-protos protos check-protos bench clean
+.PHONY: help bootstrap demo test unit integration lint typecheck lint-protos protos check-protos check-breaking bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -42,6 +42,18 @@ protos:  ## regenerate gen/python from protos/
 check-protos:  ## fail when gen/python is stale
 	@PYTHON=$(PY) tools/gen_protos.sh >/dev/null && git diff --exit-code --stat -- gen/python \
 	  || (echo "gen/python is stale: run 'make protos' and commit" >&2; exit 1)
+
+BREAKING_BASE ?= main
+# Both sides are built into images first: the base may predate protos/third_party, and buf
+# refuses to compare a two-module workspace with a one-module one. Images get buf's default
+# rules, FILE, the same as protos/buf.yaml names.
+check-breaking:  ## buf breaking: protos/ against BREAKING_BASE (a git ref, default main)
+	@base=$$(mktemp -d) && trap 'rm -rf "$$base"' EXIT \
+	  && git archive "$(BREAKING_BASE)" protos | tar -x -C "$$base" \
+	  && buf build protos -o "$$base/new.binpb" \
+	  && buf build "$$base/protos" -o "$$base/old.binpb" \
+	  && buf breaking "$$base/new.binpb" --against "$$base/old.binpb" \
+	  && echo "protos: no breaking change against $(BREAKING_BASE)"
 
 bench:  ## run the benchmarks (see BENCHMARKS.md)
 	@$(PY) -m bench.engine

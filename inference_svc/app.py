@@ -34,6 +34,7 @@ from inference_svc.events.link_health import PERSISTENCE_LINK_HEALTH_NAME, link_
 from inference_svc.events.metrics import DeliveryMetrics
 from inference_svc.events.recorder import NullRecorder, SpoolingRecorder
 from inference_svc.events.spool import EventSpool
+from inference_svc.grpc_api.errors import error_interceptor
 from inference_svc.grpc_api.servicer import InspectionServicer
 from inference_svc.imaging.fetch import FetchConfig, ImageFetcher
 from inference_svc.imaging.tiling import prepare_image
@@ -224,6 +225,7 @@ class InferenceApp:
             interceptors=[
                 GrpcServerMetricsInterceptor(self.registry),
                 *grpc_server_interceptors(self.tracer_provider),
+                error_interceptor(),
             ],
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),

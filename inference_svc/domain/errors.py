@@ -24,7 +24,7 @@ class ErrorKind(enum.Enum):
 class Reason(enum.StrEnum):
     """Stable machine-readable reasons (google.rpc.ErrorInfo.reason)."""
 
-    INVALID_REQUEST = "INVALID_REQUEST"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
     QUESTIONS_INVALID = "QUESTIONS_INVALID"
     IMAGE_FETCH_FAILED = "IMAGE_FETCH_FAILED"
     IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"
@@ -72,7 +72,7 @@ class InspectionError(Exception):
 def invalid_argument(
     message: str,
     violations: list[FieldViolation] | None = None,
-    reason: Reason = Reason.INVALID_REQUEST,
+    reason: Reason = Reason.INVALID_ARGUMENT,
     stage: str = "validate",
 ) -> InspectionError:
     return InspectionError(

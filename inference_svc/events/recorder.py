@@ -31,6 +31,16 @@ from inference_svc.proto_convert import (
 )
 
 _ROLE = {ImageRole.REFERENCE: ppb.IMAGE_ROLE_REFERENCE, ImageRole.PICKUP: ppb.IMAGE_ROLE_PICKUP}
+# The enum fields beside the old strings: "fetch" -> FAILURE_STAGE_FETCH, and so on.
+_STAGES = {
+    name.removeprefix("FAILURE_STAGE_").lower(): ppb.FailureStage.Value(name)
+    for name in ppb.FailureStage.keys()  # noqa: SIM118 - an enum wrapper, not a dict
+    if name != "FAILURE_STAGE_UNSPECIFIED"
+}
+_METHODS = {
+    "Inspect": ppb.INSPECT_METHOD_INSPECT,
+    "InspectStream": ppb.INSPECT_METHOD_INSPECT_STREAM,
+}
 
 
 class SpoolingRecorder:
@@ -84,6 +94,7 @@ class SpoolingRecorder:
                     for i in images
                 ],
                 method=method,
+                inspect_method=_METHODS.get(method, ppb.INSPECT_METHOD_UNSPECIFIED),
             ),
         )
 
@@ -128,7 +139,11 @@ class SpoolingRecorder:
         await self._record(
             inspection_id,
             failure_recorded=ppb.FailureRecorded(
-                stage=stage, reason=reason, message=message[:2000], status_code=status_code
+                stage=stage,
+                reason=reason,
+                message=message[:2000],
+                status_code=status_code,
+                failure_stage=_STAGES.get(stage, ppb.FAILURE_STAGE_UNSPECIFIED),
             ),
         )
 

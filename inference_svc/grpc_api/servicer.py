@@ -20,7 +20,6 @@ from inference_svc.grpc_api.convert import (
     progress_to_proto,
     raw_request_from_proto,
 )
-from inference_svc.grpc_api.errors import to_status
 from inference_svc.pipeline import Admission, InspectionPipeline
 from svc_common.logging import inspection_id_var
 
@@ -102,29 +101,10 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
         )
         return inspection
 
-    async def _abort(
-        self, context: Context, error: InspectionError, request: pb.InspectRequest
-    ) -> None:
-        inspection_id = inspection_id_var.get("") or request.inspection_id
-        level = logging.WARNING if error.kind is ErrorKind.INTERNAL else logging.INFO
-        log.log(
-            level,
-            "inspection failed",
-            extra={"reason": error.reason.value, "stage": error.stage, "error": error.message},
-        )
-        # grpc-stubs lacks abort_with_status on the aio context; it exists at run time.
-        await context.abort_with_status(to_status(error, inspection_id))  # type: ignore[attr-defined]
-
     async def Inspect(  # noqa: N802 - gRPC method name
         self, request: pb.InspectRequest, context: Context
     ) -> pb.InspectResponse:
-        try:
-            inspection = await self._run(
-                request, context, "Inspect", lambda _e: None, streaming=False
-            )
-        except InspectionError as error:
-            await self._abort(context, error, request)
-            raise AssertionError("unreachable") from error
+        inspection = await self._run(request, context, "Inspect", lambda _e: None, streaming=False)
         return pb.InspectResponse(inspection=inspection_to_proto(inspection))
 
     async def InspectStream(  # noqa: N802 - gRPC method name
@@ -156,10 +136,9 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
                 log.info("stream reader lagged; progress skipped", extra={"skipped": dropped})
             if task.cancelled():
                 return
+            # Domain errors become statuses in the error interceptor (grpc_api.errors).
             error = task.exception()
-            if isinstance(error, InspectionError):
-                await self._abort(context, error, request)
-            elif error is not None:
+            if error is not None:
                 raise error
         finally:
             if not task.done():

@@ -125,7 +125,7 @@ async def test_source_needs_exactly_one_of_uri_and_content(make_fetcher: MakeFet
     for src in (source(), source(uri="https://a.test/x", content=b"x")):
         with pytest.raises(InspectionError) as info:
             await fetcher.fetch(src)
-        assert info.value.reason is Reason.INVALID_REQUEST
+        assert info.value.reason is Reason.INVALID_ARGUMENT
 
 
 def hanging(release: asyncio.Event, after_headers: bool) -> Handler:

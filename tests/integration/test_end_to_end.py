@@ -145,7 +145,7 @@ async def test_invalid_request_returns_field_violations(
         await inspection_stub.Inspect(request, timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     info, fields = details(err.value)
-    assert info.reason == "INVALID_REQUEST"
+    assert info.reason == "INVALID_ARGUMENT"
     assert {"shipping_id", "reference_images"} <= set(fields)
 
 

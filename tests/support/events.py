@@ -72,6 +72,8 @@ def request_event(
                 ),
             ],
             method="Inspect",
+            # Both forms, as the inference service sends them.
+            inspect_method=persistence_pb2.INSPECT_METHOD_INSPECT,
         )
     )
     return event
@@ -169,6 +171,12 @@ def failure_event(
             reason=reason,
             message="could not fetch an image",
             status_code="UNAVAILABLE",
+            # Both forms, as the inference service sends them (UNSPECIFIED for an unknown one).
+            failure_stage=getattr(
+                persistence_pb2,
+                f"FAILURE_STAGE_{stage.upper()}",
+                persistence_pb2.FAILURE_STAGE_UNSPECIFIED,
+            ),
         )
     )
     return event
