@@ -174,15 +174,6 @@ class InferenceSettings(BaseSettings):
     prompt_template_path: Path | None = Field(
         None, description="Jinja2 prompt template; unset = the bundled versioned template."
     )
-    max_evidence_chars: int = Field(
-        300, ge=1, description="Constrained decoding: longest Evidence string per answer."
-    )
-    max_analysis_chars: int = Field(
-        600, ge=1, description="Constrained decoding: longest image_analysis string."
-    )
-    max_result_chars: int = Field(
-        120, ge=1, description="Constrained decoding: longest free-text Result."
-    )
     max_output_retries: int = Field(1, ge=0, description="Retries on invalid model output.")
     kv_cache: Literal["auto", "dynamic", "static"] = Field(
         "auto",

@@ -39,7 +39,8 @@ def to_status(error: InspectionError, inspection_id: str = "") -> grpc.Status:
     metadata = dict(error.metadata)
     if inspection_id:
         metadata.setdefault("inspection_id", inspection_id)
-    metadata.setdefault("stage", error.stage)
+    if error.stage is not None:
+        metadata.setdefault("stage", error.stage.value)
     info = any_pb2.Any()
     info.Pack(
         error_details_pb2.ErrorInfo(
