@@ -1,5 +1,6 @@
-"""Admission: how many inspections may be in progress at once. Beyond the bound callers get
-OVERLOADED at once rather than a queue they cannot see."""
+"""Admission, decided before any work: is this replica serving, and how many inspections may
+be in progress at once. Beyond the bound callers get OVERLOADED at once rather than a queue
+they cannot see."""
 
 from __future__ import annotations
 
@@ -8,6 +9,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from inference_svc.domain.errors import ErrorKind, InspectionError, Reason, Stage
+
+
+def refuse_unless_serving(serving: bool) -> None:
+    if not serving:
+        raise InspectionError(
+            ErrorKind.UNAVAILABLE,
+            Reason.MODEL_NOT_READY,
+            "the service is not serving (model loading or draining); retry another replica",
+            stage=Stage.ADMIT,
+            retry_after_seconds=1.0,
+        )
 
 
 @dataclass

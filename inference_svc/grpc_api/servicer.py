@@ -12,10 +12,10 @@ import grpc
 from rpi.inspection.v1 import inspection_pb2 as pb
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 
-from inference_svc.domain.errors import ErrorKind, InspectionError, Reason, Stage
+from inference_svc.domain.errors import ErrorKind, InspectionError
 from inference_svc.domain.models import Accepted, AnswerReady, Completed, Inspection, ProgressEvent
 from inference_svc.domain.validation import RequestLimits, validate_request
-from inference_svc.grpc_api.admission import Admission
+from inference_svc.grpc_api.admission import Admission, refuse_unless_serving
 from inference_svc.grpc_api.convert import (
     inspection_to_proto,
     progress_to_proto,
@@ -68,16 +68,6 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
             budget = min(budget, max(0.0, remaining))
         return time.monotonic() + budget
 
-    def _check_serving(self) -> None:
-        if not self._is_serving():
-            raise InspectionError(
-                ErrorKind.UNAVAILABLE,
-                Reason.MODEL_NOT_READY,
-                "the service is not serving (model loading or draining); retry another replica",
-                stage=Stage.ADMIT,
-                retry_after_seconds=1.0,
-            )
-
     async def _run(
         self,
         request: pb.InspectRequest,
@@ -86,7 +76,7 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
         emit: Callable[[ProgressEvent], None],
         streaming: bool,
     ) -> Inspection:
-        self._check_serving()
+        refuse_unless_serving(self._is_serving())
         domain_request = validate_request(raw_request_from_proto(request), self._limits)
         inspection_id_var.set(domain_request.inspection_id)
         with self._admission.slot():

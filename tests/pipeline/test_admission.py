@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from inference_svc.domain.errors import ErrorKind, InspectionError, Reason, Stage
-from inference_svc.grpc_api.admission import Admission
+from inference_svc.grpc_api.admission import Admission, refuse_unless_serving
 
 
 def test_slots_up_to_the_limit_then_overloaded() -> None:
@@ -36,3 +36,14 @@ def test_a_failing_inspection_gives_its_slot_back() -> None:
     assert admission.inflight == 0
     with admission.slot():
         assert admission.inflight == 1
+
+
+def test_a_replica_that_is_not_serving_refuses_with_retry_elsewhere() -> None:
+    refuse_unless_serving(True)
+    with pytest.raises(InspectionError) as err:
+        refuse_unless_serving(False)
+    assert (err.value.kind, err.value.reason, err.value.stage) == (
+        ErrorKind.UNAVAILABLE,
+        Reason.MODEL_NOT_READY,
+        Stage.ADMIT,
+    )
