@@ -29,7 +29,9 @@ from persistence_svc.app import PersistenceApp
 from persistence_svc.settings import PersistenceSettings
 from persistence_svc.testing import TestPostgres, start_test_postgres
 
-ROOT = Path(__file__).resolve().parents[2]
+# The repository root (this file is tests/e2e_support.py): subprocess tests run the service
+# from here, so they import this checkout's code and not whatever an editable install points at.
+ROOT = Path(__file__).resolve().parents[1]
 MODEL_CACHE = Path(os.environ.get("RPI_TEST_MODEL_CACHE", ROOT / "var" / "test-models"))
 
 
