@@ -68,10 +68,12 @@ def test_answers_stream_only_to_streaming_callers_and_stages_follow_the_engine()
         events.append, attempt=2, max_new_tokens=16, every=4, streaming=False, tracker=tracker
     )
     assert listener.wants_text is False
+    stages: list[Stage] = []
     listener.on_queued(3)
-    assert tracker.current is Stage.QUEUE
+    stages.append(tracker.current)
     listener.on_started()
-    assert tracker.current is Stage.GENERATE
+    stages.append(tracker.current)
+    assert stages == [Stage.QUEUE, Stage.GENERATE]
     for n in range(1, 17):
         listener.on_tokens(n, output([answer("x", "y")]))
     assert events[:2] == [Queued(3), Queued(0)]
