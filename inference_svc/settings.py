@@ -323,24 +323,3 @@ class InferenceSettings(BaseSettings):
         group="engine",
         advanced=True,
     )
-    max_evidence_chars: int = setting(
-        300,
-        "Constrained decoding: longest Evidence string per answer.",
-        group="model",
-        advanced=True,
-        ge=1,
-    )
-    max_analysis_chars: int = setting(
-        600,
-        "Constrained decoding: longest image_analysis string.",
-        group="model",
-        advanced=True,
-        ge=1,
-    )
-    max_result_chars: int = setting(
-        120,
-        "Constrained decoding: longest free-text Result.",
-        group="model",
-        advanced=True,
-        ge=1,
-    )

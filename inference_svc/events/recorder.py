@@ -13,7 +13,7 @@ from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
 from rpi.persistence.v1 import persistence_pb2 as ppb
 
-from inference_svc.domain.errors import ErrorKind, InspectionError, Reason
+from inference_svc.domain.errors import ErrorKind, InspectionError, Reason, Stage
 from inference_svc.domain.models import (
     AttemptRecord,
     ImageRole,
@@ -134,16 +134,16 @@ class SpoolingRecorder:
         )
 
     async def failure(
-        self, inspection_id: str, stage: str, reason: str, message: str, status_code: str
+        self, inspection_id: str, stage: Stage, reason: str, message: str, status_code: str
     ) -> None:
         await self._record(
             inspection_id,
             failure_recorded=ppb.FailureRecorded(
-                stage=stage,
+                stage=stage.value,
                 reason=reason,
                 message=message[:2000],
                 status_code=status_code,
-                failure_stage=_STAGES.get(stage, ppb.FAILURE_STAGE_UNSPECIFIED),
+                failure_stage=_STAGES.get(stage.value, ppb.FAILURE_STAGE_UNSPECIFIED),
             ),
         )
 
@@ -166,6 +166,6 @@ class NullRecorder:
         pass
 
     async def failure(
-        self, inspection_id: str, stage: str, reason: str, message: str, status_code: str
+        self, inspection_id: str, stage: Stage, reason: str, message: str, status_code: str
     ) -> None:
         pass

@@ -17,9 +17,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 
 from inference_svc.events.spool import SPOOL_FILE
-from tests.support.e2e import ROOT
+from tests.support.e2e import ROOT, template_with_limits
 from tests.support.faults import (
     CHEAP_MODEL_ENV,
+    CHEAP_OUTPUT,
     DedicatedPersistence,
     cheap_request,
     db_counts,
@@ -37,6 +38,7 @@ async def start_inference(
     env = {
         **os.environ,
         **CHEAP_MODEL_ENV,
+        "PROMPT_TEMPLATE_PATH": str(template_with_limits(spool_dir.parent, CHEAP_OUTPUT)),
         "GRPC_LISTEN": f"127.0.0.1:{port}",
         "PERSISTENCE_TARGET": f"127.0.0.1:{persistence_port}",
         "EVENT_SPOOL_DIR": str(spool_dir),

@@ -23,11 +23,15 @@ from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
 from inference_svc.app import InferenceApp
+from inference_svc.domain.models import OutputLimits
+from inference_svc.domain.prompt import PromptTemplate, with_output_limits
 from inference_svc.settings import InferenceSettings
 from persistence_svc.app import PersistenceApp
 from persistence_svc.settings import PersistenceSettings
 from tests.support.postgres import PostgresForTests, start_test_postgres
 
+# The repository root (this file is tests/support/e2e.py): subprocess tests run the service
+# from here, so they import this checkout's code and not whatever an editable install points at.
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_CACHE = Path(os.environ.get("RPI_TEST_MODEL_CACHE", ROOT / "var" / "test-models"))
 
@@ -103,8 +107,24 @@ async def persistence_app(database_url: str) -> AsyncIterator[PersistenceApp]:
     await app.stop(0)
 
 
+# The random model fills every string to its bound: short bounds let a constrained output
+# complete well within the token budget.
+SHORT_OUTPUT = OutputLimits(max_evidence_chars=24, max_analysis_chars=32, max_result_chars=16)
+
+
+def template_with_limits(directory: Path, limits: OutputLimits) -> Path:
+    """The bundled prompt template with other output limits (they belong to the template)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "prompt.j2"
+    path.write_text(with_output_limits(PromptTemplate.bundled_source(), limits), encoding="utf-8")
+    return path
+
+
 def inference_settings(
-    tmp: Path, persistence_target: str, **overrides: object
+    tmp: Path,
+    persistence_target: str,
+    output_limits: OutputLimits = SHORT_OUTPUT,
+    **overrides: object,
 ) -> InferenceSettings:
     values: dict[str, object] = {
         "grpc_listen": "127.0.0.1:0",
@@ -114,12 +134,8 @@ def inference_settings(
         "event_spool_dir": tmp / "spool",
         "allow_http": True,
         "allow_private_addresses": True,
-        # The random model fills every string to its bound: keep them short so a constrained
-        # output completes well within the token budget.
         "max_new_tokens": 800,
-        "max_evidence_chars": 24,
-        "max_analysis_chars": 32,
-        "max_result_chars": 16,
+        "prompt_template_path": template_with_limits(tmp, output_limits),
         "drain_grace_s": 5.0,
         # In-process engine: a spawned engine process costs seconds per app start. The
         # process engine (the production default) has its own tests.

@@ -97,6 +97,10 @@ class _FailureStageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureS
     """Applying the decision rules."""
     FAILURE_STAGE_RECORD: _FailureStage.ValueType  # 8
     """Recording the outcome."""
+    FAILURE_STAGE_ADMIT: _FailureStage.ValueType  # 9
+    """Refused before any work: not serving, too many inspections in flight, records cannot be kept."""
+    FAILURE_STAGE_QUEUE: _FailureStage.ValueType  # 10
+    """Waiting in the engine's queue for a batch slot."""
 
 class FailureStage(_FailureStage, metaclass=_FailureStageEnumTypeWrapper):
     """Where in the inspection pipeline a failure happened."""
@@ -118,6 +122,10 @@ FAILURE_STAGE_DECIDE: FailureStage.ValueType  # 7
 """Applying the decision rules."""
 FAILURE_STAGE_RECORD: FailureStage.ValueType  # 8
 """Recording the outcome."""
+FAILURE_STAGE_ADMIT: FailureStage.ValueType  # 9
+"""Refused before any work: not serving, too many inspections in flight, records cannot be kept."""
+FAILURE_STAGE_QUEUE: FailureStage.ValueType  # 10
+"""Waiting in the engine's queue for a batch slot."""
 Global___FailureStage: _TypeAlias = FailureStage  # noqa: Y015
 
 class _InspectionStatus:
