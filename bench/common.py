@@ -17,6 +17,8 @@ import torch
 from rpi.inspection.v1 import inspection_pb2 as pb
 
 from inference_svc.app import InferenceApp
+from inference_svc.domain.models import OutputLimits
+from inference_svc.domain.prompt import PromptTemplate, with_output_limits
 from inference_svc.settings import InferenceSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +77,9 @@ def apply_torch_threads(threads: int) -> None:
 
 def settings(spool_dir: Path, **overrides: object) -> InferenceSettings:
     """Service settings for a benchmark: loopback only, no metrics port, the demo model, no
-    recording unless ``persistence_target`` is given."""
+    recording unless ``persistence_target`` is given. An ``output_limits`` override (an
+    OutputLimits: they belong to the prompt template) runs the bundled template with other
+    string bounds."""
     values: dict[str, object] = {
         "grpc_listen": "127.0.0.1:0",
         "metrics_port": -1,
@@ -87,6 +91,13 @@ def settings(spool_dir: Path, **overrides: object) -> InferenceSettings:
         "drain_grace_s": 5.0,
         "log_level": "ERROR",
     }
+    output_limits = overrides.pop("output_limits", None)
+    if isinstance(output_limits, OutputLimits):
+        template = spool_dir.parent / "prompt.j2"
+        template.parent.mkdir(parents=True, exist_ok=True)
+        source = with_output_limits(PromptTemplate.bundled_source(), output_limits)
+        template.write_text(source, encoding="utf-8")
+        values["prompt_template_path"] = template
     values.update(overrides)
     return InferenceSettings(**values)  # type: ignore[arg-type]
 

@@ -61,6 +61,7 @@ from bench.common import (
 from bench.load import ChildProcess, LoadResult, drive_sync
 from bench.photos import photo_jpeg
 from inference_svc.app import InferenceApp
+from inference_svc.domain.models import OutputLimits
 from inference_svc.imaging.tiling import choose_grid
 
 COMPLETED = {("OK", ""), ("INTERNAL", "MODEL_OUTPUT_INVALID")}
@@ -134,9 +135,11 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
         "min_new_tokens": args.tokens,
         "max_output_retries": 0,
         # Long enough that no string of the grammar can close before the forced length.
-        "max_analysis_chars": max(600, args.tokens * 16),
-        "max_evidence_chars": max(300, args.tokens * 16),
-        "max_result_chars": 120,
+        "output_limits": OutputLimits(
+            max_analysis_chars=max(600, args.tokens * 16),
+            max_evidence_chars=max(300, args.tokens * 16),
+            max_result_chars=120,
+        ),
         **tiles,
     }
     batching: dict[str, object] = {
@@ -203,9 +206,9 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
                     "max_output_retries": 0,
                     # The untrained model fills every string to its bound; these bounds give a
                     # complete JSON answer of a few hundred tokens.
-                    "max_analysis_chars": 24,
-                    "max_evidence_chars": 16,
-                    "max_result_chars": 8,
+                    "output_limits": OutputLimits(
+                        max_analysis_chars=24, max_evidence_chars=16, max_result_chars=8
+                    ),
                 },
                 False,
             )

@@ -50,7 +50,7 @@ from bench.common import (
     ratio,
     table,
 )
-from inference_svc.domain.models import Question
+from inference_svc.domain.models import OutputLimits, Question
 from inference_svc.domain.output_schema import constrained_schema
 from inference_svc.domain.prompt import PromptTemplate
 from inference_svc.engine.api import GenerationRequest, GenerationResult, NullListener
@@ -133,7 +133,8 @@ def requests(count: int, tokens: int, tiles: int, prompt: str) -> list[Generatio
         ]
         # Strings long enough that no row's grammar can close before the forced length.
         schema = constrained_schema(
-            questions, max_evidence_chars=tokens * 16, max_analysis_chars=tokens * 16
+            questions,
+            OutputLimits(max_evidence_chars=tokens * 16, max_analysis_chars=tokens * 16),
         )
         text = (
             production_prompt(questions) if prompt == "production" else "<image>\nInspect the item."

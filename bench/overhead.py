@@ -46,6 +46,7 @@ from bench.common import (
 from bench.image_server import ImageServerProcess
 from bench.load import ChildProcess, Outcome, drive_sync
 from bench.photos import TWELVE_MP, photo_jpeg
+from inference_svc.domain.models import OutputLimits
 
 STAGES = ("transport", "fetch", "preprocess", "queue", "parse", "other")
 
@@ -100,9 +101,9 @@ async def run_row(
         "persistence_target": persistence_target,
         "max_new_tokens": 1024,
         "max_output_retries": 0,
-        "max_analysis_chars": 8,
-        "max_evidence_chars": 8,
-        "max_result_chars": 4,
+        "output_limits": OutputLimits(
+            max_analysis_chars=8, max_evidence_chars=8, max_result_chars=4
+        ),
         "event_retry_max_backoff_s": 30.0,
     }
     async with running_app(**overrides) as app:

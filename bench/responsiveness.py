@@ -38,6 +38,7 @@ from bench.common import (
 from bench.image_server import ImageServerProcess
 from bench.load import ChildProcess, LoadResult, probe_sync, saturate_sync
 from bench.photos import photo_jpeg
+from inference_svc.domain.models import OutputLimits
 
 TARGET_P99_MS = 20.0
 
@@ -147,9 +148,9 @@ async def run(args: argparse.Namespace) -> Result:
     overrides: dict[str, object] = {
         "max_new_tokens": 1024,
         "max_output_retries": 0,
-        "max_analysis_chars": 8,
-        "max_evidence_chars": 8,
-        "max_result_chars": 4,
+        "output_limits": OutputLimits(
+            max_analysis_chars=8, max_evidence_chars=8, max_result_chars=4
+        ),
         "preprocess_processes": args.preprocess_processes,
     }
     if args.worker_nice is not None:

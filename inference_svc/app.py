@@ -34,12 +34,14 @@ from inference_svc.events.link_health import PERSISTENCE_LINK_HEALTH_NAME, link_
 from inference_svc.events.metrics import DeliveryMetrics
 from inference_svc.events.recorder import NullRecorder, SpoolingRecorder
 from inference_svc.events.spool import EventSpool
+from inference_svc.grpc_api.admission import Admission
+from inference_svc.grpc_api.errors import error_interceptor
 from inference_svc.grpc_api.servicer import InspectionServicer
 from inference_svc.imaging.fetch import FetchConfig, ImageFetcher
 from inference_svc.imaging.tiling import prepare_image
 from inference_svc.observability import MetricsObserver
 from inference_svc.persistence_link import PersistenceSender
-from inference_svc.pipeline import Admission, InspectionPipeline, PipelineConfig
+from inference_svc.pipeline import InspectionPipeline, PipelineConfig
 from inference_svc.priority import lower_process_priority, lower_thread_priority
 from inference_svc.settings import InferenceSettings
 from svc_common.grpc_metrics import GrpcServerMetricsInterceptor
@@ -162,15 +164,16 @@ class InferenceApp:
         self.metrics.inflight_limit.set(settings.max_concurrent_requests)
         self.metrics.queue_capacity.set(settings.max_queue_size)
         self.metrics.queue_depth.set_function(lambda: float(self.engine.queue_depth()))
+        # A module-level function with plain arguments: it pickles to worker processes.
+        self.prepare = functools.partial(
+            prepare_image,
+            image_size=IMAGE_SIZE,
+            max_pixels=settings.max_image_pixels,
+            resize=settings.image_resize,
+        )
         self.pipeline = InspectionPipeline(
             fetcher=self.fetcher,
-            # A module-level function with plain arguments: it pickles to worker processes.
-            prepare=functools.partial(
-                prepare_image,
-                image_size=IMAGE_SIZE,
-                max_pixels=settings.max_image_pixels,
-                resize=settings.image_resize,
-            ),
+            prepare=self.prepare,
             engine=self.engine,
             template=self.template,
             recorder=recorder,
@@ -182,9 +185,6 @@ class InferenceApp:
                 max_new_tokens=settings.max_new_tokens,
                 min_new_tokens=settings.min_new_tokens,
                 max_output_retries=settings.max_output_retries,
-                max_evidence_chars=settings.max_evidence_chars,
-                max_analysis_chars=settings.max_analysis_chars,
-                max_result_chars=settings.max_result_chars,
             ),
             observer=MetricsObserver(self.metrics),
             tracer=get_tracer(tracer_provider, "inference_svc.pipeline"),
@@ -224,6 +224,7 @@ class InferenceApp:
             interceptors=[
                 GrpcServerMetricsInterceptor(self.registry),
                 *grpc_server_interceptors(self.tracer_provider),
+                error_interceptor(),
             ],
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),

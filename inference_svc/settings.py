@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from inference_svc.engine.prompting import INTERNVL25_SYSTEM_MESSAGE
+from inference_svc.model_inputs import INTERNVL25_SYSTEM_MESSAGE
 from svc_common.security_settings import ServerSecuritySettings
 from svc_common.settings_fields import setting
 
@@ -341,25 +341,4 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         "concatenation); auto = static on CPU, dynamic on CUDA.",
         group="engine",
         advanced=True,
-    )
-    max_evidence_chars: int = setting(
-        300,
-        "Constrained decoding: longest Evidence string per answer.",
-        group="model",
-        advanced=True,
-        ge=1,
-    )
-    max_analysis_chars: int = setting(
-        600,
-        "Constrained decoding: longest image_analysis string.",
-        group="model",
-        advanced=True,
-        ge=1,
-    )
-    max_result_chars: int = setting(
-        120,
-        "Constrained decoding: longest free-text Result.",
-        group="model",
-        advanced=True,
-        ge=1,
     )

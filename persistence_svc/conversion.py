@@ -41,6 +41,21 @@ _STATUS_TO_PROTO = {
     InspectionStatus.FAILED: persistence_pb2.INSPECTION_STATUS_FAILED,
 }
 
+# The enum fields beside the old strings, which stay what is stored: "fetch" <->
+# FAILURE_STAGE_FETCH, "InspectStream" <-> INSPECT_METHOD_INSPECT_STREAM. A producer may send
+# either form; readers get both.
+_STAGES = {
+    name.removeprefix("FAILURE_STAGE_").lower(): persistence_pb2.FailureStage.Value(name)
+    for name in persistence_pb2.FailureStage.keys()  # noqa: SIM118 - an enum wrapper, not a dict
+    if name != "FAILURE_STAGE_UNSPECIFIED"
+}
+_STAGE_NAMES = {value: name for name, value in _STAGES.items()}
+_METHODS = {
+    "Inspect": persistence_pb2.INSPECT_METHOD_INSPECT,
+    "InspectStream": persistence_pb2.INSPECT_METHOD_INSPECT_STREAM,
+}
+_METHOD_NAMES = {value: name for name, value in _METHODS.items()}
+
 
 # --- helpers ---------------------------------------------------------------------------------
 
@@ -173,7 +188,7 @@ def _event_from_proto(
     else:
         failure = event.failure_recorded
         payload = FailureData(
-            stage=clean_text(failure.stage),
+            stage=clean_text(failure.stage) or _STAGE_NAMES.get(failure.failure_stage, ""),
             reason=clean_text(failure.reason),
             message=clean_text(failure.message),
             status_code=clean_text(failure.status_code),
@@ -210,7 +225,7 @@ def _request_from_proto(
         product_id=clean_text(req.product_id),
         product_name=clean_text(req.product_name),
         previous_inspection_id=previous,
-        method=clean_text(req.method),
+        method=clean_text(req.method) or _METHOD_NAMES.get(req.inspect_method, ""),
         legacy_questions=req.legacy_questions,
         questions_json=_messages_to_json(req.questions),
         images_json=_messages_to_json([_without_inline_data(image) for image in req.images]),
@@ -326,6 +341,7 @@ def _request_to_proto(row: InspectionRow) -> persistence_pb2.RequestReceived:
         previous_inspection_id=str(row.previous_inspection_id or ""),
         legacy_questions=row.legacy_questions,
         method=row.method,
+        inspect_method=_METHODS.get(row.method, persistence_pb2.INSPECT_METHOD_UNSPECIFIED),
     )
     for question in json.loads(row.questions_json):
         json_format.ParseDict(question, request.questions.add(), ignore_unknown_fields=True)
@@ -360,6 +376,9 @@ def record_to_proto(
                 reason=row.failure.reason,
                 message=row.failure.message,
                 status_code=row.failure.status_code,
+                failure_stage=_STAGES.get(
+                    row.failure.stage, persistence_pb2.FAILURE_STAGE_UNSPECIFIED
+                ),
             )
         )
     return record

@@ -1,9 +1,16 @@
-"""Errors of the persistence domain. The gRPC layer maps each to a status code; nothing here
-imports grpc."""
+"""Errors of the persistence domain, and the table (:data:`ERROR_TABLE`) with which the error
+interceptor reports each to callers. The servicer and the repository only raise these."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from grpc import StatusCode
+
+from svc_common.grpc_errors import ErrorInterceptor, ErrorTable, Rule
+from svc_common.grpc_errors import error_interceptor as _error_interceptor
+
+ERROR_DOMAIN = "persistence.rpi.v1"
 
 
 @dataclass(frozen=True)
@@ -39,3 +46,22 @@ class DatabaseUnavailableError(PersistenceError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+ERROR_TABLE = ErrorTable(
+    domain=ERROR_DOMAIN,
+    rules={
+        InvalidArgumentError: Rule(StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+        NotFoundError: Rule(StatusCode.NOT_FOUND, "INSPECTION_NOT_FOUND"),
+        DatabaseUnavailableError: Rule(
+            StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE", retryable=True
+        ),
+        # Any other error of the domain comes from the database layer: retry later.
+        PersistenceError: Rule(StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE", retryable=True),
+    },
+)
+
+
+def error_interceptor() -> ErrorInterceptor:
+    """The persistence service's error interceptor: the last (innermost) server interceptor."""
+    return _error_interceptor(ERROR_TABLE)

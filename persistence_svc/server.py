@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from rpi.persistence.v1 import persistence_pb2, persistence_pb2_grpc
 
+from persistence_svc.errors import error_interceptor
 from persistence_svc.servicer import PersistenceServicer
 from svc_common.grpc_options import KEEPALIVE_OPTIONS
 from svc_common.health import LIVENESS_SERVICE
@@ -55,7 +56,8 @@ def build_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
 ) -> grpc.aio.Server:
     server = grpc.aio.server(
-        interceptors=list(interceptors),
+        # The error interceptor last: innermost, so metrics and tracing see its status codes.
+        interceptors=[*interceptors, error_interceptor()],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

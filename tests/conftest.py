@@ -1,20 +1,13 @@
-"""Fixtures shared by every test directory (see e2e_support)."""
+"""Hooks and fixtures shared by every test directory. Registered here as plugins: the end-to-end
+fixtures (tests/support/e2e.py) and the tiers (tests/support/tiers.py: unit or integration)."""
 
 import os
 from collections.abc import Iterator
 
 import pytest
 
-from e2e_support import (  # noqa: F401 - fixtures are registered by being imported here
-    database_url,
-    db,
-    image_server,
-    inference_app,
-    inspection_stub,
-    persistence_app,
-    persistence_stub,
-    postgres,
-)
+pytest_plugins = ["tests.support.e2e", "tests.support.tiers"]
+
 
 # In CI every tool the suite needs is installed by tools/bootstrap.sh, so a skipped test means a
 # broken install, not a missing optional feature: fail it. Only tests that need hardware this

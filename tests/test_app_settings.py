@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from inference_svc.app import InferenceApp, engine_config
-from inference_svc.domain.models import FetchedImage, ImageRole, ImageSource
+from inference_svc.domain.models import FetchedImage, ImageRole, ImageSource, OutputLimits
 from inference_svc.engine.config import EngineConfig
-from inference_svc.imaging.testing import encode, textured
 from inference_svc.imaging.tiling import prepare_image
-from tests.e2e_support import inference_settings
+from inference_svc.settings import InferenceSettings
+from tests.support.e2e import inference_settings
+from tests.support.imaging import encode, textured
 
 
 @pytest.mark.parametrize("method", ["torch", "pillow"])
@@ -22,7 +23,7 @@ def test_app_prepares_tiles_with_the_configured_resize(tmp_path: Path, method: s
     fetched = FetchedImage(ImageSource(ImageRole.PICKUP, 0, uri="inline"), data, "inline")
     app = InferenceApp(inference_settings(tmp_path, "", image_resize=method))
     try:
-        tiles = app.pipeline._prepare(fetched, 2).tiles
+        tiles = app.prepare(fetched, 2).tiles
     finally:
         app.executor.shutdown()
         app.prepare_executor.shutdown()
@@ -61,3 +62,18 @@ def test_engine_settings_reach_the_engine_config(tmp_path: Path) -> None:
     } <= set(shared)
     for name in shared:
         assert getattr(config, name) == getattr(settings, name), name
+
+
+def test_output_limits_are_the_prompt_templates_not_settings(tmp_path: Path) -> None:
+    # What the model is asked to write is part of the versioned prompt template: the app takes
+    # the limits from the template it loads, and no setting can change them behind its back.
+    assert not {"max_evidence_chars", "max_analysis_chars", "max_result_chars"} & set(
+        InferenceSettings.model_fields
+    )
+    limits = OutputLimits(max_evidence_chars=7, max_analysis_chars=9, max_result_chars=5)
+    app = InferenceApp(inference_settings(tmp_path, "", output_limits=limits))
+    try:
+        assert app.template.limits == limits
+    finally:
+        app.executor.shutdown()
+        app.prepare_executor.shutdown()

@@ -11,7 +11,7 @@ import pytest
 
 from inference_svc.app import InferenceApp, engine_config
 from inference_svc.priority import lower_thread_priority
-from tests.e2e_support import inference_settings
+from tests.support.e2e import inference_settings
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "setpriority"), reason="POSIX priorities")
 

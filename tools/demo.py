@@ -23,8 +23,20 @@ from PIL import Image, ImageDraw
 from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
+from inference_svc.domain.models import OutputLimits
+from inference_svc.domain.prompt import PromptTemplate, with_output_limits
+
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var" / "demo"
+
+
+def short_output_template() -> Path:
+    """The bundled prompt template asking for short strings (for the untrained demo model)."""
+    limits = OutputLimits(max_evidence_chars=24, max_analysis_chars=32, max_result_chars=16)
+    path = VAR / "prompt-short-output.j2"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(with_output_limits(PromptTemplate.bundled_source(), limits), encoding="utf-8")
+    return path
 
 
 def free_port() -> int:
@@ -111,15 +123,10 @@ def main() -> int:
         "EVENT_SPOOL_DIR": str(ROOT / "var" / "spool"),
     }
     if "MODEL_PATH" not in env:
-        # A random model fills every string up to its bound; short bounds keep its
-        # schema-constrained output well inside the token budget.
-        for key, value in (
-            ("MAX_NEW_TOKENS", "1000"),
-            ("MAX_EVIDENCE_CHARS", "24"),
-            ("MAX_ANALYSIS_CHARS", "32"),
-            ("MAX_RESULT_CHARS", "16"),
-        ):
-            i_env.setdefault(key, value)
+        # A random model fills every string up to its bound; short bounds (the prompt
+        # template's output limits) keep its schema-constrained output well inside the budget.
+        i_env.setdefault("MAX_NEW_TOKENS", "1000")
+        i_env.setdefault("PROMPT_TEMPLATE_PATH", str(short_output_template()))
     if "DATABASE_URL" not in env:
         print(
             "DATABASE_URL is unset: the persistence service starts an embedded PostgreSQL "

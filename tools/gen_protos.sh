@@ -11,7 +11,9 @@ rm -rf "$OUT/rpi"
 mkdir -p "$OUT"
 mapfile -t files < <(cd protos && find rpi -name '*.proto' | sort)
 BIN=$(dirname "$("$PY" -c "import sys; print(sys.executable)")")
-(cd protos && PATH="$BIN:$PATH" "$PY" -m grpc_tools.protoc -I. \
+# protos/third_party holds vendored imports (google/api/field_behavior.proto); their Python
+# modules come with googleapis-common-protos, so only rpi/ is generated.
+(cd protos && PATH="$BIN:$PATH" "$PY" -m grpc_tools.protoc -I. -Ithird_party \
   --python_out="../$OUT" --grpc_python_out="../$OUT" \
   --mypy_out="../$OUT" --mypy_grpc_out="../$OUT" "${files[@]}")
 # Regular packages (not namespace packages) so that setuptools and mypy find them.

@@ -33,8 +33,10 @@ mkdir -p "$GOPATH_DIR/src/$PKG/clients/go"
 
 # The well-known types' go_package names the APIv2 packages (google.golang.org/protobuf/...),
 # which Debian's APIv1 runtime does not have: map them to the APIv1 ptypes packages.
+# google/api/field_behavior.proto is vendored in protos/third_party; its Go package comes from
+# Debian's golang-google-genproto-dev (google.golang.org/genproto/googleapis/api/annotations).
 protoc \
-  -I "$ROOT/protos" -I /usr/include \
+  -I "$ROOT/protos" -I "$ROOT/protos/third_party" -I /usr/include \
   --plugin=protoc-gen-go="$PROTOC_GEN_GO" \
   --go_out="plugins=grpc,paths=import,Mgoogle/protobuf/duration.proto=github.com/golang/protobuf/ptypes/duration,Mgoogle/protobuf/timestamp.proto=github.com/golang/protobuf/ptypes/timestamp:$GOPATH_DIR/src" \
   "$ROOT/protos/rpi/inspection/v1/inspection.proto"

@@ -42,11 +42,15 @@ CLASSPATH_JARS=$(IFS=:; echo "${cp[*]}")
 
 rm -rf "$BUILD_DIR/gen" "$BUILD_DIR/classes"
 mkdir -p "$BUILD_DIR/gen" "$BUILD_DIR/classes"
+# google/api/field_behavior.proto (vendored in protos/third_party) is compiled with the stubs:
+# inspection.proto's descriptor refers to it. third_party comes first so that protoc names it
+# google/api/field_behavior.proto, as the import does.
 protoc \
-  -I "$ROOT/protos" -I /usr/include \
+  -I "$ROOT/protos/third_party" -I "$ROOT/protos" -I /usr/include \
   --plugin=protoc-gen-grpc-java="$GRPC_JAVA_PLUGIN" \
   --java_out="$BUILD_DIR/gen" --grpc-java_out="$BUILD_DIR/gen" \
-  "$ROOT/protos/rpi/inspection/v1/inspection.proto"
+  "$ROOT/protos/rpi/inspection/v1/inspection.proto" \
+  "$ROOT/protos/third_party/google/api/field_behavior.proto"
 
 find "$BUILD_DIR/gen" "$HERE/src/main/java" -name '*.java' > "$BUILD_DIR/sources.txt"
 javac -nowarn -encoding UTF-8 -d "$BUILD_DIR/classes" -cp "$CLASSPATH_JARS" @"$BUILD_DIR/sources.txt"

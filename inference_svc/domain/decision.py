@@ -18,11 +18,12 @@ import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rapidfuzz import fuzz, process, utils
 
-from inference_svc.domain.errors import ErrorKind, InspectionError, Reason
+from inference_svc.domain.errors import ErrorKind, InspectionError, Reason, Stage
 from inference_svc.domain.models import (
     Analysis,
     Answer,
@@ -104,6 +105,29 @@ def _text(value: object) -> str:
     return "" if value is None else value if isinstance(value, str) else str(value)
 
 
+@dataclass(frozen=True)
+class AnswerFields:
+    """One raw ``verification_results`` item read the way the decision reads it. The stream
+    shows answers through the same function, so a streamed answer and the final one never
+    disagree about the same raw value."""
+
+    label: str
+    result: str
+    evidence: str
+    confidence: int
+    retake_image: bool
+
+
+def parse_answer(item: Mapping[str, Any]) -> AnswerFields:
+    return AnswerFields(
+        label=_text(item.get("Label")).strip(),
+        result=result_text(item.get("Result")),
+        evidence=_text(item.get("Evidence")).strip(),
+        confidence=parse_confidence(item.get("Confidence")),
+        retake_image=parse_retake(item.get("isRetakeImage")),
+    )
+
+
 def same_value(answer: str, value_to_check: str, vtype: ValueType) -> bool:
     """Whether an answer says the same as the value to check: booleans by truth value, numbers
     by value, text ignoring case and surrounding/repeated whitespace."""
@@ -167,13 +191,14 @@ def _recommendation(output: Mapping[str, Any]) -> Recommendation:
             ErrorKind.INTERNAL,
             Reason.MODEL_OUTPUT_INVALID,
             f"unknown recommendation {raw!r}; expected one of " + ", ".join(_RECOMMENDATIONS),
-            stage="decide",
+            stage=Stage.DECIDE,
         )
     return recommendation
 
 
 def _model_answer(question: Question, vtype: ValueType, item: Mapping[str, Any]) -> Answer:
-    answer = result_text(item.get("Result"))
+    fields = parse_answer(item)
+    answer = fields.result
     if vtype is ValueType.BOOLEAN:
         answer = normalise_boolean(answer, like=question.value_to_check)
     return Answer(
@@ -182,9 +207,9 @@ def _model_answer(question: Question, vtype: ValueType, item: Mapping[str, Any])
         answer=answer,
         value_to_check=question.value_to_check,
         mandatory=question.mandatory,
-        evidence=_text(item.get("Evidence")).strip(),
-        confidence=parse_confidence(item.get("Confidence")),
-        retake_image=parse_retake(item.get("isRetakeImage")),
+        evidence=fields.evidence,
+        confidence=fields.confidence,
+        retake_image=fields.retake_image,
         source=AnswerSource.MODEL,
     )
 

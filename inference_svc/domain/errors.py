@@ -24,7 +24,7 @@ class ErrorKind(enum.Enum):
 class Reason(enum.StrEnum):
     """Stable machine-readable reasons (google.rpc.ErrorInfo.reason)."""
 
-    INVALID_REQUEST = "INVALID_REQUEST"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
     QUESTIONS_INVALID = "QUESTIONS_INVALID"
     IMAGE_FETCH_FAILED = "IMAGE_FETCH_FAILED"
     IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"
@@ -38,6 +38,22 @@ class Reason(enum.StrEnum):
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     CANCELLED = "CANCELLED"
     INTERNAL = "INTERNAL"
+
+
+class Stage(enum.StrEnum):
+    """Where an inspection failed; recorded with the failure (its value is the wire string)."""
+
+    VALIDATE = "validate"
+    # Refused before any work: not serving, too many in flight, records cannot be kept.
+    ADMIT = "admit"
+    FETCH = "fetch"
+    DECODE = "decode"
+    PREPROCESS = "preprocess"
+    QUEUE = "queue"
+    GENERATE = "generate"
+    PARSE = "parse"
+    DECIDE = "decide"
+    RECORD = "record"
 
 
 @dataclass(frozen=True)
@@ -57,9 +73,9 @@ class InspectionError(Exception):
     message: str
     violations: list[FieldViolation] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
-    # Pipeline stage where it happened (validate, fetch, decode, preprocess, generate, parse,
-    # decide); recorded with the failure.
-    stage: str = "validate"
+    # Where it happened, recorded with the failure; None = wherever the pipeline was when it
+    # was raised (the pipeline fills it in).
+    stage: Stage | None = None
     retry_after_seconds: float | None = None
 
     def __post_init__(self) -> None:
@@ -72,15 +88,15 @@ class InspectionError(Exception):
 def invalid_argument(
     message: str,
     violations: list[FieldViolation] | None = None,
-    reason: Reason = Reason.INVALID_REQUEST,
-    stage: str = "validate",
+    reason: Reason = Reason.INVALID_ARGUMENT,
+    stage: Stage = Stage.VALIDATE,
 ) -> InspectionError:
     return InspectionError(
         ErrorKind.INVALID_ARGUMENT, reason, message, violations or [], stage=stage
     )
 
 
-def image_error(reason: Reason, field_path: str, message: str, stage: str) -> InspectionError:
+def image_error(reason: Reason, field_path: str, message: str, stage: Stage) -> InspectionError:
     """An image-specific failure that names the offending image (its request field path)."""
     return InspectionError(
         ErrorKind.INVALID_ARGUMENT,

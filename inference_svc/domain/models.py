@@ -142,6 +142,16 @@ class StageTimings:
 
 
 @dataclass(frozen=True)
+class OutputLimits:
+    """Bounds of the strings the model is asked to write (grammar-constrained decoding). Part
+    of the prompt template's contract: read from its header, defaults for a template without."""
+
+    max_evidence_chars: int = 300
+    max_analysis_chars: int = 600
+    max_result_chars: int = 120
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     revision: str

@@ -25,7 +25,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from inference_svc.domain.models import Question
+from inference_svc.domain.models import OutputLimits, Question
 from inference_svc.domain.prompt import prompt_safe
 from inference_svc.domain.questions import ValueType, boolean_pair, value_type
 
@@ -142,22 +142,21 @@ def _score() -> dict[str, Any]:
 
 
 def constrained_schema(
-    questions: Sequence[Question],
-    max_evidence_chars: int = 300,
-    max_analysis_chars: int = 600,
-    max_result_chars: int = 120,
+    questions: Sequence[Question], limits: OutputLimits | None = None
 ) -> dict[str, Any]:
     """The strict schema of one request's output, for grammar-constrained decoding.
 
     ``verification_results`` has exactly one item per question, in request order, each with its
     Label (and Type, IsMandatory, ValueToCheck) fixed, so no answer can be lost or renamed.
-    Strings are bounded so a looping model still terminates. ``whitespace_flexible: false``
-    makes llguidance emit compact JSON: small models otherwise loop on whitespace.
+    Strings are bounded by ``limits`` (the prompt template's; defaults when None) so a looping
+    model still terminates. ``whitespace_flexible: false`` makes llguidance emit compact JSON:
+    small models otherwise loop on whitespace.
     """
     if not questions:
         raise ValueError("at least one question is needed")
-    analysis_text = {"type": "string", "maxLength": max_analysis_chars}
-    items = [_item_schema(q, max_evidence_chars, max_result_chars) for q in questions]
+    limits = limits or OutputLimits()
+    analysis_text = {"type": "string", "maxLength": limits.max_analysis_chars}
+    items = [_item_schema(q, limits.max_evidence_chars, limits.max_result_chars) for q in questions]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "x-guidance": {"whitespace_flexible": False},

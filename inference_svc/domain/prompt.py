@@ -4,6 +4,11 @@ The bundled template is ``inference_svc/prompts/inspection_v1.j2``; an operator 
 ``PROMPT_TEMPLATE_PATH`` at another one (a fine-tuned model must get the prompt it was trained
 on). A template starts with a Jinja comment holding ``key: value`` metadata, ``version`` among
 them; its version and the SHA-256 of its source are recorded with every model attempt.
+
+The header also bounds what the model is asked to write (``max_evidence_chars``,
+``max_analysis_chars``, ``max_result_chars``: the string limits of the constrained output
+schema), so a prompt and the output it asks for are versioned together. A template without
+them gets the ``OutputLimits`` defaults.
 """
 
 from __future__ import annotations
@@ -11,15 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
-from inference_svc.domain.models import Question
+from inference_svc.domain.models import OutputLimits, Question
 from inference_svc.domain.questions import (
     ValueType,
     boolean_pair,
@@ -28,7 +33,7 @@ from inference_svc.domain.questions import (
     is_negative_expected,
     value_type,
 )
-from inference_svc.engine.api import IMAGE_PLACEHOLDER
+from inference_svc.model_inputs import IMAGE_PLACEHOLDER
 
 DEFAULT_TEMPLATE = "inspection_v1.j2"
 
@@ -158,6 +163,44 @@ class PromptTemplateError(ValueError):
     """The configured template cannot be used (syntax error, unknown variable, wrong images)."""
 
 
+_LIMIT_KEYS = tuple(f.name for f in fields(OutputLimits))
+
+
+def output_limits(metadata: Mapping[str, str], name: str = "<string>") -> OutputLimits:
+    """The output limits a template header sets; the defaults for those it does not."""
+    values: dict[str, int] = {}
+    for key in _LIMIT_KEYS:
+        raw = metadata.get(key)
+        if raw is None:
+            continue
+        try:
+            values[key] = int(raw)
+        except ValueError:
+            values[key] = 0
+        if values[key] < 1:
+            raise PromptTemplateError(
+                f"prompt template {name}: {key} must be a positive integer, not {raw!r}"
+            )
+    return OutputLimits(**values)
+
+
+def with_output_limits(source: str, limits: OutputLimits) -> str:
+    """``source`` with its header's output limits set to ``limits`` (added when missing; a
+    header is created for a template without one). For a variant of a template that asks for
+    shorter or longer strings."""
+    lines = [f"{key}: {getattr(limits, key)}" for key in _LIMIT_KEYS]
+    match = _HEADER.match(source)
+    if not match:
+        return "{#-\n" + "\n".join(lines) + "\n-#}\n" + source
+    kept = [
+        line
+        for line in match.group(1).splitlines()
+        if not ((kv := _META_LINE.match(line)) and kv.group(1).lower() in _LIMIT_KEYS)
+    ]
+    body = "\n".join([*(line for line in kept if line.strip()), *lines])
+    return "{#-\n" + body + "\n-#}" + source[match.end() :]
+
+
 class PromptTemplate:
     """A loaded, checked prompt template."""
 
@@ -168,6 +211,7 @@ class PromptTemplate:
         self.metadata = parse_metadata(source)
         # A template without a header still gets a stable, content-derived version.
         self.version = self.metadata.get("version") or f"{Path(name).stem}-{self.sha256[:12]}"
+        self.limits = output_limits(self.metadata, name)
         try:
             self._template = _environment().from_string(source)
         except TemplateError as exc:
@@ -176,8 +220,11 @@ class PromptTemplate:
 
     @classmethod
     def bundled(cls, name: str = DEFAULT_TEMPLATE) -> PromptTemplate:
-        resource = resources.files("inference_svc.prompts").joinpath(name)
-        return cls(resource.read_text(encoding="utf-8"), name)
+        return cls(cls.bundled_source(name), name)
+
+    @staticmethod
+    def bundled_source(name: str = DEFAULT_TEMPLATE) -> str:
+        return resources.files("inference_svc.prompts").joinpath(name).read_text(encoding="utf-8")
 
     @classmethod
     def from_path(cls, path: Path) -> PromptTemplate:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from inference_svc.domain.errors import Stage
 from inference_svc.domain.models import (
     AttemptRecord,
     ImageRole,
@@ -51,5 +52,5 @@ class Recorder(Protocol):
     async def result(self, inspection: Inspection) -> None: ...
 
     async def failure(
-        self, inspection_id: str, stage: str, reason: str, message: str, status_code: str
+        self, inspection_id: str, stage: Stage, reason: str, message: str, status_code: str
     ) -> None: ...

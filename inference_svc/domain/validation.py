@@ -205,7 +205,7 @@ def validate_request(raw: RawInspectRequest, limits: RequestLimits) -> Inspectio
         reason = (
             Reason.QUESTIONS_INVALID
             if all(v.field.startswith(("questions", "legacy_questions_json")) for v in violations)
-            else Reason.INVALID_REQUEST
+            else Reason.INVALID_ARGUMENT
         )
         raise invalid_argument(
             f"invalid request: {len(violations)} problem(s); first: "

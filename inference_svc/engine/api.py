@@ -14,7 +14,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-IMAGE_PLACEHOLDER = "<image>"
+# Re-exported: the placeholder is part of the engine contract (defined in the neutral module).
+from inference_svc.model_inputs import IMAGE_PLACEHOLDER as IMAGE_PLACEHOLDER  # noqa: PLC0414
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .prompting import INTERNVL25_SYSTEM_MESSAGE
+from inference_svc.model_inputs import INTERNVL25_SYSTEM_MESSAGE
 
 
 @dataclass(frozen=True)

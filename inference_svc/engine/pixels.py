@@ -15,9 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-# InternVL's vision tower was trained on ImageNet-normalised pixels.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from inference_svc.model_inputs import IMAGENET_MEAN, IMAGENET_STD
 
 PixelArray = npt.NDArray[np.uint8] | npt.NDArray[np.float32]
 ACCEPTED_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))

@@ -13,7 +13,7 @@ from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
 from rpi.persistence.v1 import persistence_pb2 as ppb
 
-from inference_svc.domain.errors import ErrorKind, InspectionError, Reason
+from inference_svc.domain.errors import ErrorKind, InspectionError, Reason, Stage
 from inference_svc.domain.models import (
     AttemptRecord,
     ImageRole,
@@ -23,7 +23,7 @@ from inference_svc.domain.models import (
 )
 from inference_svc.domain.recording import ImageInfo
 from inference_svc.events.delivery import EventDelivery
-from inference_svc.grpc_api.convert import (
+from inference_svc.proto_convert import (
     duration,
     inspection_to_proto,
     question_to_proto,
@@ -31,6 +31,16 @@ from inference_svc.grpc_api.convert import (
 )
 
 _ROLE = {ImageRole.REFERENCE: ppb.IMAGE_ROLE_REFERENCE, ImageRole.PICKUP: ppb.IMAGE_ROLE_PICKUP}
+# The enum fields beside the old strings: "fetch" -> FAILURE_STAGE_FETCH, and so on.
+_STAGES = {
+    name.removeprefix("FAILURE_STAGE_").lower(): ppb.FailureStage.Value(name)
+    for name in ppb.FailureStage.keys()  # noqa: SIM118 - an enum wrapper, not a dict
+    if name != "FAILURE_STAGE_UNSPECIFIED"
+}
+_METHODS = {
+    "Inspect": ppb.INSPECT_METHOD_INSPECT,
+    "InspectStream": ppb.INSPECT_METHOD_INSPECT_STREAM,
+}
 
 
 class SpoolingRecorder:
@@ -84,6 +94,7 @@ class SpoolingRecorder:
                     for i in images
                 ],
                 method=method,
+                inspect_method=_METHODS.get(method, ppb.INSPECT_METHOD_UNSPECIFIED),
             ),
         )
 
@@ -123,12 +134,16 @@ class SpoolingRecorder:
         )
 
     async def failure(
-        self, inspection_id: str, stage: str, reason: str, message: str, status_code: str
+        self, inspection_id: str, stage: Stage, reason: str, message: str, status_code: str
     ) -> None:
         await self._record(
             inspection_id,
             failure_recorded=ppb.FailureRecorded(
-                stage=stage, reason=reason, message=message[:2000], status_code=status_code
+                stage=stage.value,
+                reason=reason,
+                message=message[:2000],
+                status_code=status_code,
+                failure_stage=_STAGES.get(stage.value, ppb.FAILURE_STAGE_UNSPECIFIED),
             ),
         )
 
@@ -151,6 +166,6 @@ class NullRecorder:
         pass
 
     async def failure(
-        self, inspection_id: str, stage: str, reason: str, message: str, status_code: str
+        self, inspection_id: str, stage: Stage, reason: str, message: str, status_code: str
     ) -> None:
         pass

@@ -1,27 +1,16 @@
-"""Translation between protobuf messages and domain types (and nothing else)."""
+"""Translation between the gRPC layer's protobuf messages and domain types (and nothing else).
+The domain -> message converters the events adapter shares are in inference_svc.proto_convert."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 from rpi.inspection.v1 import inspection_pb2 as pb
 
 from inference_svc.domain import models as m
 from inference_svc.domain.validation import RawImage, RawInspectRequest
+from inference_svc.proto_convert import inspection_to_proto
 
-_DECISION = {m.Decision.PICK: pb.DECISION_PICK, m.Decision.NOT_PICK: pb.DECISION_NOT_PICK}
-_RECOMMENDATION = {
-    m.Recommendation.ACCEPT: pb.RECOMMENDATION_ACCEPT,
-    m.Recommendation.REJECT: pb.RECOMMENDATION_REJECT,
-    m.Recommendation.PARTIAL: pb.RECOMMENDATION_PARTIAL,
-    m.Recommendation.RETRY: pb.RECOMMENDATION_RETRY,
-}
-_SOURCE = {
-    m.AnswerSource.MODEL: pb.ANSWER_SOURCE_MODEL,
-    m.AnswerSource.MISSED: pb.ANSWER_SOURCE_MISSED,
-}
+# inspection_to_proto is part of this module's interface too (the servicer answers with it).
+__all__ = ["inspection_to_proto", "progress_to_proto", "raw_request_from_proto"]
 
 
 def raw_request_from_proto(request: pb.InspectRequest) -> RawInspectRequest:
@@ -45,76 +34,6 @@ def raw_request_from_proto(request: pb.InspectRequest) -> RawInspectRequest:
             m.Question(q.type, q.label, q.value_to_check, q.mandatory) for q in request.questions
         ),
         legacy_questions_json=request.legacy_questions_json,
-    )
-
-
-def question_to_proto(q: m.Question) -> pb.Question:
-    return pb.Question(
-        type=q.type, label=q.label, value_to_check=q.value_to_check, mandatory=q.mandatory
-    )
-
-
-def duration(seconds: float) -> Duration:
-    d = Duration()
-    d.FromNanoseconds(round(seconds * 1e9))
-    return d
-
-
-def timestamp(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC))
-    return ts
-
-
-def inspection_to_proto(i: m.Inspection) -> pb.Inspection:
-    return pb.Inspection(
-        inspection_id=i.inspection_id,
-        previous_inspection_id=i.previous_inspection_id,
-        shipping_id=i.shipping_id,
-        product_id=i.product_id,
-        decision=_DECISION[i.decision],
-        model_recommendation=_RECOMMENDATION[i.recommendation],
-        match_score=i.match_score,
-        answers=[
-            pb.Answer(
-                label=a.label,
-                type=a.type,
-                answer=a.answer,
-                value_to_check=a.value_to_check,
-                mandatory=a.mandatory,
-                evidence=a.evidence,
-                confidence=a.confidence,
-                retake_image=a.retake_image,
-                source=_SOURCE[a.source],
-            )
-            for a in i.answers
-        ],
-        analysis=pb.Analysis(
-            pickup_description=i.analysis.pickup_description,
-            reference_description=i.analysis.reference_description,
-            comparison=i.analysis.comparison,
-        ),
-        confidence_factors=pb.ConfidenceFactors(
-            image_quality=i.confidence_factors.image_quality,
-            attribute_visibility=i.confidence_factors.attribute_visibility,
-            matching_confidence=i.confidence_factors.matching_confidence,
-        ),
-        timings=pb.StageTimings(
-            fetch=duration(i.timings.fetch),
-            preprocess=duration(i.timings.preprocess),
-            queue=duration(i.timings.queue),
-            generate=duration(i.timings.generate),
-            parse=duration(i.timings.parse),
-            total=duration(i.timings.total),
-        ),
-        attempts=i.attempts,
-        model=pb.ModelInfo(
-            name=i.model.name,
-            revision=i.model.revision,
-            untrained=i.model.untrained,
-            prompt_template_version=i.model.prompt_template_version,
-        ),
-        create_time=timestamp(i.created_at),
     )
 
 

@@ -1,71 +1,59 @@
-"""Maps domain errors to gRPC statuses carrying google.rpc error details."""
+"""The inspection service's error table: each domain reason -> gRPC code, wire reason and
+whether the caller may retry. ``svc_common.grpc_errors`` builds the statuses from it."""
 
 from __future__ import annotations
 
-import grpc
-from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from collections.abc import Mapping
+from typing import Any
 
-from inference_svc.domain.errors import ErrorKind, InspectionError
+from grpc import StatusCode
+
+from inference_svc.domain.errors import InspectionError, Reason
+from svc_common.grpc_errors import ErrorInterceptor, ErrorTable, Rule
+from svc_common.grpc_errors import error_interceptor as _error_interceptor
+from svc_common.logging import inspection_id_var
 
 ERROR_DOMAIN = "inspection.rpi.v1"
 
-_CODES: dict[ErrorKind, tuple[grpc.StatusCode, int]] = {
-    ErrorKind.INVALID_ARGUMENT: (grpc.StatusCode.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT),
-    ErrorKind.RESOURCE_EXHAUSTED: (
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        code_pb2.RESOURCE_EXHAUSTED,
+REASONS: Mapping[str, Rule] = {
+    # Invalid input has the same reason in every service of the platform.
+    Reason.INVALID_ARGUMENT: Rule(StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+    Reason.QUESTIONS_INVALID: Rule(StatusCode.INVALID_ARGUMENT, "QUESTIONS_INVALID"),
+    Reason.IMAGE_FETCH_FAILED: Rule(StatusCode.INVALID_ARGUMENT, "IMAGE_FETCH_FAILED"),
+    Reason.IMAGE_TOO_LARGE: Rule(StatusCode.INVALID_ARGUMENT, "IMAGE_TOO_LARGE"),
+    Reason.IMAGE_UNDECODABLE: Rule(StatusCode.INVALID_ARGUMENT, "IMAGE_UNDECODABLE"),
+    Reason.IMAGE_URL_FORBIDDEN: Rule(StatusCode.INVALID_ARGUMENT, "IMAGE_URL_FORBIDDEN"),
+    Reason.MODEL_OUTPUT_INVALID: Rule(StatusCode.INTERNAL, "MODEL_OUTPUT_INVALID"),
+    Reason.MODEL_NOT_READY: Rule(StatusCode.UNAVAILABLE, "MODEL_NOT_READY", retryable=True),
+    Reason.OVERLOADED: Rule(StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED", retryable=True),
+    Reason.EVENT_SPOOL_FULL: Rule(
+        StatusCode.RESOURCE_EXHAUSTED, "EVENT_SPOOL_FULL", retryable=True
     ),
-    ErrorKind.UNAVAILABLE: (grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE),
-    ErrorKind.DEADLINE_EXCEEDED: (grpc.StatusCode.DEADLINE_EXCEEDED, code_pb2.DEADLINE_EXCEEDED),
-    ErrorKind.CANCELLED: (grpc.StatusCode.CANCELLED, code_pb2.CANCELLED),
-    ErrorKind.INTERNAL: (grpc.StatusCode.INTERNAL, code_pb2.INTERNAL),
-    ErrorKind.FAILED_PRECONDITION: (
-        grpc.StatusCode.FAILED_PRECONDITION,
-        code_pb2.FAILED_PRECONDITION,
-    ),
+    Reason.DRAINING: Rule(StatusCode.UNAVAILABLE, "DRAINING", retryable=True),
+    Reason.DEADLINE_EXCEEDED: Rule(StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
+    Reason.CANCELLED: Rule(StatusCode.CANCELLED, "CANCELLED"),
+    Reason.INTERNAL: Rule(StatusCode.INTERNAL, "INTERNAL"),
 }
 
 
-def status_code_for(kind: ErrorKind) -> grpc.StatusCode:
-    return _CODES[kind][0]
-
-
-def to_status(error: InspectionError, inspection_id: str = "") -> grpc.Status:
-    """Builds a status with ErrorInfo, BadRequest (when there are field violations) and
-    RetryInfo (when the caller should come back later)."""
-    details: list[any_pb2.Any] = []
-    metadata = dict(error.metadata)
+def _metadata(exc: BaseException, request: Any) -> dict[str, str]:
+    """ErrorInfo.metadata: the inspection (the id the server generated, else the caller's) and
+    the pipeline stage where the failure happened."""
+    metadata: dict[str, str] = {}
+    inspection_id = inspection_id_var.get() or getattr(request, "inspection_id", "")
     if inspection_id:
-        metadata.setdefault("inspection_id", inspection_id)
-    metadata.setdefault("stage", error.stage)
-    info = any_pb2.Any()
-    info.Pack(
-        error_details_pb2.ErrorInfo(
-            reason=error.reason.value, domain=ERROR_DOMAIN, metadata=metadata
-        )
-    )
-    details.append(info)
-    if error.violations:
-        bad = any_pb2.Any()
-        bad.Pack(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
-                    )
-                    for v in error.violations
-                ]
-            )
-        )
-        details.append(bad)
-    if error.retry_after_seconds is not None:
-        retry = any_pb2.Any()
-        delay = duration_pb2.Duration()
-        delay.FromMilliseconds(int(error.retry_after_seconds * 1000))
-        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
-        details.append(retry)
-    return rpc_status.to_status(
-        status_pb2.Status(code=_CODES[error.kind][1], message=error.message, details=details)
-    )
+        metadata["inspection_id"] = str(inspection_id)
+    stage = getattr(exc, "stage", None)
+    if stage is not None:
+        metadata["stage"] = str(getattr(stage, "value", stage))
+    return metadata
+
+
+ERROR_TABLE = ErrorTable(
+    domain=ERROR_DOMAIN, rules={InspectionError: REASONS}, metadata_hook=_metadata
+)
+
+
+def error_interceptor() -> ErrorInterceptor:
+    """The inspection service's error interceptor: the last (innermost) server interceptor."""
+    return _error_interceptor(ERROR_TABLE)

@@ -12,16 +12,16 @@ import grpc
 from rpi.inspection.v1 import inspection_pb2 as pb
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 
-from inference_svc.domain.errors import ErrorKind, InspectionError, Reason
+from inference_svc.domain.errors import ErrorKind
 from inference_svc.domain.models import Accepted, AnswerReady, Completed, Inspection, ProgressEvent
 from inference_svc.domain.validation import RequestLimits, validate_request
+from inference_svc.grpc_api.admission import Admission, refuse_unless_serving
 from inference_svc.grpc_api.convert import (
     inspection_to_proto,
     progress_to_proto,
     raw_request_from_proto,
 )
-from inference_svc.grpc_api.errors import to_status
-from inference_svc.pipeline import Admission, InspectionPipeline
+from inference_svc.pipeline import InspectionPipeline
 from svc_common.logging import inspection_id_var
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,14 @@ if TYPE_CHECKING:
 # skipped (acceptance, answers and the final inspection are never skipped).
 _STREAM_BUFFER = 256
 _ALWAYS_SENT = (Accepted, AnswerReady, Completed)
+
+
+def _cancel_cause(context: Context) -> ErrorKind:
+    """Why gRPC cancelled the handler: its deadline passed, or the client went away."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return ErrorKind.DEADLINE_EXCEEDED
+    return ErrorKind.CANCELLED
 
 
 class InspectionServicer(pb_grpc.InspectionServiceServicer):
@@ -50,21 +58,14 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
         self._request_timeout_s = request_timeout_s
         self._is_serving = is_serving
 
-    def _deadline(self, context: Context) -> tuple[float, float]:
+    def _deadline(self, context: Context) -> float:
+        """The call's deadline on the monotonic clock: the caller's, capped by the server's
+        request timeout. The pipeline enforces it."""
         remaining = context.time_remaining()
         budget = self._request_timeout_s
         if remaining is not None:
             budget = min(budget, max(0.0, remaining))
-        return budget, time.monotonic() + budget
-
-    def _check_serving(self) -> None:
-        if not self._is_serving():
-            raise InspectionError(
-                ErrorKind.UNAVAILABLE,
-                Reason.MODEL_NOT_READY,
-                "the service is not serving (model loading or draining); retry another replica",
-                retry_after_seconds=1.0,
-            )
+        return time.monotonic() + budget
 
     async def _run(
         self,
@@ -74,23 +75,18 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
         emit: Callable[[ProgressEvent], None],
         streaming: bool,
     ) -> Inspection:
-        self._check_serving()
+        refuse_unless_serving(self._is_serving())
         domain_request = validate_request(raw_request_from_proto(request), self._limits)
         inspection_id_var.set(domain_request.inspection_id)
-        budget, deadline = self._deadline(context)
         with self._admission.slot():
-            try:
-                async with asyncio.timeout(budget):
-                    inspection = await self._pipeline.run(
-                        domain_request, method, emit, deadline, streaming=streaming
-                    )
-            except TimeoutError as exc:
-                raise InspectionError(
-                    ErrorKind.DEADLINE_EXCEEDED,
-                    Reason.DEADLINE_EXCEEDED,
-                    f"the inspection did not finish within {budget:.1f} s",
-                    stage="generate",
-                ) from exc
+            inspection = await self._pipeline.run(
+                domain_request,
+                method,
+                emit,
+                deadline=self._deadline(context),
+                streaming=streaming,
+                cancel_cause=lambda: _cancel_cause(context),
+            )
         log.info(
             "inspection completed",
             extra={
@@ -102,29 +98,10 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
         )
         return inspection
 
-    async def _abort(
-        self, context: Context, error: InspectionError, request: pb.InspectRequest
-    ) -> None:
-        inspection_id = inspection_id_var.get("") or request.inspection_id
-        level = logging.WARNING if error.kind is ErrorKind.INTERNAL else logging.INFO
-        log.log(
-            level,
-            "inspection failed",
-            extra={"reason": error.reason.value, "stage": error.stage, "error": error.message},
-        )
-        # grpc-stubs lacks abort_with_status on the aio context; it exists at run time.
-        await context.abort_with_status(to_status(error, inspection_id))  # type: ignore[attr-defined]
-
     async def Inspect(  # noqa: N802 - gRPC method name
         self, request: pb.InspectRequest, context: Context
     ) -> pb.InspectResponse:
-        try:
-            inspection = await self._run(
-                request, context, "Inspect", lambda _e: None, streaming=False
-            )
-        except InspectionError as error:
-            await self._abort(context, error, request)
-            raise AssertionError("unreachable") from error
+        inspection = await self._run(request, context, "Inspect", lambda _e: None, streaming=False)
         return pb.InspectResponse(inspection=inspection_to_proto(inspection))
 
     async def InspectStream(  # noqa: N802 - gRPC method name
@@ -156,10 +133,9 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
                 log.info("stream reader lagged; progress skipped", extra={"skipped": dropped})
             if task.cancelled():
                 return
+            # Domain errors become statuses in the error interceptor (grpc_api.errors).
             error = task.exception()
-            if isinstance(error, InspectionError):
-                await self._abort(context, error, request)
-            elif error is not None:
+            if error is not None:
                 raise error
         finally:
             if not task.done():

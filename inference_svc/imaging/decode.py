@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
-from inference_svc.domain.errors import InspectionError, Reason, image_error
+from inference_svc.domain.errors import InspectionError, Reason, Stage, image_error
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 # Importing the plugins registers them, so Image.open never runs Pillow's lazy plugin
 # initialisation from worker threads.
 _PLUGINS = (JpegImagePlugin, PngImagePlugin, WebPImagePlugin)
-_STAGE = "decode"
+_STAGE = Stage.DECODE
 _EXIF_ORIENTATION = 0x0112
 # The transposition that makes each EXIF orientation upright (as in ImageOps.exif_transpose).
 _TRANSPOSE: dict[int, Image.Transpose] = {

@@ -20,7 +20,13 @@ from tenacity import (
     wait_random,
 )
 
-from inference_svc.domain.errors import InspectionError, Reason, image_error, invalid_argument
+from inference_svc.domain.errors import (
+    InspectionError,
+    Reason,
+    Stage,
+    image_error,
+    invalid_argument,
+)
 from inference_svc.domain.models import FetchedImage, ImageRole, ImageSource
 from inference_svc.imaging.addresses import AddressPolicy
 from inference_svc.imaging.resolver import ForbiddenAddressError, PolicyResolver
@@ -40,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _TRANSIENT_STATUSES = frozenset({408, 429, 502, 503, 504})
-_STAGE = "fetch"
+_STAGE = Stage.FETCH
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ def _with_cause(error: InspectionError, cause: str) -> InspectionError:
     return error
 
 
-def _too_large(field_path: str, message: str, stage: str) -> InspectionError:
+def _too_large(field_path: str, message: str, stage: Stage) -> InspectionError:
     return _with_cause(
         image_error(Reason.IMAGE_TOO_LARGE, field_path, message, stage=stage), "too_large"
     )

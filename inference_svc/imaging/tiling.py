@@ -29,8 +29,8 @@ import torch
 from PIL import Image
 
 from inference_svc.domain.models import FetchedImage, PreparedImage
-from inference_svc.engine.pixels import IMAGENET_MEAN, IMAGENET_STD
 from inference_svc.imaging.decode import load_rgb, probe_image
+from inference_svc.model_inputs import IMAGENET_MEAN, IMAGENET_STD
 
 DEFAULT_IMAGE_SIZE = 448
 

@@ -1,1 +1,2 @@
-"""Bundled prompt templates (Jinja2 data files, each with a version header)."""
+"""Bundled prompt templates (Jinja2 data files). Each starts with a header of ``key: value``
+lines: its version and the output limits of the strings it asks the model to write."""

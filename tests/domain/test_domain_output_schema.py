@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import pytest
 from jsonschema import Draft202012Validator
 
-from inference_svc.domain.models import Question
+from inference_svc.domain.models import OutputLimits, Question
 from inference_svc.domain.output_parser import validate_output
 from inference_svc.domain.output_schema import (
     RESPONSE_SCHEMA,
@@ -98,7 +98,7 @@ def test_constrained_output_is_valid_under_both_schemas(name: str) -> None:
 
 def test_constrained_schema_fixes_labels_in_order_and_types_results() -> None:
     questions = QUESTION_SETS["mixed"]
-    schema = constrained_schema(questions, max_evidence_chars=123)
+    schema = constrained_schema(questions, OutputLimits(max_evidence_chars=123))
     assert schema["x-guidance"] == {"whitespace_flexible": False}
     answers = schema["properties"]["verification_results"]
     assert answers["items"] is False

@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from inference_svc.domain.models import Question
+from inference_svc.domain.models import OutputLimits, Question
 from inference_svc.domain.prompt import (
     PromptTemplate,
     PromptTemplateError,
     number_to_word,
     parse_metadata,
+    with_output_limits,
 )
 from inference_svc.engine.api import IMAGE_PLACEHOLDER
 
@@ -176,6 +177,38 @@ def test_template_without_header_gets_content_version(tmp_path: Path) -> None:
     )
     custom = PromptTemplate.load(path)
     assert custom.version == f"plain-{custom.sha256[:12]}"
+    # No header, so no output limits either: today's defaults.
+    assert custom.limits == OutputLimits()
+
+
+def test_bundled_template_declares_its_output_limits(template: PromptTemplate) -> None:
+    assert template.limits == OutputLimits(
+        max_evidence_chars=300, max_analysis_chars=600, max_result_chars=120
+    )
+
+
+def test_output_limits_come_from_the_header_and_keep_the_rest_of_it(
+    template: PromptTemplate,
+) -> None:
+    limits = OutputLimits(max_evidence_chars=24, max_analysis_chars=32, max_result_chars=16)
+    short = PromptTemplate(with_output_limits(template.source, limits), "short.j2")
+    assert short.limits == limits
+    assert short.version == template.version
+    assert short.sha256 != template.sha256
+    assert short.render("Shoe", QUESTIONS, 1, 1) == template.render("Shoe", QUESTIONS, 1, 1)
+    # Only the keys a header names are taken; the others keep their defaults.
+    partial = PromptTemplate(template.source.replace("max_result_chars: 120\n", ""), "partial.j2")
+    assert partial.limits == OutputLimits(max_evidence_chars=300, max_analysis_chars=600)
+    plain = "{% for i in images %}{{ image_placeholder }}{% endfor %}{{ product_name }}"
+    plain += "{% for q in questions %}{{ q.label }}{% endfor %}{{ retry_errors | join }}"
+    assert PromptTemplate(with_output_limits(plain, limits)).limits == limits
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_invalid_output_limit_is_refused_at_load(template: PromptTemplate, value: str) -> None:
+    source = template.source.replace("max_evidence_chars: 300", f"max_evidence_chars: {value}")
+    with pytest.raises(PromptTemplateError, match="max_evidence_chars"):
+        PromptTemplate(source, "bad.j2")
 
 
 @pytest.mark.parametrize(

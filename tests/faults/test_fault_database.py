@@ -14,18 +14,12 @@ from urllib.parse import urlsplit
 import asyncpg
 from rpi.persistence.v1 import persistence_pb2 as ppb
 
-from fault_support import DedicatedPersistence, db_counts, free_port, wait_until
 from inference_svc.events.delivery import EventDelivery
 from inference_svc.events.spool import EventSpool
 from inference_svc.persistence_link import PersistenceSender
-from persistence_svc.testing import (
-    PgProxy,
-    TestPostgres,
-    attempt_event,
-    new_id,
-    request_event,
-    result_event,
-)
+from tests.support.events import attempt_event, new_id, request_event, result_event
+from tests.support.faults import DedicatedPersistence, db_counts, free_port, wait_until
+from tests.support.postgres import PgProxy, PostgresForTests
 
 
 class ObservedSender(PersistenceSender):
@@ -71,7 +65,7 @@ def delivery_for(tmp: Path, sender: ObservedSender) -> EventDelivery:
 
 
 async def test_terminated_and_cut_connections_lose_no_acknowledged_event(
-    postgres: TestPostgres, tmp_path: Path
+    postgres: PostgresForTests, tmp_path: Path
 ) -> None:
     inspections = 150
     async with postgres.fresh_database("rpi_fault_db_") as url:
@@ -177,7 +171,7 @@ async def test_terminated_and_cut_connections_lose_no_acknowledged_event(
 
 
 async def test_replaying_500_events_twice_yields_500_rows(
-    postgres: TestPostgres, tmp_path: Path
+    postgres: PostgresForTests, tmp_path: Path
 ) -> None:
     async with postgres.fresh_database("rpi_fault_replay_") as url:
         persistence = DedicatedPersistence(url, free_port())

@@ -14,7 +14,10 @@ from grpc_health.v1 import health_pb2
 from rpi.inspection.v1 import inspection_pb2 as pb
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 
-from fault_support import (
+from inference_svc.app import InferenceApp
+from inference_svc.events.delivery import LinkState
+from inference_svc.events.link_health import PERSISTENCE_LINK_HEALTH_NAME
+from tests.support.faults import (
     CONCURRENCY,
     INSPECTIONS,
     DedicatedPersistence,
@@ -25,17 +28,14 @@ from fault_support import (
     health_status,
     wait_until,
 )
-from inference_svc.app import InferenceApp
-from inference_svc.events.delivery import LinkState
-from inference_svc.events.link_health import PERSISTENCE_LINK_HEALTH_NAME
-from persistence_svc.testing import TestPostgres
+from tests.support.postgres import PostgresForTests
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def test_persistence_outage_during_inspections_loses_and_duplicates_nothing(
-    postgres: TestPostgres, tmp_path: Path
+    postgres: PostgresForTests, tmp_path: Path
 ) -> None:
     async with postgres.fresh_database("rpi_fault_outage_") as url:
         persistence = DedicatedPersistence(url, free_port())

@@ -16,17 +16,18 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 
-from e2e_support import ROOT
-from fault_support import (
+from inference_svc.events.spool import SPOOL_FILE
+from tests.support.e2e import ROOT, template_with_limits
+from tests.support.faults import (
     CHEAP_MODEL_ENV,
+    CHEAP_OUTPUT,
     DedicatedPersistence,
     cheap_request,
     db_counts,
     free_port,
     wait_until,
 )
-from inference_svc.events.spool import SPOOL_FILE
-from persistence_svc.testing import TestPostgres
+from tests.support.postgres import PostgresForTests
 
 INSPECTIONS = 16
 
@@ -37,6 +38,7 @@ async def start_inference(
     env = {
         **os.environ,
         **CHEAP_MODEL_ENV,
+        "PROMPT_TEMPLATE_PATH": str(template_with_limits(spool_dir.parent, CHEAP_OUTPUT)),
         "GRPC_LISTEN": f"127.0.0.1:{port}",
         "PERSISTENCE_TARGET": f"127.0.0.1:{persistence_port}",
         "EVENT_SPOOL_DIR": str(spool_dir),
@@ -72,7 +74,7 @@ def spooled(spool_dir: Path) -> int:
 
 
 async def test_sigkilled_process_delivers_its_spool_after_restart_exactly_once(
-    postgres: TestPostgres, tmp_path: Path
+    postgres: PostgresForTests, tmp_path: Path
 ) -> None:
     spool_dir = tmp_path / "spool"
     persistence_port = free_port()

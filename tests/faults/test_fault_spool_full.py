@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 
-from fault_support import cheap_request, cheap_settings, free_port, rss_kib
 from inference_svc.app import InferenceApp
-from persistence_svc.testing import error_reason
+from tests.support.errors import error_reason
+from tests.support.faults import cheap_request, cheap_settings, free_port, rss_kib
 
 # Generous: the refused calls allocate nothing that lives on; this only catches a leak of a
 # request (inline images included) per call, which would add well over this.

@@ -9,7 +9,7 @@ import pytest_asyncio
 from aiohttp.abc import AbstractResolver
 
 from inference_svc.imaging.fetch import FetchConfig, ImageFetcher
-from inference_svc.imaging.testing import LoopbackServer
+from tests.support.imaging import LoopbackServer
 
 
 @pytest_asyncio.fixture

@@ -14,13 +14,7 @@ from PIL import Image
 
 from inference_svc.domain.errors import InspectionError, Reason
 from inference_svc.imaging.decode import decode_image, load_rgb, probe_image
-from inference_svc.imaging.testing import (
-    crafted_png,
-    encode,
-    jpeg_with_size,
-    png_chunk,
-    textured,
-)
+from tests.support.imaging import crafted_png, encode, jpeg_with_size, png_chunk, textured
 
 FIELD = "pickup_images[1]"
 LIMIT = 64_000_000

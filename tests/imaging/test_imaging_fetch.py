@@ -12,7 +12,7 @@ from aiohttp import web
 from inference_svc.domain.errors import ErrorKind, InspectionError, Reason
 from inference_svc.domain.models import ImageRole, ImageSource
 from inference_svc.imaging.fetch import FetchConfig, ImageFetcher
-from inference_svc.imaging.testing import Handler, LoopbackServer, StaticResolver
+from tests.support.imaging import Handler, LoopbackServer, StaticResolver
 
 MakeFetcher = Callable[..., ImageFetcher]
 BODY = bytes(range(256)) * 40  # 10240 bytes
@@ -125,7 +125,7 @@ async def test_source_needs_exactly_one_of_uri_and_content(make_fetcher: MakeFet
     for src in (source(), source(uri="https://a.test/x", content=b"x")):
         with pytest.raises(InspectionError) as info:
             await fetcher.fetch(src)
-        assert info.value.reason is Reason.INVALID_REQUEST
+        assert info.value.reason is Reason.INVALID_ARGUMENT
 
 
 def hanging(release: asyncio.Event, after_headers: bool) -> Handler:

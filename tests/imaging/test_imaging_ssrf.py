@@ -13,7 +13,7 @@ from inference_svc.domain.models import ImageRole, ImageSource
 from inference_svc.imaging.addresses import AddressPolicy, is_public_address
 from inference_svc.imaging.fetch import ImageFetcher
 from inference_svc.imaging.resolver import ForbiddenAddressError, PolicyResolver
-from inference_svc.imaging.testing import LoopbackServer, StaticResolver
+from tests.support.imaging import LoopbackServer, StaticResolver
 
 MakeFetcher = Callable[..., ImageFetcher]
 

@@ -18,8 +18,7 @@ from PIL import Image
 
 from inference_svc.domain.errors import InspectionError, Reason
 from inference_svc.domain.models import FetchedImage, ImageRole, ImageSource
-from inference_svc.engine.pixels import IMAGENET_MEAN, IMAGENET_STD, normalise_array
-from inference_svc.imaging.testing import encode, textured
+from inference_svc.engine.pixels import normalise_array
 from inference_svc.imaging.tiling import (
     choose_grid,
     image_to_tiles,
@@ -29,6 +28,8 @@ from inference_svc.imaging.tiling import (
     seed_style_tiles,
     target_ratios,
 )
+from inference_svc.model_inputs import IMAGENET_MEAN, IMAGENET_STD
+from tests.support.imaging import encode, textured
 
 # ---------------------------------------------------------------- published algorithm
 

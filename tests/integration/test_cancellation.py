@@ -13,9 +13,8 @@ from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
-from e2e_support import ImageServer, make_request
 from inference_svc.app import InferenceApp
-from test_end_to_end import wait_for_record
+from tests.support.e2e import ImageServer, make_request, wait_for_record
 
 
 async def test_client_cancelling_a_stream_stops_its_generation(

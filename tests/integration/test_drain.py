@@ -16,9 +16,16 @@ from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
-from e2e_support import MODEL_CACHE, ROOT, ImageServer, make_request
+from inference_svc.domain.models import OutputLimits
 from persistence_svc.app import PersistenceApp
-from test_end_to_end import wait_for_record
+from tests.support.e2e import (
+    MODEL_CACHE,
+    ROOT,
+    ImageServer,
+    make_request,
+    template_with_limits,
+    wait_for_record,
+)
 
 
 def free_port() -> int:
@@ -60,9 +67,12 @@ async def test_sigterm_lets_inflight_call_finish_and_delivers_its_events(
         "ALLOWED_NETWORKS": '["127.0.0.1/32"]',
         "MAX_NEW_TOKENS": "1200",
         # Long enough strings that generation is still running when SIGTERM arrives.
-        "MAX_EVIDENCE_CHARS": "120",
-        "MAX_ANALYSIS_CHARS": "120",
-        "MAX_RESULT_CHARS": "16",
+        "PROMPT_TEMPLATE_PATH": str(
+            template_with_limits(
+                tmp_path,
+                OutputLimits(max_evidence_chars=120, max_analysis_chars=120, max_result_chars=16),
+            )
+        ),
         "DRAIN_GRACE_S": "60",
         "LOG_LEVEL": "WARNING",
     }

@@ -3,52 +3,19 @@ back as an inspection, and is recorded in Postgres by the persistence service.""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import asyncpg
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from rpi.inspection.v1 import inspection_pb2 as pb
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
-from e2e_support import QUESTIONS, ImageServer, make_request
 from inference_svc.app import InferenceApp
-
-
-async def wait_for_record(
-    stub: ppb_grpc.PersistenceServiceStub, inspection_id: str, status: int
-) -> ppb.InspectionRecord:
-    """Events are delivered asynchronously; poll until the record reaches the status."""
-    for _ in range(200):
-        try:
-            reply = await stub.GetInspection(ppb.GetInspectionRequest(inspection_id=inspection_id))
-            if reply.inspection.status == status:
-                return reply.inspection
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"inspection {inspection_id} never reached status {status}")
-
-
-def details(exc: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo, list[str]]:
-    status = rpc_status.from_call(exc)
-    assert status is not None, "error carries no google.rpc.Status"
-    info = error_details_pb2.ErrorInfo()
-    fields: list[str] = []
-    for d in status.details:
-        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            d.Unpack(info)
-        elif d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            d.Unpack(bad)
-            fields.extend(v.field for v in bad.field_violations)
-    return info, fields
+from tests.support.e2e import QUESTIONS, ImageServer, make_request, wait_for_record
+from tests.support.errors import details
 
 
 async def test_inspect_unary_returns_full_inspection_and_records_it(
@@ -178,7 +145,7 @@ async def test_invalid_request_returns_field_violations(
         await inspection_stub.Inspect(request, timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     info, fields = details(err.value)
-    assert info.reason == "INVALID_REQUEST"
+    assert info.reason == "INVALID_ARGUMENT"
     assert {"shipping_id", "reference_images"} <= set(fields)
 
 

@@ -10,9 +10,9 @@ import grpc
 import pytest
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 
-from e2e_support import QUESTIONS, ImageServer, inference_settings, make_request
 from inference_svc.app import InferenceApp
 from persistence_svc.app import PersistenceApp
+from tests.support.e2e import QUESTIONS, ImageServer, inference_settings, make_request
 
 
 async def test_inspection_with_preprocessing_in_worker_processes(

@@ -15,10 +15,10 @@ from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
-from e2e_support import ImageServer, inference_settings, make_request
 from inference_svc.app import InferenceApp
 from persistence_svc.app import PersistenceApp
-from test_end_to_end import details, wait_for_record
+from tests.support.e2e import ImageServer, inference_settings, make_request, wait_for_record
+from tests.support.errors import details
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The Go and Java example clients and grpcurl, run as subprocesses against the live
-inference service of the shared end-to-end fixtures (tests/e2e_support.py).
+inference service of the shared end-to-end fixtures (tests/support/e2e.py).
 
 The servers run on the test session's event loop, so every subprocess is awaited
 (asyncio.create_subprocess_exec): a blocking subprocess.run would stall the server it calls.

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from e2e_support import ImageServer
 from inference_svc.app import InferenceApp
+from tests.support.e2e import ImageServer
 
 Run = Callable[..., Coroutine[Any, Any, subprocess.CompletedProcess[str]]]
 
@@ -186,6 +186,6 @@ async def test_invalid_request_exits_with_the_grpc_code(
     assert result.returncode == 3  # INVALID_ARGUMENT's code number
     assert "rpc failed: INVALID_ARGUMENT: " in result.stderr
     # The google.rpc details travel with the status: ErrorInfo and the BadRequest violation.
-    assert "  reason: INVALID_REQUEST (domain inspection.rpi.v1)" in result.stderr.splitlines()
+    assert "  reason: INVALID_ARGUMENT (domain inspection.rpi.v1)" in result.stderr.splitlines()
     assert re.search(r"^  field shipping_id: ", result.stderr, re.MULTILINE), result.stderr
     assert "decision:" not in result.stdout

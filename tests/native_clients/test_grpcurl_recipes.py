@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from e2e_support import ImageServer
 from inference_svc.app import InferenceApp
+from tests.support.e2e import ImageServer
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -179,9 +179,12 @@ async def test_describe_request_message(run_recipe: RunRecipe) -> None:
     result = await run_recipe(recipe("describe"))
     assert result.returncode == 0, result.stderr
     assert "rpi.inspection.v1.InspectRequest is a message:" in result.stdout
-    assert "string shipping_id = 3;" in result.stdout
-    assert "repeated .rpi.inspection.v1.Image reference_images = 6;" in result.stdout
-    assert "repeated .rpi.inspection.v1.Question questions = 8;" in result.stdout
+    # Reflection carries the AIP-203 field behaviours with the fields.
+    required = "[(.google.api.field_behavior) = REQUIRED];"
+    optional = "[(.google.api.field_behavior) = OPTIONAL];"
+    assert f"string shipping_id = 3 {required}" in result.stdout
+    assert f"repeated .rpi.inspection.v1.Image reference_images = 6 {required}" in result.stdout
+    assert f"repeated .rpi.inspection.v1.Question questions = 8 {optional}" in result.stdout
 
 
 async def test_unary_inspect_returns_a_decision(
@@ -225,5 +228,5 @@ async def test_invalid_input_returns_invalid_argument(run_recipe: RunRecipe) -> 
     assert result.returncode == GRPCURL_STATUS_OFFSET + INVALID_ARGUMENT, result.stderr
     assert "Code: InvalidArgument" in result.stderr
     # Reflection also resolves the google.rpc detail types, so grpcurl prints them.
-    assert '"reason":"INVALID_REQUEST"' in result.stderr.replace(" ", "")
+    assert '"reason":"INVALID_ARGUMENT"' in result.stderr.replace(" ", "")
     assert '"field":"shipping_id"' in result.stderr.replace(" ", "")

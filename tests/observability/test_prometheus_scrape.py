@@ -22,15 +22,14 @@ from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
-from e2e_support import QUESTIONS, ImageServer, inference_settings, make_request
 from inference_svc.app import InferenceApp
 from persistence_svc.app import PersistenceApp
 from persistence_svc.settings import PersistenceSettings
-from persistence_svc.testing import PostgresForTests
 from svc_common import grpc_metrics, inference_metrics, persistence_metrics
 from svc_common._labels import go_code_name
-
-from .prometheus_support import PrometheusServer, find_prometheus
+from tests.support.e2e import QUESTIONS, ImageServer, inference_settings, make_request
+from tests.support.postgres import PostgresForTests
+from tests.support.prometheus import PrometheusServer, find_prometheus
 
 INSPECTION_SERVICE = "rpi.inspection.v1.InspectionService"
 PERSISTENCE_SERVICE = "rpi.persistence.v1.PersistenceService"

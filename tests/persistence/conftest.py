@@ -13,7 +13,7 @@ from rpi.persistence.v1 import persistence_pb2_grpc
 
 from persistence_svc.app import PersistenceApp
 from persistence_svc.settings import PersistenceSettings
-from persistence_svc.testing import PostgresForTests, start_test_postgres
+from tests.support.postgres import PostgresForTests, start_test_postgres
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rpi.persistence.v1 import persistence_pb2, persistence_pb2_grpc
 
 from persistence_svc.server import SERVICE_NAME
-from persistence_svc.testing import failure_event, new_id, request_event
+from tests.support.events import failure_event, new_id, request_event
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,15 +16,9 @@ from rpi.persistence.v1 import persistence_pb2, persistence_pb2_grpc
 
 from persistence_svc.app import PersistenceApp
 from persistence_svc.server import SERVICE_NAME
-from persistence_svc.testing import (
-    PgProxy,
-    PostgresForTests,
-    error_reason,
-    failure_event,
-    new_id,
-    request_event,
-    with_database,
-)
+from tests.support.errors import error_reason
+from tests.support.events import failure_event, new_id, request_event
+from tests.support.postgres import PgProxy, PostgresForTests, with_database
 
 if TYPE_CHECKING:
     from rpi.persistence.v1.persistence_pb2_grpc import PersistenceServiceAsyncStub

@@ -12,7 +12,7 @@ from rpi.persistence.v1 import persistence_pb2, persistence_pb2_grpc
 
 from persistence_svc.app import PersistenceApp
 from persistence_svc.migrations import Migration, MigrationError, apply_migrations, load
-from persistence_svc.testing import new_id, request_event
+from tests.support.events import new_id, request_event
 
 EXPECTED_TABLES = {
     "inspection_requests",

@@ -15,13 +15,7 @@ from rpi.persistence.v1 import persistence_pb2, persistence_pb2_grpc
 
 from persistence_svc.app import PersistenceApp
 from persistence_svc.records import EventKind, RecordOutcome
-from persistence_svc.testing import (
-    attempt_event,
-    failure_event,
-    new_id,
-    request_event,
-    result_event,
-)
+from tests.support.events import attempt_event, failure_event, new_id, request_event, result_event
 
 if TYPE_CHECKING:
     from rpi.persistence.v1.persistence_pb2_grpc import PersistenceServiceAsyncStub as Stub

@@ -10,14 +10,8 @@ import grpc
 import pytest
 from rpi.persistence.v1 import persistence_pb2
 
-from persistence_svc.testing import (
-    attempt_event,
-    bad_request_fields,
-    error_reason,
-    new_id,
-    request_event,
-    result_event,
-)
+from tests.support.errors import bad_request_fields, error_reason
+from tests.support.events import attempt_event, new_id, request_event, result_event
 
 if TYPE_CHECKING:
     from rpi.persistence.v1.persistence_pb2_grpc import PersistenceServiceAsyncStub as Stub

@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"rpi/inspection/v1/inspection.proto\x12\x11rpi.inspection.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x02\n\x0eInspectRequest\x12\x15\n\rinspection_id\x18\x01 \x01(\t\x12\x1e\n\x16previous_inspection_id\x18\x02 \x01(\t\x12\x13\n\x0bshipping_id\x18\x03 \x01(\t\x12\x12\n\nproduct_id\x18\x04 \x01(\t\x12\x14\n\x0cproduct_name\x18\x05 \x01(\t\x12\x32\n\x10reference_images\x18\x06 \x03(\x0b\x32\x18.rpi.inspection.v1.Image\x12/\n\rpickup_images\x18\x07 \x03(\x0b\x32\x18.rpi.inspection.v1.Image\x12.\n\tquestions\x18\x08 \x03(\x0b\x32\x1b.rpi.inspection.v1.Question\x12\x1d\n\x15legacy_questions_json\x18\t \x01(\t\"3\n\x05Image\x12\r\n\x03uri\x18\x01 \x01(\tH\x00\x12\x11\n\x07\x63ontent\x18\x02 \x01(\x0cH\x00\x42\x08\n\x06source\"R\n\x08Question\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x16\n\x0evalue_to_check\x18\x03 \x01(\t\x12\x11\n\tmandatory\x18\x04 \x01(\x08\"D\n\x0fInspectResponse\x12\x31\n\ninspection\x18\x01 \x01(\x0b\x32\x1d.rpi.inspection.v1.Inspection\"\xcd\x01\n\x06\x41nswer\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x03 \x01(\t\x12\x16\n\x0evalue_to_check\x18\x04 \x01(\t\x12\x11\n\tmandatory\x18\x05 \x01(\x08\x12\x10\n\x08\x65vidence\x18\x06 \x01(\t\x12\x12\n\nconfidence\x18\x07 \x01(\x05\x12\x14\n\x0cretake_image\x18\x08 \x01(\x08\x12/\n\x06source\x18\t \x01(\x0e\x32\x1f.rpi.inspection.v1.AnswerSource\"Y\n\x08\x41nalysis\x12\x1a\n\x12pickup_description\x18\x01 \x01(\t\x12\x1d\n\x15reference_description\x18\x02 \x01(\t\x12\x12\n\ncomparison\x18\x03 \x01(\t\"e\n\x11\x43onfidenceFactors\x12\x15\n\rimage_quality\x18\x01 \x01(\x01\x12\x1c\n\x14\x61ttribute_visibility\x18\x02 \x01(\x01\x12\x1b\n\x13matching_confidence\x18\x03 \x01(\x01\"\x92\x02\n\x0cStageTimings\x12(\n\x05\x66\x65tch\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\npreprocess\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05queue\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08generate\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05parse\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05total\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"_\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x11\n\tuntrained\x18\x03 \x01(\x08\x12\x1f\n\x17prompt_template_version\x18\x04 \x01(\t\"\xb0\x04\n\nInspection\x12\x15\n\rinspection_id\x18\x01 \x01(\t\x12\x1e\n\x16previous_inspection_id\x18\x02 \x01(\t\x12\x13\n\x0bshipping_id\x18\x03 \x01(\t\x12\x12\n\nproduct_id\x18\x04 \x01(\t\x12-\n\x08\x64\x65\x63ision\x18\x05 \x01(\x0e\x32\x1b.rpi.inspection.v1.Decision\x12?\n\x14model_recommendation\x18\x06 \x01(\x0e\x32!.rpi.inspection.v1.Recommendation\x12\x13\n\x0bmatch_score\x18\x07 \x01(\x01\x12*\n\x07\x61nswers\x18\x08 \x03(\x0b\x32\x19.rpi.inspection.v1.Answer\x12-\n\x08\x61nalysis\x18\t \x01(\x0b\x32\x1b.rpi.inspection.v1.Analysis\x12@\n\x12\x63onfidence_factors\x18\n \x01(\x0b\x32$.rpi.inspection.v1.ConfidenceFactors\x12\x30\n\x07timings\x18\x0b \x01(\x0b\x32\x1f.rpi.inspection.v1.StageTimings\x12\x10\n\x08\x61ttempts\x18\x0c \x01(\x05\x12+\n\x05model\x18\r \x01(\x0b\x32\x1c.rpi.inspection.v1.ModelInfo\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb1\x03\n\x15InspectStreamResponse\x12/\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1b.rpi.inspection.v1.AcceptedH\x00\x12:\n\x0eimages_fetched\x18\x02 \x01(\x0b\x32 .rpi.inspection.v1.ImagesFetchedH\x00\x12\x42\n\x12preprocessing_done\x18\x03 \x01(\x0b\x32$.rpi.inspection.v1.PreprocessingDoneH\x00\x12+\n\x06queued\x18\x04 \x01(\x0b\x32\x19.rpi.inspection.v1.QueuedH\x00\x12\x44\n\x13generation_progress\x18\x05 \x01(\x0b\x32%.rpi.inspection.v1.GenerationProgressH\x00\x12\x36\n\x0c\x61nswer_ready\x18\x06 \x01(\x0b\x32\x1e.rpi.inspection.v1.AnswerReadyH\x00\x12\x33\n\ninspection\x18\x07 \x01(\x0b\x32\x1d.rpi.inspection.v1.InspectionH\x00\x42\x07\n\x05\x65vent\"!\n\x08\x41\x63\x63\x65pted\x12\x15\n\rinspection_id\x18\x01 \x01(\t\"/\n\rImagesFetched\x12\x0f\n\x07\x66\x65tched\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05\"9\n\x11PreprocessingDone\x12\r\n\x05tiles\x18\x01 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\"\x1a\n\x06Queued\x12\x10\n\x08position\x18\x01 \x01(\x05\"W\n\x12GenerationProgress\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x18\n\x10tokens_generated\x18\x02 \x01(\x05\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\"y\n\x0b\x41nswerReady\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0e\n\x06result\x18\x03 \x01(\t\x12\x10\n\x08\x65vidence\x18\x04 \x01(\t\x12\x12\n\nconfidence\x18\x05 \x01(\x05\x12\x14\n\x0cretake_image\x18\x06 \x01(\x08*N\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x11\n\rDECISION_PICK\x10\x01\x12\x15\n\x11\x44\x45\x43ISION_NOT_PICK\x10\x02*\x9c\x01\n\x0eRecommendation\x12\x1e\n\x1aRECOMMENDATION_UNSPECIFIED\x10\x00\x12\x19\n\x15RECOMMENDATION_ACCEPT\x10\x01\x12\x19\n\x15RECOMMENDATION_REJECT\x10\x02\x12\x1a\n\x16RECOMMENDATION_PARTIAL\x10\x03\x12\x18\n\x14RECOMMENDATION_RETRY\x10\x04*`\n\x0c\x41nswerSource\x12\x1d\n\x19\x41NSWER_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41NSWER_SOURCE_MODEL\x10\x01\x12\x18\n\x14\x41NSWER_SOURCE_MISSED\x10\x02\x32\xc5\x01\n\x11InspectionService\x12P\n\x07Inspect\x12!.rpi.inspection.v1.InspectRequest\x1a\".rpi.inspection.v1.InspectResponse\x12^\n\rInspectStream\x12!.rpi.inspection.v1.InspectRequest\x1a(.rpi.inspection.v1.InspectStreamResponse0\x01\x42y\n!com.rpiplatform.rpi.inspection.v1B\x0fInspectionProtoP\x01ZAgithub.com/rpi-platform/rpi/gen/go/rpi/inspection/v1;inspectionv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"rpi/inspection/v1/inspection.proto\x12\x11rpi.inspection.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x02\n\x0eInspectRequest\x12\x1b\n\rinspection_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12$\n\x16previous_inspection_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0bshipping_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nproduct_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cproduct_name\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\x12\x38\n\x10reference_images\x18\x06 \x03(\x0b\x32\x18.rpi.inspection.v1.ImageB\x04\xe2\x41\x01\x02\x12\x35\n\rpickup_images\x18\x07 \x03(\x0b\x32\x18.rpi.inspection.v1.ImageB\x04\xe2\x41\x01\x02\x12\x34\n\tquestions\x18\x08 \x03(\x0b\x32\x1b.rpi.inspection.v1.QuestionB\x04\xe2\x41\x01\x01\x12#\n\x15legacy_questions_json\x18\t \x01(\tB\x04\xe2\x41\x01\x01\"?\n\x05Image\x12\x13\n\x03uri\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x12\x17\n\x07\x63ontent\x18\x02 \x01(\x0c\x42\x04\xe2\x41\x01\x01H\x00\x42\x08\n\x06source\"j\n\x08Question\x12\x12\n\x04type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05label\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0evalue_to_check\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tmandatory\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01\"D\n\x0fInspectResponse\x12\x31\n\ninspection\x18\x01 \x01(\x0b\x32\x1d.rpi.inspection.v1.Inspection\"\xcd\x01\n\x06\x41nswer\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x03 \x01(\t\x12\x16\n\x0evalue_to_check\x18\x04 \x01(\t\x12\x11\n\tmandatory\x18\x05 \x01(\x08\x12\x10\n\x08\x65vidence\x18\x06 \x01(\t\x12\x12\n\nconfidence\x18\x07 \x01(\x05\x12\x14\n\x0cretake_image\x18\x08 \x01(\x08\x12/\n\x06source\x18\t \x01(\x0e\x32\x1f.rpi.inspection.v1.AnswerSource\"Y\n\x08\x41nalysis\x12\x1a\n\x12pickup_description\x18\x01 \x01(\t\x12\x1d\n\x15reference_description\x18\x02 \x01(\t\x12\x12\n\ncomparison\x18\x03 \x01(\t\"e\n\x11\x43onfidenceFactors\x12\x15\n\rimage_quality\x18\x01 \x01(\x01\x12\x1c\n\x14\x61ttribute_visibility\x18\x02 \x01(\x01\x12\x1b\n\x13matching_confidence\x18\x03 \x01(\x01\"\x92\x02\n\x0cStageTimings\x12(\n\x05\x66\x65tch\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\npreprocess\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05queue\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08generate\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05parse\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05total\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"_\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x11\n\tuntrained\x18\x03 \x01(\x08\x12\x1f\n\x17prompt_template_version\x18\x04 \x01(\t\"\xb0\x04\n\nInspection\x12\x15\n\rinspection_id\x18\x01 \x01(\t\x12\x1e\n\x16previous_inspection_id\x18\x02 \x01(\t\x12\x13\n\x0bshipping_id\x18\x03 \x01(\t\x12\x12\n\nproduct_id\x18\x04 \x01(\t\x12-\n\x08\x64\x65\x63ision\x18\x05 \x01(\x0e\x32\x1b.rpi.inspection.v1.Decision\x12?\n\x14model_recommendation\x18\x06 \x01(\x0e\x32!.rpi.inspection.v1.Recommendation\x12\x13\n\x0bmatch_score\x18\x07 \x01(\x01\x12*\n\x07\x61nswers\x18\x08 \x03(\x0b\x32\x19.rpi.inspection.v1.Answer\x12-\n\x08\x61nalysis\x18\t \x01(\x0b\x32\x1b.rpi.inspection.v1.Analysis\x12@\n\x12\x63onfidence_factors\x18\n \x01(\x0b\x32$.rpi.inspection.v1.ConfidenceFactors\x12\x30\n\x07timings\x18\x0b \x01(\x0b\x32\x1f.rpi.inspection.v1.StageTimings\x12\x10\n\x08\x61ttempts\x18\x0c \x01(\x05\x12+\n\x05model\x18\r \x01(\x0b\x32\x1c.rpi.inspection.v1.ModelInfo\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb1\x03\n\x15InspectStreamResponse\x12/\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1b.rpi.inspection.v1.AcceptedH\x00\x12:\n\x0eimages_fetched\x18\x02 \x01(\x0b\x32 .rpi.inspection.v1.ImagesFetchedH\x00\x12\x42\n\x12preprocessing_done\x18\x03 \x01(\x0b\x32$.rpi.inspection.v1.PreprocessingDoneH\x00\x12+\n\x06queued\x18\x04 \x01(\x0b\x32\x19.rpi.inspection.v1.QueuedH\x00\x12\x44\n\x13generation_progress\x18\x05 \x01(\x0b\x32%.rpi.inspection.v1.GenerationProgressH\x00\x12\x36\n\x0c\x61nswer_ready\x18\x06 \x01(\x0b\x32\x1e.rpi.inspection.v1.AnswerReadyH\x00\x12\x33\n\ninspection\x18\x07 \x01(\x0b\x32\x1d.rpi.inspection.v1.InspectionH\x00\x42\x07\n\x05\x65vent\"!\n\x08\x41\x63\x63\x65pted\x12\x15\n\rinspection_id\x18\x01 \x01(\t\"/\n\rImagesFetched\x12\x0f\n\x07\x66\x65tched\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05\"9\n\x11PreprocessingDone\x12\r\n\x05tiles\x18\x01 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\"\x1a\n\x06Queued\x12\x10\n\x08position\x18\x01 \x01(\x05\"W\n\x12GenerationProgress\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x18\n\x10tokens_generated\x18\x02 \x01(\x05\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\"y\n\x0b\x41nswerReady\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0e\n\x06result\x18\x03 \x01(\t\x12\x10\n\x08\x65vidence\x18\x04 \x01(\t\x12\x12\n\nconfidence\x18\x05 \x01(\x05\x12\x14\n\x0cretake_image\x18\x06 \x01(\x08*N\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x11\n\rDECISION_PICK\x10\x01\x12\x15\n\x11\x44\x45\x43ISION_NOT_PICK\x10\x02*\x9c\x01\n\x0eRecommendation\x12\x1e\n\x1aRECOMMENDATION_UNSPECIFIED\x10\x00\x12\x19\n\x15RECOMMENDATION_ACCEPT\x10\x01\x12\x19\n\x15RECOMMENDATION_REJECT\x10\x02\x12\x1a\n\x16RECOMMENDATION_PARTIAL\x10\x03\x12\x18\n\x14RECOMMENDATION_RETRY\x10\x04*`\n\x0c\x41nswerSource\x12\x1d\n\x19\x41NSWER_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41NSWER_SOURCE_MODEL\x10\x01\x12\x18\n\x14\x41NSWER_SOURCE_MISSED\x10\x02\x32\xc5\x01\n\x11InspectionService\x12P\n\x07Inspect\x12!.rpi.inspection.v1.InspectRequest\x1a\".rpi.inspection.v1.InspectResponse\x12^\n\rInspectStream\x12!.rpi.inspection.v1.InspectRequest\x1a(.rpi.inspection.v1.InspectStreamResponse0\x01\x42y\n!com.rpiplatform.rpi.inspection.v1B\x0fInspectionProtoP\x01ZAgithub.com/rpi-platform/rpi/gen/go/rpi/inspection/v1;inspectionv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,46 +35,76 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rpi.inspection.v1.inspectio
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n!com.rpiplatform.rpi.inspection.v1B\017InspectionProtoP\001ZAgithub.com/rpi-platform/rpi/gen/go/rpi/inspection/v1;inspectionv1'
-  _globals['_DECISION']._serialized_start=2804
-  _globals['_DECISION']._serialized_end=2882
-  _globals['_RECOMMENDATION']._serialized_start=2885
-  _globals['_RECOMMENDATION']._serialized_end=3041
-  _globals['_ANSWERSOURCE']._serialized_start=3043
-  _globals['_ANSWERSOURCE']._serialized_end=3139
-  _globals['_INSPECTREQUEST']._serialized_start=123
-  _globals['_INSPECTREQUEST']._serialized_end=437
-  _globals['_IMAGE']._serialized_start=439
-  _globals['_IMAGE']._serialized_end=490
-  _globals['_QUESTION']._serialized_start=492
-  _globals['_QUESTION']._serialized_end=574
-  _globals['_INSPECTRESPONSE']._serialized_start=576
-  _globals['_INSPECTRESPONSE']._serialized_end=644
-  _globals['_ANSWER']._serialized_start=647
-  _globals['_ANSWER']._serialized_end=852
-  _globals['_ANALYSIS']._serialized_start=854
-  _globals['_ANALYSIS']._serialized_end=943
-  _globals['_CONFIDENCEFACTORS']._serialized_start=945
-  _globals['_CONFIDENCEFACTORS']._serialized_end=1046
-  _globals['_STAGETIMINGS']._serialized_start=1049
-  _globals['_STAGETIMINGS']._serialized_end=1323
-  _globals['_MODELINFO']._serialized_start=1325
-  _globals['_MODELINFO']._serialized_end=1420
-  _globals['_INSPECTION']._serialized_start=1423
-  _globals['_INSPECTION']._serialized_end=1983
-  _globals['_INSPECTSTREAMRESPONSE']._serialized_start=1986
-  _globals['_INSPECTSTREAMRESPONSE']._serialized_end=2419
-  _globals['_ACCEPTED']._serialized_start=2421
-  _globals['_ACCEPTED']._serialized_end=2454
-  _globals['_IMAGESFETCHED']._serialized_start=2456
-  _globals['_IMAGESFETCHED']._serialized_end=2503
-  _globals['_PREPROCESSINGDONE']._serialized_start=2505
-  _globals['_PREPROCESSINGDONE']._serialized_end=2562
-  _globals['_QUEUED']._serialized_start=2564
-  _globals['_QUEUED']._serialized_end=2590
-  _globals['_GENERATIONPROGRESS']._serialized_start=2592
-  _globals['_GENERATIONPROGRESS']._serialized_end=2679
-  _globals['_ANSWERREADY']._serialized_start=2681
-  _globals['_ANSWERREADY']._serialized_end=2802
-  _globals['_INSPECTIONSERVICE']._serialized_start=3142
-  _globals['_INSPECTIONSERVICE']._serialized_end=3339
+  _globals['_INSPECTREQUEST'].fields_by_name['inspection_id']._loaded_options = None
+  _globals['_INSPECTREQUEST'].fields_by_name['inspection_id']._serialized_options = b'\342A\001\001'
+  _globals['_INSPECTREQUEST'].fields_by_name['previous_inspection_id']._loaded_options = None
+  _globals['_INSPECTREQUEST'].fields_by_name['previous_inspection_id']._serialized_options = b'\342A\001\001'
+  _globals['_INSPECTREQUEST'].fields_by_name['shipping_id']._loaded_options = None
+  _globals['_INSPECTREQUEST'].fields_by_name['shipping_id']._serialized_options = b'\342A\001\002'
+  _globals['_INSPECTREQUEST'].fields_by_name['product_id']._loaded_options = None
+  _globals['_INSPECTREQUEST'].fields_by_name['product_id']._serialized_options = b'\342A\001\001'
+  _globals['_INSPECTREQUEST'].fields_by_name['product_name']._loaded_options = None
+  _globals['_INSPECTREQUEST'].fields_by_name['product_name']._serialized_options = b'\342A\001\002'
+  _globals['_INSPECTREQUEST'].fields_by_name['reference_images']._loaded_options = None
+  _globals['_INSPECTREQUEST'].fields_by_name['reference_images']._serialized_options = b'\342A\001\002'
+  _globals['_INSPECTREQUEST'].fields_by_name['pickup_images']._loaded_options = None
+  _globals['_INSPECTREQUEST'].fields_by_name['pickup_images']._serialized_options = b'\342A\001\002'
+  _globals['_INSPECTREQUEST'].fields_by_name['questions']._loaded_options = None
+  _globals['_INSPECTREQUEST'].fields_by_name['questions']._serialized_options = b'\342A\001\001'
+  _globals['_INSPECTREQUEST'].fields_by_name['legacy_questions_json']._loaded_options = None
+  _globals['_INSPECTREQUEST'].fields_by_name['legacy_questions_json']._serialized_options = b'\342A\001\001'
+  _globals['_IMAGE'].fields_by_name['uri']._loaded_options = None
+  _globals['_IMAGE'].fields_by_name['uri']._serialized_options = b'\342A\001\001'
+  _globals['_IMAGE'].fields_by_name['content']._loaded_options = None
+  _globals['_IMAGE'].fields_by_name['content']._serialized_options = b'\342A\001\001'
+  _globals['_QUESTION'].fields_by_name['type']._loaded_options = None
+  _globals['_QUESTION'].fields_by_name['type']._serialized_options = b'\342A\001\001'
+  _globals['_QUESTION'].fields_by_name['label']._loaded_options = None
+  _globals['_QUESTION'].fields_by_name['label']._serialized_options = b'\342A\001\002'
+  _globals['_QUESTION'].fields_by_name['value_to_check']._loaded_options = None
+  _globals['_QUESTION'].fields_by_name['value_to_check']._serialized_options = b'\342A\001\001'
+  _globals['_QUESTION'].fields_by_name['mandatory']._loaded_options = None
+  _globals['_QUESTION'].fields_by_name['mandatory']._serialized_options = b'\342A\001\001'
+  _globals['_DECISION']._serialized_start=2927
+  _globals['_DECISION']._serialized_end=3005
+  _globals['_RECOMMENDATION']._serialized_start=3008
+  _globals['_RECOMMENDATION']._serialized_end=3164
+  _globals['_ANSWERSOURCE']._serialized_start=3166
+  _globals['_ANSWERSOURCE']._serialized_end=3262
+  _globals['_INSPECTREQUEST']._serialized_start=156
+  _globals['_INSPECTREQUEST']._serialized_end=524
+  _globals['_IMAGE']._serialized_start=526
+  _globals['_IMAGE']._serialized_end=589
+  _globals['_QUESTION']._serialized_start=591
+  _globals['_QUESTION']._serialized_end=697
+  _globals['_INSPECTRESPONSE']._serialized_start=699
+  _globals['_INSPECTRESPONSE']._serialized_end=767
+  _globals['_ANSWER']._serialized_start=770
+  _globals['_ANSWER']._serialized_end=975
+  _globals['_ANALYSIS']._serialized_start=977
+  _globals['_ANALYSIS']._serialized_end=1066
+  _globals['_CONFIDENCEFACTORS']._serialized_start=1068
+  _globals['_CONFIDENCEFACTORS']._serialized_end=1169
+  _globals['_STAGETIMINGS']._serialized_start=1172
+  _globals['_STAGETIMINGS']._serialized_end=1446
+  _globals['_MODELINFO']._serialized_start=1448
+  _globals['_MODELINFO']._serialized_end=1543
+  _globals['_INSPECTION']._serialized_start=1546
+  _globals['_INSPECTION']._serialized_end=2106
+  _globals['_INSPECTSTREAMRESPONSE']._serialized_start=2109
+  _globals['_INSPECTSTREAMRESPONSE']._serialized_end=2542
+  _globals['_ACCEPTED']._serialized_start=2544
+  _globals['_ACCEPTED']._serialized_end=2577
+  _globals['_IMAGESFETCHED']._serialized_start=2579
+  _globals['_IMAGESFETCHED']._serialized_end=2626
+  _globals['_PREPROCESSINGDONE']._serialized_start=2628
+  _globals['_PREPROCESSINGDONE']._serialized_end=2685
+  _globals['_QUEUED']._serialized_start=2687
+  _globals['_QUEUED']._serialized_end=2713
+  _globals['_GENERATIONPROGRESS']._serialized_start=2715
+  _globals['_GENERATIONPROGRESS']._serialized_end=2802
+  _globals['_ANSWERREADY']._serialized_start=2804
+  _globals['_ANSWERREADY']._serialized_end=2925
+  _globals['_INSPECTIONSERVICE']._serialized_start=3265
+  _globals['_INSPECTIONSERVICE']._serialized_end=3462
 # @@protoc_insertion_point(module_scope)

@@ -7,14 +7,20 @@ A returns operation calls Inspect (unary) or InspectStream (server streaming) wi
 vendor's reference images, the field agent's pickup images and the vendor's verification
 questions; the service answers PICK or NOT_PICK with per-question evidence.
 
-Errors are gRPC status codes carrying google.rpc error details:
-  INVALID_ARGUMENT   + google.rpc.BadRequest (field violations) and ErrorInfo
-  RESOURCE_EXHAUSTED + ErrorInfo reason OVERLOADED (queue full) or EVENT_SPOOL_FULL
-  UNAVAILABLE        while the model is loading or the server drains
-  DEADLINE_EXCEEDED / CANCELLED are honoured: work for an abandoned call stops.
-ErrorInfo.domain is "inspection.rpi.v1"; reasons are stable strings such as
-IMAGE_FETCH_FAILED, IMAGE_TOO_LARGE, IMAGE_UNDECODABLE, IMAGE_URL_FORBIDDEN,
-QUESTIONS_INVALID, MODEL_OUTPUT_INVALID, OVERLOADED.
+Errors are gRPC status codes carrying google.rpc error details: exactly one ErrorInfo
+(domain "inspection.rpi.v1", a stable UPPER_SNAKE reason, metadata inspection_id and stage),
+a BadRequest with field violations when fields are at fault (at most 20, then one
+"and N more"), and a RetryInfo when the call may be retried after the given delay.
+  INVALID_ARGUMENT   reasons INVALID_ARGUMENT (the request as a whole, including bytes that
+                     do not decode), QUESTIONS_INVALID, IMAGE_FETCH_FAILED, IMAGE_TOO_LARGE,
+                     IMAGE_UNDECODABLE, IMAGE_URL_FORBIDDEN: do not retry unchanged.
+  RESOURCE_EXHAUSTED OVERLOADED (queue full), EVENT_SPOOL_FULL: retry after RetryInfo.
+  UNAVAILABLE        MODEL_NOT_READY (loading), DRAINING: retry, ideally another replica.
+  DEADLINE_EXCEEDED  DEADLINE_EXCEEDED; CANCELLED: work for an abandoned call stops.
+  INTERNAL           MODEL_OUTPUT_INVALID (no valid answer after the retry), INTERNAL (an
+                     unexpected fault; ErrorInfo.metadata trace_id names it in the logs).
+Field comments say Required or Optional: a Required field that is missing or empty makes
+the call fail with INVALID_ARGUMENT and a field violation naming it.
 """
 
 from collections import abc as _abc

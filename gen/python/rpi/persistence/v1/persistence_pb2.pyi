@@ -3,6 +3,15 @@
 isort:skip_file
 Internal persistence API, version 1: the inference service records every inspection here,
 and operators read the records back. Only the persistence service writes to Postgres.
+
+Errors carry exactly one google.rpc.ErrorInfo (domain "persistence.rpi.v1"):
+  INVALID_ARGUMENT reason INVALID_ARGUMENT, with a BadRequest naming the fields (at most 20,
+                   then one "and N more"); the whole batch is rejected: do not retry it.
+  NOT_FOUND        reason INSPECTION_NOT_FOUND.
+  UNAVAILABLE      reason DATABASE_UNAVAILABLE, with RetryInfo: retry the same call.
+  INTERNAL         reason INTERNAL, an unexpected fault; metadata trace_id names it in logs.
+Field comments say Required or Optional: a Required field that is missing or empty makes
+the call fail with INVALID_ARGUMENT. In records read back, Required means always set.
 """
 
 from collections import abc as _abc
@@ -43,6 +52,82 @@ IMAGE_ROLE_REFERENCE: ImageRole.ValueType  # 1
 IMAGE_ROLE_PICKUP: ImageRole.ValueType  # 2
 Global___ImageRole: _TypeAlias = ImageRole  # noqa: Y015
 
+class _InspectMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InspectMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InspectMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INSPECT_METHOD_UNSPECIFIED: _InspectMethod.ValueType  # 0
+    INSPECT_METHOD_INSPECT: _InspectMethod.ValueType  # 1
+    """Unary Inspect."""
+    INSPECT_METHOD_INSPECT_STREAM: _InspectMethod.ValueType  # 2
+    """Server-streaming InspectStream."""
+
+class InspectMethod(_InspectMethod, metaclass=_InspectMethodEnumTypeWrapper):
+    """The InspectionService method a request came with."""
+
+INSPECT_METHOD_UNSPECIFIED: InspectMethod.ValueType  # 0
+INSPECT_METHOD_INSPECT: InspectMethod.ValueType  # 1
+"""Unary Inspect."""
+INSPECT_METHOD_INSPECT_STREAM: InspectMethod.ValueType  # 2
+"""Server-streaming InspectStream."""
+Global___InspectMethod: _TypeAlias = InspectMethod  # noqa: Y015
+
+class _FailureStage:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FailureStageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureStage.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FAILURE_STAGE_UNSPECIFIED: _FailureStage.ValueType  # 0
+    FAILURE_STAGE_VALIDATE: _FailureStage.ValueType  # 1
+    """Checking the request."""
+    FAILURE_STAGE_FETCH: _FailureStage.ValueType  # 2
+    """Downloading the images."""
+    FAILURE_STAGE_DECODE: _FailureStage.ValueType  # 3
+    """Decoding the images."""
+    FAILURE_STAGE_PREPROCESS: _FailureStage.ValueType  # 4
+    """Resizing and tiling."""
+    FAILURE_STAGE_GENERATE: _FailureStage.ValueType  # 5
+    """Model generation (including waiting for the model)."""
+    FAILURE_STAGE_PARSE: _FailureStage.ValueType  # 6
+    """Parsing and validating the model output."""
+    FAILURE_STAGE_DECIDE: _FailureStage.ValueType  # 7
+    """Applying the decision rules."""
+    FAILURE_STAGE_RECORD: _FailureStage.ValueType  # 8
+    """Recording the outcome."""
+    FAILURE_STAGE_ADMIT: _FailureStage.ValueType  # 9
+    """Refused before any work: not serving, too many inspections in flight, records cannot be kept."""
+    FAILURE_STAGE_QUEUE: _FailureStage.ValueType  # 10
+    """Waiting in the engine's queue for a batch slot."""
+
+class FailureStage(_FailureStage, metaclass=_FailureStageEnumTypeWrapper):
+    """Where in the inspection pipeline a failure happened."""
+
+FAILURE_STAGE_UNSPECIFIED: FailureStage.ValueType  # 0
+FAILURE_STAGE_VALIDATE: FailureStage.ValueType  # 1
+"""Checking the request."""
+FAILURE_STAGE_FETCH: FailureStage.ValueType  # 2
+"""Downloading the images."""
+FAILURE_STAGE_DECODE: FailureStage.ValueType  # 3
+"""Decoding the images."""
+FAILURE_STAGE_PREPROCESS: FailureStage.ValueType  # 4
+"""Resizing and tiling."""
+FAILURE_STAGE_GENERATE: FailureStage.ValueType  # 5
+"""Model generation (including waiting for the model)."""
+FAILURE_STAGE_PARSE: FailureStage.ValueType  # 6
+"""Parsing and validating the model output."""
+FAILURE_STAGE_DECIDE: FailureStage.ValueType  # 7
+"""Applying the decision rules."""
+FAILURE_STAGE_RECORD: FailureStage.ValueType  # 8
+"""Recording the outcome."""
+FAILURE_STAGE_ADMIT: FailureStage.ValueType  # 9
+"""Refused before any work: not serving, too many inspections in flight, records cannot be kept."""
+FAILURE_STAGE_QUEUE: FailureStage.ValueType  # 10
+"""Waiting in the engine's queue for a batch slot."""
+Global___FailureStage: _TypeAlias = FailureStage  # noqa: Y015
+
 class _InspectionStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -67,7 +152,9 @@ Global___InspectionStatus: _TypeAlias = InspectionStatus  # noqa: Y015
 
 @_typing.final
 class Event(_message.Message):
-    """One thing that happened to an inspection."""
+    """One thing that happened to an inspection.
+    Exactly one payload must be set.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -79,18 +166,33 @@ class Event(_message.Message):
     RESULT_RECORDED_FIELD_NUMBER: _builtins.int
     FAILURE_RECORDED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
-    """Unique id (UUID) chosen by the producer: the idempotency key."""
+    """Required. Unique id (UUID) chosen by the producer: the idempotency key. An event id
+    already recorded is acknowledged as a duplicate and not applied again.
+    """
     inspection_id: _builtins.str
+    """Required. The inspection (UUID) the event belongs to. Events of one inspection may
+    arrive in any order; an inspection id used again by a new run updates the same record.
+    """
     @_builtins.property
-    def occur_time(self) -> _timestamp_pb2.Timestamp: ...
+    def occur_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional. When it happened at the producer; the time of recording when unset."""
+
     @_builtins.property
-    def request_received(self) -> Global___RequestReceived: ...
+    def request_received(self) -> Global___RequestReceived:
+        """Optional (one of). The request, recorded before any work starts."""
+
     @_builtins.property
-    def attempt_recorded(self) -> Global___AttemptRecorded: ...
+    def attempt_recorded(self) -> Global___AttemptRecorded:
+        """Optional (one of). One model generation."""
+
     @_builtins.property
-    def result_recorded(self) -> Global___ResultRecorded: ...
+    def result_recorded(self) -> Global___ResultRecorded:
+        """Optional (one of). The outcome returned to the caller."""
+
     @_builtins.property
-    def failure_recorded(self) -> Global___FailureRecorded: ...
+    def failure_recorded(self) -> Global___FailureRecorded:
+        """Optional (one of). The failure returned to the caller."""
+
     def __init__(
         self,
         *,
@@ -130,20 +232,27 @@ class ImageRecord(_message.Message):
     FORMAT_FIELD_NUMBER: _builtins.int
     TILES_FIELD_NUMBER: _builtins.int
     role: Global___ImageRole.ValueType
+    """Required. Whether it is a reference or a pickup image."""
     index: _builtins.int
-    """Position within its role, from 0."""
+    """Required. Position within its role, from 0."""
     uri: _builtins.str
-    """The URI as given by the caller; empty for inline images."""
+    """Optional. The URI as given by the caller; empty for inline images."""
     fetched_uri: _builtins.str
-    """The URI actually fetched after host rewriting; empty for inline images."""
+    """Optional. The URI actually fetched after host rewriting; empty for inline images."""
     inline: _builtins.bool
+    """Optional. True when the caller sent the bytes inline."""
     sha256: _builtins.str
-    """Hex SHA-256 of the encoded bytes; empty when the image was never obtained."""
+    """Optional. Hex SHA-256 of the encoded bytes; empty when the image was never obtained."""
     size_bytes: _builtins.int
+    """Optional. Encoded size; 0 when the image was never obtained."""
     width: _builtins.int
+    """Optional. Decoded width in pixels; 0 when not decoded."""
     height: _builtins.int
+    """Optional. Decoded height in pixels; 0 when not decoded."""
     format: _builtins.str
+    """Optional. Decoded format as the decoder names it, e.g. JPEG, PNG, WEBP."""
     tiles: _builtins.int
+    """Optional. Tiles the image was cut into; 0 when not preprocessed."""
     def __init__(
         self,
         *,
@@ -181,19 +290,34 @@ class RequestReceived(_message.Message):
     LEGACY_QUESTIONS_FIELD_NUMBER: _builtins.int
     IMAGES_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
+    INSPECT_METHOD_FIELD_NUMBER: _builtins.int
     shipping_id: _builtins.str
+    """Required. As the caller sent it."""
     product_id: _builtins.str
+    """Optional. As the caller sent it."""
     product_name: _builtins.str
+    """Optional. As the caller sent it."""
     previous_inspection_id: _builtins.str
+    """Optional. The inspection this one repeats (UUID), not the inspection itself; that one
+    stops being the latest of its chain.
+    """
     legacy_questions: _builtins.bool
-    """Whether the questions came in the legacy JSON string form."""
+    """Optional. Whether the questions came in the legacy JSON string form."""
     method: _builtins.str
-    """"Inspect" or "InspectStream"."""
+    """Optional. "Inspect" or "InspectStream"; the same as inspect_method, kept for older
+    readers.
+    """
+    inspect_method: Global___InspectMethod.ValueType
+    """Optional. The call the request came with. Producers set both this and method; readers
+    get both filled.
+    """
     @_builtins.property
-    def questions(self) -> _containers.RepeatedCompositeFieldContainer[_inspection_pb2.Question]: ...
+    def questions(self) -> _containers.RepeatedCompositeFieldContainer[_inspection_pb2.Question]:
+        """Optional. The questions, parsed (also when they came as legacy JSON)."""
+
     @_builtins.property
     def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImageRecord]:
-        """Filled in once images are fetched; may be empty when fetching failed."""
+        """Optional. Filled in once images are fetched; may be empty when fetching failed."""
 
     def __init__(
         self,
@@ -206,10 +330,11 @@ class RequestReceived(_message.Message):
         legacy_questions: _builtins.bool = ...,
         images: _abc.Iterable[Global___ImageRecord] | None = ...,
         method: _builtins.str = ...,
+        inspect_method: Global___InspectMethod.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "legacy_questions", b"legacy_questions", "method", b"method", "previous_inspection_id", b"previous_inspection_id", "product_id", b"product_id", "product_name", b"product_name", "questions", b"questions", "shipping_id", b"shipping_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "inspect_method", b"inspect_method", "legacy_questions", b"legacy_questions", "method", b"method", "previous_inspection_id", b"previous_inspection_id", "product_id", b"product_id", "product_name", b"product_name", "questions", b"questions", "shipping_id", b"shipping_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -237,26 +362,43 @@ class AttemptRecorded(_message.Message):
     MODEL_NAME_FIELD_NUMBER: _builtins.int
     MODEL_REVISION_FIELD_NUMBER: _builtins.int
     attempt_number: _builtins.int
-    """1 for the first attempt, 2 for the retry."""
+    """Required. 1 for the first attempt, 2 for the retry; an attempt recorded again with the
+    same number replaces the earlier one.
+    """
     prompt: _builtins.str
+    """Optional. The prompt text given to the model."""
     prompt_sha256: _builtins.str
+    """Optional. Hex SHA-256 of prompt."""
     template_version: _builtins.str
+    """Optional. Version of the prompt template."""
     template_sha256: _builtins.str
+    """Optional. Hex SHA-256 of the prompt template."""
     raw_output: _builtins.str
+    """Optional. The model's output as generated."""
     valid: _builtins.bool
+    """Optional. Whether the output passed validation; default false."""
     prompt_tokens: _builtins.int
+    """Optional. Prompt length in tokens."""
     completion_tokens: _builtins.int
+    """Optional. Generated tokens."""
     constrained: _builtins.bool
+    """Optional. Whether generation was constrained by the output grammar."""
     model_name: _builtins.str
+    """Optional. The model's name."""
     model_revision: _builtins.str
+    """Optional. The model's revision."""
     @_builtins.property
     def parsed_output(self) -> _struct_pb2.Struct:
-        """The JSON extracted from raw_output, if any."""
+        """Optional. The JSON extracted from raw_output, if any."""
 
     @_builtins.property
-    def validation_errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def validation_errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. Why the output failed validation; empty when valid."""
+
     @_builtins.property
-    def duration(self) -> _duration_pb2.Duration: ...
+    def duration(self) -> _duration_pb2.Duration:
+        """Optional. Wall-clock time of the generation."""
+
     def __init__(
         self,
         *,
@@ -292,7 +434,9 @@ class ResultRecorded(_message.Message):
 
     INSPECTION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def inspection(self) -> _inspection_pb2.Inspection: ...
+    def inspection(self) -> _inspection_pb2.Inspection:
+        """Required. The complete inspection; its inspection_id equals the event's."""
+
     def __init__(
         self,
         *,
@@ -316,13 +460,21 @@ class FailureRecorded(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     STATUS_CODE_FIELD_NUMBER: _builtins.int
+    FAILURE_STAGE_FIELD_NUMBER: _builtins.int
     stage: _builtins.str
-    """Pipeline stage: validate, fetch, decode, preprocess, generate, parse, decide."""
+    """Optional. Pipeline stage in lower case: validate, fetch, decode, preprocess, generate,
+    parse, decide, record; the same as failure_stage, kept for older readers.
+    """
     reason: _builtins.str
-    """Stable reason, e.g. IMAGE_FETCH_FAILED, MODEL_OUTPUT_INVALID."""
+    """Optional. Stable reason, e.g. IMAGE_FETCH_FAILED, MODEL_OUTPUT_INVALID."""
     message: _builtins.str
+    """Optional. The message returned to the caller (at most 2000 characters)."""
     status_code: _builtins.str
-    """The gRPC status code name returned to the caller."""
+    """Optional. The gRPC status code name returned to the caller, e.g. INVALID_ARGUMENT."""
+    failure_stage: Global___FailureStage.ValueType
+    """Optional. Pipeline stage where the inspection failed. Producers set both this and stage;
+    readers get both filled (UNSPECIFIED for a stage this version does not know).
+    """
     def __init__(
         self,
         *,
@@ -330,10 +482,11 @@ class FailureRecorded(_message.Message):
         reason: _builtins.str = ...,
         message: _builtins.str = ...,
         status_code: _builtins.str = ...,
+        failure_stage: Global___FailureStage.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "reason", b"reason", "stage", b"stage", "status_code", b"status_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_stage", b"failure_stage", "message", b"message", "reason", b"reason", "stage", b"stage", "status_code", b"status_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -341,11 +494,15 @@ Global___FailureRecorded: _TypeAlias = FailureRecorded  # noqa: Y015
 
 @_typing.final
 class RecordEventsRequest(_message.Message):
+    """A batch, applied in one transaction: all events or none."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
+        """Required. 1 to MAX_EVENTS_PER_CALL (default 500) events."""
+
     def __init__(
         self,
         *,
@@ -361,14 +518,18 @@ Global___RecordEventsRequest: _TypeAlias = RecordEventsRequest  # noqa: Y015
 
 @_typing.final
 class RecordEventsResponse(_message.Message):
+    """How the batch's events were taken."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     APPLIED_FIELD_NUMBER: _builtins.int
     DUPLICATES_FIELD_NUMBER: _builtins.int
     applied: _builtins.int
-    """Events applied by this call."""
+    """Required (always set). Events applied by this call."""
     duplicates: _builtins.int
-    """Events acknowledged because an earlier call already applied them."""
+    """Required (always set). Events acknowledged because an earlier call (or an earlier event
+    of this batch) already applied them.
+    """
     def __init__(
         self,
         *,
@@ -403,25 +564,45 @@ class InspectionRecord(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     inspection_id: _builtins.str
+    """Required (always set). The inspection's id (UUID)."""
     shipping_id: _builtins.str
+    """Optional. From the request (or a result when the request has not arrived yet)."""
     product_id: _builtins.str
+    """Optional. From the request (or a result when the request has not arrived yet)."""
     product_name: _builtins.str
+    """Optional. From the request."""
     previous_inspection_id: _builtins.str
+    """Optional. The inspection this one repeats."""
     is_latest: _builtins.bool
-    """False once a later inspection named this one as its previous inspection."""
+    """Required (always set). False once a later inspection named this one as its previous
+    inspection.
+    """
     status: Global___InspectionStatus.ValueType
+    """Required (always set). Lifecycle state."""
     @_builtins.property
-    def request(self) -> Global___RequestReceived: ...
+    def request(self) -> Global___RequestReceived:
+        """Optional. Unset until the request event has arrived."""
+
     @_builtins.property
-    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttemptRecorded]: ...
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttemptRecorded]:
+        """Optional. In attempt order; omitted by ListInspections."""
+
     @_builtins.property
-    def result(self) -> _inspection_pb2.Inspection: ...
+    def result(self) -> _inspection_pb2.Inspection:
+        """Optional. Set once completed."""
+
     @_builtins.property
-    def failure(self) -> Global___FailureRecorded: ...
+    def failure(self) -> Global___FailureRecorded:
+        """Optional. Set when the inspection failed."""
+
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """Required (always set). When the inspection was created."""
+
     @_builtins.property
-    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """Required (always set). When the record last changed."""
+
     def __init__(
         self,
         *,
@@ -449,10 +630,13 @@ Global___InspectionRecord: _TypeAlias = InspectionRecord  # noqa: Y015
 
 @_typing.final
 class GetInspectionRequest(_message.Message):
+    """Reads one inspection."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INSPECTION_ID_FIELD_NUMBER: _builtins.int
     inspection_id: _builtins.str
+    """Required. The inspection's id (UUID). NOT_FOUND when nothing was recorded under it."""
     def __init__(
         self,
         *,
@@ -468,11 +652,15 @@ Global___GetInspectionRequest: _TypeAlias = GetInspectionRequest  # noqa: Y015
 
 @_typing.final
 class GetInspectionResponse(_message.Message):
+    """The inspection read."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INSPECTION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def inspection(self) -> Global___InspectionRecord: ...
+    def inspection(self) -> Global___InspectionRecord:
+        """Required (always set). Everything recorded, attempts included."""
+
     def __init__(
         self,
         *,
@@ -488,17 +676,21 @@ Global___GetInspectionResponse: _TypeAlias = GetInspectionResponse  # noqa: Y015
 
 @_typing.final
 class ListInspectionsRequest(_message.Message):
+    """Lists a shipment's inspections (AIP-158)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SHIPPING_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     shipping_id: _builtins.str
-    """Required."""
+    """Required. The shipment whose inspections to list."""
     page_size: _builtins.int
-    """At most this many records (default 50, maximum 500)."""
+    """Optional. At most this many records (default 50, maximum 500)."""
     page_token: _builtins.str
-    """From a previous response's next_page_token; the other fields must be unchanged."""
+    """Optional. From a previous response's next_page_token; the other fields must be
+    unchanged.
+    """
     def __init__(
         self,
         *,
@@ -516,15 +708,17 @@ Global___ListInspectionsRequest: _TypeAlias = ListInspectionsRequest  # noqa: Y0
 
 @_typing.final
 class ListInspectionsResponse(_message.Message):
+    """One page of a shipment's inspections."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INSPECTIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Empty on the last page."""
+    """Optional. Empty on the last page."""
     @_builtins.property
     def inspections(self) -> _containers.RepeatedCompositeFieldContainer[Global___InspectionRecord]:
-        """Newest first. Attempts are omitted here; use GetInspection."""
+        """Required (always set). Newest first. Attempts are omitted here; use GetInspection."""
 
     def __init__(
         self,

@@ -3,6 +3,15 @@
 isort:skip_file
 Internal persistence API, version 1: the inference service records every inspection here,
 and operators read the records back. Only the persistence service writes to Postgres.
+
+Errors carry exactly one google.rpc.ErrorInfo (domain "persistence.rpi.v1"):
+  INVALID_ARGUMENT reason INVALID_ARGUMENT, with a BadRequest naming the fields (at most 20,
+                   then one "and N more"); the whole batch is rejected: do not retry it.
+  NOT_FOUND        reason INSPECTION_NOT_FOUND.
+  UNAVAILABLE      reason DATABASE_UNAVAILABLE, with RetryInfo: retry the same call.
+  INTERNAL         reason INTERNAL, an unexpected fault; metadata trace_id names it in logs.
+Field comments say Required or Optional: a Required field that is missing or empty makes
+the call fail with INVALID_ARGUMENT. In records read back, Required means always set.
 """
 
 from collections import abc as _abc

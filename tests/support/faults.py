@@ -17,10 +17,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 from rpi.inspection.v1 import inspection_pb2 as pb
 
-from e2e_support import MODEL_CACHE, inference_settings, jpeg
+from inference_svc.domain.models import OutputLimits
 from inference_svc.settings import InferenceSettings
 from persistence_svc.app import PersistenceApp
 from persistence_svc.settings import PersistenceSettings
+from tests.support.e2e import MODEL_CACHE, inference_settings, jpeg
 
 # The issue asks for 200 inspections at concurrency 16 (about 2.5 minutes on a 2-core CPU
 # machine); RPI_FAULT_INSPECTIONS lowers it for quick local runs.
@@ -48,11 +49,10 @@ def cheap_request(shipping_id: str = "SHIP-FAULT") -> pb.InspectRequest:
     )
 
 
+CHEAP_OUTPUT = OutputLimits(max_evidence_chars=1, max_analysis_chars=1, max_result_chars=1)
+
 CHEAP_MODEL: dict[str, object] = {
     "max_new_tokens": 400,
-    "max_evidence_chars": 1,
-    "max_analysis_chars": 1,
-    "max_result_chars": 1,
     "max_batch_size": CONCURRENCY,
     "event_retry_max_backoff_s": 1.0,
     "event_send_timeout_s": 3.0,
@@ -69,7 +69,7 @@ CHEAP_MODEL_ENV: dict[str, str] = {
 
 
 def cheap_settings(tmp: Path, persistence_target: str, **overrides: object) -> InferenceSettings:
-    return inference_settings(tmp, persistence_target, **{**CHEAP_MODEL, **overrides})
+    return inference_settings(tmp, persistence_target, CHEAP_OUTPUT, **{**CHEAP_MODEL, **overrides})
 
 
 @dataclass

@@ -19,14 +19,19 @@ from aiohttp import web
 from PIL import Image, ImageDraw
 from rpi.inspection.v1 import inspection_pb2 as pb
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
+from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
 from inference_svc.app import InferenceApp
+from inference_svc.domain.models import OutputLimits
+from inference_svc.domain.prompt import PromptTemplate, with_output_limits
 from inference_svc.settings import InferenceSettings
 from persistence_svc.app import PersistenceApp
 from persistence_svc.settings import PersistenceSettings
-from persistence_svc.testing import TestPostgres, start_test_postgres
+from tests.support.postgres import PostgresForTests, start_test_postgres
 
+# The repository root (this file is tests/support/e2e.py): subprocess tests run the service
+# from here, so they import this checkout's code and not whatever an editable install points at.
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_CACHE = Path(os.environ.get("RPI_TEST_MODEL_CACHE", ROOT / "var" / "test-models"))
 
@@ -80,14 +85,14 @@ async def image_server() -> AsyncIterator[ImageServer]:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def postgres() -> AsyncIterator[TestPostgres]:
+async def postgres() -> AsyncIterator[PostgresForTests]:
     server = await start_test_postgres()
     yield server
     await server.close()
 
 
 @pytest_asyncio.fixture(scope="session")
-async def database_url(postgres: TestPostgres) -> AsyncIterator[str]:
+async def database_url(postgres: PostgresForTests) -> AsyncIterator[str]:
     async with postgres.fresh_database("rpi_it_") as url:
         yield url
 
@@ -102,8 +107,24 @@ async def persistence_app(database_url: str) -> AsyncIterator[PersistenceApp]:
     await app.stop(0)
 
 
+# The random model fills every string to its bound: short bounds let a constrained output
+# complete well within the token budget.
+SHORT_OUTPUT = OutputLimits(max_evidence_chars=24, max_analysis_chars=32, max_result_chars=16)
+
+
+def template_with_limits(directory: Path, limits: OutputLimits) -> Path:
+    """The bundled prompt template with other output limits (they belong to the template)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "prompt.j2"
+    path.write_text(with_output_limits(PromptTemplate.bundled_source(), limits), encoding="utf-8")
+    return path
+
+
 def inference_settings(
-    tmp: Path, persistence_target: str, **overrides: object
+    tmp: Path,
+    persistence_target: str,
+    output_limits: OutputLimits = SHORT_OUTPUT,
+    **overrides: object,
 ) -> InferenceSettings:
     values: dict[str, object] = {
         "grpc_listen": "127.0.0.1:0",
@@ -113,12 +134,8 @@ def inference_settings(
         "event_spool_dir": tmp / "spool",
         "allow_http": True,
         "allow_private_addresses": True,
-        # The random model fills every string to its bound: keep them short so a constrained
-        # output completes well within the token budget.
         "max_new_tokens": 800,
-        "max_evidence_chars": 24,
-        "max_analysis_chars": 32,
-        "max_result_chars": 16,
+        "prompt_template_path": template_with_limits(tmp, output_limits),
         "drain_grace_s": 5.0,
         # In-process engine: a spawned engine process costs seconds per app start. The
         # process engine (the production default) has its own tests.
@@ -194,3 +211,19 @@ def make_request(image_server: ImageServer, **overrides: object) -> pb.InspectRe
         else:
             setattr(request, key, value)
     return request
+
+
+async def wait_for_record(
+    stub: ppb_grpc.PersistenceServiceStub, inspection_id: str, status: int
+) -> ppb.InspectionRecord:
+    """Events are delivered asynchronously; poll until the record reaches the status."""
+    for _ in range(200):
+        try:
+            reply = await stub.GetInspection(ppb.GetInspectionRequest(inspection_id=inspection_id))
+            if reply.inspection.status == status:
+                return reply.inspection
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"inspection {inspection_id} never reached status {status}")
