@@ -35,7 +35,7 @@ from inference_svc.events.metrics import DeliveryMetrics
 from inference_svc.events.recorder import NullRecorder, SpoolingRecorder
 from inference_svc.events.spool import EventSpool
 from inference_svc.grpc_api.admission import Admission
-from inference_svc.grpc_api.errors import error_interceptor
+from inference_svc.grpc_api.errors import ERROR_DOMAIN, error_interceptor
 from inference_svc.grpc_api.servicer import InspectionServicer
 from inference_svc.imaging.fetch import FetchConfig, ImageFetcher
 from inference_svc.imaging.tiling import prepare_image
@@ -49,6 +49,8 @@ from svc_common.grpc_options import KEEPALIVE_OPTIONS
 from svc_common.health import LIVENESS_SERVICE
 from svc_common.inference_metrics import InferenceMetrics
 from svc_common.metrics_server import MetricsServer, start_metrics_server
+from svc_common.security import AuthMetrics, server_security, start_health_port
+from svc_common.tls import ClientTLS
 from svc_common.tracing import (
     configure_tracing,
     get_tracer,
@@ -113,6 +115,9 @@ class InferenceApp:
         self.tracer_provider = tracer_provider
         self.metrics = InferenceMetrics(self.registry, max_batch_size=settings.max_batch_size)
         self.health = HealthServicer()
+        # Refuses to start on a contradictory security configuration (SecurityConfigError).
+        self.security = server_security(settings)
+        self.health_server: grpc.aio.Server | None = None
         self.executor = ThreadPoolExecutor(
             max_workers=settings.preprocess_threads,
             thread_name_prefix="preprocess",
@@ -141,6 +146,7 @@ class InferenceApp:
                 settings.persistence_target,
                 settings.event_send_timeout_s,
                 interceptors=grpc_client_interceptors(tracer_provider),
+                credentials=_persistence_credentials(settings),
             )
         self.delivery_metrics = DeliveryMetrics(self.registry)
         self.delivery = EventDelivery(
@@ -192,6 +198,7 @@ class InferenceApp:
         self.serving = False
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self.health_port = 0
         self.metrics_server: MetricsServer | None = None
         self._stopped = asyncio.Event()
 
@@ -224,6 +231,9 @@ class InferenceApp:
             interceptors=[
                 GrpcServerMetricsInterceptor(self.registry),
                 *grpc_server_interceptors(self.tracer_provider),
+                self.security.interceptor(
+                    ERROR_DOMAIN, AuthMetrics(self.registry, self.security.known_callers())
+                ),
                 error_interceptor(),
             ],
             options=[
@@ -252,18 +262,23 @@ class InferenceApp:
             self.server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            self.server,
-        )
-        self.port = self.server.add_insecure_port(s.grpc_listen)
+        if self.security.reflection:
+            reflection.enable_server_reflection(
+                (
+                    SERVICE_NAME,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                self.server,
+            )
+        self.port = self.security.bind(self.server, s.grpc_listen, "inference_svc")
         if self.port == 0:
             raise RuntimeError(f"could not bind {s.grpc_listen}")
         await self.server.start()
+        health_port = await start_health_port(s.health_listen, self.health)
+        if health_port is not None:
+            self.health_server, self.health_port = health_port
+        log.info("security", extra=self.security.describe())
         if s.metrics_port >= 0:
             self.metrics_server = start_metrics_server(
                 self.registry, s.metrics_host, s.metrics_port
@@ -311,11 +326,25 @@ class InferenceApp:
             self.prepare_executor.shutdown(wait=False, cancel_futures=True)
         if self.metrics_server is not None:
             await asyncio.to_thread(self.metrics_server.stop)
+        if self.health_server is not None:
+            # Last: probes keep getting answers (NOT_SERVING) for the whole drain.
+            await self.health_server.stop(None)
         self._stopped.set()
 
     @property
     def persistence_link(self) -> LinkState:
         return self.delivery.link_state
+
+
+def _persistence_credentials(settings: InferenceSettings) -> grpc.ChannelCredentials | None:
+    """TLS towards the persistence service when its CA or a client certificate is configured."""
+    if not (settings.persistence_tls_ca_file or settings.persistence_tls_cert_file):
+        return None
+    return ClientTLS(
+        settings.persistence_tls_ca_file,
+        settings.persistence_tls_cert_file,
+        settings.persistence_tls_key_file,
+    ).channel_credentials()
 
 
 async def serve(settings: InferenceSettings) -> None:

@@ -28,15 +28,17 @@ from prometheus_client import (
 )
 
 from persistence_svc.database import EmbeddedPostgres, create_pool
+from persistence_svc.errors import ERROR_DOMAIN
 from persistence_svc.migrations import apply_migrations
 from persistence_svc.records import RecordOutcome
 from persistence_svc.repository import Repository, WriteObserver
-from persistence_svc.server import Health, build_server
+from persistence_svc.server import SERVICE_NAME, Health, build_server
 from persistence_svc.servicer import PersistenceServicer
 from persistence_svc.settings import PersistenceSettings
 from svc_common.grpc_metrics import GrpcServerMetricsInterceptor
 from svc_common.metrics_server import MetricsServer, start_metrics_server
 from svc_common.persistence_metrics import PersistenceMetrics
+from svc_common.security import AuthMetrics, server_security, start_health_port
 from svc_common.tracing import (
     configure_tracing,
     grpc_server_interceptors,
@@ -56,6 +58,9 @@ _TRANSIENT_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
 )
+
+
+RECORD_EVENTS_METHOD = f"/{SERVICE_NAME}/RecordEvents"
 
 
 class PersistenceApp:
@@ -105,11 +110,24 @@ class PersistenceApp:
             on_recorded=recorded,
             on_database_state=lambda up: self.metrics.db_up.set(1 if up else 0),
         )
+        # RecordEvents writes: with WRITER_IDENTITIES only those certificate identities may
+        # call it, whatever the policy file grants others. Refuses contradictory settings.
+        self.security = server_security(
+            settings,
+            reserved_methods=[RECORD_EVENTS_METHOD] if settings.writer_identity_list else [],
+            certificate_callers=settings.writer_identity_list,
+            certificate_methods=[RECORD_EVENTS_METHOD],
+        )
         self._interceptors = (
             GrpcServerMetricsInterceptor(self.registry),
             *grpc_server_interceptors(tracer_provider),
+            self.security.interceptor(
+                ERROR_DOMAIN, AuthMetrics(self.registry, self.security.known_callers())
+            ),
             *interceptors,
         )
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port = 0
         self._on_db_write: WriteObserver = self.metrics.write_seconds.observe
         self._server: grpc.aio.Server | None = None
         self._bound_port: int | None = None
@@ -151,10 +169,15 @@ class PersistenceApp:
             self.health,
             max_message_bytes=self.settings.max_message_bytes,
             interceptors=self._interceptors,
+            reflection_enabled=self.security.reflection,
         )
-        self._bound_port = server.add_insecure_port(self.settings.grpc_listen)
+        self._bound_port = self.security.bind(server, self.settings.grpc_listen, "persistence_svc")
         await server.start()
         self._server = server
+        health_port = await start_health_port(self.settings.health_listen, self.health.servicer)
+        if health_port is not None:
+            self._health_server, self.health_port = health_port
+        logger.info("security", extra=self.security.describe())
         logger.info(
             "gRPC server listening on %s (port %d)", self.settings.grpc_listen, self._bound_port
         )
@@ -242,6 +265,9 @@ class PersistenceApp:
         self.metrics.db_up.set(0)
         if self._metrics_server is not None:
             await asyncio.to_thread(self._metrics_server.stop)
+        if self._health_server is not None:
+            # Last: probes keep getting answers (NOT_SERVING) for the whole drain.
+            await self._health_server.stop(None)
         logger.info("persistence service stopped")
 
 

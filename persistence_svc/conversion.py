@@ -229,6 +229,7 @@ def _request_from_proto(
         legacy_questions=req.legacy_questions,
         questions_json=_messages_to_json(req.questions),
         images_json=_messages_to_json([_without_inline_data(image) for image in req.images]),
+        caller=clean_text(req.caller),
     )
 
 
@@ -342,6 +343,7 @@ def _request_to_proto(row: InspectionRow) -> persistence_pb2.RequestReceived:
         legacy_questions=row.legacy_questions,
         method=row.method,
         inspect_method=_METHODS.get(row.method, persistence_pb2.INSPECT_METHOD_UNSPECIFIED),
+        caller=row.caller,
     )
     for question in json.loads(row.questions_json):
         json_format.ParseDict(question, request.questions.add(), ignore_unknown_fields=True)
@@ -364,6 +366,7 @@ def record_to_proto(
         attempts=[_attempt_to_proto(a) for a in attempts],
         create_time=_timestamp(row.created_at),
         update_time=_timestamp(row.updated_at),
+        caller=row.caller,
     )
     if row.request_recorded:
         record.request.CopyFrom(_request_to_proto(row))

@@ -54,6 +54,7 @@ def build_server(
     *,
     max_message_bytes: int,
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
+    reflection_enabled: bool = True,
 ) -> grpc.aio.Server:
     server = grpc.aio.server(
         # The error interceptor last: innermost, so metrics and tracing see its status codes.
@@ -67,12 +68,13 @@ def build_server(
     )
     persistence_pb2_grpc.add_PersistenceServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
-    reflection.enable_server_reflection(
-        (
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    if reflection_enabled:
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
     return server

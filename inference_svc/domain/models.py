@@ -54,6 +54,8 @@ class InspectionRequest:
     product_id: str = ""
     previous_inspection_id: str = ""
     legacy_questions: bool = False
+    # Who asked (the authenticated caller's name; recorded, never a credential).
+    caller: str = ""
 
 
 @dataclass

@@ -95,6 +95,7 @@ class SpoolingRecorder:
                 ],
                 method=method,
                 inspect_method=_METHODS.get(method, ppb.INSPECT_METHOD_UNSPECIFIED),
+                caller=request.caller,
             ),
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +23,7 @@ from inference_svc.grpc_api.convert import (
     raw_request_from_proto,
 )
 from inference_svc.pipeline import InspectionPipeline
+from svc_common.auth import current_caller
 from svc_common.logging import inspection_id_var
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,10 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
         streaming: bool,
     ) -> Inspection:
         refuse_unless_serving(self._is_serving())
-        domain_request = validate_request(raw_request_from_proto(request), self._limits)
+        domain_request = dataclasses.replace(
+            validate_request(raw_request_from_proto(request), self._limits),
+            caller=current_caller().name,
+        )
         inspection_id_var.set(domain_request.inspection_id)
         with self._admission.slot():
             inspection = await self._pipeline.run(

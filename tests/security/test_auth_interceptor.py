@@ -17,7 +17,6 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_status import rpc_status
-from pki_support import Signer
 
 from svc_common.auth import (
     ApiKeys,
@@ -29,6 +28,7 @@ from svc_common.auth import (
     new_api_key_entry,
 )
 from svc_common.auth_interceptor import AuthInterceptor
+from tests.support.pki import Signer
 
 SERVICE = "test.v1.Echo"
 

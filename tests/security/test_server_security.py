@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pki_support import Pki
 
 from svc_common.auth import new_api_key_entry
 from svc_common.security import SecurityConfigError, caller_label, server_security
+from tests.support.pki import Pki
 
 WRITE = "/rpi.persistence.v1.PersistenceService/RecordEvents"
 READ = "/rpi.persistence.v1.PersistenceService/GetInspection"

@@ -11,9 +11,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from pki_support import Leaf, Pki
 
 from svc_common.tls import ClientTLS, ServerTLS, TLSConfigError, peer_identities, server_credentials
+from tests.support.pki import Leaf, Pki
 
 
 async def _serve(tls: ServerTLS) -> tuple[grpc.aio.Server, int]:

@@ -44,6 +44,7 @@ TIERS: dict[str, str] = {
     "engine/test_engine_process.py": INTEGRATION,  # spawns engine processes
     "pipeline/": UNIT,
     "protos/": UNIT,
+    "security/": UNIT,  # loopback gRPC servers in-process, real certificates and keys
     "test_app_settings.py": UNIT,
     "test_fake_engine.py": UNIT,
     "test_layering.py": UNIT,
@@ -56,6 +57,7 @@ TIERS: dict[str, str] = {
     "native_clients/": INTEGRATION,
     "bench/": INTEGRATION,
     "grpc_errors/": INTEGRATION,
+    "security/test_secure_services.py": INTEGRATION,  # both services, Postgres, a model
     "docs/test_demo.py": INTEGRATION,  # the whole system as subprocesses
     "observability/test_prometheus_scrape.py": INTEGRATION,  # a Prometheus server
 }

@@ -291,6 +291,7 @@ class RequestReceived(_message.Message):
     IMAGES_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
     INSPECT_METHOD_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
     shipping_id: _builtins.str
     """Required. As the caller sent it."""
     product_id: _builtins.str
@@ -310,6 +311,11 @@ class RequestReceived(_message.Message):
     inspect_method: Global___InspectMethod.ValueType
     """Optional. The call the request came with. Producers set both this and method; readers
     get both filled.
+    """
+    caller: _builtins.str
+    """Optional. The authenticated caller of the inspection: its API key's or certificate's name
+    or its JWT subject ("anonymous" when the inference service runs without authentication).
+    Never a credential.
     """
     @_builtins.property
     def questions(self) -> _containers.RepeatedCompositeFieldContainer[_inspection_pb2.Question]:
@@ -331,10 +337,11 @@ class RequestReceived(_message.Message):
         images: _abc.Iterable[Global___ImageRecord] | None = ...,
         method: _builtins.str = ...,
         inspect_method: Global___InspectMethod.ValueType = ...,
+        caller: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "inspect_method", b"inspect_method", "legacy_questions", b"legacy_questions", "method", b"method", "previous_inspection_id", b"previous_inspection_id", "product_id", b"product_id", "product_name", b"product_name", "questions", b"questions", "shipping_id", b"shipping_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "images", b"images", "inspect_method", b"inspect_method", "legacy_questions", b"legacy_questions", "method", b"method", "previous_inspection_id", b"previous_inspection_id", "product_id", b"product_id", "product_name", b"product_name", "questions", b"questions", "shipping_id", b"shipping_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -563,6 +570,7 @@ class InspectionRecord(_message.Message):
     FAILURE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
     inspection_id: _builtins.str
     """Required (always set). The inspection's id (UUID)."""
     shipping_id: _builtins.str
@@ -579,6 +587,10 @@ class InspectionRecord(_message.Message):
     """
     status: Global___InspectionStatus.ValueType
     """Required (always set). Lifecycle state."""
+    caller: _builtins.str
+    """Optional. The authenticated caller who asked for the inspection (as in request.caller);
+    empty until the request is recorded, and for records made before callers were recorded.
+    """
     @_builtins.property
     def request(self) -> Global___RequestReceived:
         """Optional. Unset until the request event has arrived."""
@@ -619,10 +631,11 @@ class InspectionRecord(_message.Message):
         failure: Global___FailureRecorded | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        caller: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "failure", b"failure", "request", b"request", "result", b"result", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "failure", b"failure", "inspection_id", b"inspection_id", "is_latest", b"is_latest", "previous_inspection_id", b"previous_inspection_id", "product_id", b"product_id", "product_name", b"product_name", "request", b"request", "result", b"result", "shipping_id", b"shipping_id", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "caller", b"caller", "create_time", b"create_time", "failure", b"failure", "inspection_id", b"inspection_id", "is_latest", b"is_latest", "previous_inspection_id", b"previous_inspection_id", "product_id", b"product_id", "product_name", b"product_name", "request", b"request", "result", b"result", "shipping_id", b"shipping_id", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
