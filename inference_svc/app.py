@@ -146,7 +146,7 @@ class InferenceApp:
                 settings.persistence_target,
                 settings.event_send_timeout_s,
                 interceptors=grpc_client_interceptors(tracer_provider),
-                credentials=_persistence_credentials(settings),
+                tls=_persistence_tls(settings),
             )
         self.delivery_metrics = DeliveryMetrics(self.registry)
         self.delivery = EventDelivery(
@@ -336,15 +336,17 @@ class InferenceApp:
         return self.delivery.link_state
 
 
-def _persistence_credentials(settings: InferenceSettings) -> grpc.ChannelCredentials | None:
+def _persistence_tls(settings: InferenceSettings) -> ClientTLS | None:
     """TLS towards the persistence service when its CA or a client certificate is configured."""
     if not (settings.persistence_tls_ca_file or settings.persistence_tls_cert_file):
         return None
-    return ClientTLS(
+    tls = ClientTLS(
         settings.persistence_tls_ca_file,
         settings.persistence_tls_cert_file,
         settings.persistence_tls_key_file,
-    ).channel_credentials()
+    )
+    tls.channel_credentials()  # unreadable files fail the start, not the first delivery
+    return tls
 
 
 async def serve(settings: InferenceSettings) -> None:

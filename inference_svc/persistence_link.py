@@ -14,6 +14,7 @@ from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
 from inference_svc.events.delivery import RejectedBatchError
+from svc_common.tls import ClientTLS, TLSConfigError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,12 @@ def is_rejection(code: grpc.StatusCode) -> bool:
 
 
 class PersistenceSender:
-    """Implements delivery's EventSender over rpi.persistence.v1.RecordEvents."""
+    """Implements delivery's EventSender over rpi.persistence.v1.RecordEvents.
+
+    With ``tls`` the link is TLS (mutual TLS with a client certificate). gRPC Python's channel
+    credentials are fixed when the channel is made, so before each call the sender checks
+    whether the certificate files changed (cert-manager renews them in place) and, if so,
+    opens a new channel with them; the old one is closed once idle."""
 
     def __init__(
         self,
@@ -58,12 +64,19 @@ class PersistenceSender:
         timeout_s: float,
         interceptors: Sequence[Any] | None = None,
         probe_timeout_s: float = 2.0,
-        credentials: grpc.ChannelCredentials | None = None,
+        tls: ClientTLS | None = None,
     ) -> None:
-        """``credentials``: TLS (mutual TLS with a client certificate) towards the persistence
-        service; plaintext when None (the local set-up)."""
+        self._target = target
         self._timeout = timeout_s
         self._probe_timeout = probe_timeout_s
+        self._interceptors = list(interceptors or [])
+        self._tls = tls
+        self._tls_seen = tls.signature() if tls else None
+        self._channel = self._open()
+        self._stub = ppb_grpc.PersistenceServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def _open(self) -> grpc.aio.Channel:
         options = [
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             # Reconnect quickly after the persistence service restarts.
@@ -71,16 +84,34 @@ class PersistenceSender:
             ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2000),
         ]
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(
-                target, options=options, interceptors=list(interceptors or [])
+        if self._tls is None:
+            return grpc.aio.insecure_channel(
+                self._target, options=options, interceptors=self._interceptors
             )
-        else:
-            self._channel = grpc.aio.secure_channel(
-                target, credentials, options=options, interceptors=list(interceptors or [])
-            )
-        self._stub = ppb_grpc.PersistenceServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        return grpc.aio.secure_channel(
+            self._target,
+            self._tls.channel_credentials(),
+            options=options,
+            interceptors=self._interceptors,
+        )
+
+    async def _follow_rotation(self) -> None:
+        if self._tls is None:
+            return
+        seen = self._tls.signature()
+        if seen == self._tls_seen:
+            return
+        try:
+            channel = self._open()
+        except TLSConfigError as exc:
+            # A half-written renewal: keep the current channel, try again on the next call.
+            log.warning("persistence TLS files unreadable, keeping the current ones: %s", exc)
+            return
+        old, self._channel, self._tls_seen = self._channel, channel, seen
+        self._stub = ppb_grpc.PersistenceServiceStub(channel)
+        self._health = health_pb2_grpc.HealthStub(channel)
+        log.info("persistence link certificate reloaded")
+        await old.close(grace=5.0)
 
     async def send(self, payloads: Sequence[bytes], timeout_s: float | None = None) -> None:
         try:
@@ -91,6 +122,7 @@ class PersistenceSender:
                 "INVALID_ARGUMENT", f"undecodable spooled event: {exc}"
             ) from exc
         timeout = self._timeout if timeout_s is None else min(self._timeout, timeout_s)
+        await self._follow_rotation()
         try:
             await self._stub.RecordEvents(
                 ppb.RecordEventsRequest(events=events), timeout=timeout, wait_for_ready=False
@@ -111,6 +143,7 @@ class PersistenceSender:
         await self.send(payloads)
 
     async def probe(self) -> None:
+        await self._follow_rotation()
         reply = await self._health.Check(
             health_pb2.HealthCheckRequest(service=PERSISTENCE_SERVICE),
             timeout=self._probe_timeout,

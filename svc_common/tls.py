@@ -121,6 +121,10 @@ class ClientTLS:
         if (self.cert_file is None) != (self.key_file is None):
             raise TLSConfigError("a client certificate needs both its cert and key file")
 
+    def signature(self) -> tuple[tuple[int, int], ...]:
+        """Changes when any of the files is replaced (renewal)."""
+        return _signature([p for p in (self.ca_file, self.cert_file, self.key_file) if p])
+
     def channel_credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(
             root_certificates=_read(self.ca_file) if self.ca_file else None,

@@ -8,7 +8,7 @@ import asyncio
 import io
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -50,6 +50,8 @@ def jpeg(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
 class ImageServer:
     base_url: str
     images: dict[str, bytes]
+    # Every path requested, in order: a test can prove that a refused call fetched nothing.
+    hits: list[str] = field(default_factory=list)
 
     def url(self, name: str) -> str:
         return f"{self.base_url}/{name}"
@@ -62,7 +64,10 @@ async def image_server() -> AsyncIterator[ImageServer]:
         "pickup.jpg": jpeg((1024, 768), (190, 40, 35)),
     }
 
+    hits: list[str] = []
+
     async def handle(request: web.Request) -> web.Response:
+        hits.append(request.match_info["name"])
         data = images.get(request.match_info["name"])
         if data is None:
             raise web.HTTPNotFound()
@@ -80,7 +85,7 @@ async def image_server() -> AsyncIterator[ImageServer]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield ImageServer(f"http://127.0.0.1:{port}", images)
+    yield ImageServer(f"http://127.0.0.1:{port}", images, hits)
     await runner.cleanup()
 
 

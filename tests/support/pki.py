@@ -88,14 +88,18 @@ def _rsa() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-@pytest.fixture
-def signer(tmp_path: Path) -> Signer:
+def make_signer(directory: Path) -> Signer:
     key = _rsa()
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
     jwk.update({"kid": "k1", "use": "sig", "alg": "RS256"})
-    path = tmp_path / "jwks.json"
+    path = directory / "jwks.json"
     path.write_text(json.dumps({"keys": [jwk]}))
     return Signer(path, key, "k1")
+
+
+@pytest.fixture
+def signer(tmp_path: Path) -> Signer:
+    return make_signer(tmp_path)
 
 
 @pytest.fixture
