@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = ["tests.support.e2e", "tests.support.tiers"]
+pytest_plugins = ["tests.support.e2e", "tests.support.secure", "tests.support.tiers"]
 
 
 # In CI every tool the suite needs is installed by tools/bootstrap.sh, so a skipped test means a

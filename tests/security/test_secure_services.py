@@ -11,132 +11,23 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import grpc
 import pytest
-import pytest_asyncio
-import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
-from clients.python.rpi_client.channel import ChannelOptions, aio_channel, tls_credentials
 from inference_svc.app import InferenceApp
 from inference_svc.events.link_health import PERSISTENCE_LINK_HEALTH_NAME
-from persistence_svc.app import PersistenceApp
-from persistence_svc.settings import PersistenceSettings
-from svc_common.auth import new_api_key_entry
-from svc_common.tls import ClientTLS
 from tests.support.e2e import ImageServer, inference_settings, make_request, wait_for_record
 from tests.support.events import request_event
-from tests.support.pki import Leaf, Pki, Signer
-from tests.support.postgres import PostgresForTests
-
-WRITER = "inference.rpi.svc"
-INSPECTION = "/rpi.inspection.v1.InspectionService/*"
-
-
-@dataclass
-class SecureSystem:
-    persistence: PersistenceApp
-    inference: InferenceApp
-    database_url: str
-    pki: Pki
-    signer: Signer
-    keys: dict[str, str]
-    server_ca: Path
-    client_leaf: Callable[[str], Leaf]
-    tmp: Path
-
-    def inspection_channel(self, token: str | None) -> grpc.aio.Channel:
-        options = ChannelOptions(credentials=tls_credentials(self.server_ca), token=token)
-        return aio_channel(f"localhost:{self.inference.port}", options)
-
-    def persistence_channel(self, identity: str) -> grpc.aio.Channel:
-        leaf = self.client_leaf(identity)
-        creds = ClientTLS(self.server_ca, leaf.cert, leaf.key).channel_credentials()
-        return grpc.aio.secure_channel(f"localhost:{self.persistence.bound_port}", creds)
-
-
-@pytest_asyncio.fixture(scope="module")
-async def secure(
-    tmp_path_factory: pytest.TempPathFactory, postgres: PostgresForTests
-) -> AsyncIterator[SecureSystem]:
-    import trustme
-
-    tmp = tmp_path_factory.mktemp("secure")
-    pki = Pki(tmp, trustme.CA(), trustme.CA())
-    server_ca = pki.write_ca(pki.server_ca, "server-ca")
-    client_ca = pki.write_ca(pki.client_ca, "client-ca")
-    leaves: dict[str, Leaf] = {}
-
-    def client_leaf(identity: str) -> Leaf:
-        if identity not in leaves:
-            leaves[identity] = pki.leaf(pki.client_ca, identity.replace(".", "-"), identity)
-        return leaves[identity]
-
-    persistence_leaf = pki.leaf(pki.server_ca, "persistence", "localhost", "127.0.0.1")
-    inference_leaf = pki.leaf(pki.server_ca, "inference", "localhost", "127.0.0.1")
-
-    from tests.support.pki import make_signer
-
-    signer = make_signer(tmp)
-    keys: dict[str, str] = {}
-    entries: dict[str, Any] = {}
-    for name in ("returns-backend", "auditor"):
-        keys[name], entry = new_api_key_entry(name)
-        entries.update(entry)
-    tokens = tmp / "tokens.yaml"
-    tokens.write_text(yaml.safe_dump({"callers": entries}))
-    policy = tmp / "policy.yaml"
-    policy.write_text(yaml.safe_dump({"callers": {"returns-backend": [INSPECTION]}, "default": []}))
-
-    async with postgres.fresh_database("rpi_sec_") as database_url:
-        persistence = PersistenceApp(
-            PersistenceSettings(
-                database_url=database_url,
-                grpc_listen="127.0.0.1:0",
-                metrics_port=-1,
-                tls_cert_file=persistence_leaf.cert,
-                tls_key_file=persistence_leaf.key,
-                tls_client_ca_file=client_ca,
-                writer_identities=WRITER,
-            )
-        )
-        await persistence.start()
-        writer = client_leaf(WRITER)
-        inference = InferenceApp(
-            inference_settings(
-                tmp / "inference",
-                f"localhost:{persistence.bound_port}",
-                tls_cert_file=inference_leaf.cert,
-                tls_key_file=inference_leaf.key,
-                auth_tokens_file=tokens,
-                auth_jwks_file=signer.jwks_file,
-                auth_jwt_issuer=signer.issuer,
-                auth_jwt_audience=signer.audience,
-                auth_policy_file=policy,
-                persistence_tls_ca_file=server_ca,
-                persistence_tls_cert_file=writer.cert,
-                persistence_tls_key_file=writer.key,
-                health_listen="127.0.0.1:0",
-            )
-        )
-        await inference.start()
-        try:
-            yield SecureSystem(
-                persistence, inference, database_url, pki, signer, keys, server_ca,
-                client_leaf, tmp,
-            )  # fmt: skip
-        finally:
-            await inference.stop(2)
-            await persistence.stop(0)
+from tests.support.pki import Signer
+from tests.support.secure import WRITER, SecureSystem
 
 
 async def _count(database_url: str, inspection_id: str) -> int:
