@@ -242,3 +242,73 @@ async def test_python_client_channel_sends_its_token_over_plaintext_loopback(
     async with aio_channel(f"127.0.0.1:{harness.port}", options) as channel:
         reply = await channel.unary_unary(f"/{SERVICE}/Unary")(b"x", timeout=5)
     assert reply == b"returns-backend"
+
+
+async def test_the_caller_is_in_log_lines_and_on_the_server_span(tmp_path: Path) -> None:
+    import io
+    import logging
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from svc_common.logging import ServiceJsonFormatter
+    from svc_common.tracing import grpc_server_interceptors
+
+    key, entry = new_api_key_entry("returns-backend")
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(yaml.safe_dump({"callers": entry}))
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(ServiceJsonFormatter("test"))
+    logger = logging.getLogger("test.caller")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+    async def unary(request: bytes, context: Any) -> bytes:
+        logger.info("handling")
+        return b"ok"
+
+    server = grpc.aio.server(
+        interceptors=[
+            *grpc_server_interceptors(provider),
+            AuthInterceptor(Authenticator(api_keys=ApiKeys(tokens)), Policy(), domain="t"),
+        ]
+    )
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                SERVICE, {"Unary": grpc.unary_unary_rpc_method_handler(unary)}
+            )
+        ]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(f"/{SERVICE}/Unary")
+            await call(b"x", metadata=(("authorization", f"Bearer {key}"),), timeout=5)
+    finally:
+        await server.stop(None)
+        logger.removeHandler(handler)
+    (line,) = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert line["caller"] == "returns-backend"
+    assert key not in stream.getvalue()
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes is not None
+    assert span.attributes["rpi.caller"] == "returns-backend"
+
+
+def test_cli_takes_the_token_from_rpi_token_or_the_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clients.python.rpi_client import cli
+
+    monkeypatch.setenv("RPI_TOKEN", "rpi_from_env")
+    args = cli.build_parser().parse_args(["health"])
+    assert cli.channel_options(args).token == "rpi_from_env"
+    args = cli.build_parser().parse_args(["health", "--token", "rpi_flag", "--tls-ca", __file__])
+    options = cli.channel_options(args)
+    assert options.token == "rpi_flag"
+    assert options.credentials is not None
