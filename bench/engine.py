@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import statistics
 import sys
 import time
@@ -258,12 +259,12 @@ async def measure(
     left out of the CPU accounting)."""
     target = f"127.0.0.1:{app.port}"
     total = requests_for(c, args)
-    before = dict(app.engine.stats)
+    before = dataclasses.asdict(app.engine.stats())
     engine_pid = _engine_pid(app)
     cpu_before = cpu_seconds(engine_pid, others)
     load: LoadResult = await client.call(drive_sync, target, requests, c, total)
     cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(engine_pid, others).items()}
-    after = app.engine.stats
+    after = dataclasses.asdict(app.engine.stats())
     tokens = after["tokens_generated"] - before["tokens_generated"]
     rows = after["rows"] - before["rows"]
     batches = after["batches"] - before["batches"]

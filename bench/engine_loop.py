@@ -145,7 +145,6 @@ def requests(count: int, tokens: int, tiles: int, prompt: str) -> list[Generatio
                 pixels[i % len(pixels)],
                 layout,
                 tokens,
-                min_new_tokens=tokens,
                 json_schema=schema,
             )
         )
@@ -161,6 +160,7 @@ async def run_variant(
         engine_mode="continuous",
         max_batch_size=args.max_batch_size,
         max_new_tokens=args.tokens,
+        min_new_tokens=args.tokens,
         torch_threads=args.torch_threads,
         **VARIANTS[variant],
     )

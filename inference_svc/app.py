@@ -180,7 +180,6 @@ class InferenceApp:
                 reference_max_tiles=settings.reference_max_tiles,
                 pickup_max_tiles=settings.pickup_max_tiles,
                 max_new_tokens=settings.max_new_tokens,
-                min_new_tokens=settings.min_new_tokens,
                 max_output_retries=settings.max_output_retries,
                 max_evidence_chars=settings.max_evidence_chars,
                 max_analysis_chars=settings.max_analysis_chars,
@@ -271,14 +270,11 @@ class InferenceApp:
         await self.delivery.start()
         t0 = time.monotonic()
         await self.engine.start()
-        runtime = self.engine.loaded.runtime
+        info = self.engine.info
         self.metrics.set_model_info(
-            name=self.engine.model_name,
-            revision=self.engine.model_revision,
-            device=str(runtime.device),
-            dtype=str(runtime.dtype).removeprefix("torch."),
+            name=info.model_name, revision=info.model_revision, device=info.device, dtype=info.dtype
         )
-        if self.engine.untrained:
+        if info.untrained:
             log.warning(
                 "SERVING AN UNTRAINED DEMO MODEL: MODEL_PATH is unset, so a small randomly "
                 "initialised InternVL was built locally. Its answers carry no meaning."

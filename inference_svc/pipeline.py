@@ -112,7 +112,6 @@ class PipelineConfig:
     reference_max_tiles: int = 1
     pickup_max_tiles: int = 2
     max_new_tokens: int = 2000
-    min_new_tokens: int = 0
     max_output_retries: int = 1
     max_evidence_chars: int = 300
     max_analysis_chars: int = 600
@@ -249,9 +248,9 @@ class InspectionPipeline:
     @property
     def model_info(self) -> ModelInfo:
         return ModelInfo(
-            name=self._engine.model_name,
-            revision=self._engine.model_revision,
-            untrained=self._engine.untrained,
+            name=self._engine.info.model_name,
+            revision=self._engine.info.model_revision,
+            untrained=self._engine.info.untrained,
             prompt_template_version=self._template.version,
         )
 
@@ -461,7 +460,7 @@ class InspectionPipeline:
                 max_analysis_chars=self._config.max_analysis_chars,
                 max_result_chars=self._config.max_result_chars,
             )
-            if self._engine.constrained
+            if self._engine.info.constrained
             else None
         )
         retry_errors: list[str] | None = None
@@ -500,7 +499,6 @@ class InspectionPipeline:
                         pixel_values=pixel_values,
                         tiles_per_image=tiles_per_image,
                         max_new_tokens=self._config.max_new_tokens,
-                        min_new_tokens=self._config.min_new_tokens,
                         json_schema=schema,
                         deadline=deadline,
                     ),
@@ -514,9 +512,9 @@ class InspectionPipeline:
                     }
                 )
             gen_seconds = time.monotonic() - gen_started
-            timings.queue += result.queue_seconds
-            timings.generate += result.prefill_seconds + result.decode_seconds
-            self._observer.stage("queue_wait", result.queue_seconds)
+            timings.queue += result.timings.queue_seconds
+            timings.generate += result.timings.prefill_seconds + result.timings.decode_seconds
+            self._observer.stage("queue_wait", result.timings.queue_seconds)
             self._observer.generation(result)
 
             parse_started = time.monotonic()

@@ -22,11 +22,15 @@ from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from . import constrained
 from .api import (
+    EngineInfo,
     EngineNotReady,
     EngineOverloaded,
+    EngineStats,
+    FinishReason,
     GenerationListener,
     GenerationRequest,
     GenerationResult,
+    GenerationTimings,
     NullListener,
 )
 from .batch_control import BatchController, RowSpec
@@ -86,8 +90,9 @@ class BatchedEngine:
         self._batch_ids = itertools.count(1)
         self._running: list[_Job] = []
         self._staging: PixelStaging | None = None  # the model thread's pixel buffer
+        self._jobs: dict[str, _Job] = {}  # by request id, for cancel()
         # Counters for metrics and tests; written by the model thread only.
-        self.stats: dict[str, int] = {
+        self.counters: dict[str, int] = {
             "batches": 0,
             "rows": 0,
             "tokens_generated": 0,
@@ -95,21 +100,31 @@ class BatchedEngine:
         }
 
     # --- Engine protocol -------------------------------------------------------------------
-    @property
-    def model_name(self) -> str:
-        return self._loaded.name if self._loaded else ""
+    runner_name = "generate"
 
     @property
-    def model_revision(self) -> str:
-        return self._loaded.revision if self._loaded else self.config.model_revision
+    def info(self) -> EngineInfo:
+        loaded = self._loaded
+        return EngineInfo(
+            model_name=loaded.name if loaded else "",
+            model_revision=loaded.revision if loaded else self.config.model_revision,
+            untrained=loaded.untrained if loaded else self.config.model_path is None,
+            constrained=self.config.constrained_decoding,
+            streams_text=True,
+            device=str(loaded.runtime.device) if loaded else self.config.device,
+            dtype=str(loaded.runtime.dtype).removeprefix("torch.") if loaded else self.config.dtype,
+            runner=self.runner_name if loaded else "",
+            max_batch_size=self._max_batch,
+        )
 
-    @property
-    def untrained(self) -> bool:
-        return self._loaded.untrained if self._loaded else self.config.model_path is None
+    def stats(self) -> EngineStats:
+        return EngineStats(**self.counters, running_rows=self.running_rows())
 
-    @property
-    def constrained(self) -> bool:
-        return self.config.constrained_decoding
+    def cancel(self, request_id: str) -> None:
+        job = self._jobs.get(request_id)
+        if job is not None and not job.future.done():
+            self._abandon(job)
+            job.future.cancel()
 
     @property
     def ready(self) -> bool:
@@ -192,6 +207,7 @@ class BatchedEngine:
         if not self.ready:
             raise EngineNotReady("engine stopping")
         job = _Job(request, listener, prepared, asyncio.get_running_loop().create_future())
+        self._jobs[request.request_id] = job
         self._queue.append(job)
         job.position = len(self._queue)
         _safe(listener.on_queued, job.position)
@@ -205,10 +221,9 @@ class BatchedEngine:
         except (asyncio.CancelledError, TimeoutError):
             self._abandon(job)
             raise
-        if result.finish_reason == "cancelled":
-            # The model thread ended the row at its deadline and answered before our timer
-            # fired (a busy loop): still a deadline, never a truncated success.
-            raise TimeoutError("deadline passed during generation")
+        finally:
+            if self._jobs.get(request.request_id) is job:
+                del self._jobs[request.request_id]
         return result
 
     def count_prompt_tokens(self, prompt: str, tiles_per_image: tuple[int, ...]) -> int:
@@ -245,7 +260,7 @@ class BatchedEngine:
         )
         input_ids: list[int] = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
         max_new = max(1, min(request.max_new_tokens, self.config.max_new_tokens))
-        min_new = min(max(request.min_new_tokens, self.config.min_new_tokens), max_new)
+        min_new = min(self.config.min_new_tokens, max_new)
         grammar = matcher = None
         if request.json_schema is not None and self.config.constrained_decoding:
             grammar = constrained.compile_json_schema(request.json_schema)
@@ -448,10 +463,10 @@ class BatchedEngine:
             return [exc] * len(jobs)
         controller.finish()
         ended = time.perf_counter()
-        self.stats["batches"] += 1
-        self.stats["rows"] += len(jobs)
-        self.stats["tokens_generated"] += sum(len(t) for t in controller.tokens)
-        self.stats["cancelled_rows"] += controller.finish_reason.count("cancelled")
+        self.counters["batches"] += 1
+        self.counters["rows"] += len(jobs)
+        self.counters["tokens_generated"] += sum(len(t) for t in controller.tokens)
+        self.counters["cancelled_rows"] += controller.finish_reason.count("cancelled")
         first = controller.first_token_time or ended
         prefill = first - started
         results: list[GenerationResult | BaseException] = []
@@ -459,31 +474,26 @@ class BatchedEngine:
         for row, job in enumerate(jobs):
             decode = max(controller.finish_time[row] - first, 0.0)
             count = len(controller.tokens[row])
-            rate = (count - 1) / decode if decode > 0 and count > 1 else 0.0
-            extra: dict[str, Any] = {
-                "batch_id": batch_id,
-                "ttft_seconds": queue_seconds[row] + prefill,
-                "generate_seconds": ended - started,
-                "prompt_padded_tokens": width,
-                "decode_tokens_per_second": rate,
-            }
             is_constrained = job.prepared.matcher is not None
-            if constraint is not None and is_constrained:
-                extra["schema_complete"] = constraint.is_complete(row)
-                if row in constraint.errors:
-                    extra["constraint_error"] = constraint.errors[row]
+            reason = controller.finish_reason[row] or "length"
+            if reason == "cancelled":
+                results.append(_expired())
+                continue
             results.append(
                 GenerationResult(
                     text=controller.text(row),
                     prompt_tokens=len(job.prepared.input_ids),
                     completion_tokens=count,
-                    queue_seconds=queue_seconds[row],
-                    prefill_seconds=prefill,
-                    decode_seconds=decode,
+                    timings=GenerationTimings(queue_seconds[row], prefill, decode),
                     constrained=is_constrained,
                     batch_size=len(jobs),
-                    finish_reason=controller.finish_reason[row] or "length",
-                    extra=extra,
+                    finish_reason=FinishReason(reason),
+                    schema_complete=constraint.is_complete(row)
+                    if constraint is not None and is_constrained
+                    else None,
+                    constraint_error=constraint.errors.get(row)
+                    if constraint is not None and is_constrained
+                    else None,
                 )
             )
         return results
@@ -503,6 +513,12 @@ class SequentialEngine(BatchedEngine):
         super().__init__(config)
         self._max_batch = 1
         self._wait_s = 0.0
+
+
+def _expired() -> TimeoutError:
+    # The model thread ended the row at its deadline and answered before the caller's timer
+    # fired (a busy loop): still a deadline, never a truncated success.
+    return TimeoutError("deadline passed during generation")
 
 
 def _cancel_probe(job: _Job) -> Any:

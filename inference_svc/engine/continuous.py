@@ -40,8 +40,8 @@ from typing import Any
 import torch
 
 from . import constrained
-from .api import GenerationResult, NullListener
-from .batched import BatchedEngine, _deliver_progress, _Job, _safe, _set_outcome
+from .api import FinishReason, GenerationResult, GenerationTimings, NullListener
+from .batched import BatchedEngine, _deliver_progress, _expired, _Job, _safe, _set_outcome
 from .config import EngineConfig
 from .loader import LoadedModel
 from .pixels import PixelStaging
@@ -107,7 +107,7 @@ class ContinuousEngine(BatchedEngine):
         self._decoder: SlotDecoder | None = None
         self._stop_ids: frozenset[int] = frozenset()
         self._stop_list: torch.Tensor | None = None
-        self.stats.update({"steps": 0, "row_steps": 0, "prefills": 0, "overlapped_masks": 0})
+        self.counters.update({"steps": 0, "row_steps": 0, "prefills": 0, "overlapped_masks": 0})
         # Rows taken from the queue and not yet answered; written by the model thread.
         self._live = 0
         # Prefill overlap: the prefill thread and the step thread share these under _slots.
@@ -129,6 +129,10 @@ class ContinuousEngine(BatchedEngine):
         if self._overlap:
             return self._occupied()
         return self._live
+
+    @property
+    def runner_name(self) -> str:  # type: ignore[override]
+        return "slot" if self._decoder is not None else "generate"
 
     @property
     def overlapping_prefill(self) -> bool:
@@ -310,8 +314,8 @@ class ContinuousEngine(BatchedEngine):
             row.position += 1
             row.batch_rows += live
             row.steps += 1
-        self.stats["steps"] += 1
-        self.stats["row_steps"] += live
+        self.counters["steps"] += 1
+        self.counters["row_steps"] += live
         self._choose(rows, logits, plan)
         self._retire(rows)
         self._live = len(rows)
@@ -426,7 +430,7 @@ class ContinuousEngine(BatchedEngine):
             self._post(_set_outcome, job, exc)
             return
         row.position = outcome.length
-        self.stats["prefills"] += 1
+        self.counters["prefills"] += 1
         rows.append(row)
         self._choose([row], outcome.logits.unsqueeze(0))
         self._retire(rows)
@@ -455,7 +459,7 @@ class ContinuousEngine(BatchedEngine):
                 plan.masked.append(i)
         if len(plan.masked) >= _OVERLAP_MIN_ROWS and pool is not None:
             plan.allowed = pool.submit(self._allowed, [rows[i].matcher for i in plan.masked])
-            self.stats["overlapped_masks"] += 1
+            self.counters["overlapped_masks"] += 1
         return plan
 
     def _allowed(self, matchers: list[Any]) -> torch.Tensor:
@@ -550,9 +554,9 @@ class ContinuousEngine(BatchedEngine):
         row.finish_reason = reason
         row.finished_at = time.perf_counter()
         if reason == "cancelled":
-            self.stats["cancelled_rows"] += 1
-        self.stats["rows"] += 1
-        self.stats["tokens_generated"] += len(row.tokens)
+            self.counters["cancelled_rows"] += 1
+        self.counters["rows"] += 1
+        self.counters["tokens_generated"] += len(row.tokens)
         if row.reported != len(row.tokens) or not row.tokens:
             self._report(row)
         self._post(_set_outcome, row.job, self._result(row))
@@ -568,36 +572,27 @@ class ContinuousEngine(BatchedEngine):
         ids = [t for t in row.tokens if t not in self._stop_ids]
         return str(self.loaded.tokenizer.decode(ids, skip_special_tokens=True))
 
-    def _result(self, row: _Row) -> GenerationResult:
+    def _result(self, row: _Row) -> GenerationResult | BaseException:
+        if row.finish_reason == "cancelled":
+            return _expired()
         job = row.job
-        count = len(row.tokens)
         queue_seconds = max(row.admitted_at - job.enqueued_at, 0.0)
         first = row.first_token_at or row.finished_at
         decode = max(row.finished_at - first, 0.0)
         batch = round(row.batch_rows / row.steps) if row.steps else 1
-        extra: dict[str, Any] = {
-            "scheduler": "continuous",
-            "ttft_seconds": queue_seconds + row.prefill_seconds,
-            "generate_seconds": row.prefill_seconds + decode,
-            "decode_tokens_per_second": (count - 1) / decode if decode > 0 and count > 1 else 0.0,
-            "decode_steps": row.steps,
-        }
         matcher = row.matcher
-        if matcher is not None:
-            extra["schema_complete"] = not row.grammar_error and bool(matcher.is_accepting())
-            if row.grammar_error:
-                extra["constraint_error"] = row.grammar_error
         return GenerationResult(
             text=self._text(row),
             prompt_tokens=row.prompt_tokens,
-            completion_tokens=count,
-            queue_seconds=queue_seconds,
-            prefill_seconds=row.prefill_seconds,
-            decode_seconds=decode,
+            completion_tokens=len(row.tokens),
+            timings=GenerationTimings(queue_seconds, row.prefill_seconds, decode),
             constrained=matcher is not None,
             batch_size=max(batch, 1),
-            finish_reason=row.finish_reason,
-            extra=extra,
+            finish_reason=FinishReason(row.finish_reason),
+            schema_complete=None
+            if matcher is None
+            else not row.grammar_error and bool(matcher.is_accepting()),
+            constraint_error=row.grammar_error or None if matcher is not None else None,
         )
 
     def _post(self, callback: Any, *args: Any) -> None:

@@ -49,8 +49,10 @@ from transformers import AutoTokenizer
 from inference_svc.priority import lower_process_priority
 
 from .api import (
+    EngineInfo,
     EngineNotReady,
     EngineOverloaded,
+    EngineStats,
     GenerationListener,
     GenerationRequest,
     GenerationResult,
@@ -111,41 +113,50 @@ class ProcessEngine:
         self._threads: list[threading.Thread] = []
         self._slabs: SlabSender | None = None
         # The child's counters, as of its last answer.
-        self.stats: dict[str, int] = {}
+        self._stats = EngineStats()
+        self._by_request: dict[str, int] = {}  # request id -> call id, for cancel()
         # Called on the event loop when the child exits unexpectedly.
         self.on_exit: Callable[[], None] | None = None
 
     # --- Engine protocol -------------------------------------------------------------------
     @property
-    def model_name(self) -> str:
-        return self._model.name if self._model else ""
+    def info(self) -> EngineInfo:
+        model = self._model
+        cfg = self.config
+        return EngineInfo(
+            model_name=model.name if model else "",
+            model_revision=model.revision if model else cfg.model_revision,
+            untrained=model.untrained if model else cfg.model_path is None,
+            constrained=cfg.constrained_decoding,
+            streams_text=True,
+            device=str(model.runtime.device) if model else cfg.device,
+            dtype=str(model.runtime.dtype).removeprefix("torch.") if model else cfg.dtype,
+            runner=("slot" if model.continuous else "generate") if model else "",
+            max_batch_size=cfg.max_batch_size,
+        )
 
-    @property
-    def model_revision(self) -> str:
-        return self._model.revision if self._model else self.config.model_revision
+    def stats(self) -> EngineStats:
+        slabs = self._slabs
+        return dataclasses.replace(
+            self._stats,
+            running_rows=self.running_rows(),
+            tiles_shared=slabs.shared if slabs else 0,
+            tiles_pickled=slabs.pickled if slabs else 0,
+            slab_bytes=slabs.slab_bytes if slabs else 0,
+        )
 
-    @property
-    def untrained(self) -> bool:
-        return self._model.untrained if self._model else self.config.model_path is None
-
-    @property
-    def constrained(self) -> bool:
-        return self.config.constrained_decoding
+    def cancel(self, request_id: str) -> None:
+        call_id = self._by_request.get(request_id)
+        call = self._calls.get(call_id) if call_id is not None else None
+        if call is not None and not call.future.done():
+            call.future.cancel()
+            self._outbox.put(("cancel", call_id))
 
     @property
     def pid(self) -> int | None:
         """The engine process's id while it runs (logs, debugging, tests)."""
         process = self._process
         return int(process.pid) if process is not None and process.pid is not None else None
-
-    @property
-    def tile_transfers(self) -> dict[str, int]:
-        """Requests whose tiles went through shared memory and through the pipe (tests,
-        benchmarks)."""
-        slabs = self._slabs
-        if slabs is None:
-            return {"shared": 0, "pickled": 0, "slab_bytes": 0}
-        return {"shared": slabs.shared, "pickled": slabs.pickled, "slab_bytes": slabs.slab_bytes}
 
     @property
     def ready(self) -> bool:
@@ -247,6 +258,7 @@ class ProcessEngine:
         call_id = next(self._ids)
         call = _Call(self._loop.create_future(), listener)
         self._calls[call_id] = call
+        self._by_request[request.request_id] = call_id
         self._waiting += 1
         wants_text = bool(getattr(listener, "wants_text", True))
         self._outbox.put(("generate", call_id, request, wants_text))
@@ -264,6 +276,8 @@ class ProcessEngine:
             raise
         finally:
             self._forget(call_id)
+            if self._by_request.get(request.request_id) == call_id:
+                del self._by_request[request.request_id]
 
     # --- plumbing --------------------------------------------------------------------------
     def _forget(self, call_id: int) -> None:
@@ -323,7 +337,7 @@ class ProcessEngine:
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "ready":
-            self.stats = message[2]
+            self._stats = message[2]
             if self._started is not None and not self._started.done():
                 self._started.set_result(message[1])
             return
@@ -333,7 +347,7 @@ class ProcessEngine:
             return
         call = self._calls.get(message[1])
         if kind in ("done", "error", "cancelled"):
-            self.stats = message[-1]
+            self._stats = message[-1]
         if call is None:
             return
         if kind == "queued":
@@ -447,16 +461,16 @@ async def _serve_child(config: EngineConfig, conn: Connection) -> None:
         (
             "ready",
             RemoteModel(
-                name=engine.model_name,
-                revision=engine.model_revision,
-                untrained=engine.untrained,
+                name=engine.info.model_name,
+                revision=engine.info.model_revision,
+                untrained=engine.info.untrained,
                 tokens_per_tile=loaded.tokens_per_tile,
                 image_size=loaded.image_size,
                 runtime=loaded.runtime,
                 continuous=bool(getattr(engine, "continuous", False)),
                 tokenizer_dir=str(Path(tokenizer_dir)),
             ),
-            dict(engine.stats),
+            engine.stats(),
         )
     )
     loop = asyncio.get_running_loop()
@@ -487,11 +501,11 @@ async def _serve_child(config: EngineConfig, conn: Connection) -> None:
         try:
             result = await engine.generate(request, listener)
         except asyncio.CancelledError:
-            conn.send(("cancelled", call_id, dict(engine.stats)))
+            conn.send(("cancelled", call_id, engine.stats()))
         except Exception as exc:
-            conn.send(("error", call_id, _portable(exc), dict(engine.stats)))
+            conn.send(("error", call_id, _portable(exc), engine.stats()))
         else:
-            conn.send(("done", call_id, result, dict(engine.stats)))
+            conn.send(("done", call_id, result, engine.stats()))
         finally:
             tasks.pop(call_id, None)
 

@@ -112,6 +112,9 @@ async def engine_factory(model_cache: Path, engine_mode: str) -> AsyncIterator[E
     async def make(**overrides: Any) -> BatchedEngine:
         overrides.setdefault("device", "cpu")
         overrides.setdefault("engine_mode", engine_mode)
+        # Fixed lengths (every row runs to its own budget unless its grammar ends it): the
+        # untrained model's stop tokens would otherwise end rows at random points.
+        overrides.setdefault("min_new_tokens", 1_000_000)
         if overrides["engine_mode"] == "continuous-serial-prefill":
             # The continuous engine prefilling on its step thread (overlap is on by default
             # on CPU).
