@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import psutil
 from rpi.inspection.v1 import inspection_pb2 as pb
 
+from bench.baseline import ForcedLength
 from bench.common import (
     LatencySummary,
     add_torch_threads_flag,
@@ -56,7 +57,7 @@ from bench.common import (
     parse_size,
     quiet_logs,
     ratio,
-    running_app,
+    serving_app,
     table,
 )
 from bench.load import ChildProcess, LoadResult, drive_sync
@@ -72,6 +73,7 @@ class RowConfig:
     name: str
     overrides: dict[str, object]
     forced: bool
+    engine: ForcedLength = field(default_factory=ForcedLength)
 
 
 @dataclass
@@ -132,7 +134,6 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
         # apply_torch_threads as well).
         "torch_threads": args.torch_threads,
         "max_new_tokens": args.tokens,
-        "min_new_tokens": args.tokens,
         "max_output_retries": 0,
         # Long enough that no string of the grammar can close before the forced length.
         "max_analysis_chars": max(600, args.tokens * 16),
@@ -141,31 +142,31 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
         **tiles,
     }
     batching: dict[str, object] = {
-        "engine_mode": "continuous",
         "torch_compile": args.torch_compile,
         "max_batch_size": args.max_batch_size,
-        "batch_wait_ms": args.batch_wait_ms,
     }
+    forced_local = ForcedLength("local", args.model)
     rows = [
         RowConfig(
             "seed-style",
             {
                 **forced,
-                "engine_mode": "sequential",
                 "constrained_decoding": False,
                 # The replaced service ran its model in the server process.
                 "engine_process": args.seed_engine_process,
             },
             True,
+            ForcedLength("sequential", args.model),
         ),
-        RowConfig("ours", {**forced, **batching, "constrained_decoding": True}, True),
+        RowConfig("ours", {**forced, **batching, "constrained_decoding": True}, True, forced_local),
     ]
     if args.with_request_level:
         rows.append(
             RowConfig(
                 "ours, request-level",
-                {**forced, **batching, "engine_mode": "batched", "constrained_decoding": True},
+                {**forced, **batching, "constrained_decoding": True},
                 True,
+                ForcedLength("batched", args.model),
             )
         )
     if args.with_serial_prefill:
@@ -174,6 +175,7 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
                 "ours, serial prefill",
                 {**forced, **batching, "constrained_decoding": True, "prefill_overlap": "off"},
                 True,
+                forced_local,
             )
         )
     if args.with_serial_grammar:
@@ -182,12 +184,16 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
                 "ours, masks after step",
                 {**forced, **batching, "constrained_decoding": True, "grammar_overlap": False},
                 True,
+                forced_local,
             )
         )
     if args.with_unconstrained:
         rows.append(
             RowConfig(
-                "ours, unconstrained", {**forced, **batching, "constrained_decoding": False}, True
+                "ours, unconstrained",
+                {**forced, **batching, "constrained_decoding": False},
+                True,
+                forced_local,
             )
         )
     if not args.no_extra:
@@ -200,7 +206,6 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
                     "torch_threads": args.torch_threads,
                     "constrained_decoding": True,
                     "max_new_tokens": max(args.tokens * 4, 1024),
-                    "min_new_tokens": 0,
                     "max_output_retries": 0,
                     # The untrained model fills every string to its bound; these bounds give a
                     # complete JSON answer of a few hundred tokens.
@@ -209,6 +214,7 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
                     "max_result_chars": 8,
                 },
                 False,
+                ForcedLength("local", args.model, forced=False),
             )
         )
     return rows
@@ -348,7 +354,9 @@ async def run_levels(
     concurrency level can run the rows in turn, ``--repeats`` times over: the host's drift
     then falls on every row alike instead of on whichever row ran last."""
     async with contextlib.AsyncExitStack() as stack:
-        apps = [await stack.enter_async_context(running_app(**r.overrides)) for r in configs]
+        apps = [
+            await stack.enter_async_context(serving_app(r.engine, r.overrides)) for r in configs
+        ]
         pids = {pid for pid in map(_engine_pid, apps) if pid is not None}
         results: list[LevelResult] = []
         for c in args.concurrency:
@@ -474,7 +482,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--pickups", type=int, default=2)
     p.add_argument("--distinct", type=int, default=4, help="distinct requests cycled through")
     p.add_argument("--max-batch-size", type=int, default=16)
-    p.add_argument("--batch-wait-ms", type=float, default=10.0)
+    p.add_argument(
+        "--model",
+        choices=("demo", "full_size"),
+        default="demo",
+        help="demo: the tiny cached model; full_size: InternVL2.5-1B shapes, random weights",
+    )
     p.add_argument(
         "--repeats",
         type=int,
@@ -533,8 +546,7 @@ async def run(args: argparse.Namespace) -> tuple[list[LevelResult], str]:
         f"requests: {args.references} reference {w}x{h} + {args.pickups} pickup {h}x{w} "
         f"inline photos = {tiles} tiles, {len(requests)} "
         f"distinct, {sum(sizes) / len(sizes) / 1e6:.2f} MB each; forced length "
-        f"{args.tokens} tokens; MAX_BATCH_SIZE {args.max_batch_size}, BATCH_WAIT_MS "
-        f"{args.batch_wait_ms:g}",
+        f"{args.tokens} tokens; MAX_BATCH_SIZE {args.max_batch_size}; model {args.model}",
         flush=True,
     )
     results: list[LevelResult] = []

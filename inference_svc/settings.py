@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from inference_svc.engine.prompting import INTERNVL25_SYSTEM_MESSAGE
+from inference_svc import defaults
 
 
 class InferenceSettings(BaseSettings):
@@ -97,7 +97,7 @@ class InferenceSettings(BaseSettings):
         "big photos never contend with the event loop for the interpreter lock (0 = threads).",
     )
     worker_nice: int = Field(
-        10,
+        defaults.WORKER_NICE,
         ge=0,
         le=19,
         description="Niceness added to the decode/tiling workers (threads or processes) and "
@@ -117,13 +117,8 @@ class InferenceSettings(BaseSettings):
         description="Run the checkpoint's own Python code (original layout only). Off: the "
         "original layout is converted to transformers' native InternVL at load time.",
     )
-    random_model: Literal["demo", "full_size"] = Field(
-        "demo",
-        description="Without MODEL_PATH: the tiny demo model, or InternVL2.5-1B's real shapes "
-        "with random weights (benchmarks).",
-    )
     system_message: str = Field(
-        INTERNVL25_SYSTEM_MESSAGE,
+        defaults.INTERNVL25_SYSTEM_MESSAGE,
         description="Chat system message; must match what the served model was trained with "
         "(empty = none).",
     )
@@ -144,33 +139,30 @@ class InferenceSettings(BaseSettings):
         "warm-up compiles it, ~30 s on CPU) and, on CUDA, the language model's forward "
         "(request-level generate and prefills).",
     )
-    max_new_tokens: int = Field(2000, ge=1, description="Generation budget per attempt.")
-    min_new_tokens: int = Field(0, ge=0, description="Forced minimum (benchmarks only).")
+    max_new_tokens: int = Field(
+        defaults.MAX_NEW_TOKENS, ge=1, description="Generation budget per attempt."
+    )
     constrained_decoding: bool = Field(
         True, description="Force schema-valid JSON output with llguidance."
     )
-    engine_mode: Literal["continuous", "batched", "sequential"] = Field(
-        "continuous",
-        description="continuous: rows join/leave the batch between tokens; batched: one "
-        "generate per batch; sequential: seed-style baseline.",
-    )
     engine_process: bool = Field(
-        True,
+        defaults.ENGINE_PROCESS,
         description="Run the model engine in its own process (no interpreter-lock contention "
         "with gRPC and preprocessing).",
     )
     pixel_buffer_mb: int = Field(
-        128,
+        defaults.PIXEL_BUFFER_MB,
         ge=0,
         description="ENGINE_PROCESS: MiB of shared memory (anonymous, not /dev/shm) that "
         "carries request tiles to the engine process; requests that find none free are "
         "pickled through the pipe; 0 = always pickle.",
     )
-    max_batch_size: int = Field(16, ge=1, description="Most rows generating at once.")
-    batch_wait_ms: float = Field(
-        10.0, ge=0, description="batched mode: wait to fill a batch (continuous needs none)."
+    max_batch_size: int = Field(
+        defaults.MAX_BATCH_SIZE, ge=1, description="Most rows generating at once."
     )
-    max_queue_size: int = Field(64, ge=1, description="Requests waiting for the model.")
+    max_queue_size: int = Field(
+        defaults.MAX_QUEUE_SIZE, ge=1, description="Requests waiting for the model."
+    )
     prompt_template_path: Path | None = Field(
         None, description="Jinja2 prompt template; unset = the bundled versioned template."
     )
@@ -184,11 +176,6 @@ class InferenceSettings(BaseSettings):
         120, ge=1, description="Constrained decoding: longest free-text Result."
     )
     max_output_retries: int = Field(1, ge=0, description="Retries on invalid model output.")
-    kv_cache: Literal["auto", "dynamic", "static"] = Field(
-        "auto",
-        description="KV cache of the native model: static (preallocated per batch), dynamic "
-        "(grown by concatenation); auto = static on CPU, dynamic on CUDA.",
-    )
     torch_threads: int = Field(
         0, ge=0, description="torch intra-op threads for the model; 0 = torch's default."
     )

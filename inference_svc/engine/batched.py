@@ -13,6 +13,7 @@ import concurrent.futures
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,14 +36,8 @@ from .api import (
 )
 from .batch_control import BatchController, RowSpec
 from .config import EngineConfig
-from .loader import (
-    LoadedModel,
-    detect_runtime,
-    load_model,
-    resolve_kv_cache,
-    wrap_native_model,
-)
-from .model_builder import build_full_size_model, ensure_demo_model
+from .loader import LoadedModel, Runtime, detect_runtime, load_model, resolve_kv_cache
+from .model_builder import ensure_demo_model
 from .pixels import PixelStaging, check_dtype
 from .prompting import build_prompt
 
@@ -71,13 +66,36 @@ class _Job:
     cancelled: bool = False
 
 
-class BatchedEngine:
-    """Implements :class:`inference_svc.engine.api.Engine`."""
+# Progress callbacks (and the text decode behind them) every this many tokens per row.
+PROGRESS_EVERY_TOKENS = 8
+# Request-level batching: how long the first queued request waits for others to share its batch.
+BATCH_WAIT_S = 0.01
 
-    def __init__(self, config: EngineConfig) -> None:
+# Builds the model for a configuration on a runtime (the default: the checkpoint at
+# model_path, or the cached demo model); benchmarks bring their own.
+ModelLoader = Callable[[EngineConfig, Runtime], LoadedModel]
+
+
+class BatchedEngine:
+    """Implements :class:`inference_svc.engine.api.Engine`.
+
+    ``forced_length``: every row runs to its max_new_tokens unless its grammar ends it (stop
+    tokens do not end it); for benchmarks and tests, which need fixed lengths."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        forced_length: bool = False,
+        model_loader: ModelLoader | None = None,
+    ) -> None:
         self.config = config
+        self.forced_length = forced_length
+        self._model_loader = model_loader or load_configured_model
         self._max_batch = max(1, config.max_batch_size)
-        self._wait_s = max(0.0, config.batch_wait_ms) / 1000.0
+        self._wait_s = BATCH_WAIT_S
+        # "auto": static on CPU, dynamic elsewhere (tests compare the two).
+        self.kv_cache = "auto"
         self._loaded: LoadedModel | None = None
         self._ready = False
         self._stopping = False
@@ -260,7 +278,7 @@ class BatchedEngine:
         )
         input_ids: list[int] = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
         max_new = max(1, min(request.max_new_tokens, self.config.max_new_tokens))
-        min_new = min(self.config.min_new_tokens, max_new)
+        min_new = max_new if self.forced_length else 0
         grammar = matcher = None
         if request.json_schema is not None and self.config.constrained_decoding:
             grammar = constrained.compile_json_schema(request.json_schema)
@@ -335,7 +353,7 @@ class BatchedEngine:
     # --- model thread ----------------------------------------------------------------------
     def _load(self) -> LoadedModel:
         loaded = self._load_model()
-        loaded.kv_cache = resolve_kv_cache(self.config.kv_cache, loaded.runtime)
+        loaded.kv_cache = resolve_kv_cache(self.kv_cache, loaded.runtime)
         return loaded
 
     def _load_model(self) -> LoadedModel:
@@ -343,31 +361,7 @@ class BatchedEngine:
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
         runtime = detect_runtime(cfg.device, cfg.dtype, cfg.attn_implementation)
-        if cfg.model_path is not None:
-            return load_model(
-                cfg.model_path,
-                layout=cfg.model_layout,
-                runtime=runtime,
-                trust_remote_code=cfg.trust_remote_code,
-                revision=cfg.model_revision,
-                torch_compile=cfg.torch_compile,
-            )
-        if cfg.random_model == "full_size":
-            model, tokenizer = build_full_size_model(
-                device=runtime.device,
-                dtype=runtime.dtype,
-                attn_implementation=runtime.attn_implementation,
-            )
-            return wrap_native_model(
-                model,
-                tokenizer,
-                name="internvl2_5-1b-shapes-random",
-                revision=cfg.model_revision or "random-full-size",
-                untrained=True,
-                runtime=runtime,
-            )
-        path = ensure_demo_model(cfg.model_cache_dir, cfg.demo_config_path)
-        return load_model(path, layout="native", runtime=runtime, revision=cfg.model_revision)
+        return self._model_loader(cfg, runtime)
 
     def _release(self) -> None:
         self._loaded = None
@@ -447,7 +441,7 @@ class BatchedEngine:
             prompt_offset=loaded.prompt_offset(ids),
             decode=lambda t: str(loaded.tokenizer.decode(t, skip_special_tokens=True)),
             progress=sink,
-            progress_every=self.config.progress_every_tokens,
+            progress_every=PROGRESS_EVERY_TOKENS,
         )
         try:
             loaded.generate(
@@ -505,14 +499,19 @@ class BatchedEngine:
         loop.call_soon_threadsafe(_deliver_progress, job, count, text)
 
 
-class SequentialEngine(BatchedEngine):
-    """The replaced service's method: one generate call per request, one at a time. Same
-    model code path as the batched engine, for like-for-like benchmarks."""
-
-    def __init__(self, config: EngineConfig) -> None:
-        super().__init__(config)
-        self._max_batch = 1
-        self._wait_s = 0.0
+def load_configured_model(cfg: EngineConfig, runtime: Runtime) -> LoadedModel:
+    """The checkpoint at ``model_path``; without one, the cached demo model."""
+    if cfg.model_path is not None:
+        return load_model(
+            cfg.model_path,
+            layout=cfg.model_layout,
+            runtime=runtime,
+            trust_remote_code=cfg.model_trust_remote_code,
+            revision=cfg.model_revision,
+            torch_compile=cfg.torch_compile,
+        )
+    path = ensure_demo_model(cfg.model_cache_dir, cfg.demo_config_path)
+    return load_model(path, layout="native", runtime=runtime, revision=cfg.model_revision)
 
 
 def _expired() -> TimeoutError:

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from . import constrained
+from . import batched, constrained
 from .api import FinishReason, GenerationResult, GenerationTimings, NullListener
 from .batched import BatchedEngine, _deliver_progress, _expired, _Job, _safe, _set_outcome
 from .config import EngineConfig
@@ -101,8 +101,8 @@ class _Row:
 class ContinuousEngine(BatchedEngine):
     """Implements :class:`inference_svc.engine.api.Engine` with iteration-level batching."""
 
-    def __init__(self, config: EngineConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: EngineConfig, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
         self._work = threading.Event()
         self._decoder: SlotDecoder | None = None
         self._stop_ids: frozenset[int] = frozenset()
@@ -506,7 +506,7 @@ class ContinuousEngine(BatchedEngine):
                 row.finish_reason = "stop"
             elif len(row.tokens) >= row.job.prepared.max_new_tokens:
                 row.finish_reason = "length"
-            elif len(row.tokens) - row.reported >= self.config.progress_every_tokens:
+            elif len(row.tokens) - row.reported >= batched.PROGRESS_EVERY_TOKENS:
                 self._report(row)
 
     def _advance_grammar(self, row: _Row, token: int) -> None:

@@ -59,11 +59,15 @@ from .api import (
 )
 from .batched import BatchedEngine, _safe
 from .config import EngineConfig
+from .continuous import ContinuousEngine
 from .loader import Runtime
 from .pixel_slabs import SlabReceiver, SlabSender, available
 from .prompting import build_prompt
 
 logger = logging.getLogger(__name__)
+
+# The child's engine for a configuration.
+EngineFactory = Callable[[EngineConfig], BatchedEngine]
 
 # The pixels of a request whose tiles wait in a slab.
 _NO_PIXELS = np.empty((0,), dtype=np.uint8)
@@ -94,8 +98,16 @@ class ProcessEngine:
     """Implements :class:`inference_svc.engine.api.Engine` by driving an engine in a child
     process (the one ``create_engine`` builds for the same config, in-process there)."""
 
-    def __init__(self, config: EngineConfig, *, log_level: str = "INFO") -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        log_level: str = "INFO",
+        engine_factory: EngineFactory | None = None,
+    ) -> None:
         self.config = config
+        # Builds the child's in-process engine (a module-level function: it is pickled).
+        self._engine_factory = engine_factory or ContinuousEngine
         self._log_level = log_level
         self._model: RemoteModel | None = None
         self._tokenizer: Any = None
@@ -194,7 +206,7 @@ class ProcessEngine:
         inner = dataclasses.replace(self.config, engine_process=False)
         self._process = context.Process(
             target=child_main,
-            args=(inner, child_end, self._log_level),
+            args=(inner, child_end, self._log_level, self._engine_factory),
             name="model-engine",
             daemon=True,
         )
@@ -427,7 +439,9 @@ class _PipeListener:
         self._conn.send(("tokens", self._id, tokens_generated, text_so_far))
 
 
-def child_main(config: EngineConfig, conn: Connection, log_level: str) -> None:
+def child_main(
+    config: EngineConfig, conn: Connection, log_level: str, factory: EngineFactory
+) -> None:
     """Entry point of the engine process."""
     from svc_common.logging import configure_logging  # noqa: PLC0415 - child process only
 
@@ -436,17 +450,15 @@ def child_main(config: EngineConfig, conn: Connection, log_level: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging("inference-engine", log_level)
-    lower_process_priority(config.process_nice)
+    lower_process_priority(config.worker_nice)
     try:
-        asyncio.run(_serve_child(config, conn))
+        asyncio.run(_serve_child(config, conn, factory))
     finally:
         conn.close()
 
 
-async def _serve_child(config: EngineConfig, conn: Connection) -> None:
-    from .factory import create_engine  # noqa: PLC0415 - the factory imports this module
-
-    engine = create_engine(config)
+async def _serve_child(config: EngineConfig, conn: Connection, factory: EngineFactory) -> None:
+    engine = factory(config)
     assert isinstance(engine, BatchedEngine), "the child runs an in-process engine"
     try:
         await engine.start()

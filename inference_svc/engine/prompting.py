@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from inference_svc.defaults import INTERNVL25_SYSTEM_MESSAGE
+
 from .api import IMAGE_PLACEHOLDER
 
 IM_START = "<|im_start|>"
@@ -18,12 +20,6 @@ IM_END = "<|im_end|>"
 IMG_START = "<img>"
 IMG_END = "</img>"
 IMG_CONTEXT = "<IMG_CONTEXT>"
-
-# InternVL2.5's default system message (template "internvl2_5"), which model.chat() sends.
-INTERNVL25_SYSTEM_MESSAGE = (
-    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的"
-    "多模态大语言模型。"
-)
 
 _RESERVED = (IM_START, IM_END, "<|endoftext|>", IMG_START, IMG_END, IMG_CONTEXT)
 

@@ -10,15 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.baseline import SequentialEngine
 from inference_svc.engine.api import (
     EngineNotReady,
     EngineOverloaded,
     GenerationRequest,
     NullListener,
 )
-from inference_svc.engine.batched import BatchedEngine, SequentialEngine
+from inference_svc.engine.batched import BatchedEngine
 from inference_svc.engine.config import EngineConfig
-from inference_svc.engine.factory import create_engine
+from inference_svc.engine.runtime import create_engine
 
 from .conftest import EngineFactory, Recorder, make_request, until
 

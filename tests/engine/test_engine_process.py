@@ -14,6 +14,7 @@ import numpy as np
 import psutil
 import pytest
 
+from bench.baseline import ForcedLength, bench_engine
 from inference_svc.engine.api import (
     EngineNotReady,
     EngineOverloaded,
@@ -21,8 +22,8 @@ from inference_svc.engine.api import (
     NullListener,
 )
 from inference_svc.engine.config import EngineConfig
-from inference_svc.engine.factory import create_engine
 from inference_svc.engine.process import ProcessEngine
+from inference_svc.engine.runtime import create_engine
 
 from .conftest import EngineFactory, Recorder, make_request, until
 
@@ -36,16 +37,14 @@ def process_config(model_cache: Path) -> EngineConfig:
         max_batch_size=2,
         max_queue_size=2,
         max_new_tokens=12_000,
-        min_new_tokens=1_000_000,
-        progress_every_tokens=4,
         torch_threads=1,
-        process_nice=3,
+        worker_nice=3,
     )
 
 
 @pytest.fixture
 async def engine(process_config: EngineConfig) -> AsyncIterator[ProcessEngine]:
-    engine = create_engine(process_config)
+    engine = bench_engine(ForcedLength("local"), process_config)
     assert isinstance(engine, ProcessEngine)
     await engine.start()
     yield engine
@@ -97,7 +96,9 @@ async def test_tiles_beyond_the_shared_memory_budget_are_pickled(
     process_config: EngineConfig, engine_factory: EngineFactory
 ) -> None:
     # 3 MiB of slabs hold a 1-tile request (float32 tiles: 2.4 MB), not a 3-tile one.
-    engine = create_engine(dataclasses.replace(process_config, pixel_buffer_mb=3))
+    engine = bench_engine(
+        ForcedLength("local"), dataclasses.replace(process_config, pixel_buffer_mb=3)
+    )
     assert isinstance(engine, ProcessEngine)
     await engine.start()
     try:
@@ -160,7 +161,7 @@ async def test_bad_requests_keep_their_error_types(engine: ProcessEngine) -> Non
 async def test_a_dead_engine_process_fails_calls_and_reports_not_ready(
     process_config: EngineConfig,
 ) -> None:
-    engine = create_engine(process_config)
+    engine = bench_engine(ForcedLength("local"), process_config)
     assert isinstance(engine, ProcessEngine)
     await engine.start()
     try:
