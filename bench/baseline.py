@@ -16,7 +16,7 @@ from inference_svc.engine.api import Engine
 from inference_svc.engine.batched import BatchedEngine, load_configured_model
 from inference_svc.engine.config import EngineConfig
 from inference_svc.engine.continuous import ContinuousEngine
-from inference_svc.engine.process import ProcessEngine
+from inference_svc.engine.process_client import ProcessEngine
 
 from .full_size import load_full_size
 

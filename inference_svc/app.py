@@ -29,7 +29,7 @@ from inference_svc.domain.prompt import PromptTemplate
 from inference_svc.domain.validation import RequestLimits
 from inference_svc.engine.api import Engine
 from inference_svc.engine.config import EngineConfig
-from inference_svc.engine.process import ProcessEngine
+from inference_svc.engine.process_client import ProcessEngine
 from inference_svc.engine.runtime import create_engine
 from inference_svc.events.delivery import DeliveryHooks, EventDelivery, LinkState
 from inference_svc.events.link_health import PERSISTENCE_LINK_HEALTH_NAME, link_health_status

@@ -12,8 +12,9 @@ GRPC_FREE = [
     "inference_svc.domain.validation",
     "inference_svc.imaging.fetch",
     "inference_svc.imaging.tiling",
-    "inference_svc.engine.factory",
-    "inference_svc.engine.process",
+    "inference_svc.engine.runtime",
+    "inference_svc.engine.process_client",
+    "inference_svc.engine.process_child",
     "inference_svc.engine.continuous",
     "inference_svc.priority",
 ]

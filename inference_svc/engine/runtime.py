@@ -5,7 +5,7 @@ from __future__ import annotations
 from .api import Engine
 from .config import EngineConfig
 from .continuous import ContinuousEngine
-from .process import ProcessEngine
+from .process_client import ProcessEngine
 
 
 def create_engine(config: EngineConfig, *, log_level: str = "INFO") -> Engine:

@@ -22,7 +22,7 @@ from inference_svc.engine.api import (
     NullListener,
 )
 from inference_svc.engine.config import EngineConfig
-from inference_svc.engine.process import ProcessEngine
+from inference_svc.engine.process_client import ProcessEngine
 from inference_svc.engine.runtime import create_engine
 
 from .conftest import EngineFactory, Recorder, make_request, until

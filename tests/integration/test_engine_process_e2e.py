@@ -14,7 +14,7 @@ from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 
 from e2e_support import QUESTIONS, ImageServer, inference_settings, make_request
 from inference_svc.app import InferenceApp
-from inference_svc.engine.process import ProcessEngine
+from inference_svc.engine.process_client import ProcessEngine
 from persistence_svc.app import PersistenceApp
 from svc_common.health import LIVENESS_SERVICE
 
