@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
-from . import constrained
+from . import constrained, token_rules
 from .api import (
     EngineInfo,
     EngineNotReady,
@@ -66,8 +66,6 @@ class _Job:
     cancelled: bool = False
 
 
-# Progress callbacks (and the text decode behind them) every this many tokens per row.
-PROGRESS_EVERY_TOKENS = 8
 # Request-level batching: how long the first queued request waits for others to share its batch.
 BATCH_WAIT_S = 0.01
 
@@ -278,7 +276,7 @@ class BatchedEngine:
         )
         input_ids: list[int] = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
         max_new = max(1, min(request.max_new_tokens, self.config.max_new_tokens))
-        min_new = max_new if self.forced_length else 0
+        min_new = token_rules.min_new_tokens(max_new, self.forced_length)
         grammar = matcher = None
         if request.json_schema is not None and self.config.constrained_decoding:
             grammar = constrained.compile_json_schema(request.json_schema)
@@ -441,7 +439,6 @@ class BatchedEngine:
             prompt_offset=loaded.prompt_offset(ids),
             decode=lambda t: str(loaded.tokenizer.decode(t, skip_special_tokens=True)),
             progress=sink,
-            progress_every=PROGRESS_EVERY_TOKENS,
         )
         try:
             loaded.generate(

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from . import batched, constrained
+from . import constrained, token_rules
 from .api import FinishReason, GenerationResult, GenerationTimings, NullListener
 from .batched import BatchedEngine, _deliver_progress, _expired, _Job, _safe, _set_outcome
 from .config import EngineConfig
@@ -437,8 +437,7 @@ class ContinuousEngine(BatchedEngine):
 
     # --- token choice ----------------------------------------------------------------------
     def _gone(self, row: _Row) -> bool:
-        deadline = row.job.request.deadline
-        return row.job.cancelled or (deadline is not None and time.monotonic() > deadline)
+        return token_rules.gone(row.job.cancelled, row.job.request.deadline)
 
     def _plan_grammar(self, rows: list[_Row], pool: ThreadPoolExecutor | None) -> _GrammarPlan:
         """Which rows the grammar ends and which it masks. With ``pool`` the masks of two
@@ -453,7 +452,7 @@ class ContinuousEngine(BatchedEngine):
             matcher = row.matcher
             if matcher is None or self._gone(row):
                 continue
-            if row.grammar_error or matcher.is_stopped() or matcher.is_accepting():
+            if token_rules.grammar_done(matcher, row.grammar_error):
                 plan.forced[i] = eos
             else:
                 plan.masked.append(i)
@@ -480,7 +479,6 @@ class ContinuousEngine(BatchedEngine):
         if plan.masked:
             self._apply_grammars(rows, plan, scores)
         assert self._stop_list is not None
-        stop_ids = self._stop_list.to(scores.device)
         below_floor = [
             i
             for i, row in enumerate(rows)
@@ -488,9 +486,7 @@ class ContinuousEngine(BatchedEngine):
             and not row.finish_reason
             and i not in forced
         ]
-        if below_floor:  # one indexing operation, not one per row
-            index = torch.tensor(below_floor, device=scores.device)
-            scores[index[:, None], stop_ids] = float("-inf")
+        token_rules.ban_stops(scores, below_floor, self._stop_list)
         choices = scores.argmax(dim=-1).tolist()
         now = time.perf_counter()
         for i, row in enumerate(rows):
@@ -502,20 +498,19 @@ class ContinuousEngine(BatchedEngine):
             row.tokens.append(token)
             if token not in self._stop_ids:
                 self._advance_grammar(row, token)
-            if token in self._stop_ids:
-                row.finish_reason = "stop"
-            elif len(row.tokens) >= row.job.prepared.max_new_tokens:
-                row.finish_reason = "length"
-            elif len(row.tokens) - row.reported >= batched.PROGRESS_EVERY_TOKENS:
+            count = len(row.tokens)
+            max_new = row.job.prepared.max_new_tokens
+            row.finish_reason = token_rules.finish_reason(token, count, max_new, self._stop_ids)
+            if not row.finish_reason and token_rules.progress_due(count, row.reported):
                 self._report(row)
 
     def _advance_grammar(self, row: _Row, token: int) -> None:
         matcher = row.matcher
         if matcher is None or row.grammar_error:
             return
-        if not matcher.consume_token(token) or matcher.is_error():
-            row.grammar_error = matcher.get_error() or f"token {token} rejected"
-            logger.warning("constrained row %s: %s", row.job.request.request_id, row.grammar_error)
+        error = token_rules.advance_grammar(matcher, token, row.job.request.request_id)
+        if error is not None:
+            row.grammar_error = error
 
     def _apply_grammars(self, rows: list[_Row], plan: _GrammarPlan, scores: torch.Tensor) -> None:
         masked = plan.masked

@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from bench.baseline import EngineKind, ForcedLength
-from inference_svc.engine import batched
+from inference_svc.engine import token_rules
 from inference_svc.engine.api import GenerationRequest
 from inference_svc.engine.batched import BatchedEngine
 from inference_svc.engine.config import EngineConfig
@@ -136,7 +136,7 @@ async def engine_factory(
         kv_cache = overrides.pop("kv_cache", None)
         every = overrides.pop("progress_every_tokens", None)
         if every is not None:
-            monkeypatch.setattr(batched, "PROGRESS_EVERY_TOKENS", every)
+            monkeypatch.setattr(token_rules, "PROGRESS_EVERY_TOKENS", every)
         config = EngineConfig(model_cache_dir=model_cache, **overrides)
         engine = ForcedLength(_KINDS[mode])(config)
         if wait_ms is not None:
