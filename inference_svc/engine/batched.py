@@ -8,13 +8,11 @@ gathered into batches of up to ``max_batch_size`` within ``batch_wait_ms``; each
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,7 +23,6 @@ from . import constrained, token_rules
 from .api import (
     EngineInfo,
     EngineNotReady,
-    EngineOverloaded,
     EngineStats,
     FinishReason,
     GenerationListener,
@@ -40,30 +37,14 @@ from .loader import LoadedModel, Runtime, detect_runtime, load_model, resolve_kv
 from .model_builder import ensure_demo_model
 from .pixels import PixelStaging, check_dtype
 from .prompting import build_prompt
+from .scheduler import Job, Prepared, Scheduler, safe
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class _Prepared:
-    input_ids: list[int]
-    pixel_values: torch.Tensor | None
-    max_new_tokens: int
-    min_new_tokens: int
-    grammar: str | None
-    matcher: Any | None
-
-
-@dataclass(eq=False)
-class _Job:
-    request: GenerationRequest
-    listener: GenerationListener
-    prepared: _Prepared
-    future: asyncio.Future[GenerationResult]
-    enqueued_at: float = field(default_factory=time.monotonic)
-    position: int = 0
-    # Set on the event loop, read by the model thread (a plain bool is enough under the GIL).
-    cancelled: bool = False
+_Prepared = Prepared
+_Job = Job
+_safe = safe
 
 
 # Request-level batching: how long the first queued request waits for others to share its batch.
@@ -97,8 +78,7 @@ class BatchedEngine:
         self._loaded: LoadedModel | None = None
         self._ready = False
         self._stopping = False
-        self._queue: collections.deque[_Job] = collections.deque()
-        self._reserved = 0  # requests being prepared, counted against the queue bound
+        self._queue = Scheduler(config.max_queue_size)
         self._wakeup: asyncio.Event | None = None
         self._scheduler: asyncio.Task[None] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -189,13 +169,7 @@ class BatchedEngine:
     async def stop(self) -> None:
         self._stopping = True
         self._ready = False
-        while self._queue:
-            try:
-                job = self._queue.popleft()
-            except IndexError:  # taken by the model thread meanwhile (continuous engine)
-                break
-            if not job.future.done():
-                job.future.set_exception(EngineNotReady("engine stopping"))
+        self._queue.drain(EngineNotReady("engine stopping"))
         self._signal_work()
         if self._scheduler is not None:
             # The scheduler exits after the batch in progress (if any) has finished.
@@ -211,22 +185,14 @@ class BatchedEngine:
     ) -> GenerationResult:
         if not self.ready or self._wakeup is None:
             raise EngineNotReady("model not loaded" if not self._stopping else "engine stopping")
-        if len(self._queue) + self._reserved >= self.config.max_queue_size:
-            raise EngineOverloaded(f"queue full ({self.config.max_queue_size})")
-        if request.deadline is not None and request.deadline <= time.monotonic():
-            raise TimeoutError("deadline passed before generation")
-        self._reserved += 1
-        try:
+        self._queue.check_admission(request)
+        with self._queue.preparing():
             prepared = await asyncio.to_thread(self._prepare, request)
-        finally:
-            self._reserved -= 1
         if not self.ready:
             raise EngineNotReady("engine stopping")
         job = _Job(request, listener, prepared, asyncio.get_running_loop().create_future())
         self._jobs[request.request_id] = job
-        self._queue.append(job)
-        job.position = len(self._queue)
-        _safe(listener.on_queued, job.position)
+        self._queue.enqueue(job)
         self._signal_work()
         try:
             if request.deadline is None:
@@ -293,20 +259,10 @@ class BatchedEngine:
             self._wakeup.set()
 
     def _abandon(self, job: _Job) -> None:
-        job.cancelled = True
-        try:
-            self._queue.remove(job)
-        except ValueError:  # already taken for generation
-            return
-        self._report_positions()
+        self._queue.abandon(job)
 
     def _report_positions(self) -> None:
-        # A snapshot: the continuous engine's model thread may pop from the queue meanwhile
-        # (deque operations are atomic; iterating while it changes is not).
-        for index, job in enumerate(list(self._queue), start=1):
-            if job.position != index:
-                job.position = index
-                _safe(job.listener.on_queued, index)
+        self._queue.report_positions()
 
     async def _schedule(self) -> None:
         assert self._wakeup is not None
@@ -317,7 +273,7 @@ class BatchedEngine:
                 await self._wakeup.wait()
                 continue
             # Give concurrent arrivals a short window to share this batch.
-            deadline = self._queue[0].enqueued_at + self._wait_s
+            deadline = self._queue.first().enqueued_at + self._wait_s
             while len(self._queue) < self._max_batch and not self._stopping:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -328,10 +284,8 @@ class BatchedEngine:
                 except TimeoutError:
                     break
             batch: list[_Job] = []
-            while self._queue and len(batch) < self._max_batch:
-                job = self._queue.popleft()
-                if not job.cancelled and not job.future.done():
-                    batch.append(job)
+            while len(batch) < self._max_batch and (job := self._queue.take()) is not None:
+                batch.append(job)
             self._report_positions()
             if not batch:
                 continue
@@ -534,11 +488,3 @@ def _set_outcome(job: _Job, outcome: GenerationResult | BaseException) -> None:
         job.future.set_exception(outcome)
     else:
         job.future.set_result(outcome)
-
-
-def _safe(callback: Any, *args: Any) -> None:
-    # A listener's failure must not take the scheduler (and every other request) down.
-    try:
-        callback(*args)
-    except Exception:
-        logger.exception("generation listener failed")

@@ -254,13 +254,10 @@ class ContinuousEngine(BatchedEngine):
     def _admit_queued(self, rows: list[_Row]) -> None:
         taken = False
         while len(rows) < self._max_batch:
-            try:
-                job = self._queue.popleft()
-            except IndexError:
+            job = self._queue.take()
+            if job is None:
                 break
             taken = True
-            if job.cancelled or job.future.done():
-                continue
             self._post(_safe, job.listener.on_started)
             self._live += 1
             self._admit(job, rows)
@@ -339,9 +336,8 @@ class ContinuousEngine(BatchedEngine):
                         self._slots.wait()
                     if self._stopping:  # stop() answers the queued requests itself
                         return
-                    try:
-                        job = self._queue.popleft()
-                    except IndexError:  # abandoned meanwhile
+                    job = self._queue.take()
+                    if job is None:  # abandoned meanwhile
                         continue
                     self._prefilling += 1
                 self._post(self._report_positions)
