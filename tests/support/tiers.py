@@ -45,7 +45,6 @@ TIERS: dict[str, str] = {
     "pipeline/": UNIT,
     "protos/": UNIT,
     "test_app_settings.py": UNIT,
-    "test_fake_engine.py": UNIT,
     "test_layering.py": UNIT,
     "test_priority.py": UNIT,
     "test_tiers.py": UNIT,
