@@ -16,10 +16,12 @@ from pathlib import Path
 import torch
 from rpi.inspection.v1 import inspection_pb2 as pb
 
-from inference_svc.app import InferenceApp
+from inference_svc.app import InferenceApp, engine_config
 from inference_svc.domain.models import OutputLimits
 from inference_svc.domain.prompt import PromptTemplate, with_output_limits
 from inference_svc.settings import InferenceSettings
+
+from .baseline import ForcedLength, bench_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CACHE = ROOT / "var" / "models"
@@ -103,15 +105,27 @@ def settings(spool_dir: Path, **overrides: object) -> InferenceSettings:
 
 
 @contextlib.asynccontextmanager
-async def running_app(**overrides: object) -> AsyncIterator[InferenceApp]:
-    """The whole inference service in this process, on a free loopback port."""
+async def serving_app(
+    engine: ForcedLength | None, overrides: dict[str, object]
+) -> AsyncIterator[InferenceApp]:
+    """The whole inference service in this process, on a free loopback port; ``engine``: the
+    benchmark engine it serves with (None: the service's own)."""
     with tempfile.TemporaryDirectory(prefix="rpi-bench-") as tmp:
-        app = InferenceApp(settings(Path(tmp) / "spool", **overrides))
+        values = settings(Path(tmp) / "spool", **overrides)
+        chosen = None
+        if engine is not None:
+            chosen = bench_engine(engine, engine_config(values), values.log_level)
+        app = InferenceApp(values, engine=chosen)
         await app.start()
         try:
             yield app
         finally:
             await app.stop(5)
+
+
+def running_app(**overrides: object) -> contextlib.AbstractAsyncContextManager[InferenceApp]:
+    """The service with its own engine and these settings."""
+    return serving_app(None, overrides)
 
 
 def make_request(

@@ -45,7 +45,8 @@ from bench.common import (
     ratio,
     table,
 )
-from inference_svc.engine.model_builder import build_full_size_model, ensure_demo_model
+from bench.full_size import build_full_size_model
+from inference_svc.engine.model_builder import ensure_demo_model
 from inference_svc.engine.pixels import PixelStaging
 from inference_svc.engine.slot_decoder import SlotDecoder
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import statistics
 import sys
 import time
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 import psutil
 from rpi.inspection.v1 import inspection_pb2 as pb
 
+from bench.baseline import ForcedLength
 from bench.common import (
     LatencySummary,
     add_torch_threads_flag,
@@ -55,7 +57,7 @@ from bench.common import (
     parse_size,
     quiet_logs,
     ratio,
-    running_app,
+    serving_app,
     table,
 )
 from bench.load import ChildProcess, LoadResult, drive_sync
@@ -72,6 +74,7 @@ class RowConfig:
     name: str
     overrides: dict[str, object]
     forced: bool
+    engine: ForcedLength = field(default_factory=ForcedLength)
 
 
 @dataclass
@@ -132,7 +135,6 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
         # apply_torch_threads as well).
         "torch_threads": args.torch_threads,
         "max_new_tokens": args.tokens,
-        "min_new_tokens": args.tokens,
         "max_output_retries": 0,
         # Long enough that no string of the grammar can close before the forced length.
         "output_limits": OutputLimits(
@@ -143,31 +145,31 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
         **tiles,
     }
     batching: dict[str, object] = {
-        "engine_mode": "continuous",
         "torch_compile": args.torch_compile,
         "max_batch_size": args.max_batch_size,
-        "batch_wait_ms": args.batch_wait_ms,
     }
+    forced_local = ForcedLength("local", args.model)
     rows = [
         RowConfig(
             "seed-style",
             {
                 **forced,
-                "engine_mode": "sequential",
                 "constrained_decoding": False,
                 # The replaced service ran its model in the server process.
                 "engine_process": args.seed_engine_process,
             },
             True,
+            ForcedLength("sequential", args.model),
         ),
-        RowConfig("ours", {**forced, **batching, "constrained_decoding": True}, True),
+        RowConfig("ours", {**forced, **batching, "constrained_decoding": True}, True, forced_local),
     ]
     if args.with_request_level:
         rows.append(
             RowConfig(
                 "ours, request-level",
-                {**forced, **batching, "engine_mode": "batched", "constrained_decoding": True},
+                {**forced, **batching, "constrained_decoding": True},
                 True,
+                ForcedLength("batched", args.model),
             )
         )
     if args.with_serial_prefill:
@@ -176,6 +178,7 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
                 "ours, serial prefill",
                 {**forced, **batching, "constrained_decoding": True, "prefill_overlap": "off"},
                 True,
+                forced_local,
             )
         )
     if args.with_serial_grammar:
@@ -184,12 +187,16 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
                 "ours, masks after step",
                 {**forced, **batching, "constrained_decoding": True, "grammar_overlap": False},
                 True,
+                forced_local,
             )
         )
     if args.with_unconstrained:
         rows.append(
             RowConfig(
-                "ours, unconstrained", {**forced, **batching, "constrained_decoding": False}, True
+                "ours, unconstrained",
+                {**forced, **batching, "constrained_decoding": False},
+                True,
+                forced_local,
             )
         )
     if not args.no_extra:
@@ -202,7 +209,6 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
                     "torch_threads": args.torch_threads,
                     "constrained_decoding": True,
                     "max_new_tokens": max(args.tokens * 4, 1024),
-                    "min_new_tokens": 0,
                     "max_output_retries": 0,
                     # The untrained model fills every string to its bound; these bounds give a
                     # complete JSON answer of a few hundred tokens.
@@ -211,6 +217,7 @@ def row_configs(args: argparse.Namespace) -> list[RowConfig]:
                     ),
                 },
                 False,
+                ForcedLength("local", args.model, forced=False),
             )
         )
     return rows
@@ -261,12 +268,12 @@ async def measure(
     left out of the CPU accounting)."""
     target = f"127.0.0.1:{app.port}"
     total = requests_for(c, args)
-    before = dict(app.engine.stats)
+    before = dataclasses.asdict(app.engine.stats())
     engine_pid = _engine_pid(app)
     cpu_before = cpu_seconds(engine_pid, others)
     load: LoadResult = await client.call(drive_sync, target, requests, c, total)
     cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(engine_pid, others).items()}
-    after = app.engine.stats
+    after = dataclasses.asdict(app.engine.stats())
     tokens = after["tokens_generated"] - before["tokens_generated"]
     rows = after["rows"] - before["rows"]
     batches = after["batches"] - before["batches"]
@@ -350,7 +357,9 @@ async def run_levels(
     concurrency level can run the rows in turn, ``--repeats`` times over: the host's drift
     then falls on every row alike instead of on whichever row ran last."""
     async with contextlib.AsyncExitStack() as stack:
-        apps = [await stack.enter_async_context(running_app(**r.overrides)) for r in configs]
+        apps = [
+            await stack.enter_async_context(serving_app(r.engine, r.overrides)) for r in configs
+        ]
         pids = {pid for pid in map(_engine_pid, apps) if pid is not None}
         results: list[LevelResult] = []
         for c in args.concurrency:
@@ -476,7 +485,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--pickups", type=int, default=2)
     p.add_argument("--distinct", type=int, default=4, help="distinct requests cycled through")
     p.add_argument("--max-batch-size", type=int, default=16)
-    p.add_argument("--batch-wait-ms", type=float, default=10.0)
+    p.add_argument(
+        "--model",
+        choices=("demo", "full_size"),
+        default="demo",
+        help="demo: the tiny cached model; full_size: InternVL2.5-1B shapes, random weights",
+    )
     p.add_argument(
         "--repeats",
         type=int,
@@ -535,8 +549,7 @@ async def run(args: argparse.Namespace) -> tuple[list[LevelResult], str]:
         f"requests: {args.references} reference {w}x{h} + {args.pickups} pickup {h}x{w} "
         f"inline photos = {tiles} tiles, {len(requests)} "
         f"distinct, {sum(sizes) / len(sizes) / 1e6:.2f} MB each; forced length "
-        f"{args.tokens} tokens; MAX_BATCH_SIZE {args.max_batch_size}, BATCH_WAIT_MS "
-        f"{args.batch_wait_ms:g}",
+        f"{args.tokens} tokens; MAX_BATCH_SIZE {args.max_batch_size}; model {args.model}",
         flush=True,
     )
     results: list[LevelResult] = []

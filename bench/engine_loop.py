@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.baseline import ForcedLength
 from bench.common import (
     MODEL_CACHE,
     QUESTIONS,
@@ -56,7 +57,6 @@ from inference_svc.domain.prompt import PromptTemplate
 from inference_svc.engine.api import GenerationRequest, GenerationResult, NullListener
 from inference_svc.engine.config import EngineConfig
 from inference_svc.engine.continuous import ContinuousEngine
-from inference_svc.engine.factory import create_engine
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "ours": {},
@@ -146,7 +146,6 @@ def requests(count: int, tokens: int, tiles: int, prompt: str) -> list[Generatio
                 pixels[i % len(pixels)],
                 layout,
                 tokens,
-                min_new_tokens=tokens,
                 json_schema=schema,
             )
         )
@@ -159,13 +158,13 @@ async def run_variant(
     config = EngineConfig(
         model_cache_dir=MODEL_CACHE,
         device="cpu",
-        engine_mode="continuous",
+        engine_process=False,
         max_batch_size=args.max_batch_size,
         max_new_tokens=args.tokens,
         torch_threads=args.torch_threads,
         **VARIANTS[variant],
     )
-    engine = create_engine(config)
+    engine = ForcedLength("local")(config)
     assert isinstance(engine, ContinuousEngine)
     await engine.start()
     try:

@@ -24,6 +24,7 @@ import numpy as np
 
 from bench.common import argument_parser, fmt, machine, ratio, table
 from inference_svc.engine import pixel_slabs
+from inference_svc.engine.messages import SlabOffer
 
 
 def _reader(conn: Connection) -> None:
@@ -34,8 +35,8 @@ def _reader(conn: Connection) -> None:
         message = conn.recv()
         if message is None:
             break
-        if message[0] == "slab":
-            slabs.add(conn, message[1], message[2])
+        if isinstance(message, SlabOffer):
+            slabs.add(conn, message.number, message.size)
             continue
         if message[0] == "mark":  # a round's start: report the CPU spent before it
             conn.send(time.process_time() - started)

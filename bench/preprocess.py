@@ -20,13 +20,13 @@ import numpy as np
 
 from bench.common import argument_parser, fmt, machine, parse_size, percentile, table
 from bench.photos import TWELVE_MP, photo_jpeg
+from bench.seed_style import seed_style_prepare
 from inference_svc.domain.models import FetchedImage, ImageRole, ImageSource
 from inference_svc.engine.pixels import normalise_array
 from inference_svc.imaging.tiling import (
     RESIZE_METHODS,
     ResizeMethod,
     prepare_image,
-    seed_style_prepare,
 )
 
 # Tiles are ImageNet-normalised (1 unit = one std, about 57 grey levels). The two paths resample

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -169,13 +170,13 @@ async def run(args: argparse.Namespace) -> Result:
         async with running_app(**overrides) as app:
             target = f"127.0.0.1:{app.port}"
             idle = await prober.call(probe_sync, target, interval, args.idle)
-            before = dict(app.engine.stats)
+            before = dataclasses.asdict(app.engine.stats())
             probe_window = max(args.duration - args.ramp, interval)
             load, saturated = await asyncio.gather(
                 loader.call(saturate_sync, target, [request], args.concurrency, args.duration),
                 prober.call(probe_sync, target, interval, probe_window, args.ramp),
             )
-            after = app.engine.stats
+            after = dataclasses.asdict(app.engine.stats())
     result = Result(
         idle=LatencySummary.of([lat for _, lat in idle]),
         saturated=LatencySummary.of([lat for _, lat in saturated]),

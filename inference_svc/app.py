@@ -4,6 +4,7 @@ runs the gRPC server and drains it on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import multiprocessing
@@ -26,9 +27,10 @@ from rpi.inspection.v1 import inspection_pb2, inspection_pb2_grpc
 
 from inference_svc.domain.prompt import PromptTemplate
 from inference_svc.domain.validation import RequestLimits
+from inference_svc.engine.api import Engine
 from inference_svc.engine.config import EngineConfig
-from inference_svc.engine.factory import create_engine
-from inference_svc.engine.process import ProcessEngine
+from inference_svc.engine.process_client import ProcessEngine
+from inference_svc.engine.runtime import create_engine
 from inference_svc.events.delivery import DeliveryHooks, EventDelivery, LinkState
 from inference_svc.events.link_health import PERSISTENCE_LINK_HEALTH_NAME, link_health_status
 from inference_svc.events.metrics import DeliveryMetrics
@@ -66,32 +68,10 @@ IMAGE_SIZE = 448
 
 
 def engine_config(settings: InferenceSettings) -> EngineConfig:
+    """Every EngineConfig field from the setting of the same name."""
+    values = settings.model_dump()
     return EngineConfig(
-        model_path=settings.model_path,
-        model_layout=settings.model_layout,
-        model_cache_dir=settings.model_cache_dir,
-        model_revision=settings.model_revision,
-        random_model=settings.random_model,
-        trust_remote_code=settings.model_trust_remote_code,
-        device=settings.device,
-        dtype=settings.dtype,
-        attn_implementation=settings.attn_implementation,
-        torch_compile=settings.torch_compile,
-        max_new_tokens=settings.max_new_tokens,
-        min_new_tokens=settings.min_new_tokens,
-        constrained_decoding=settings.constrained_decoding,
-        engine_mode=settings.engine_mode,
-        engine_process=settings.engine_process,
-        pixel_buffer_mb=settings.pixel_buffer_mb,
-        max_batch_size=settings.max_batch_size,
-        batch_wait_ms=settings.batch_wait_ms,
-        max_queue_size=settings.max_queue_size,
-        system_message=settings.system_message or None,
-        kv_cache=settings.kv_cache,
-        torch_threads=settings.torch_threads,
-        prefill_overlap=settings.prefill_overlap,
-        grammar_overlap=settings.grammar_overlap,
-        process_nice=settings.worker_nice,
+        **{f.name: values[f.name] for f in dataclasses.fields(EngineConfig) if f.name in values}
     )
 
 
@@ -104,7 +84,10 @@ class InferenceApp:
         settings: InferenceSettings,
         registry: CollectorRegistry | None = None,
         tracer_provider: TracerProvider | None = None,
+        engine: Engine | None = None,
     ) -> None:
+        """``engine``: the model engine to serve with (benchmarks bring their own); default
+        the one ``create_engine`` builds from the settings."""
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         if registry is None:
@@ -135,7 +118,7 @@ class InferenceApp:
                 initializer=lower_process_priority,
                 initargs=(settings.worker_nice,),
             )
-        self.engine = create_engine(engine_config(settings), log_level=settings.log_level)
+        self.engine = engine or create_engine(engine_config(settings), log_level=settings.log_level)
         if isinstance(self.engine, ProcessEngine):
             self.engine.on_exit = self._engine_lost
         self.fetcher = ImageFetcher(FetchConfig.from_settings(settings))
@@ -189,7 +172,6 @@ class InferenceApp:
                 reference_max_tiles=settings.reference_max_tiles,
                 pickup_max_tiles=settings.pickup_max_tiles,
                 max_new_tokens=settings.max_new_tokens,
-                min_new_tokens=settings.min_new_tokens,
                 max_output_retries=settings.max_output_retries,
             ),
             observer=MetricsObserver(self.metrics),
@@ -287,14 +269,11 @@ class InferenceApp:
         await self.delivery.start()
         t0 = time.monotonic()
         await self.engine.start()
-        runtime = self.engine.loaded.runtime
+        info = self.engine.info
         self.metrics.set_model_info(
-            name=self.engine.model_name,
-            revision=self.engine.model_revision,
-            device=str(runtime.device),
-            dtype=str(runtime.dtype).removeprefix("torch."),
+            name=info.model_name, revision=info.model_revision, device=info.device, dtype=info.dtype
         )
-        if self.engine.untrained:
+        if info.untrained:
             log.warning(
                 "SERVING AN UNTRAINED DEMO MODEL: MODEL_PATH is unset, so a small randomly "
                 "initialised InternVL was built locally. Its answers carry no meaning."

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from inference_svc.model_inputs import INTERNVL25_SYSTEM_MESSAGE
+from inference_svc import defaults
 from svc_common.security_settings import ServerSecuritySettings
 from svc_common.settings_fields import setting
 
@@ -159,7 +159,7 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         ge=0,
     )
     worker_nice: int = setting(
-        10,
+        defaults.WORKER_NICE,
         "Niceness added to the decode/tiling workers (threads or processes) and to the "
         "engine process, so on a busy node the event loop (every call's latency, health "
         "checks) gets the CPU first; 0 = all at the server's priority.",
@@ -188,7 +188,7 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         group="model",
     )
     system_message: str = setting(
-        INTERNVL25_SYSTEM_MESSAGE,
+        defaults.INTERNVL25_SYSTEM_MESSAGE,
         "Chat system message; must match what the served model was trained with (empty = none).",
         group="model",
         advanced=True,
@@ -215,7 +215,9 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         "Jinja2 prompt template; unset = the bundled versioned template.",
         group="model",
     )
-    max_new_tokens: int = setting(2000, "Generation budget per attempt.", group="model", ge=1)
+    max_new_tokens: int = setting(
+        defaults.MAX_NEW_TOKENS, "Generation budget per attempt.", group="model", ge=1
+    )
     constrained_decoding: bool = setting(
         True, "Force schema-valid JSON output with llguidance.", group="model", advanced=True
     )
@@ -225,14 +227,14 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
 
     # --- engine
     engine_process: bool = setting(
-        True,
+        defaults.ENGINE_PROCESS,
         "Run the model engine in its own process (no interpreter-lock contention with gRPC "
         "and preprocessing).",
         group="engine",
         advanced=True,
     )
     pixel_buffer_mb: int = setting(
-        128,
+        defaults.PIXEL_BUFFER_MB,
         "ENGINE_PROCESS: MiB of shared memory (anonymous, not /dev/shm) that carries request "
         "tiles to the engine process; requests that find none free are pickled through the "
         "pipe; 0 = always pickle.",
@@ -240,8 +242,12 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         advanced=True,
         ge=0,
     )
-    max_batch_size: int = setting(16, "Most rows generating at once.", group="engine", ge=1)
-    max_queue_size: int = setting(64, "Requests waiting for the model.", group="engine", ge=1)
+    max_batch_size: int = setting(
+        defaults.MAX_BATCH_SIZE, "Most rows generating at once.", group="engine", ge=1
+    )
+    max_queue_size: int = setting(
+        defaults.MAX_QUEUE_SIZE, "Requests waiting for the model.", group="engine", ge=1
+    )
     torch_compile: bool = setting(
         False,
         "torch.compile the continuous engine's decode step (CPU and CUDA; the warm-up "
@@ -311,34 +317,3 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
 
     # --- leaving (issue 25): the engine work removes the first five, the pipeline work moves
     # the output caps into the prompt template; app.py reads them until then.
-    random_model: Literal["demo", "full_size"] = setting(
-        "demo",
-        "Without MODEL_PATH: the tiny demo model, or InternVL2.5-1B's real shapes with random "
-        "weights (benchmarks).",
-        group="model",
-        advanced=True,
-    )
-    min_new_tokens: int = setting(
-        0, "Forced minimum (benchmarks only).", group="engine", advanced=True, ge=0
-    )
-    engine_mode: Literal["continuous", "batched", "sequential"] = setting(
-        "continuous",
-        "continuous: rows join/leave the batch between tokens; batched: one generate per "
-        "batch; sequential: seed-style baseline.",
-        group="engine",
-        advanced=True,
-    )
-    batch_wait_ms: float = setting(
-        10.0,
-        "batched mode: wait to fill a batch (continuous needs none).",
-        group="engine",
-        advanced=True,
-        ge=0,
-    )
-    kv_cache: Literal["auto", "dynamic", "static"] = setting(
-        "auto",
-        "KV cache of the native model: static (preallocated per batch), dynamic (grown by "
-        "concatenation); auto = static on CPU, dynamic on CUDA.",
-        group="engine",
-        advanced=True,
-    )

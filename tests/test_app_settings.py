@@ -43,10 +43,11 @@ def test_engine_settings_reach_the_engine_config(tmp_path: Path) -> None:
         grammar_overlap=False,
         pixel_buffer_mb=7,
         torch_threads=3,
-        kv_cache="dynamic",
         max_batch_size=5,
-        batch_wait_ms=7.5,
-        engine_mode="batched",
+        worker_nice=4,
+        model_trust_remote_code=True,
+        system_message="",
+        engine_process=False,
         constrained_decoding=False,
     )
     config = engine_config(settings)
@@ -57,7 +58,10 @@ def test_engine_settings_reach_the_engine_config(tmp_path: Path) -> None:
         "prefill_overlap",
         "grammar_overlap",
         "torch_threads",
-        "kv_cache",
+        "worker_nice",
+        "model_trust_remote_code",
+        "system_message",
+        "engine_process",
         "pixel_buffer_mb",
     } <= set(shared)
     for name in shared:

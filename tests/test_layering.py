@@ -29,7 +29,7 @@ MUTATIONS: dict[str, Mutation] = {
     "services": Mutation("persistence_svc/paging.py", "import inference_svc.domain.models"),
     "svc-common": Mutation("svc_common/health.py", "import persistence_svc.settings"),
     "serving-code": Mutation("inference_svc/app.py", "import tests.support.e2e"),
-    "acyclic": Mutation("inference_svc/model_inputs.py", "import inference_svc.settings"),
+    "acyclic": Mutation("inference_svc/defaults.py", "import inference_svc.settings"),
 }
 
 

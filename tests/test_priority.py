@@ -42,7 +42,7 @@ def test_app_workers_run_below_the_event_loop(tmp_path: Path) -> None:
     try:
         assert app.executor.submit(_thread_nice).result() == min(19, base + 6)
         assert app.prepare_executor.submit(os.nice, 0).result() == min(19, base + 6)
-        assert engine_config(settings).process_nice == 6
+        assert engine_config(settings).worker_nice == 6
     finally:
         app.executor.shutdown()
         app.prepare_executor.shutdown()

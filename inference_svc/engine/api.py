@@ -8,7 +8,8 @@ generates. Nothing here imports grpc.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,26 +31,87 @@ class GenerationRequest:
     # Tiles per image, same order as the placeholders; sums to pixel_values.shape[0].
     tiles_per_image: tuple[int, ...]
     max_new_tokens: int
-    # Forces at least this many new tokens (benchmarks use min == max for a fixed length).
-    min_new_tokens: int = 0
     # When set and the engine has constrained decoding on, output is forced to match it.
     json_schema: dict[str, Any] | None = None
     # Monotonic deadline (time.monotonic()) after which the request is abandoned.
     deadline: float | None = None
 
 
-@dataclass
+class FinishReason(StrEnum):
+    STOP = "stop"
+    LENGTH = "length"
+
+
+@dataclass(frozen=True)
+class GenerationTimings:
+    # Enqueued -> taken for generation.
+    queue_seconds: float
+    # The prompt (vision tower included) through the model, up to the first token's logits.
+    prefill_seconds: float
+    # First token -> last token.
+    decode_seconds: float
+
+    @property
+    def ttft_seconds(self) -> float:
+        """Time to the first token, queue included."""
+        return self.queue_seconds + self.prefill_seconds
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    queue_seconds: float
-    prefill_seconds: float
-    decode_seconds: float
+    timings: GenerationTimings
     constrained: bool
+    # Mean number of rows generating beside this one (itself included).
     batch_size: int = 1
-    finish_reason: str = "stop"  # stop | length
-    extra: dict[str, Any] = field(default_factory=dict)
+    finish_reason: FinishReason = FinishReason.STOP
+    # Constrained rows only: whether the output is a complete match of the schema's grammar,
+    # and why the grammar gave up when it did.
+    schema_complete: bool | None = None
+    constraint_error: str | None = None
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the engine runs (known once started; before that, what its configuration says)."""
+
+    model_name: str
+    model_revision: str
+    untrained: bool
+    constrained: bool
+    # Whether listeners get the text so far (engines always do today; a remote engine might not).
+    streams_text: bool
+    device: str
+    dtype: str
+    # "slot" (slotted KV cache, rows join and leave between tokens), "generate" (HF generate
+    # per batch, for models the slot decoder cannot drive), "" before start.
+    runner: str
+    max_batch_size: int
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """Counters since start (metrics, tests and benchmarks read these)."""
+
+    # Requests answered by the model (cancelled ones included), and their generated tokens.
+    rows: int = 0
+    tokens_generated: int = 0
+    cancelled_rows: int = 0
+    # generate runner: generate() calls; slot runner: decode steps, rows over all steps
+    # (row_steps / steps = mean batch), prefills, steps whose grammar masks overlapped the step.
+    batches: int = 0
+    steps: int = 0
+    row_steps: int = 0
+    prefills: int = 0
+    overlapped_masks: int = 0
+    # Requests generating now (taken from the queue, not answered yet).
+    running_rows: int = 0
+    # Process engine: requests whose tiles went through shared memory / the pipe.
+    tiles_shared: int = 0
+    tiles_pickled: int = 0
+    slab_bytes: int = 0
 
 
 class GenerationListener(Protocol):
@@ -88,19 +150,12 @@ class Engine(Protocol):
     """What the pipeline needs from a model engine."""
 
     @property
-    def model_name(self) -> str: ...
-
-    @property
-    def model_revision(self) -> str: ...
-
-    @property
-    def untrained(self) -> bool: ...
-
-    @property
-    def constrained(self) -> bool: ...
+    def info(self) -> EngineInfo: ...
 
     @property
     def ready(self) -> bool: ...
+
+    def stats(self) -> EngineStats: ...
 
     def queue_depth(self) -> int: ...
 
@@ -118,4 +173,10 @@ class Engine(Protocol):
         self, request: GenerationRequest, listener: GenerationListener
     ) -> GenerationResult:
         """Queue, wait for a batch slot, generate. Raises EngineOverloaded when the queue is
-        full, EngineNotReady when not started; asyncio.CancelledError frees the slot."""
+        full, EngineNotReady when not started, TimeoutError past the deadline;
+        asyncio.CancelledError (or :meth:`cancel`) frees the slot."""
+        ...
+
+    def cancel(self, request_id: str) -> None:
+        """Abandon a request: its generate() raises asyncio.CancelledError and its row leaves
+        at the next step. Unknown ids are ignored."""

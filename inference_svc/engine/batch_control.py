@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
-from .constrained import ConstrainedLogitsProcessor, force_eos
+from . import token_rules
+from .constrained import ConstrainedLogitsProcessor
 
 # (row, tokens generated, decoded text so far)
 ProgressSink = Callable[[int, int, str], None]
@@ -47,11 +48,10 @@ class BatchController:
         prompt_offset: int,
         decode: Callable[[list[int]], str],
         progress: ProgressSink | None,
-        progress_every: int,
     ) -> None:
         self.rows = list(rows)
         n = len(self.rows)
-        self.stop_token_ids = set(stop_token_ids)
+        self.stop_token_ids = frozenset(stop_token_ids)
         self.eos_token_id = eos_token_id
         self.tokens: list[list[int]] = [[] for _ in range(n)]
         self.finished = [False] * n
@@ -60,7 +60,6 @@ class BatchController:
         self.first_token_time: float | None = None
         self._decode = decode
         self._progress = progress
-        self._every = max(1, progress_every)
         self._reported = [0] * n
         self.constraint: ConstrainedLogitsProcessor | None = None
         if any(r.matcher is not None for r in self.rows):
@@ -77,22 +76,22 @@ class BatchController:
 
     def _gone(self, row: int) -> bool:
         spec = self.rows[row]
-        expired = spec.deadline is not None and time.monotonic() > spec.deadline
-        return spec.is_cancelled() or expired
+        return token_rules.gone(spec.is_cancelled(), spec.deadline)
 
     def process_logits(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.constraint is not None:
             scores = self.constraint(input_ids, scores)  # type: ignore[arg-type]
-        stop_ids = self._stop_list.to(scores.device)
+        below_floor: list[int] = []
         for row, spec in enumerate(self.rows):
             if self.finished[row]:
                 continue
             if self._gone(row):
-                force_eos(scores, row, self.eos_token_id)
+                token_rules.force_eos(scores, row, self.eos_token_id)
                 continue
             forced = self.constraint is not None and self.constraint.must_stop(row)
             if not forced and len(self.tokens[row]) < spec.min_new_tokens:
-                scores[row, stop_ids] = float("-inf")
+                below_floor.append(row)
+        token_rules.ban_stops(scores, below_floor, self._stop_list)
         return scores
 
     def step(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -106,18 +105,17 @@ class BatchController:
             token = int(last[row])
             self.tokens[row].append(token)
             count = len(self.tokens[row])
-            reason = ""
             if self._gone(row):
-                reason = "cancelled"
-            elif token in self.stop_token_ids:
-                reason = "stop"
-            elif count >= spec.max_new_tokens:
-                reason = "length"
+                reason = token_rules.CANCELLED
+            else:
+                reason = token_rules.finish_reason(
+                    token, count, spec.max_new_tokens, self.stop_token_ids
+                )
             if reason:
                 self.finished[row] = True
                 self.finish_reason[row] = reason
                 self.finish_time[row] = now
-            elif count - self._reported[row] >= self._every:
+            elif token_rules.progress_due(count, self._reported[row]):
                 self._report(row)
         return torch.tensor(self.finished, dtype=torch.bool, device=input_ids.device)
 

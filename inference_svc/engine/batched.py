@@ -8,77 +8,77 @@ gathered into batches of up to ``max_batch_size`` within ``batch_wait_ms``; each
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import itertools
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
-from . import constrained
+from . import constrained, token_rules
 from .api import (
+    EngineInfo,
     EngineNotReady,
-    EngineOverloaded,
+    EngineStats,
+    FinishReason,
     GenerationListener,
     GenerationRequest,
     GenerationResult,
+    GenerationTimings,
     NullListener,
 )
 from .batch_control import BatchController, RowSpec
 from .config import EngineConfig
-from .loader import (
-    LoadedModel,
-    detect_runtime,
-    load_model,
-    resolve_kv_cache,
-    wrap_native_model,
-)
-from .model_builder import build_full_size_model, ensure_demo_model
+from .loader import LoadedModel, Runtime, detect_runtime, load_model, resolve_kv_cache
+from .model_builder import ensure_demo_model
 from .pixels import PixelStaging, check_dtype
 from .prompting import build_prompt
+from .scheduler import Job, Prepared, Scheduler, safe
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class _Prepared:
-    input_ids: list[int]
-    pixel_values: torch.Tensor | None
-    max_new_tokens: int
-    min_new_tokens: int
-    grammar: str | None
-    matcher: Any | None
+_Prepared = Prepared
+_Job = Job
+_safe = safe
 
 
-@dataclass(eq=False)
-class _Job:
-    request: GenerationRequest
-    listener: GenerationListener
-    prepared: _Prepared
-    future: asyncio.Future[GenerationResult]
-    enqueued_at: float = field(default_factory=time.monotonic)
-    position: int = 0
-    # Set on the event loop, read by the model thread (a plain bool is enough under the GIL).
-    cancelled: bool = False
+# Request-level batching: how long the first queued request waits for others to share its batch.
+BATCH_WAIT_S = 0.01
+
+# Builds the model for a configuration on a runtime (the default: the checkpoint at
+# model_path, or the cached demo model); benchmarks bring their own.
+ModelLoader = Callable[[EngineConfig, Runtime], LoadedModel]
 
 
 class BatchedEngine:
-    """Implements :class:`inference_svc.engine.api.Engine`."""
+    """Implements :class:`inference_svc.engine.api.Engine`.
 
-    def __init__(self, config: EngineConfig) -> None:
+    ``forced_length``: every row runs to its max_new_tokens unless its grammar ends it (stop
+    tokens do not end it); for benchmarks and tests, which need fixed lengths."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        forced_length: bool = False,
+        model_loader: ModelLoader | None = None,
+    ) -> None:
         self.config = config
+        self.forced_length = forced_length
+        self._model_loader = model_loader or load_configured_model
         self._max_batch = max(1, config.max_batch_size)
-        self._wait_s = max(0.0, config.batch_wait_ms) / 1000.0
+        self._wait_s = BATCH_WAIT_S
+        # "auto": static on CPU, dynamic elsewhere (tests compare the two).
+        self.kv_cache = "auto"
         self._loaded: LoadedModel | None = None
         self._ready = False
         self._stopping = False
-        self._queue: collections.deque[_Job] = collections.deque()
-        self._reserved = 0  # requests being prepared, counted against the queue bound
+        self._queue = Scheduler(config.max_queue_size)
         self._wakeup: asyncio.Event | None = None
         self._scheduler: asyncio.Task[None] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -86,8 +86,9 @@ class BatchedEngine:
         self._batch_ids = itertools.count(1)
         self._running: list[_Job] = []
         self._staging: PixelStaging | None = None  # the model thread's pixel buffer
+        self._jobs: dict[str, _Job] = {}  # by request id, for cancel()
         # Counters for metrics and tests; written by the model thread only.
-        self.stats: dict[str, int] = {
+        self.counters: dict[str, int] = {
             "batches": 0,
             "rows": 0,
             "tokens_generated": 0,
@@ -95,21 +96,31 @@ class BatchedEngine:
         }
 
     # --- Engine protocol -------------------------------------------------------------------
-    @property
-    def model_name(self) -> str:
-        return self._loaded.name if self._loaded else ""
+    runner_name = "generate"
 
     @property
-    def model_revision(self) -> str:
-        return self._loaded.revision if self._loaded else self.config.model_revision
+    def info(self) -> EngineInfo:
+        loaded = self._loaded
+        return EngineInfo(
+            model_name=loaded.name if loaded else "",
+            model_revision=loaded.revision if loaded else self.config.model_revision,
+            untrained=loaded.untrained if loaded else self.config.model_path is None,
+            constrained=self.config.constrained_decoding,
+            streams_text=True,
+            device=str(loaded.runtime.device) if loaded else self.config.device,
+            dtype=str(loaded.runtime.dtype).removeprefix("torch.") if loaded else self.config.dtype,
+            runner=self.runner_name if loaded else "",
+            max_batch_size=self._max_batch,
+        )
 
-    @property
-    def untrained(self) -> bool:
-        return self._loaded.untrained if self._loaded else self.config.model_path is None
+    def stats(self) -> EngineStats:
+        return EngineStats(**self.counters, running_rows=self.running_rows())
 
-    @property
-    def constrained(self) -> bool:
-        return self.config.constrained_decoding
+    def cancel(self, request_id: str) -> None:
+        job = self._jobs.get(request_id)
+        if job is not None and not job.future.done():
+            self._abandon(job)
+            job.future.cancel()
 
     @property
     def ready(self) -> bool:
@@ -158,13 +169,7 @@ class BatchedEngine:
     async def stop(self) -> None:
         self._stopping = True
         self._ready = False
-        while self._queue:
-            try:
-                job = self._queue.popleft()
-            except IndexError:  # taken by the model thread meanwhile (continuous engine)
-                break
-            if not job.future.done():
-                job.future.set_exception(EngineNotReady("engine stopping"))
+        self._queue.drain(EngineNotReady("engine stopping"))
         self._signal_work()
         if self._scheduler is not None:
             # The scheduler exits after the batch in progress (if any) has finished.
@@ -180,21 +185,14 @@ class BatchedEngine:
     ) -> GenerationResult:
         if not self.ready or self._wakeup is None:
             raise EngineNotReady("model not loaded" if not self._stopping else "engine stopping")
-        if len(self._queue) + self._reserved >= self.config.max_queue_size:
-            raise EngineOverloaded(f"queue full ({self.config.max_queue_size})")
-        if request.deadline is not None and request.deadline <= time.monotonic():
-            raise TimeoutError("deadline passed before generation")
-        self._reserved += 1
-        try:
+        self._queue.check_admission(request)
+        with self._queue.preparing():
             prepared = await asyncio.to_thread(self._prepare, request)
-        finally:
-            self._reserved -= 1
         if not self.ready:
             raise EngineNotReady("engine stopping")
         job = _Job(request, listener, prepared, asyncio.get_running_loop().create_future())
-        self._queue.append(job)
-        job.position = len(self._queue)
-        _safe(listener.on_queued, job.position)
+        self._jobs[request.request_id] = job
+        self._queue.enqueue(job)
         self._signal_work()
         try:
             if request.deadline is None:
@@ -205,10 +203,9 @@ class BatchedEngine:
         except (asyncio.CancelledError, TimeoutError):
             self._abandon(job)
             raise
-        if result.finish_reason == "cancelled":
-            # The model thread ended the row at its deadline and answered before our timer
-            # fired (a busy loop): still a deadline, never a truncated success.
-            raise TimeoutError("deadline passed during generation")
+        finally:
+            if self._jobs.get(request.request_id) is job:
+                del self._jobs[request.request_id]
         return result
 
     def count_prompt_tokens(self, prompt: str, tiles_per_image: tuple[int, ...]) -> int:
@@ -245,7 +242,7 @@ class BatchedEngine:
         )
         input_ids: list[int] = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
         max_new = max(1, min(request.max_new_tokens, self.config.max_new_tokens))
-        min_new = min(max(request.min_new_tokens, self.config.min_new_tokens), max_new)
+        min_new = token_rules.min_new_tokens(max_new, self.forced_length)
         grammar = matcher = None
         if request.json_schema is not None and self.config.constrained_decoding:
             grammar = constrained.compile_json_schema(request.json_schema)
@@ -262,20 +259,10 @@ class BatchedEngine:
             self._wakeup.set()
 
     def _abandon(self, job: _Job) -> None:
-        job.cancelled = True
-        try:
-            self._queue.remove(job)
-        except ValueError:  # already taken for generation
-            return
-        self._report_positions()
+        self._queue.abandon(job)
 
     def _report_positions(self) -> None:
-        # A snapshot: the continuous engine's model thread may pop from the queue meanwhile
-        # (deque operations are atomic; iterating while it changes is not).
-        for index, job in enumerate(list(self._queue), start=1):
-            if job.position != index:
-                job.position = index
-                _safe(job.listener.on_queued, index)
+        self._queue.report_positions()
 
     async def _schedule(self) -> None:
         assert self._wakeup is not None
@@ -286,7 +273,7 @@ class BatchedEngine:
                 await self._wakeup.wait()
                 continue
             # Give concurrent arrivals a short window to share this batch.
-            deadline = self._queue[0].enqueued_at + self._wait_s
+            deadline = self._queue.first().enqueued_at + self._wait_s
             while len(self._queue) < self._max_batch and not self._stopping:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -297,10 +284,8 @@ class BatchedEngine:
                 except TimeoutError:
                     break
             batch: list[_Job] = []
-            while self._queue and len(batch) < self._max_batch:
-                job = self._queue.popleft()
-                if not job.cancelled and not job.future.done():
-                    batch.append(job)
+            while len(batch) < self._max_batch and (job := self._queue.take()) is not None:
+                batch.append(job)
             self._report_positions()
             if not batch:
                 continue
@@ -320,7 +305,7 @@ class BatchedEngine:
     # --- model thread ----------------------------------------------------------------------
     def _load(self) -> LoadedModel:
         loaded = self._load_model()
-        loaded.kv_cache = resolve_kv_cache(self.config.kv_cache, loaded.runtime)
+        loaded.kv_cache = resolve_kv_cache(self.kv_cache, loaded.runtime)
         return loaded
 
     def _load_model(self) -> LoadedModel:
@@ -328,31 +313,7 @@ class BatchedEngine:
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
         runtime = detect_runtime(cfg.device, cfg.dtype, cfg.attn_implementation)
-        if cfg.model_path is not None:
-            return load_model(
-                cfg.model_path,
-                layout=cfg.model_layout,
-                runtime=runtime,
-                trust_remote_code=cfg.trust_remote_code,
-                revision=cfg.model_revision,
-                torch_compile=cfg.torch_compile,
-            )
-        if cfg.random_model == "full_size":
-            model, tokenizer = build_full_size_model(
-                device=runtime.device,
-                dtype=runtime.dtype,
-                attn_implementation=runtime.attn_implementation,
-            )
-            return wrap_native_model(
-                model,
-                tokenizer,
-                name="internvl2_5-1b-shapes-random",
-                revision=cfg.model_revision or "random-full-size",
-                untrained=True,
-                runtime=runtime,
-            )
-        path = ensure_demo_model(cfg.model_cache_dir, cfg.demo_config_path)
-        return load_model(path, layout="native", runtime=runtime, revision=cfg.model_revision)
+        return self._model_loader(cfg, runtime)
 
     def _release(self) -> None:
         self._loaded = None
@@ -432,7 +393,6 @@ class BatchedEngine:
             prompt_offset=loaded.prompt_offset(ids),
             decode=lambda t: str(loaded.tokenizer.decode(t, skip_special_tokens=True)),
             progress=sink,
-            progress_every=self.config.progress_every_tokens,
         )
         try:
             loaded.generate(
@@ -448,10 +408,10 @@ class BatchedEngine:
             return [exc] * len(jobs)
         controller.finish()
         ended = time.perf_counter()
-        self.stats["batches"] += 1
-        self.stats["rows"] += len(jobs)
-        self.stats["tokens_generated"] += sum(len(t) for t in controller.tokens)
-        self.stats["cancelled_rows"] += controller.finish_reason.count("cancelled")
+        self.counters["batches"] += 1
+        self.counters["rows"] += len(jobs)
+        self.counters["tokens_generated"] += sum(len(t) for t in controller.tokens)
+        self.counters["cancelled_rows"] += controller.finish_reason.count("cancelled")
         first = controller.first_token_time or ended
         prefill = first - started
         results: list[GenerationResult | BaseException] = []
@@ -459,31 +419,26 @@ class BatchedEngine:
         for row, job in enumerate(jobs):
             decode = max(controller.finish_time[row] - first, 0.0)
             count = len(controller.tokens[row])
-            rate = (count - 1) / decode if decode > 0 and count > 1 else 0.0
-            extra: dict[str, Any] = {
-                "batch_id": batch_id,
-                "ttft_seconds": queue_seconds[row] + prefill,
-                "generate_seconds": ended - started,
-                "prompt_padded_tokens": width,
-                "decode_tokens_per_second": rate,
-            }
             is_constrained = job.prepared.matcher is not None
-            if constraint is not None and is_constrained:
-                extra["schema_complete"] = constraint.is_complete(row)
-                if row in constraint.errors:
-                    extra["constraint_error"] = constraint.errors[row]
+            reason = controller.finish_reason[row] or "length"
+            if reason == "cancelled":
+                results.append(_expired())
+                continue
             results.append(
                 GenerationResult(
                     text=controller.text(row),
                     prompt_tokens=len(job.prepared.input_ids),
                     completion_tokens=count,
-                    queue_seconds=queue_seconds[row],
-                    prefill_seconds=prefill,
-                    decode_seconds=decode,
+                    timings=GenerationTimings(queue_seconds[row], prefill, decode),
                     constrained=is_constrained,
                     batch_size=len(jobs),
-                    finish_reason=controller.finish_reason[row] or "length",
-                    extra=extra,
+                    finish_reason=FinishReason(reason),
+                    schema_complete=constraint.is_complete(row)
+                    if constraint is not None and is_constrained
+                    else None,
+                    constraint_error=constraint.errors.get(row)
+                    if constraint is not None and is_constrained
+                    else None,
                 )
             )
         return results
@@ -495,14 +450,25 @@ class BatchedEngine:
         loop.call_soon_threadsafe(_deliver_progress, job, count, text)
 
 
-class SequentialEngine(BatchedEngine):
-    """The replaced service's method: one generate call per request, one at a time. Same
-    model code path as the batched engine, for like-for-like benchmarks."""
+def load_configured_model(cfg: EngineConfig, runtime: Runtime) -> LoadedModel:
+    """The checkpoint at ``model_path``; without one, the cached demo model."""
+    if cfg.model_path is not None:
+        return load_model(
+            cfg.model_path,
+            layout=cfg.model_layout,
+            runtime=runtime,
+            trust_remote_code=cfg.model_trust_remote_code,
+            revision=cfg.model_revision,
+            torch_compile=cfg.torch_compile,
+        )
+    path = ensure_demo_model(cfg.model_cache_dir, cfg.demo_config_path)
+    return load_model(path, layout="native", runtime=runtime, revision=cfg.model_revision)
 
-    def __init__(self, config: EngineConfig) -> None:
-        super().__init__(config)
-        self._max_batch = 1
-        self._wait_s = 0.0
+
+def _expired() -> TimeoutError:
+    # The model thread ended the row at its deadline and answered before the caller's timer
+    # fired (a busy loop): still a deadline, never a truncated success.
+    return TimeoutError("deadline passed during generation")
 
 
 def _cancel_probe(job: _Job) -> Any:
@@ -522,11 +488,3 @@ def _set_outcome(job: _Job, outcome: GenerationResult | BaseException) -> None:
         job.future.set_exception(outcome)
     else:
         job.future.set_result(outcome)
-
-
-def _safe(callback: Any, *args: Any) -> None:
-    # A listener's failure must not take the scheduler (and every other request) down.
-    try:
-        callback(*args)
-    except Exception:
-        logger.exception("generation listener failed")

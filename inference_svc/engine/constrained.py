@@ -22,6 +22,8 @@ import llguidance.hf
 import torch
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
+from . import token_rules
+
 logger = logging.getLogger(__name__)
 
 _TOKENIZERS: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, dict[int, Any]] = (
@@ -130,20 +132,19 @@ class ConstrainedLogitsProcessor(LogitsProcessor):
                 continue
             if token == self.eos_token_id:
                 self.saw_eos[row] = True
-            elif not matcher.consume_token(int(token)) or matcher.is_error():
-                self.errors[row] = matcher.get_error() or f"token {token} rejected"
-                logger.warning("constrained row %d: %s", row, self.errors[row])
+            elif (error := token_rules.advance_grammar(matcher, token, row)) is not None:
+                self.errors[row] = error
 
     def must_stop(self, row: int) -> bool:
         matcher = self.matchers[row]
         if matcher is None:
             return False
-        return row in self.errors or bool(matcher.is_stopped() or matcher.is_accepting())
+        return token_rules.grammar_done(matcher, self.errors.get(row))
 
     def is_complete(self, row: int) -> bool:
         """Whether the row's output so far is a complete match of its grammar."""
         matcher = self.matchers[row]
-        return matcher is not None and row not in self.errors and bool(matcher.is_accepting())
+        return matcher is not None and token_rules.grammar_complete(matcher, self.errors.get(row))
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         rows = [i for i in range(len(self.matchers)) if self._active(i)]
@@ -173,7 +174,7 @@ class ConstrainedLogitsProcessor(LogitsProcessor):
             index = torch.tensor(masked, device=scores.device)
             scores[index] = scores[index].masked_fill(~allowed.to(scores.device), float("-inf"))
         for row in forced:
-            force_eos(scores, row, self.eos_token_id)
+            token_rules.force_eos(scores, row, self.eos_token_id)
         return scores
 
 
@@ -199,8 +200,3 @@ def allowed_tokens(matchers: Sequence[Any], ll_vocab_size: int, width: int) -> t
 def _executor() -> Any:
     """One llguidance thread pool per process (a few threads; masks are small)."""
     return llguidance.LLExecutor(num_threads=min(8, os.cpu_count() or 1))
-
-
-def force_eos(scores: torch.Tensor, row: int, eos_token_id: int) -> None:
-    scores[row].fill_(float("-inf"))
-    scores[row, eos_token_id] = 0.0

@@ -39,9 +39,9 @@ from typing import Any
 
 import torch
 
-from . import constrained
-from .api import GenerationResult, NullListener
-from .batched import BatchedEngine, _deliver_progress, _Job, _safe, _set_outcome
+from . import constrained, token_rules
+from .api import FinishReason, GenerationResult, GenerationTimings, NullListener
+from .batched import BatchedEngine, _deliver_progress, _expired, _Job, _safe, _set_outcome
 from .config import EngineConfig
 from .loader import LoadedModel
 from .pixels import PixelStaging
@@ -101,13 +101,13 @@ class _Row:
 class ContinuousEngine(BatchedEngine):
     """Implements :class:`inference_svc.engine.api.Engine` with iteration-level batching."""
 
-    def __init__(self, config: EngineConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: EngineConfig, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
         self._work = threading.Event()
         self._decoder: SlotDecoder | None = None
         self._stop_ids: frozenset[int] = frozenset()
         self._stop_list: torch.Tensor | None = None
-        self.stats.update({"steps": 0, "row_steps": 0, "prefills": 0, "overlapped_masks": 0})
+        self.counters.update({"steps": 0, "row_steps": 0, "prefills": 0, "overlapped_masks": 0})
         # Rows taken from the queue and not yet answered; written by the model thread.
         self._live = 0
         # Prefill overlap: the prefill thread and the step thread share these under _slots.
@@ -129,6 +129,10 @@ class ContinuousEngine(BatchedEngine):
         if self._overlap:
             return self._occupied()
         return self._live
+
+    @property
+    def runner_name(self) -> str:  # type: ignore[override]
+        return "slot" if self._decoder is not None else "generate"
 
     @property
     def overlapping_prefill(self) -> bool:
@@ -250,13 +254,10 @@ class ContinuousEngine(BatchedEngine):
     def _admit_queued(self, rows: list[_Row]) -> None:
         taken = False
         while len(rows) < self._max_batch:
-            try:
-                job = self._queue.popleft()
-            except IndexError:
+            job = self._queue.take()
+            if job is None:
                 break
             taken = True
-            if job.cancelled or job.future.done():
-                continue
             self._post(_safe, job.listener.on_started)
             self._live += 1
             self._admit(job, rows)
@@ -310,8 +311,8 @@ class ContinuousEngine(BatchedEngine):
             row.position += 1
             row.batch_rows += live
             row.steps += 1
-        self.stats["steps"] += 1
-        self.stats["row_steps"] += live
+        self.counters["steps"] += 1
+        self.counters["row_steps"] += live
         self._choose(rows, logits, plan)
         self._retire(rows)
         self._live = len(rows)
@@ -335,9 +336,8 @@ class ContinuousEngine(BatchedEngine):
                         self._slots.wait()
                     if self._stopping:  # stop() answers the queued requests itself
                         return
-                    try:
-                        job = self._queue.popleft()
-                    except IndexError:  # abandoned meanwhile
+                    job = self._queue.take()
+                    if job is None:  # abandoned meanwhile
                         continue
                     self._prefilling += 1
                 self._post(self._report_positions)
@@ -426,15 +426,14 @@ class ContinuousEngine(BatchedEngine):
             self._post(_set_outcome, job, exc)
             return
         row.position = outcome.length
-        self.stats["prefills"] += 1
+        self.counters["prefills"] += 1
         rows.append(row)
         self._choose([row], outcome.logits.unsqueeze(0))
         self._retire(rows)
 
     # --- token choice ----------------------------------------------------------------------
     def _gone(self, row: _Row) -> bool:
-        deadline = row.job.request.deadline
-        return row.job.cancelled or (deadline is not None and time.monotonic() > deadline)
+        return token_rules.gone(row.job.cancelled, row.job.request.deadline)
 
     def _plan_grammar(self, rows: list[_Row], pool: ThreadPoolExecutor | None) -> _GrammarPlan:
         """Which rows the grammar ends and which it masks. With ``pool`` the masks of two
@@ -449,13 +448,13 @@ class ContinuousEngine(BatchedEngine):
             matcher = row.matcher
             if matcher is None or self._gone(row):
                 continue
-            if row.grammar_error or matcher.is_stopped() or matcher.is_accepting():
+            if token_rules.grammar_done(matcher, row.grammar_error):
                 plan.forced[i] = eos
             else:
                 plan.masked.append(i)
         if len(plan.masked) >= _OVERLAP_MIN_ROWS and pool is not None:
             plan.allowed = pool.submit(self._allowed, [rows[i].matcher for i in plan.masked])
-            self.stats["overlapped_masks"] += 1
+            self.counters["overlapped_masks"] += 1
         return plan
 
     def _allowed(self, matchers: list[Any]) -> torch.Tensor:
@@ -476,7 +475,6 @@ class ContinuousEngine(BatchedEngine):
         if plan.masked:
             self._apply_grammars(rows, plan, scores)
         assert self._stop_list is not None
-        stop_ids = self._stop_list.to(scores.device)
         below_floor = [
             i
             for i, row in enumerate(rows)
@@ -484,9 +482,7 @@ class ContinuousEngine(BatchedEngine):
             and not row.finish_reason
             and i not in forced
         ]
-        if below_floor:  # one indexing operation, not one per row
-            index = torch.tensor(below_floor, device=scores.device)
-            scores[index[:, None], stop_ids] = float("-inf")
+        token_rules.ban_stops(scores, below_floor, self._stop_list)
         choices = scores.argmax(dim=-1).tolist()
         now = time.perf_counter()
         for i, row in enumerate(rows):
@@ -498,20 +494,19 @@ class ContinuousEngine(BatchedEngine):
             row.tokens.append(token)
             if token not in self._stop_ids:
                 self._advance_grammar(row, token)
-            if token in self._stop_ids:
-                row.finish_reason = "stop"
-            elif len(row.tokens) >= row.job.prepared.max_new_tokens:
-                row.finish_reason = "length"
-            elif len(row.tokens) - row.reported >= self.config.progress_every_tokens:
+            count = len(row.tokens)
+            max_new = row.job.prepared.max_new_tokens
+            row.finish_reason = token_rules.finish_reason(token, count, max_new, self._stop_ids)
+            if not row.finish_reason and token_rules.progress_due(count, row.reported):
                 self._report(row)
 
     def _advance_grammar(self, row: _Row, token: int) -> None:
         matcher = row.matcher
         if matcher is None or row.grammar_error:
             return
-        if not matcher.consume_token(token) or matcher.is_error():
-            row.grammar_error = matcher.get_error() or f"token {token} rejected"
-            logger.warning("constrained row %s: %s", row.job.request.request_id, row.grammar_error)
+        error = token_rules.advance_grammar(matcher, token, row.job.request.request_id)
+        if error is not None:
+            row.grammar_error = error
 
     def _apply_grammars(self, rows: list[_Row], plan: _GrammarPlan, scores: torch.Tensor) -> None:
         masked = plan.masked
@@ -550,9 +545,9 @@ class ContinuousEngine(BatchedEngine):
         row.finish_reason = reason
         row.finished_at = time.perf_counter()
         if reason == "cancelled":
-            self.stats["cancelled_rows"] += 1
-        self.stats["rows"] += 1
-        self.stats["tokens_generated"] += len(row.tokens)
+            self.counters["cancelled_rows"] += 1
+        self.counters["rows"] += 1
+        self.counters["tokens_generated"] += len(row.tokens)
         if row.reported != len(row.tokens) or not row.tokens:
             self._report(row)
         self._post(_set_outcome, row.job, self._result(row))
@@ -568,36 +563,27 @@ class ContinuousEngine(BatchedEngine):
         ids = [t for t in row.tokens if t not in self._stop_ids]
         return str(self.loaded.tokenizer.decode(ids, skip_special_tokens=True))
 
-    def _result(self, row: _Row) -> GenerationResult:
+    def _result(self, row: _Row) -> GenerationResult | BaseException:
+        if row.finish_reason == "cancelled":
+            return _expired()
         job = row.job
-        count = len(row.tokens)
         queue_seconds = max(row.admitted_at - job.enqueued_at, 0.0)
         first = row.first_token_at or row.finished_at
         decode = max(row.finished_at - first, 0.0)
         batch = round(row.batch_rows / row.steps) if row.steps else 1
-        extra: dict[str, Any] = {
-            "scheduler": "continuous",
-            "ttft_seconds": queue_seconds + row.prefill_seconds,
-            "generate_seconds": row.prefill_seconds + decode,
-            "decode_tokens_per_second": (count - 1) / decode if decode > 0 and count > 1 else 0.0,
-            "decode_steps": row.steps,
-        }
         matcher = row.matcher
-        if matcher is not None:
-            extra["schema_complete"] = not row.grammar_error and bool(matcher.is_accepting())
-            if row.grammar_error:
-                extra["constraint_error"] = row.grammar_error
         return GenerationResult(
             text=self._text(row),
             prompt_tokens=row.prompt_tokens,
-            completion_tokens=count,
-            queue_seconds=queue_seconds,
-            prefill_seconds=row.prefill_seconds,
-            decode_seconds=decode,
+            completion_tokens=len(row.tokens),
+            timings=GenerationTimings(queue_seconds, row.prefill_seconds, decode),
             constrained=matcher is not None,
             batch_size=max(batch, 1),
-            finish_reason=row.finish_reason,
-            extra=extra,
+            finish_reason=FinishReason(row.finish_reason),
+            schema_complete=None
+            if matcher is None
+            else not row.grammar_error and bool(matcher.is_accepting()),
+            constraint_error=row.grammar_error or None if matcher is not None else None,
         )
 
     def _post(self, callback: Any, *args: Any) -> None:

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .messages import SlabOffer, SlabRef
+
 logger = logging.getLogger(__name__)
 
 # Slabs are sized in whole mebibytes so that requests of nearby sizes share them.
@@ -39,15 +41,6 @@ _GRANULE = 1 << 20
 def available() -> bool:
     """Whether this platform has anonymous shared memory files (Linux)."""
     return hasattr(os, "memfd_create")
-
-
-@dataclass(frozen=True)
-class SlabRef:
-    """Where a request's tiles wait: slab number, array shape and dtype."""
-
-    slab: int
-    shape: tuple[int, ...]
-    dtype: str
 
 
 @dataclass(eq=False)
@@ -124,7 +117,7 @@ class SlabSender:
                 self._no_memory(size, exc)
                 return None
             slab = _Slab(len(self._slabs), size, memory, busy=True)
-            self._conn.send(("slab", slab.number, size))
+            self._conn.send(SlabOffer(slab.number, size))
             reduction.send_handle(self._conn, fd, self._peer)
         finally:
             os.close(fd)
@@ -147,7 +140,7 @@ class SlabReceiver:
         self._slabs: list[mmap.mmap] = []
 
     def add(self, conn: Connection, number: int, size: int) -> None:
-        """Take the descriptor that follows a ``("slab", number, size)`` message."""
+        """Take the descriptor that follows a :class:`~.messages.SlabOffer`."""
         if number != len(self._slabs):
             raise RuntimeError(f"slab {number} announced out of order ({len(self._slabs)} known)")
         fd = reduction.recv_handle(conn)

@@ -7,8 +7,6 @@ from inference_svc.imaging.tiling import (
     find_closest_aspect_ratio,
     image_to_tiles,
     prepare_image,
-    seed_style_prepare,
-    seed_style_tiles,
     target_ratios,
 )
 
@@ -21,7 +19,5 @@ __all__ = [
     "find_closest_aspect_ratio",
     "image_to_tiles",
     "prepare_image",
-    "seed_style_prepare",
-    "seed_style_tiles",
     "target_ratios",
 ]

@@ -12,14 +12,13 @@ with it, tiles of images that need no JPEG draft equal the published ones bit fo
 
 Tiles leave here as uint8 bytes; the engine applies the ImageNet normalisation on its own
 device (``engine.pixels``), with the same float32 operations as the published transform.
-:func:`seed_style_tiles` keeps the published per-tile path for comparison and benchmarks.
+``bench.seed_style`` keeps the published per-tile path for comparison and benchmarks.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import io
 from collections.abc import Sequence
 from typing import Literal, get_args
 
@@ -30,15 +29,10 @@ from PIL import Image
 
 from inference_svc.domain.models import FetchedImage, PreparedImage
 from inference_svc.imaging.decode import load_rgb, probe_image
-from inference_svc.model_inputs import IMAGENET_MEAN, IMAGENET_STD
 
 DEFAULT_IMAGE_SIZE = 448
 
-_MEAN32 = np.array(IMAGENET_MEAN, dtype=np.float32)
-_STD32 = np.array(IMAGENET_STD, dtype=np.float32)
-
-# Normalised float32 tiles (the seed-style path) and tile bytes (ours: the engine normalises).
-Tiles = npt.NDArray[np.float32]
+# Tile bytes (the engine normalises them on its device).
 TileBytes = npt.NDArray[np.uint8]
 
 ResizeMethod = Literal["torch", "pillow"]
@@ -165,41 +159,6 @@ def image_to_tiles(
     """Model tiles (uint8) of an RGB image, the grid chosen from its own size."""
     grid = choose_grid(image.width, image.height, min_num, max_num, image_size)
     return tiles_for_grid(image, grid, image_size, use_thumbnail, resize)
-
-
-def seed_style_tiles(
-    image: Image.Image,
-    max_num: int,
-    image_size: int = DEFAULT_IMAGE_SIZE,
-    use_thumbnail: bool = True,
-) -> Tiles:
-    """The replaced service's path: InternVL's dynamic_preprocess (resize, crop each tile with
-    PIL), then per tile the torchvision-style transform (resize to S, to float, normalise).
-
-    Kept as the reference for tests and benchmarks, not for serving.
-    """
-    cols, rows = choose_grid(image.width, image.height, 1, max_num, image_size)
-    s = image_size
-    resized = image.resize((cols * s, rows * s))
-    crops = [
-        resized.crop(((i % cols) * s, (i // cols) * s, (i % cols + 1) * s, (i // cols + 1) * s))
-        for i in range(cols * rows)
-    ]
-    if use_thumbnail and len(crops) != 1:
-        crops.append(image.resize((s, s)))
-    tensors = []
-    for crop in crops:
-        tile = crop.convert("RGB").resize((s, s), Image.Resampling.BICUBIC)
-        chw = np.array(tile, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)
-        chw = chw / np.float32(255)
-        tensors.append((chw - _MEAN32[:, None, None]) / _STD32[:, None, None])
-    return np.stack(tensors).astype(np.float32, copy=False)
-
-
-def seed_style_prepare(data: bytes, max_num: int, image_size: int = DEFAULT_IMAGE_SIZE) -> Tiles:
-    """The replaced service end to end: full decode, convert("RGB"), seed-style tiles."""
-    with Image.open(io.BytesIO(data)) as image:
-        return seed_style_tiles(image.convert("RGB"), max_num, image_size)
 
 
 def prepare_image(

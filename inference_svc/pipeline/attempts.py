@@ -85,9 +85,9 @@ class AttemptRunner:
     @property
     def model_info(self) -> ModelInfo:
         return ModelInfo(
-            name=self._engine.model_name,
-            revision=self._engine.model_revision,
-            untrained=self._engine.untrained,
+            name=self._engine.info.model_name,
+            revision=self._engine.info.model_revision,
+            untrained=self._engine.info.untrained,
             prompt_template_version=self._template.version,
         )
 
@@ -104,7 +104,7 @@ class AttemptRunner:
     ) -> AttemptsOutcome:
         schema = (
             constrained_schema(request.questions, self._template.limits)
-            if self._engine.constrained
+            if self._engine.info.constrained
             else None
         )
         attempts = 1 + self._config.max_output_retries
@@ -169,7 +169,6 @@ class AttemptRunner:
             pixel_values=images.pixel_values,
             tiles_per_image=images.tiles_per_image,
             max_new_tokens=self._config.max_new_tokens,
-            min_new_tokens=self._config.min_new_tokens,
             json_schema=schema,
             deadline=deadline,
         )
@@ -185,9 +184,9 @@ class AttemptRunner:
                 }
             )
         seconds = time.monotonic() - started
-        timings.queue += result.queue_seconds
-        timings.generate += result.prefill_seconds + result.decode_seconds
-        self._observer.stage("queue_wait", result.queue_seconds)
+        timings.queue += result.timings.queue_seconds
+        timings.generate += result.timings.prefill_seconds + result.timings.decode_seconds
+        self._observer.stage("queue_wait", result.timings.queue_seconds)
         self._observer.generation(result)
         return _Generated(prompt, result, seconds)
 

@@ -10,7 +10,6 @@ class PipelineConfig:
     reference_max_tiles: int = 1
     pickup_max_tiles: int = 2
     max_new_tokens: int = 2000
-    min_new_tokens: int = 0
     max_output_retries: int = 1
     # Stream a GenerationProgress at most every this many tokens.
     progress_every_tokens: int = 8

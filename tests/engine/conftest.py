@@ -13,10 +13,11 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from bench.baseline import EngineKind, ForcedLength
+from inference_svc.engine import token_rules
 from inference_svc.engine.api import GenerationRequest
 from inference_svc.engine.batched import BatchedEngine
 from inference_svc.engine.config import EngineConfig
-from inference_svc.engine.factory import create_engine
 from inference_svc.engine.model_builder import ensure_demo_model
 
 TILE = 448
@@ -105,21 +106,43 @@ def engine_mode() -> str:
     return "continuous"
 
 
+_KINDS: dict[str, EngineKind] = {
+    "continuous": "local",
+    "continuous-serial-prefill": "local",
+    "batched": "batched",
+    "sequential": "sequential",
+}
+
+
 @pytest.fixture
-async def engine_factory(model_cache: Path, engine_mode: str) -> AsyncIterator[EngineFactory]:
+async def engine_factory(
+    model_cache: Path, engine_mode: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[EngineFactory]:
+    """In-process engines of ``engine_mode``: the service's local engine ("continuous", its
+    step thread prefilling with "continuous-serial-prefill"), request-level batching only
+    ("batched") or the sequential baseline. Rows run to their max_new_tokens (the untrained
+    model's stop tokens would otherwise end them at random points) unless their grammar ends
+    them. ``batch_wait_ms``, ``kv_cache`` and ``progress_every_tokens`` set the engine's
+    internal constants."""
     engines: list[BatchedEngine] = []
 
     async def make(**overrides: Any) -> BatchedEngine:
         overrides.setdefault("device", "cpu")
-        overrides.setdefault("engine_mode", engine_mode)
-        if overrides["engine_mode"] == "continuous-serial-prefill":
-            # The continuous engine prefilling on its step thread (overlap is on by default
-            # on CPU).
-            overrides["engine_mode"] = "continuous"
+        overrides.setdefault("engine_process", False)
+        mode = overrides.pop("engine_mode", engine_mode)
+        if mode == "continuous-serial-prefill":
             overrides.setdefault("prefill_overlap", "off")
+        wait_ms = overrides.pop("batch_wait_ms", None)
+        kv_cache = overrides.pop("kv_cache", None)
+        every = overrides.pop("progress_every_tokens", None)
+        if every is not None:
+            monkeypatch.setattr(token_rules, "PROGRESS_EVERY_TOKENS", every)
         config = EngineConfig(model_cache_dir=model_cache, **overrides)
-        engine = create_engine(config)
-        assert isinstance(engine, BatchedEngine), "engine_factory builds in-process engines"
+        engine = ForcedLength(_KINDS[mode])(config)
+        if wait_ms is not None:
+            engine._wait_s = wait_ms / 1000
+        if kv_cache is not None:
+            engine.kv_cache = kv_cache
         await engine.start()
         engines.append(engine)
         return engine

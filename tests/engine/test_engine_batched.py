@@ -10,15 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.baseline import SequentialEngine
 from inference_svc.engine.api import (
     EngineNotReady,
     EngineOverloaded,
     GenerationRequest,
     NullListener,
 )
-from inference_svc.engine.batched import BatchedEngine, SequentialEngine
+from inference_svc.engine.batched import BatchedEngine
 from inference_svc.engine.config import EngineConfig
-from inference_svc.engine.factory import create_engine
+from inference_svc.engine.runtime import create_engine
 
 from .conftest import EngineFactory, Recorder, make_request, until
 
@@ -65,7 +66,7 @@ async def test_concurrent_requests_share_one_batch_and_match_solo_runs(
     requests = _variety()
     batched = await asyncio.gather(*(engine.generate(r, NullListener()) for r in requests))
     assert [r.batch_size for r in batched] == [4, 4, 4, 4]
-    assert len({r.extra["batch_id"] for r in batched}) == 1
+    assert engine.stats().batches == 1 + 1  # the warm-up batch + one for all four
     assert [r.completion_tokens for r in batched] == [12, 40, 25, 33]
     assert all(r.finish_reason == "length" for r in batched)
     assert batched[1].prompt_tokens > batched[0].prompt_tokens > batched[2].prompt_tokens
@@ -101,11 +102,11 @@ async def test_static_kv_cache_gives_the_dynamic_cache_outputs(
 async def test_timings_are_reported(engine_factory: EngineFactory) -> None:
     engine = await engine_factory(max_batch_size=2, batch_wait_ms=0)
     result = await engine.generate(make_request("t", max_new_tokens=20), NullListener())
-    assert result.prefill_seconds > 0
-    assert result.decode_seconds > 0
-    assert result.extra["ttft_seconds"] >= result.prefill_seconds
-    assert result.queue_seconds >= 0
-    assert engine.stats["tokens_generated"] >= 20
+    assert result.timings.prefill_seconds > 0
+    assert result.timings.decode_seconds > 0
+    assert result.timings.ttft_seconds >= result.timings.prefill_seconds
+    assert result.timings.queue_seconds >= 0
+    assert engine.stats().tokens_generated >= 20
 
 
 async def test_full_queue_rejects_at_once(
@@ -152,7 +153,7 @@ async def test_queue_positions_move_and_cancelled_request_leaves_queue(
     assert listeners[3].queued[-1] == 1
     assert listeners[2].started == 0 and listeners[2].tokens == []
     await _worker_idle(engine)
-    assert engine.stats["rows"] == 1 + 3  # the warm-up row + r0, r1, r3
+    assert engine.stats().rows == 1 + 3  # the warm-up row + r0, r1, r3
 
 
 async def test_cancelled_running_row_stops_and_frees_the_engine(
@@ -163,16 +164,16 @@ async def test_cancelled_running_row_stops_and_frees_the_engine(
     )
     listener = Recorder()
     # Seconds of forced generation, so the cancellation certainly lands mid-row.
-    long = make_request("long", max_new_tokens=12_000, min_new_tokens=12_000)
+    long = make_request("long", max_new_tokens=12_000)
     task = asyncio.create_task(engine.generate(long, listener))
     await until(lambda: len(listener.tokens) >= 1)
-    before = engine.stats["tokens_generated"]
+    before = engine.stats().tokens_generated
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     await _worker_idle(engine)
-    assert engine.stats["cancelled_rows"] == 1
-    assert engine.stats["tokens_generated"] - before < 12_000
+    assert engine.stats().cancelled_rows == 1
+    assert engine.stats().tokens_generated - before < 12_000
     after = await engine.generate(make_request("next", max_new_tokens=5), NullListener())
     assert after.completion_tokens == 5
 
@@ -187,13 +188,12 @@ async def test_deadline_abandons_request(engine_factory: EngineFactory) -> None:
         # tokens take (seconds even with the preallocated cache).
         "soon",
         max_new_tokens=12_000,
-        min_new_tokens=12_000,
         deadline=time.monotonic() + 1.5,
     )
     with pytest.raises(TimeoutError):
         await engine.generate(soon, NullListener())
     await _worker_idle(engine)
-    assert engine.stats["cancelled_rows"] == 1
+    assert engine.stats().cancelled_rows == 1
 
 
 async def test_progress_is_monotonic_and_ends_at_completion(engine_factory: EngineFactory) -> None:
@@ -212,8 +212,8 @@ async def test_per_row_budgets_and_min_tokens(engine_factory: EngineFactory) -> 
     engine = await engine_factory(max_batch_size=3, batch_wait_ms=60_000, max_new_tokens=120)
     requests = [
         make_request("x", max_new_tokens=7, seed=5),
-        make_request("y", max_new_tokens=60, min_new_tokens=60, seed=6),
-        make_request("z", max_new_tokens=3000, min_new_tokens=10, seed=7),
+        make_request("y", max_new_tokens=60, seed=6),
+        make_request("z", max_new_tokens=3000, seed=7),
     ]
     results = await asyncio.gather(*(engine.generate(r, NullListener()) for r in requests))
     # Rows of different budgets share steps. With prefill overlap the short row may run its 7
@@ -235,9 +235,9 @@ async def test_invalid_requests_and_lifecycle(
     with pytest.raises(EngineNotReady):
         await engine.generate(make_request("early"), NullListener())
     started = await engine_factory()
-    assert started.ready and started.untrained and started.constrained
-    assert started.model_name == "internvl-demo-tiny"
-    assert started.model_revision.startswith("cfg-")
+    assert started.ready and started.info.untrained and started.info.constrained
+    assert started.info.model_name == "internvl-demo-tiny"
+    assert started.info.model_revision.startswith("cfg-")
     with pytest.raises(ValueError, match="placeholders"):
         await started.generate(make_request("bad", prompt="no placeholder"), NullListener())
     wrong_size = GenerationRequest("px", "<image>", np.zeros((1, 3, 224, 224), np.float32), (1,), 4)

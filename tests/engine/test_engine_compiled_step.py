@@ -36,21 +36,21 @@ async def test_compiled_decode_step_serves_and_matches_the_model_forward(
     # The warm-up compiled every shape: serving 1 to 3 rows at ever-changing cache widths
     # compiles nothing more (a request never waits for a compilation).
     graphs = _compiled_graphs()
-    steps, row_steps = engine.stats["steps"], engine.stats["row_steps"]
+    steps, row_steps = engine.stats().steps, engine.stats().row_steps
     first = Recorder()
     running = asyncio.create_task(
-        engine.generate(make_request("a", max_new_tokens=120, min_new_tokens=120, seed=1), first)
+        engine.generate(make_request("a", max_new_tokens=120, seed=1), first)
     )
     await until(lambda: len(first.tokens) >= 2)  # "a" is mid-generation; the others join it
     late = [
-        make_request("b", "Only text here.", (), max_new_tokens=9, min_new_tokens=9, seed=2),
-        make_request("c", max_new_tokens=15, min_new_tokens=15, seed=3),
+        make_request("b", "Only text here.", (), max_new_tokens=9, seed=2),
+        make_request("c", max_new_tokens=15, seed=3),
     ]
     joined = await asyncio.gather(*(engine.generate(r, NullListener()) for r in late))
     result = await running
     assert [result.completion_tokens] + [r.completion_tokens for r in joined] == [120, 9, 15]
     # Some steps ran several rows: the batch size changed under the compiled step.
-    assert engine.stats["row_steps"] - row_steps > engine.stats["steps"] - steps
+    assert engine.stats().row_steps - row_steps > engine.stats().steps - steps
     assert _compiled_graphs() == graphs
 
     # Numerics of the compiled step, on the idle engine's own decoder, against the model.

@@ -52,8 +52,8 @@ async def test_random_model_output_validates_against_schema(
     for result in results[:3]:
         assert result.constrained
         assert result.finish_reason == "stop"
-        assert result.extra["schema_complete"] is True
-        assert "constraint_error" not in result.extra
+        assert result.schema_complete is True
+        assert result.constraint_error is None
         jsonschema.validate(json.loads(result.text), SCHEMA)
     assert results[3].constrained is False
     assert results[3].completion_tokens == 30
@@ -84,9 +84,9 @@ async def test_masks_computed_beside_the_step_are_the_masks_after_it(
         results = await asyncio.gather(*(engine.generate(r, _Null()) for r in requests))
         texts[overlap] = [r.text for r in results]
         # Steps with masked rows had their masks computed on the helper thread, or none did.
-        assert (engine.stats["overlapped_masks"] > 0) is overlap
+        assert (engine.stats().overlapped_masks > 0) is overlap
         for result, schema in zip(results[:3], schemas, strict=True):
-            assert result.extra["schema_complete"] is True, result.extra
+            assert result.schema_complete is True, result
             jsonschema.validate(json.loads(result.text), schema)
         assert results[3].constrained is False
         await engine.stop()
@@ -103,10 +103,10 @@ async def test_a_lone_row_computes_its_mask_on_the_step_thread(
     result = await engine.generate(
         make_request("alone", max_new_tokens=200, seed=3, json_schema=schema), _Null()
     )
-    assert result.extra["schema_complete"] is True, result.extra
+    assert result.schema_complete is True, result
     jsonschema.validate(json.loads(result.text), schema)
-    assert engine.stats["overlapped_masks"] == 0
-    assert engine.stats["steps"] > 0
+    assert engine.stats().overlapped_masks == 0
+    assert engine.stats().steps > 0
 
 
 def test_bad_schema_is_rejected() -> None:

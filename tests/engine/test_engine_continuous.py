@@ -42,7 +42,7 @@ async def test_rows_joining_a_running_batch_get_their_solo_outputs(
 ) -> None:
     engine = await engine_factory(max_batch_size=4, progress_every_tokens=1)
     assert isinstance(engine, ContinuousEngine) and engine.continuous
-    first = make_request("first", max_new_tokens=160, min_new_tokens=160, seed=1)
+    first = make_request("first", max_new_tokens=160, seed=1)
     # Admitted in this order, finishing in this order: each leaves a slot below live rows.
     late = [
         make_request("short", max_new_tokens=6, seed=4),
@@ -62,13 +62,13 @@ async def test_rows_joining_a_running_batch_get_their_solo_outputs(
     # Rows left in the middle of the batch (slots compacted), yet every output is the solo one.
     solo = await _solo(engine_factory, [first, *late])
     assert [result.text] + [r.text for r in joined] == solo
-    assert engine.stats["prefills"] == 1 + 4  # warm-up + four rows, each prefilled alone
+    assert engine.stats().prefills == 1 + 4  # warm-up + four rows, each prefilled alone
 
 
 async def test_cache_grows_while_rows_are_live(engine_factory: EngineFactory) -> None:
     engine = await engine_factory(max_batch_size=2)
     assert isinstance(engine, ContinuousEngine) and engine._decoder is not None
-    small = make_request("small", max_new_tokens=120, min_new_tokens=120, seed=5)
+    small = make_request("small", max_new_tokens=120, seed=5)
     listener = Recorder()
     running = asyncio.create_task(engine.generate(small, listener))
     await until(lambda: len(listener.tokens) >= 1)
@@ -95,7 +95,7 @@ async def test_grammar_rows_and_plain_rows_share_steps(engine_factory: EngineFac
     ]
     results = await asyncio.gather(*(engine.generate(r, NullListener()) for r in requests))
     constrained, plain = results
-    assert constrained.constrained and constrained.extra["schema_complete"] is True
+    assert constrained.constrained and constrained.schema_complete is True
     assert constrained.finish_reason == "stop"
     assert not plain.constrained and plain.completion_tokens == 30
     assert [r.text for r in results] == await _solo(engine_factory, requests)
@@ -105,11 +105,9 @@ async def test_cancelled_row_leaves_and_the_others_continue(engine_factory: Engi
     engine = await engine_factory(max_batch_size=4, max_new_tokens=12_000)
     doomed_listener, kept_listener = Recorder(), Recorder()
     doomed = asyncio.create_task(
-        engine.generate(
-            make_request("doomed", max_new_tokens=12_000, min_new_tokens=12_000), doomed_listener
-        )
+        engine.generate(make_request("doomed", max_new_tokens=12_000), doomed_listener)
     )
-    kept_request = make_request("kept", max_new_tokens=64, min_new_tokens=64, seed=9)
+    kept_request = make_request("kept", max_new_tokens=64, seed=9)
     kept = asyncio.create_task(engine.generate(kept_request, kept_listener))
     await until(lambda: bool(doomed_listener.tokens) and bool(kept_listener.tokens))
     doomed.cancel()
@@ -117,7 +115,7 @@ async def test_cancelled_row_leaves_and_the_others_continue(engine_factory: Engi
         await doomed
     result: GenerationResult = await kept
     await until(lambda: engine.running_rows() == 0)
-    assert engine.stats["cancelled_rows"] == 1
+    assert engine.stats().cancelled_rows == 1
     assert result.completion_tokens == 64
     assert [result.text] == await _solo(engine_factory, [kept_request])
 
@@ -130,7 +128,7 @@ async def test_unsupported_model_falls_back_to_request_level_batching(
     assert isinstance(engine, ContinuousEngine) and not engine.continuous
     result = await engine.generate(make_request("r", max_new_tokens=9), NullListener())
     assert result.completion_tokens == 9
-    assert "batch_id" in result.extra  # answered by the request-level scheduler
+    assert engine.info.runner == "generate"  # answered by the request-level scheduler
 
 
 def test_supports_names_what_it_cannot_drive(engine_factory: EngineFactory) -> None:

@@ -11,7 +11,8 @@ from multiprocessing.connection import Connection
 import numpy as np
 import pytest
 
-from inference_svc.engine.pixel_slabs import SlabReceiver, SlabRef, SlabSender, available
+from inference_svc.engine.messages import SlabOffer, SlabRef
+from inference_svc.engine.pixel_slabs import SlabReceiver, SlabSender, available
 
 pytestmark = pytest.mark.skipif(not available(), reason="no memfd_create on this platform")
 
@@ -36,9 +37,9 @@ def tiles(count: int, seed: int, dtype: type = np.uint8) -> np.ndarray:
 def deliver(child: Connection, receiver: SlabReceiver) -> None:
     """What the engine process's reader does with the slab announcements waiting for it."""
     while child.poll(0):
-        kind, number, size = child.recv()
-        assert kind == "slab"
-        receiver.add(child, number, size)
+        offer = child.recv()
+        assert isinstance(offer, SlabOffer)
+        receiver.add(child, offer.number, offer.size)
 
 
 def test_tiles_arrive_intact_and_a_given_back_slab_is_reused(

@@ -77,7 +77,7 @@ async def test_running_rows_keep_stepping_while_a_prefill_runs(
     engine_factory: EngineFactory, held_prefill: HeldPrefill
 ) -> None:
     engine = await _overlapping(engine_factory, max_batch_size=4, progress_every_tokens=1)
-    first = make_request("first", max_new_tokens=120, min_new_tokens=120, seed=1)
+    first = make_request("first", max_new_tokens=120, seed=1)
     listener = Recorder()
     running = asyncio.create_task(engine.generate(first, listener))
     await until(lambda: len(listener.tokens) >= 2)
@@ -109,7 +109,7 @@ async def test_request_cancelled_during_its_prefill_frees_its_slot(
         await doomed
     release.set()
     await until(lambda: engine.running_rows() == 0)
-    assert engine.stats["cancelled_rows"] == 1
+    assert engine.stats().cancelled_rows == 1
     # One slot in all: the next request runs only if the cancelled one gave it back.
     result = await engine.generate(make_request("next", max_new_tokens=5), NullListener())
     assert result.completion_tokens == 5

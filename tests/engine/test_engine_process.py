@@ -14,6 +14,7 @@ import numpy as np
 import psutil
 import pytest
 
+from bench.baseline import ForcedLength, bench_engine
 from inference_svc.engine.api import (
     EngineNotReady,
     EngineOverloaded,
@@ -21,8 +22,8 @@ from inference_svc.engine.api import (
     NullListener,
 )
 from inference_svc.engine.config import EngineConfig
-from inference_svc.engine.factory import create_engine
-from inference_svc.engine.process import ProcessEngine
+from inference_svc.engine.process_client import ProcessEngine
+from inference_svc.engine.runtime import create_engine
 
 from .conftest import EngineFactory, Recorder, make_request, until
 
@@ -36,15 +37,14 @@ def process_config(model_cache: Path) -> EngineConfig:
         max_batch_size=2,
         max_queue_size=2,
         max_new_tokens=12_000,
-        progress_every_tokens=4,
         torch_threads=1,
-        process_nice=3,
+        worker_nice=3,
     )
 
 
 @pytest.fixture
 async def engine(process_config: EngineConfig) -> AsyncIterator[ProcessEngine]:
-    engine = create_engine(process_config)
+    engine = bench_engine(ForcedLength("local"), process_config)
     assert isinstance(engine, ProcessEngine)
     await engine.start()
     yield engine
@@ -54,8 +54,8 @@ async def engine(process_config: EngineConfig) -> AsyncIterator[ProcessEngine]:
 async def test_answers_equal_the_in_process_engine(
     engine: ProcessEngine, engine_factory: EngineFactory
 ) -> None:
-    assert engine.ready and engine.untrained
-    assert engine.model_name == "internvl-demo-tiny" and engine.loaded.continuous
+    assert engine.ready and engine.info.untrained
+    assert engine.info.model_name == "internvl-demo-tiny" and engine.info.runner == "slot"
     # Bulk work: the child runs at a lower priority than the server that started it.
     assert engine.pid is not None and engine.pid != os.getpid()
     assert psutil.Process(engine.pid).nice() == min(19, os.nice(0) + 3)
@@ -79,7 +79,7 @@ async def test_answers_equal_the_in_process_engine(
     local = [await local_engine.generate(r, NullListener()) for r in requests]
     assert [r.text for r in remote] == [r.text for r in local]
     assert [r.completion_tokens for r in remote] == [r.completion_tokens for r in local]
-    assert remote[2].constrained and remote[2].extra["schema_complete"] is True
+    assert remote[2].constrained and remote[2].schema_complete is True
     # The listener saw the child's events, in order, on this event loop.
     assert listener.queued[0] >= 1 and listener.started == 1
     counts = [count for count, _ in listener.tokens]
@@ -87,16 +87,18 @@ async def test_answers_equal_the_in_process_engine(
     assert listener.tokens[-1][1] == remote[0].text
     # Counting tokens in the parent agrees with the child's tokenizer.
     assert engine.count_prompt_tokens(requests[1].prompt, (1, 2)) == remote[1].prompt_tokens
-    assert engine.stats["rows"] >= 4
+    assert engine.stats().rows >= 4
     # The tiles went through shared memory (the equal answers above say they arrived intact).
-    assert engine.tile_transfers["shared"] == len(requests)
+    assert engine.stats().tiles_shared == len(requests)
 
 
 async def test_tiles_beyond_the_shared_memory_budget_are_pickled(
     process_config: EngineConfig, engine_factory: EngineFactory
 ) -> None:
     # 3 MiB of slabs hold a 1-tile request (float32 tiles: 2.4 MB), not a 3-tile one.
-    engine = create_engine(dataclasses.replace(process_config, pixel_buffer_mb=3))
+    engine = bench_engine(
+        ForcedLength("local"), dataclasses.replace(process_config, pixel_buffer_mb=3)
+    )
     assert isinstance(engine, ProcessEngine)
     await engine.start()
     try:
@@ -105,7 +107,8 @@ async def test_tiles_beyond_the_shared_memory_budget_are_pickled(
             make_request("large", "A: <image>\nB: <image>\nSame?", (1, 2), 6, seed=8),
         ]
         remote = [await engine.generate(r, NullListener()) for r in requests]
-        assert engine.tile_transfers == {"shared": 1, "pickled": 1, "slab_bytes": 3 << 20}
+        stats = engine.stats()
+        assert (stats.tiles_shared, stats.tiles_pickled, stats.slab_bytes) == (1, 1, 3 << 20)
     finally:
         await engine.stop()
     local_engine = await engine_factory()
@@ -114,7 +117,7 @@ async def test_tiles_beyond_the_shared_memory_budget_are_pickled(
 
 
 async def test_cancel_deadline_and_full_queue(engine: ProcessEngine) -> None:
-    endless = dict(max_new_tokens=12_000, min_new_tokens=12_000)
+    endless = dict(max_new_tokens=12_000)
     first, second = Recorder(), Recorder()
     running = [
         asyncio.create_task(engine.generate(make_request("r0", **endless), first)),  # type: ignore[arg-type]
@@ -142,7 +145,7 @@ async def test_cancel_deadline_and_full_queue(engine: ProcessEngine) -> None:
         await engine.generate(late, NullListener())
     done = await asyncio.gather(*queued)
     assert [r.completion_tokens for r in done] == [4, 4]
-    assert engine.stats["cancelled_rows"] >= 2
+    assert engine.stats().cancelled_rows >= 2
 
 
 async def test_bad_requests_keep_their_error_types(engine: ProcessEngine) -> None:
@@ -158,12 +161,12 @@ async def test_bad_requests_keep_their_error_types(engine: ProcessEngine) -> Non
 async def test_a_dead_engine_process_fails_calls_and_reports_not_ready(
     process_config: EngineConfig,
 ) -> None:
-    engine = create_engine(process_config)
+    engine = bench_engine(ForcedLength("local"), process_config)
     assert isinstance(engine, ProcessEngine)
     await engine.start()
     try:
         listener = Recorder()
-        endless = make_request("r", max_new_tokens=12_000, min_new_tokens=12_000)
+        endless = make_request("r", max_new_tokens=12_000)
         call = asyncio.create_task(engine.generate(endless, listener))
         await until(lambda: bool(listener.tokens))
         assert engine._process is not None

@@ -42,7 +42,7 @@ async def test_full_spool_refuses_fast_without_reaching_the_engine(tmp_path: Pat
             assert completed >= 1
             stats = app.delivery.spool.stats()
             assert stats.bytes >= 4096
-            rows_before = app.engine.stats["rows"]
+            rows_before = app.engine.stats().rows
 
             async def refused() -> str:
                 try:
@@ -66,13 +66,13 @@ async def test_full_spool_refuses_fast_without_reaching_the_engine(tmp_path: Pat
                 f"\n[spool-full] completed_before_full={completed} spool_bytes={stats.bytes} "
                 f"spooled_events={stats.count} "
                 f"refused={outcomes.count('RESOURCE_EXHAUSTED/EVENT_SPOOL_FULL')} "
-                f"engine_rows_before={rows_before} engine_rows_after={app.engine.stats['rows']} "
+                f"engine_rows_before={rows_before} engine_rows_after={app.engine.stats().rows} "
                 f"rss_before_kib={rss_before} rss_after_kib={rss_after} "
                 f"rss_growth_kib={rss_after - rss_before}"
             )
             assert outcomes == ["RESOURCE_EXHAUSTED/EVENT_SPOOL_FULL"] * 100
             # Refused before fetching or generating anything: the model never saw them.
-            assert app.engine.stats["rows"] == rows_before
+            assert app.engine.stats().rows == rows_before
             assert app.engine.queue_depth() == 0
             # And nothing of theirs was spooled.
             assert app.delivery.spool.stats() == stats

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.seed_style import seed_style_prepare, seed_style_tiles
 from inference_svc.domain.errors import InspectionError, Reason
 from inference_svc.domain.models import FetchedImage, ImageRole, ImageSource
 from inference_svc.engine.pixels import normalise_array
@@ -24,8 +25,6 @@ from inference_svc.imaging.tiling import (
     image_to_tiles,
     prepare_image,
     resize_planar,
-    seed_style_prepare,
-    seed_style_tiles,
     target_ratios,
 )
 from inference_svc.model_inputs import IMAGENET_MEAN, IMAGENET_STD

@@ -23,7 +23,7 @@ async def test_client_cancelling_a_stream_stops_its_generation(
     persistence_stub: ppb_grpc.PersistenceServiceStub,
     image_server: ImageServer,
 ) -> None:
-    cancelled_before = inference_app.engine.stats["cancelled_rows"]
+    cancelled_before = inference_app.engine.stats().cancelled_rows
     inspection_id = str(uuid.uuid4())
     # Many questions: the output is hundreds of tokens long, so the generation is certainly still
     # running when the cancellation arrives a few tokens in.
@@ -40,10 +40,10 @@ async def test_client_cancelling_a_stream_stops_its_generation(
             break
     # The row is forced to finish at its next step; the engine counts it as cancelled.
     for _ in range(200):
-        if inference_app.engine.stats["cancelled_rows"] > cancelled_before:
+        if inference_app.engine.stats().cancelled_rows > cancelled_before:
             break
         await asyncio.sleep(0.05)
-    assert inference_app.engine.stats["cancelled_rows"] == cancelled_before + 1
+    assert inference_app.engine.stats().cancelled_rows == cancelled_before + 1
     record = await wait_for_record(persistence_stub, inspection_id, ppb.INSPECTION_STATUS_FAILED)
     assert record.failure.reason == "CANCELLED"
     assert record.failure.stage == "generate"

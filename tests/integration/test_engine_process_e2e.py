@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 
 from inference_svc.app import InferenceApp
-from inference_svc.engine.process import ProcessEngine
+from inference_svc.engine.process_client import ProcessEngine
 from persistence_svc.app import PersistenceApp
 from svc_common.health import LIVENESS_SERVICE
 from tests.support.e2e import QUESTIONS, ImageServer, inference_settings, make_request

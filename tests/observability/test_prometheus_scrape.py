@@ -91,9 +91,6 @@ async def scraped(
                     persistence.target,
                     metrics_port=0,
                     metrics_host="127.0.0.1",
-                    # Long enough for the concurrent inspections to share one generate batch:
-                    # on a busy CPU, one after the other doubles the test's time.
-                    batch_wait_ms=1000,
                 )
             )
             await inference.start()

@@ -9,7 +9,8 @@ import pytest
 
 from inference_svc.domain.prompt import PromptTemplate
 from inference_svc.pipeline import InspectionPipeline, PipelineConfig
-from tests.pipeline.fakes import FakeEngine, FakeFetcher, MemoryRecorder, prepare
+from tests.pipeline.fakes import FakeFetcher, MemoryRecorder, prepare
+from tests.support.fake_engine import FakeEngine
 
 Build = Callable[..., InspectionPipeline]
 

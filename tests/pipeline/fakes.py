@@ -1,7 +1,6 @@
 """A deterministic in-test engine, image source and recorder for the pipeline's unit tests.
 
-The fake engine implements today's Engine protocol: it replays scripted outputs, one per
-generate call, streaming each a few characters per "token" through the listener."""
+The engine is tests/support/fake_engine.py's."""
 
 from __future__ import annotations
 
@@ -26,7 +25,6 @@ from inference_svc.domain.models import (
     Question,
 )
 from inference_svc.domain.recording import ImageInfo
-from inference_svc.engine.api import GenerationListener, GenerationRequest, GenerationResult
 
 QUESTIONS = (
     Question("Brand", "Is the brand visible?", "Yes", True),
@@ -83,65 +81,6 @@ def answer(label: str, result: Any, confidence: Any = 90, retake: Any = False) -
 
 
 VALID = output([answer("Is the brand visible?", "Yes"), answer("What is the colour?", "Red")])
-
-
-@dataclass
-class FakeEngine:
-    outputs: list[str]
-    constrained: bool = True
-    chars_per_token: int = 8
-    # When set, generation waits for it after the first token (a long generation).
-    hold: asyncio.Event | None = None
-    queue_first: bool = False
-    fail_with: BaseException | None = None
-    requests: list[GenerationRequest] = field(default_factory=list)
-    ready: bool = True
-    model_name: str = "fake-model"
-    model_revision: str = "rev-1"
-    untrained: bool = True
-
-    def queue_depth(self) -> int:
-        return 0
-
-    def count_prompt_tokens(self, prompt: str, tiles_per_image: tuple[int, ...]) -> int:
-        return len(prompt.split()) + 256 * sum(tiles_per_image)
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    async def generate(
-        self, request: GenerationRequest, listener: GenerationListener
-    ) -> GenerationResult:
-        self.requests.append(request)
-        if self.fail_with is not None:
-            raise self.fail_with
-        if self.queue_first:
-            listener.on_queued(1)
-            await asyncio.sleep(0)
-        listener.on_started()
-        text = self.outputs.pop(0)
-        tokens = 0
-        for end in range(
-            self.chars_per_token, len(text) + self.chars_per_token, self.chars_per_token
-        ):
-            tokens += 1
-            wants_text = getattr(listener, "wants_text", True)
-            listener.on_tokens(tokens, text[:end] if wants_text else "")
-            if self.hold is not None:
-                await self.hold.wait()
-            await asyncio.sleep(0)
-        return GenerationResult(
-            text=text,
-            prompt_tokens=self.count_prompt_tokens(request.prompt, request.tiles_per_image),
-            completion_tokens=tokens,
-            queue_seconds=0.001,
-            prefill_seconds=0.002,
-            decode_seconds=0.003,
-            constrained=request.json_schema is not None,
-        )
 
 
 @dataclass

@@ -22,7 +22,8 @@ from inference_svc.domain.models import (
 )
 from inference_svc.engine.api import EngineNotReady, EngineOverloaded
 from tests.pipeline.conftest import Build
-from tests.pipeline.fakes import VALID, FakeEngine, FakeFetcher, MemoryRecorder, request
+from tests.pipeline.fakes import VALID, FakeFetcher, MemoryRecorder, request
+from tests.support.fake_engine import FakeEngine
 
 
 async def test_inspection_end_to_end_records_request_attempt_and_result(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 import pytest
 from rpi.persistence.v1 import persistence_pb2 as ppb
 
+from inference_svc.domain.errors import Stage
 from inference_svc.events.delivery import EventDelivery
 from inference_svc.events.recorder import SpoolingRecorder
 
@@ -24,19 +25,13 @@ class CapturingDelivery:
         self.events += [ppb.Event.FromString(data) for _, data in items]
 
 
-@pytest.mark.parametrize(
-    ("stage", "expected"),
-    [
-        ("fetch", ppb.FAILURE_STAGE_FETCH),
-        ("generate", ppb.FAILURE_STAGE_GENERATE),
-        ("record", ppb.FAILURE_STAGE_RECORD),
-        ("not-a-stage", ppb.FAILURE_STAGE_UNSPECIFIED),
-    ],
-)
-async def test_failure_carries_the_stage_enum_and_string(stage: str, expected: Any) -> None:
+@pytest.mark.parametrize("stage", list(Stage))
+async def test_failure_carries_the_stage_enum_and_string(stage: Stage) -> None:
     delivery = CapturingDelivery()
     recorder = SpoolingRecorder(cast(EventDelivery, delivery))
     await recorder.failure("id-1", stage, "IMAGE_FETCH_FAILED", "boom", "INVALID_ARGUMENT")
     (event,) = delivery.events
-    assert event.failure_recorded.stage == stage
+    assert event.failure_recorded.stage == stage.value
+    # Every stage the pipeline records has its own enum value on the wire.
+    expected = ppb.FailureStage.Value(f"FAILURE_STAGE_{stage.name}")
     assert event.failure_recorded.failure_stage == expected

@@ -46,7 +46,6 @@ TIERS: dict[str, str] = {
     "protos/": UNIT,
     "security/": UNIT,  # loopback gRPC servers in-process, real certificates and keys
     "test_app_settings.py": UNIT,
-    "test_fake_engine.py": UNIT,
     "test_layering.py": UNIT,
     "test_priority.py": UNIT,
     "test_tiers.py": UNIT,

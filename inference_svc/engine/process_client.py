@@ -8,11 +8,8 @@ decode step measured 3 ms alone and 250 ms next to a pure-Python thread. Here th
 keeps the event-loop side (admission, queue bound, deadlines, listeners) and talks to it over
 a pipe:
 
-parent -> child: ``("generate", id, request, wants_text, slab_ref)``, ``("cancel", id)``,
-``("stop",)``, ``("slab", number, size)`` followed by the slab's descriptor
-child -> parent: ``("ready", info, stats)``, ``("failed", text)``, ``("queued", id, position)``,
-``("started", id)``, ``("tokens", id, count, text)``, ``("done", id, result, stats)``,
-``("error", id, exception, stats)``, ``("cancelled", id, stats)``, ``("released", number)``
+parent and child exchange the frozen dataclasses of :mod:`.messages`; the child side is
+:mod:`.process_child`.
 
 Requests are pickled on a sender thread, never on the event loop. Their tiles (megabytes)
 travel through shared-memory slabs when one is free (``slab_ref``; see :mod:`.pixel_slabs`),
@@ -30,55 +27,55 @@ import dataclasses
 import itertools
 import logging
 import multiprocessing
-import pickle
 import queue
 import shutil
-import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from transformers import AutoTokenizer
 
-from inference_svc.priority import lower_process_priority
-
 from .api import (
+    EngineInfo,
     EngineNotReady,
     EngineOverloaded,
+    EngineStats,
     GenerationListener,
     GenerationRequest,
     GenerationResult,
 )
-from .batched import BatchedEngine, _safe
+from .batched import _safe
 from .config import EngineConfig
-from .loader import Runtime
-from .pixel_slabs import SlabReceiver, SlabSender, available
+from .continuous import ContinuousEngine
+from .messages import (
+    Cancel,
+    Cancelled,
+    Done,
+    Errored,
+    Failed,
+    FromEngine,
+    Generate,
+    Queued,
+    Ready,
+    Released,
+    RemoteModel,
+    Started,
+    Stop,
+    ToEngine,
+    Tokens,
+)
+from .pixel_slabs import SlabSender, available
+from .process_child import EngineFactory, child_main
 from .prompting import build_prompt
 
 logger = logging.getLogger(__name__)
 
 # The pixels of a request whose tiles wait in a slab.
 _NO_PIXELS = np.empty((0,), dtype=np.uint8)
-
-
-@dataclass(frozen=True)
-class RemoteModel:
-    """What the parent knows about the model loaded in the child."""
-
-    name: str
-    revision: str
-    untrained: bool
-    tokens_per_tile: int
-    image_size: int
-    runtime: Runtime
-    continuous: bool
-    tokenizer_dir: str
 
 
 @dataclass(eq=False)
@@ -92,14 +89,22 @@ class ProcessEngine:
     """Implements :class:`inference_svc.engine.api.Engine` by driving an engine in a child
     process (the one ``create_engine`` builds for the same config, in-process there)."""
 
-    def __init__(self, config: EngineConfig, *, log_level: str = "INFO") -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        log_level: str = "INFO",
+        engine_factory: EngineFactory | None = None,
+    ) -> None:
         self.config = config
+        # Builds the child's in-process engine (a module-level function: it is pickled).
+        self._engine_factory = engine_factory or ContinuousEngine
         self._log_level = log_level
         self._model: RemoteModel | None = None
         self._tokenizer: Any = None
         self._process: Any = None
         self._conn: Connection | None = None
-        self._outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[ToEngine | None] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._calls: dict[int, _Call] = {}
         self._ids = itertools.count(1)
@@ -111,41 +116,50 @@ class ProcessEngine:
         self._threads: list[threading.Thread] = []
         self._slabs: SlabSender | None = None
         # The child's counters, as of its last answer.
-        self.stats: dict[str, int] = {}
+        self._stats = EngineStats()
+        self._by_request: dict[str, int] = {}  # request id -> call id, for cancel()
         # Called on the event loop when the child exits unexpectedly.
         self.on_exit: Callable[[], None] | None = None
 
     # --- Engine protocol -------------------------------------------------------------------
     @property
-    def model_name(self) -> str:
-        return self._model.name if self._model else ""
+    def info(self) -> EngineInfo:
+        model = self._model
+        cfg = self.config
+        return EngineInfo(
+            model_name=model.name if model else "",
+            model_revision=model.revision if model else cfg.model_revision,
+            untrained=model.untrained if model else cfg.model_path is None,
+            constrained=cfg.constrained_decoding,
+            streams_text=True,
+            device=str(model.runtime.device) if model else cfg.device,
+            dtype=str(model.runtime.dtype).removeprefix("torch.") if model else cfg.dtype,
+            runner=model.runner if model else "",
+            max_batch_size=cfg.max_batch_size,
+        )
 
-    @property
-    def model_revision(self) -> str:
-        return self._model.revision if self._model else self.config.model_revision
+    def stats(self) -> EngineStats:
+        slabs = self._slabs
+        return dataclasses.replace(
+            self._stats,
+            running_rows=self.running_rows(),
+            tiles_shared=slabs.shared if slabs else 0,
+            tiles_pickled=slabs.pickled if slabs else 0,
+            slab_bytes=slabs.slab_bytes if slabs else 0,
+        )
 
-    @property
-    def untrained(self) -> bool:
-        return self._model.untrained if self._model else self.config.model_path is None
-
-    @property
-    def constrained(self) -> bool:
-        return self.config.constrained_decoding
+    def cancel(self, request_id: str) -> None:
+        call_id = self._by_request.get(request_id)
+        call = self._calls.get(call_id) if call_id is not None else None
+        if call_id is not None and call is not None and not call.future.done():
+            call.future.cancel()
+            self._outbox.put(Cancel(call_id))
 
     @property
     def pid(self) -> int | None:
         """The engine process's id while it runs (logs, debugging, tests)."""
         process = self._process
         return int(process.pid) if process is not None and process.pid is not None else None
-
-    @property
-    def tile_transfers(self) -> dict[str, int]:
-        """Requests whose tiles went through shared memory and through the pipe (tests,
-        benchmarks)."""
-        slabs = self._slabs
-        if slabs is None:
-            return {"shared": 0, "pickled": 0, "slab_bytes": 0}
-        return {"shared": slabs.shared, "pickled": slabs.pickled, "slab_bytes": slabs.slab_bytes}
 
     @property
     def ready(self) -> bool:
@@ -166,7 +180,7 @@ class ProcessEngine:
     def count_prompt_tokens(self, prompt: str, tiles_per_image: tuple[int, ...]) -> int:
         model = self.loaded
         text = build_prompt(
-            prompt, tiles_per_image, model.tokens_per_tile, self.config.system_message
+            prompt, tiles_per_image, model.tokens_per_image_tile, self.config.system_message
         )
         return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -183,7 +197,7 @@ class ProcessEngine:
         inner = dataclasses.replace(self.config, engine_process=False)
         self._process = context.Process(
             target=child_main,
-            args=(inner, child_end, self._log_level),
+            args=(inner, child_end, self._log_level, self._engine_factory),
             name="model-engine",
             daemon=True,
         )
@@ -215,7 +229,7 @@ class ProcessEngine:
             model.name,
             model.revision,
             model.runtime.device,
-            "continuous batching" if model.continuous else "request-level batching",
+            f"{model.runner} runner",
         )
 
     async def stop(self) -> None:
@@ -224,7 +238,7 @@ class ProcessEngine:
         if self._process is None:
             return
         if self._exited is not None and not self._exited.is_set():
-            self._outbox.put(("stop",))
+            self._outbox.put(Stop())
             # The child finishes the rows it is generating, then exits.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(60):
@@ -247,9 +261,10 @@ class ProcessEngine:
         call_id = next(self._ids)
         call = _Call(self._loop.create_future(), listener)
         self._calls[call_id] = call
+        self._by_request[request.request_id] = call_id
         self._waiting += 1
         wants_text = bool(getattr(listener, "wants_text", True))
-        self._outbox.put(("generate", call_id, request, wants_text))
+        self._outbox.put(Generate(call_id, request, wants_text))
         # Shielded: our caller's cancellation must reach the child as a message, not cancel
         # the future the receiver resolves.
         try:
@@ -260,10 +275,12 @@ class ProcessEngine:
         except (asyncio.CancelledError, TimeoutError):
             if not call.future.done():
                 call.future.cancel()
-                self._outbox.put(("cancel", call_id))
+                self._outbox.put(Cancel(call_id))
             raise
         finally:
             self._forget(call_id)
+            if self._by_request.get(request.request_id) == call_id:
+                del self._by_request[request.request_id]
 
     # --- plumbing --------------------------------------------------------------------------
     def _forget(self, call_id: int) -> None:
@@ -279,26 +296,20 @@ class ProcessEngine:
             if message is None:
                 return
             try:
-                if message[0] == "generate":
+                if isinstance(message, Generate):
                     message = self._with_shared_tiles(message)
                 conn.send(message)
             except (OSError, ValueError):
                 return  # the child is gone; the receiver reports it
 
-    def _with_shared_tiles(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
+    def _with_shared_tiles(self, message: Generate) -> Generate:
         """The generate message with its tiles moved into a slab, when one is free."""
-        _, call_id, request, wants_text = message
-        pixels = request.pixel_values
+        pixels = message.request.pixel_values
         ref = self._slabs.put(pixels) if self._slabs is not None and pixels.size else None
         if ref is None:
-            return (*message, None)
-        return (
-            "generate",
-            call_id,
-            dataclasses.replace(request, pixel_values=_NO_PIXELS),
-            wants_text,
-            ref,
-        )
+            return message
+        request = dataclasses.replace(message.request, pixel_values=_NO_PIXELS)
+        return Generate(message.call_id, request, message.wants_text, ref)
 
     def _receive(self) -> None:
         conn = self._conn
@@ -306,49 +317,49 @@ class ProcessEngine:
         assert conn is not None and loop is not None
         while True:
             try:
-                message = conn.recv()
+                message: FromEngine = conn.recv()
             except (EOFError, OSError, TypeError):  # TypeError: closed under us at shutdown
                 break
             except Exception:  # an unpicklable message must not kill the receiver
                 logger.exception("bad message from the engine process")
                 continue
-            if message[0] == "released":
+            if isinstance(message, Released):
                 if self._slabs is not None:
-                    self._slabs.release(message[1])
+                    self._slabs.release(message.slab)
                 continue
             loop.call_soon_threadsafe(self._dispatch, message)
         with contextlib.suppress(RuntimeError):  # the loop may be closed at interpreter exit
             loop.call_soon_threadsafe(self._on_exit)
 
-    def _dispatch(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "ready":
-            self.stats = message[2]
-            if self._started is not None and not self._started.done():
-                self._started.set_result(message[1])
+    def _dispatch(self, message: FromEngine) -> None:
+        started = self._started
+        if isinstance(message, Ready):
+            self._stats = message.stats
+            if started is not None and not started.done():
+                started.set_result(message.model)
             return
-        if kind == "failed":
-            if self._started is not None and not self._started.done():
-                self._started.set_exception(RuntimeError(f"engine process: {message[1]}"))
+        if isinstance(message, Failed):
+            if started is not None and not started.done():
+                started.set_exception(RuntimeError(f"engine process: {message.reason}"))
             return
-        call = self._calls.get(message[1])
-        if kind in ("done", "error", "cancelled"):
-            self.stats = message[-1]
+        if isinstance(message, Done | Errored | Cancelled):
+            self._stats = message.stats
+        call = self._calls.get(getattr(message, "call_id", -1))
         if call is None:
             return
-        if kind == "queued":
-            _safe(call.listener.on_queued, message[2])
-        elif kind == "started":
+        if isinstance(message, Queued):
+            _safe(call.listener.on_queued, message.position)
+        elif isinstance(message, Started):
             if not call.started:
                 call.started = True
                 self._waiting -= 1
             _safe(call.listener.on_started)
-        elif kind == "tokens":
-            _safe(call.listener.on_tokens, message[2], message[3])
-        elif kind == "done" and not call.future.done():
-            call.future.set_result(message[2])
-        elif kind == "error" and not call.future.done():
-            call.future.set_exception(message[2])
+        elif isinstance(message, Tokens):
+            _safe(call.listener.on_tokens, message.count, message.text)
+        elif isinstance(message, Done) and not call.future.done():
+            call.future.set_result(message.result)
+        elif isinstance(message, Errored) and not call.future.done():
+            call.future.set_exception(message.error)
 
     def _on_exit(self) -> None:
         was_ready = self._ready
@@ -384,144 +395,3 @@ class ProcessEngine:
         slabs, self._slabs = self._slabs, None
         if slabs is not None:
             slabs.close()
-
-
-def _portable(exc: Exception) -> Exception:
-    """The exception itself when it survives pickling (the parent raises the same type),
-    else a RuntimeError with its text."""
-    try:
-        pickle.loads(pickle.dumps(exc))  # noqa: S301 - our own bytes, a round-trip probe
-    except Exception:
-        return RuntimeError(f"{type(exc).__name__}: {exc}")
-    return exc
-
-
-# --- child process -------------------------------------------------------------------------
-class _PipeListener:
-    def __init__(self, call_id: int, conn: Connection, wants_text: bool) -> None:
-        self._id = call_id
-        self._conn = conn
-        self.wants_text = wants_text
-
-    def on_queued(self, position: int) -> None:
-        self._conn.send(("queued", self._id, position))
-
-    def on_started(self) -> None:
-        self._conn.send(("started", self._id))
-
-    def on_tokens(self, tokens_generated: int, text_so_far: str) -> None:
-        self._conn.send(("tokens", self._id, tokens_generated, text_so_far))
-
-
-def child_main(config: EngineConfig, conn: Connection, log_level: str) -> None:
-    """Entry point of the engine process."""
-    from svc_common.logging import configure_logging  # noqa: PLC0415 - child process only
-
-    # The parent owns the drain: a terminal's Ctrl-C or a pod's SIGTERM reaches the process
-    # group, and the child must keep generating until the parent says stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    configure_logging("inference-engine", log_level)
-    lower_process_priority(config.process_nice)
-    try:
-        asyncio.run(_serve_child(config, conn))
-    finally:
-        conn.close()
-
-
-async def _serve_child(config: EngineConfig, conn: Connection) -> None:
-    from .factory import create_engine  # noqa: PLC0415 - the factory imports this module
-
-    engine = create_engine(config)
-    assert isinstance(engine, BatchedEngine), "the child runs an in-process engine"
-    try:
-        await engine.start()
-    except Exception as exc:
-        logger.exception("engine failed to start")
-        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
-        return
-    tokenizer_dir = tempfile.mkdtemp(prefix="rpi-tokenizer-")
-    await asyncio.to_thread(engine.loaded.tokenizer.save_pretrained, tokenizer_dir)
-    loaded = engine.loaded
-    conn.send(
-        (
-            "ready",
-            RemoteModel(
-                name=engine.model_name,
-                revision=engine.model_revision,
-                untrained=engine.untrained,
-                tokens_per_tile=loaded.tokens_per_tile,
-                image_size=loaded.image_size,
-                runtime=loaded.runtime,
-                continuous=bool(getattr(engine, "continuous", False)),
-                tokenizer_dir=str(Path(tokenizer_dir)),
-            ),
-            dict(engine.stats),
-        )
-    )
-    loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()
-
-    slabs = SlabReceiver()
-
-    def receive() -> None:
-        while True:
-            try:
-                message: tuple[Any, ...] | None = conn.recv()
-                if message is not None and message[0] == "slab":
-                    slabs.add(conn, message[1], message[2])
-                    continue
-                if message is not None and message[0] == "generate":
-                    message = _unpack_tiles(message, slabs, loop, conn)
-            except (EOFError, OSError):
-                message = None  # the parent is gone: stop
-            loop.call_soon_threadsafe(inbox.put_nowait, message)
-            if message is None or message[0] == "stop":
-                return
-
-    threading.Thread(target=receive, name="engine-inbox", daemon=True).start()
-    tasks: dict[int, asyncio.Task[None]] = {}
-
-    async def run(call_id: int, request: GenerationRequest, wants_text: bool) -> None:
-        listener = _PipeListener(call_id, conn, wants_text)
-        try:
-            result = await engine.generate(request, listener)
-        except asyncio.CancelledError:
-            conn.send(("cancelled", call_id, dict(engine.stats)))
-        except Exception as exc:
-            conn.send(("error", call_id, _portable(exc), dict(engine.stats)))
-        else:
-            conn.send(("done", call_id, result, dict(engine.stats)))
-        finally:
-            tasks.pop(call_id, None)
-
-    while True:
-        message = await inbox.get()
-        if message is None or message[0] == "stop":
-            break
-        if message[0] == "generate":
-            _, call_id, request, wants_text = message
-            tasks[call_id] = asyncio.create_task(run(call_id, request, wants_text))
-        elif message[0] == "cancel" and message[1] in tasks:
-            tasks[message[1]].cancel()
-    # The parent has drained its calls before it says stop (or it is gone): whatever still
-    # runs here has no one waiting, so its rows leave at the next step.
-    for task in list(tasks.values()):
-        task.cancel()
-    await engine.stop()
-    if tasks:
-        await asyncio.gather(*tasks.values(), return_exceptions=True)
-    shutil.rmtree(tokenizer_dir, ignore_errors=True)
-
-
-def _unpack_tiles(
-    message: tuple[Any, ...], slabs: SlabReceiver, loop: asyncio.AbstractEventLoop, conn: Connection
-) -> tuple[Any, ...]:
-    """A generate message with its tiles back in the request, and its slab given back (the
-    answer is sent from the event loop, the one thread that writes to the parent)."""
-    _, call_id, request, wants_text, ref = message
-    if ref is None:
-        return ("generate", call_id, request, wants_text)
-    pixels = slabs.take(ref)
-    loop.call_soon_threadsafe(conn.send, ("released", ref.slab))
-    return ("generate", call_id, dataclasses.replace(request, pixel_values=pixels), wants_text)

@@ -1,0 +1,26 @@
+"""Defaults shared by the service settings and the engine configuration (one value each).
+
+A neutral module: settings.py must not import the engine, and the engine must not import the
+service's settings.
+"""
+
+from __future__ import annotations
+
+from inference_svc.model_inputs import INTERNVL25_SYSTEM_MESSAGE
+
+MAX_NEW_TOKENS = 2000
+MAX_BATCH_SIZE = 16
+MAX_QUEUE_SIZE = 64
+ENGINE_PROCESS = True
+PIXEL_BUFFER_MB = 128
+WORKER_NICE = 10
+
+__all__ = [
+    "ENGINE_PROCESS",
+    "INTERNVL25_SYSTEM_MESSAGE",
+    "MAX_BATCH_SIZE",
+    "MAX_NEW_TOKENS",
+    "MAX_QUEUE_SIZE",
+    "PIXEL_BUFFER_MB",
+    "WORKER_NICE",
+]
