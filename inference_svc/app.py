@@ -162,6 +162,7 @@ class InferenceApp:
             recorder=recorder,
             executor=self.executor,
             prepare_executor=self.prepare_executor,
+            pixel_budget=self.fetcher.pixel_budget,
             config=PipelineConfig(
                 reference_max_tiles=settings.reference_max_tiles,
                 pickup_max_tiles=settings.pickup_max_tiles,

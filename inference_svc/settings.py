@@ -81,6 +81,14 @@ class InferenceSettings(BaseSettings):
         group="image intake",
         advanced=True,
     )
+    max_request_pixels: int = setting(
+        128_000_000,
+        "Pixels one request's PNG/WebP images may decode to in all (they decode at full size; "
+        "JPEGs decode reduced and do not count).",
+        group="image intake",
+        advanced=True,
+        ge=1,
+    )
     allow_http: bool = setting(
         False, "Accept http:// image URLs (https always).", group="image intake"
     )
@@ -113,7 +121,17 @@ class InferenceSettings(BaseSettings):
         5.0, "Image connect timeout.", group="image intake", advanced=True, gt=0
     )
     fetch_timeout_s: float = setting(
-        20.0, "Image download total timeout.", group="image intake", gt=0
+        20.0,
+        "Image download deadline: all attempts, redirects and backoff together.",
+        group="image intake",
+        gt=0,
+    )
+    fetch_min_bytes_per_s: int = setting(
+        16 * 1024,
+        "Image downloads averaging less (after a 5 s grace) are abandoned at once; 0 = off.",
+        group="image intake",
+        advanced=True,
+        ge=0,
     )
     fetch_retries: int = setting(
         2, "Retries for transient fetch failures.", group="image intake", advanced=True, ge=0

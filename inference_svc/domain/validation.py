@@ -78,15 +78,10 @@ def _check_images(
     for i, image in enumerate(images):
         path = f"{name}[{i}]"
         if image.content is not None:
+            # The size limit is the fetcher's, so an oversized inline image gets the same
+            # reason (IMAGE_TOO_LARGE), field and message as an oversized download.
             if not image.content:
                 violations.append(FieldViolation(f"{path}.content", "empty image content"))
-            elif len(image.content) > limits.max_image_bytes:
-                violations.append(
-                    FieldViolation(
-                        f"{path}.content",
-                        f"{len(image.content)} bytes, at most {limits.max_image_bytes}",
-                    )
-                )
             sources.append(ImageSource(role, i, content=image.content))
         elif image.uri:
             if len(image.uri) > limits.max_uri_length:
