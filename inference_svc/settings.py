@@ -106,7 +106,9 @@ class InferenceSettings(BaseSettings):
     )
     allowed_networks: list[str] = setting(
         description="Non-public networks image URLs may resolve to, JSON list of CIDRs, e.g. "
-        '["127.0.0.1/32"] for a local test server. Narrower than ALLOW_PRIVATE_ADDRESSES.',
+        '["127.0.0.1/32"] for a local test server; "127.0.0.1:8080" admits one port, a CIDR '
+        "without one only the request URL's own port (not a redirect elsewhere). Narrower "
+        "than ALLOW_PRIVATE_ADDRESSES.",
         group="image intake",
         advanced=True,
         default_factory=list,
