@@ -89,7 +89,11 @@ def _check_images(
                     FieldViolation(f"{path}.uri", f"longer than {limits.max_uri_length} characters")
                 )
             else:
-                scheme = urlsplit(image.uri).scheme.lower()
+                try:
+                    scheme = urlsplit(image.uri).scheme.lower()
+                except ValueError:  # an unbalanced bracket ("Invalid IPv6 URL"), for one
+                    violations.append(FieldViolation(f"{path}.uri", "not a valid URI"))
+                    scheme = schemes[0]
                 if scheme not in schemes:
                     violations.append(
                         FieldViolation(

@@ -20,8 +20,8 @@ from grpc_status import rpc_status
 from rpi.inspection.v1 import inspection_pb2 as pb
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 
-from e2e_support import QUESTIONS, inference_settings
 from inference_svc.app import InferenceApp
+from tests.support.e2e import QUESTIONS, inference_settings
 
 
 def _status_kib(field: str) -> int:

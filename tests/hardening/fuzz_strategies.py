@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from rpi.inspection.v1 import inspection_pb2 as pb
 from rpi.persistence.v1 import persistence_pb2 as ppb
 
-from inference_svc.imaging.testing import crafted_png
+from tests.support.imaging import crafted_png
 
 # Protobuf strings are UTF-8: lone surrogates cannot even be serialised (byte mutation below
 # produces invalid UTF-8 on the wire instead).
@@ -44,6 +44,7 @@ BRACKET_URIS = st.sampled_from(
     ["https://[", "http://[::1", "https://x]/a.jpg", "https://[::1]]/", "http://]["]
 )
 URIS = st.one_of(
+    BRACKET_URIS,
     st.builds(
         "{}://{}{}".format,
         st.sampled_from(["https", "http", "HTTPS", "ftp", "file", "gopher", "javascript", ""]),
@@ -52,10 +53,6 @@ URIS = st.one_of(
     ),
     TEXT,
 )
-# Until issue 25's interceptor lands a bracket urlsplit rejects is an UNKNOWN: kept apart.
-URIS_WITHOUT_BRACKETS = URIS.filter(lambda u: "[" not in u and "]" not in u)
-URIS_WITH_BRACKETS = st.one_of(BRACKET_URIS, URIS)
-
 _JUNK_IMAGES = st.one_of(
     st.binary(max_size=300),
     st.sampled_from(
@@ -110,8 +107,8 @@ def _plausible_requests(uris: st.SearchStrategy[str]) -> st.SearchStrategy[pb.In
     return st.builds(
         pb.InspectRequest,
         inspection_id=st.one_of(st.just(""), st.uuids().map(str)),
-        shipping_id=st.just("SHIP-FUZZ"),
-        product_name=st.just("ACME mug"),
+        shipping_id=st.one_of(st.just("SHIP-FUZZ"), TEXT.filter(str.strip)),
+        product_name=st.one_of(st.just("ACME mug"), TEXT.filter(str.strip)),
         reference_images=hostile,
         pickup_images=hostile,
         questions=st.just(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from inference_svc.imaging.testing import png_chunk
+from tests.support.imaging import png_chunk
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("decode_memory_probe.py")

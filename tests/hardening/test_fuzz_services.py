@@ -14,20 +14,20 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 import pytest
 import pytest_asyncio
-from fuzz_strategies import (
-    PERSISTENCE_REQUESTS,
-    URIS_WITH_BRACKETS,
-    URIS_WITHOUT_BRACKETS,
-    inspect_requests,
-    mutated,
-)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rpi.inspection.v1 import inspection_pb2 as pb
 
 from inference_svc.app import InferenceApp
 from persistence_svc.app import PersistenceApp
+from tests.hardening.fuzz_strategies import (
+    BRACKET_URIS,
+    PERSISTENCE_REQUESTS,
+    URIS,
+    inspect_requests,
+    mutated,
+)
 
 INSPECTION = "/rpi.inspection.v1.InspectionService/"
 PERSISTENCE = "/rpi.persistence.v1.PersistenceService/"
@@ -43,23 +43,14 @@ ALLOWED_READS = ALLOWED | {grpc.StatusCode.NOT_FOUND}
 CALL_TIMEOUT_S = 10.0
 
 
-def fuzz(examples: int, shrink: bool = True) -> settings:
+def fuzz(examples: int) -> settings:
     return settings(
         max_examples=examples,
         deadline=None,
         derandomize=True,  # the same examples on every run: CI failures reproduce
         database=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-        phases=list(Phase) if shrink else [Phase.explicit, Phase.reuse, Phase.generate],
     )
-
-
-# Before issue 25's error interceptor (item 1 of issue 18) is merged, undecodable request
-# bytes and bracket URIs still come back UNKNOWN with a logged traceback.
-BEFORE_INTERCEPTOR = pytest.mark.xfail(
-    reason="undecodable bytes and bracket URIs give UNKNOWN until the error interceptor lands",
-    strict=False,
-)
 
 
 class _Tracebacks(logging.Handler):
@@ -133,7 +124,7 @@ def check(
 
 
 @fuzz(1500)
-@given(request=inspect_requests(URIS_WITHOUT_BRACKETS), streaming=st.booleans())
+@given(request=inspect_requests(URIS), streaming=st.booleans())
 async def test_generated_inspect_requests(
     inspection_channel: grpc.aio.Channel,
     tracebacks: _Tracebacks,
@@ -145,9 +136,8 @@ async def test_generated_inspect_requests(
     check(await call_raw(inspection_channel, method, data, streaming), ALLOWED, data, tracebacks)
 
 
-@BEFORE_INTERCEPTOR
-@fuzz(100, shrink=False)
-@given(request=inspect_requests(URIS_WITH_BRACKETS), streaming=st.booleans())
+@fuzz(100)
+@given(request=inspect_requests(BRACKET_URIS), streaming=st.booleans())
 async def test_unbalanced_brackets_in_image_uris(
     inspection_channel: grpc.aio.Channel,
     tracebacks: _Tracebacks,
@@ -159,10 +149,9 @@ async def test_unbalanced_brackets_in_image_uris(
     check(await call_raw(inspection_channel, method, data, streaming), ALLOWED, data, tracebacks)
 
 
-@BEFORE_INTERCEPTOR
-@fuzz(800, shrink=False)
+@fuzz(800)
 @given(
-    data=mutated(inspect_requests(URIS_WITH_BRACKETS).map(lambda r: r.SerializeToString())),
+    data=mutated(inspect_requests(URIS).map(lambda r: r.SerializeToString())),
     streaming=st.booleans(),
 )
 async def test_mutated_inspect_bytes(
@@ -172,8 +161,7 @@ async def test_mutated_inspect_bytes(
     check(await call_raw(inspection_channel, method, data, streaming), ALLOWED, data, tracebacks)
 
 
-@BEFORE_INTERCEPTOR
-@fuzz(600, shrink=False)
+@fuzz(600)
 @given(
     call=PERSISTENCE_REQUESTS.flatmap(
         lambda c: st.tuples(st.just(c[0]), st.one_of(st.just(c[1]), mutated(st.just(c[1]))))

@@ -16,7 +16,8 @@ from inference_svc.domain.models import FetchedImage, ImageRole, ImageSource
 from inference_svc.imaging.addresses import Allowance
 from inference_svc.imaging.decode import PixelBudget, header_dimensions, probe_image
 from inference_svc.imaging.fetch import FetchConfig, ImageFetcher
-from inference_svc.imaging.testing import (
+from inference_svc.settings import InferenceSettings
+from tests.support.imaging import (
     Handler,
     LoopbackServer,
     StaticResolver,
@@ -25,7 +26,6 @@ from inference_svc.imaging.testing import (
     png_chunk,
     textured,
 )
-from inference_svc.settings import InferenceSettings
 
 MakeFetcher = Callable[..., ImageFetcher]
 PUBLIC = "93.184.216.34"  # what a (hostile or misconfigured) resolver would answer
