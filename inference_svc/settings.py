@@ -34,6 +34,13 @@ class InferenceSettings(BaseSettings):
         group="server",
         gt=0,
     )
+    drain_prestop_s: float = setting(
+        5.0,
+        "On SIGTERM: how long readiness shows NOT_SERVING and new inspections are refused "
+        "DRAINING before the server stops listening (liveness stays SERVING).",
+        group="server",
+        ge=0,
+    )
     drain_grace_s: float = setting(
         30.0,
         "On SIGTERM: how long in-flight calls may take to finish.",
