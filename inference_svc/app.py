@@ -229,7 +229,6 @@ class InferenceApp:
                     max_questions=s.max_questions,
                     max_text_length=s.max_text_length,
                     max_legacy_questions_bytes=s.max_legacy_questions_bytes,
-                    max_image_bytes=s.max_image_bytes,
                     allow_http=s.allow_http,
                 ),
                 self.admission,

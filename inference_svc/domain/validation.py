@@ -23,7 +23,6 @@ class RequestLimits:
     max_questions: int = 50
     max_text_length: int = 1000
     max_legacy_questions_bytes: int = 65536
-    max_image_bytes: int = 10 * 1024 * 1024
     max_uri_length: int = 4096
     allow_http: bool = False
 
