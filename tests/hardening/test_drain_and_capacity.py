@@ -36,7 +36,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def request(uri: str = "https://images.example.com/a.jpg") -> pb.InspectRequest:
+def request(uri: str = "https://metadata.internal/a.jpg") -> pb.InspectRequest:
+    """A valid request; by default its images are refused by name, with no network use."""
     return pb.InspectRequest(
         shipping_id="SHIP-DRAIN",
         product_name="ACME mug",
@@ -150,7 +151,12 @@ async def test_sigterm_drain_is_visible_to_health_checks(tmp_path: Path) -> None
                 try:
                     await stub.Inspect(request(), timeout=5)
                 except grpc.aio.AioRpcError as exc:
-                    if rpc_status.from_call(exc) is not None:
+                    # Before the signal is handled a call may still be served (and fail on
+                    # its image); the first refusal with details is the drain's.
+                    if (
+                        exc.code() == grpc.StatusCode.UNAVAILABLE
+                        and rpc_status.from_call(exc) is not None
+                    ):
                         refusal = exc
                         break
                 await asyncio.sleep(0.02)
