@@ -147,7 +147,10 @@ class InferenceApp:
         )
         self.delivery_metrics.bind(self.delivery, self.metrics)
         recorder = SpoolingRecorder(self.delivery) if self.sender else NullRecorder()
-        self.admission = Admission(settings.max_concurrent_requests)
+        self.admission = Admission(
+            settings.max_concurrent_requests,
+            engine_capacity=settings.max_queue_size + settings.max_batch_size,
+        )
         self.admission.on_change(self.metrics.inflight_requests.set)
         self.admission.on_reject(self.metrics.record_rejection)
         self.metrics.inflight_limit.set(settings.max_concurrent_requests)
@@ -168,6 +171,7 @@ class InferenceApp:
             recorder=recorder,
             executor=self.executor,
             prepare_executor=self.prepare_executor,
+            pixel_budget=self.fetcher.pixel_budget,
             config=PipelineConfig(
                 reference_max_tiles=settings.reference_max_tiles,
                 pickup_max_tiles=settings.pickup_max_tiles,
@@ -178,6 +182,7 @@ class InferenceApp:
             tracer=get_tracer(tracer_provider, "inference_svc.pipeline"),
         )
         self.serving = False
+        self.draining = False
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.health_port = 0
@@ -234,12 +239,12 @@ class InferenceApp:
                     max_questions=s.max_questions,
                     max_text_length=s.max_text_length,
                     max_legacy_questions_bytes=s.max_legacy_questions_bytes,
-                    max_image_bytes=s.max_image_bytes,
                     allow_http=s.allow_http,
                 ),
                 self.admission,
                 s.request_timeout_s,
                 lambda: self.serving,
+                lambda: self.draining,
             ),
             self.server,
         )
@@ -283,16 +288,26 @@ class InferenceApp:
         self.metrics.set_model_ready(True)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
-    async def stop(self, grace_s: float | None = None) -> None:
-        """Drain: NOT_SERVING, let in-flight calls finish within the grace, deliver pending
-        events, release the model."""
+    async def stop(self, grace_s: float | None = None, prestop_s: float = 0.0) -> None:
+        """Drain: readiness NOT_SERVING at once, liveness stays SERVING, new inspections are
+        refused DRAINING (retryable) while health checks keep being answered: for ``prestop_s``
+        so that load balancers see the change, then until the in-flight inspections finish or
+        the grace runs out. Only then does the server stop listening; it delivers pending
+        events and releases the model."""
         grace = self.settings.drain_grace_s if grace_s is None else grace_s
         self.serving = False
+        self.draining = True
         self.metrics.set_model_ready(False)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if prestop_s > 0 and self.server is not None:
+            log.info("draining: refusing new inspections", extra={"prestop_s": prestop_s})
+            await asyncio.sleep(prestop_s)
         started = time.monotonic()
+        # Still listening while in-flight work finishes: liveness answers SERVING through the
+        # whole drain, so a liveness window shorter than the grace never restarts the pod.
+        await self.admission.wait_idle(grace)
         if self.server is not None:
-            await self.server.stop(grace)
+            await self.server.stop(max(0.0, grace - (time.monotonic() - started)))
         await self.engine.stop()
         remaining = max(1.0, grace - (time.monotonic() - started))
         flushed = await self.delivery.stop(remaining)
@@ -352,4 +367,4 @@ async def _serve(app: InferenceApp) -> None:
     log.info("SIGTERM received: draining")
     if not start_task.done():
         start_task.cancel()
-    await app.stop()
+    await app.stop(prestop_s=app.settings.drain_prestop_s)

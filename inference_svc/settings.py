@@ -35,6 +35,14 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         group="server",
         gt=0,
     )
+    drain_prestop_s: float = setting(
+        5.0,
+        "On SIGTERM: how long readiness shows NOT_SERVING and new inspections are refused "
+        "DRAINING before the server stops listening (liveness stays SERVING).",
+        group="server",
+        advanced=True,
+        ge=0,
+    )
     drain_grace_s: float = setting(
         30.0,
         "On SIGTERM: how long in-flight calls may take to finish.",
@@ -83,6 +91,14 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         group="image intake",
         advanced=True,
     )
+    max_request_pixels: int = setting(
+        128_000_000,
+        "Pixels one request's PNG/WebP images may decode to in all (they decode at full size; "
+        "JPEGs decode reduced and do not count).",
+        group="image intake",
+        advanced=True,
+        ge=1,
+    )
     allow_http: bool = setting(
         False, "Accept http:// image URLs (https always).", group="image intake"
     )
@@ -100,7 +116,9 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
     )
     allowed_networks: list[str] = setting(
         description="Non-public networks image URLs may resolve to, JSON list of CIDRs, e.g. "
-        '["127.0.0.1/32"] for a local test server. Narrower than ALLOW_PRIVATE_ADDRESSES.',
+        '["127.0.0.1/32"] for a local test server; "127.0.0.1:8080" admits one port, a CIDR '
+        "without one only the request URL's own port (not a redirect elsewhere). Narrower "
+        "than ALLOW_PRIVATE_ADDRESSES.",
         group="image intake",
         advanced=True,
         default_factory=list,
@@ -115,7 +133,17 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         5.0, "Image connect timeout.", group="image intake", advanced=True, gt=0
     )
     fetch_timeout_s: float = setting(
-        20.0, "Image download total timeout.", group="image intake", gt=0
+        20.0,
+        "Image download deadline: all attempts, redirects and backoff together.",
+        group="image intake",
+        gt=0,
+    )
+    fetch_min_bytes_per_s: int = setting(
+        16 * 1024,
+        "Image downloads averaging less (after a 5 s grace) are abandoned at once; 0 = off.",
+        group="image intake",
+        advanced=True,
+        ge=0,
     )
     fetch_retries: int = setting(
         2, "Retries for transient fetch failures.", group="image intake", advanced=True, ge=0

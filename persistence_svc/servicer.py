@@ -101,6 +101,11 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
             raise InvalidArgumentError(
                 "shipping_id is required", [FieldViolation("shipping_id", "is required")]
             )
+        if "\x00" in request.shipping_id:  # PostgreSQL text cannot hold one
+            raise InvalidArgumentError(
+                "shipping_id must not contain NUL characters",
+                [FieldViolation("shipping_id", "must not contain NUL characters")],
+            )
         page_size = paging.resolve_page_size(
             request.page_size, self._default_page_size, self._max_page_size
         )

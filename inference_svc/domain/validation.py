@@ -23,7 +23,6 @@ class RequestLimits:
     max_questions: int = 50
     max_text_length: int = 1000
     max_legacy_questions_bytes: int = 65536
-    max_image_bytes: int = 10 * 1024 * 1024
     max_uri_length: int = 4096
     allow_http: bool = False
 
@@ -78,15 +77,10 @@ def _check_images(
     for i, image in enumerate(images):
         path = f"{name}[{i}]"
         if image.content is not None:
+            # The size limit is the fetcher's, so an oversized inline image gets the same
+            # reason (IMAGE_TOO_LARGE), field and message as an oversized download.
             if not image.content:
                 violations.append(FieldViolation(f"{path}.content", "empty image content"))
-            elif len(image.content) > limits.max_image_bytes:
-                violations.append(
-                    FieldViolation(
-                        f"{path}.content",
-                        f"{len(image.content)} bytes, at most {limits.max_image_bytes}",
-                    )
-                )
             sources.append(ImageSource(role, i, content=image.content))
         elif image.uri:
             if len(image.uri) > limits.max_uri_length:
@@ -94,7 +88,11 @@ def _check_images(
                     FieldViolation(f"{path}.uri", f"longer than {limits.max_uri_length} characters")
                 )
             else:
-                scheme = urlsplit(image.uri).scheme.lower()
+                try:
+                    scheme = urlsplit(image.uri).scheme.lower()
+                except ValueError:  # an unbalanced bracket ("Invalid IPv6 URL"), for one
+                    violations.append(FieldViolation(f"{path}.uri", "not a valid URI"))
+                    scheme = schemes[0]
                 if scheme not in schemes:
                     violations.append(
                         FieldViolation(

@@ -53,12 +53,14 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
         admission: Admission,
         request_timeout_s: float,
         is_serving: Callable[[], bool],
+        is_draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self._pipeline = pipeline
         self._limits = limits
         self._admission = admission
         self._request_timeout_s = request_timeout_s
         self._is_serving = is_serving
+        self._is_draining = is_draining
 
     def _deadline(self, context: Context) -> float:
         """The call's deadline on the monotonic clock: the caller's, capped by the server's
@@ -77,7 +79,7 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
         emit: Callable[[ProgressEvent], None],
         streaming: bool,
     ) -> Inspection:
-        refuse_unless_serving(self._is_serving())
+        refuse_unless_serving(self._is_serving(), self._is_draining())
         domain_request = dataclasses.replace(
             validate_request(raw_request_from_proto(request), self._limits),
             caller=current_caller().name,

@@ -89,28 +89,64 @@ def is_public_address(ip: IPAddress) -> bool:
 
 
 @dataclass(frozen=True)
+class Allowance:
+    """A non-public network a fetch may dial anyway; ``port`` pins it to one port."""
+
+    network: IPNetwork
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Allowance:
+        """``CIDR``, ``CIDR:port`` or ``[v6CIDR]:port`` (a bare address is a /32 or /128)."""
+        body, port = text.strip(), None
+        if body.startswith("["):
+            end = body.find("]")
+            if end < 0 or not body[end + 1 :].startswith(":"):
+                raise ValueError(f"allowed network {text!r}: write [address]:port")
+            body, port = body[1:end], _port(body[end + 2 :], text)
+        elif body.count(":") == 1:
+            body, _, port_text = body.partition(":")
+            port = _port(port_text, text)
+        return cls(ipaddress.ip_network(body, strict=False), port)
+
+    def admits(self, ip: IPAddress, port: int, origin_port: int | None) -> bool:
+        """``origin_port``: the port of the request's own URL; an allowance without a port
+        admits only that one, so a redirect cannot move to another service on the host."""
+        if ip.version != self.network.version or ip not in self.network:
+            return False
+        if self.port is not None:
+            return port == self.port
+        return origin_port is None or port == origin_port
+
+
+def _port(text: str, entry: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"allowed network {entry!r}: malformed port")
+    return int(text)
+
+
+@dataclass(frozen=True)
 class AddressPolicy:
     """Addresses a fetch may dial: public ones, plus any explicitly allowed networks."""
 
     allow_private: bool = False
-    allowed_networks: tuple[IPNetwork, ...] = ()
+    allowances: tuple[Allowance, ...] = ()
 
     @classmethod
     def build(cls, allow_private: bool, allowed_networks: Iterable[str]) -> AddressPolicy:
-        nets = tuple(ipaddress.ip_network(n, strict=False) for n in allowed_networks)
-        return cls(allow_private=allow_private, allowed_networks=nets)
+        return cls(allow_private, tuple(Allowance.parse(n) for n in allowed_networks))
 
-    def allows(self, ip: IPAddress) -> bool:
-        if self.allow_private:
+    def allows(self, ip: IPAddress, port: int, origin_port: int | None = None) -> bool:
+        """May ``ip:port`` be dialled? ``origin_port`` is set for a redirect hop (see
+        :meth:`Allowance.admits`); None for the request's own URL."""
+        if self.allow_private or is_public_address(ip):
             return True
-        if any(ip.version == net.version and ip in net for net in self.allowed_networks):
-            return True
-        return is_public_address(ip)
+        return any(a.admits(ip, port, origin_port) for a in self.allowances)
 
-    def allows_text(self, address: str) -> bool:
+    def allows_text(self, address: str, port: int, origin_port: int | None = None) -> bool:
         """Like :meth:`allows` for an address string; anything unparsable is refused."""
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
-        return self.allows(ip)
+        return self.allows(ip, port, origin_port)

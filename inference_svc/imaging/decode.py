@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
 from inference_svc.domain.errors import InspectionError, Reason, Stage, image_error
+from inference_svc.domain.models import FetchedImage
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,75 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+# Formats Pillow can decode at a reduced scale (JPEG's DCT draft); every other one is decoded
+# at full size, so its pixels count against the request's budget.
+_REDUCIBLE_FORMATS = frozenset({"JPEG"})
+
+
+def header_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as stored, read from a PNG or WebP header without Pillow; None for
+    other formats or a header too short to say. Cheap enough for the event loop."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return int(width), int(height)
+    if sniff_format(data) != "WEBP" or len(data) < 30:
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8X":  # extended: the canvas size, 24-bit little-endian minus one
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if chunk == b"VP8L" and data[20] == 0x2F:  # lossless: two 14-bit fields minus one
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # lossy key frame
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    return None
+
+
+def _too_many_pixels(field_path: str, width: int, height: int, limit: int) -> InspectionError:
+    return image_error(
+        Reason.IMAGE_TOO_LARGE,
+        field_path,
+        f"image is {width}x{height} = {width * height} pixels, over the limit of {limit} pixels",
+        stage=_STAGE,
+    )
+
+
+class PixelBudget:
+    """The pixels one request may decode at full size, charged from each image's header
+    before it is decoded, so ten huge PNGs cannot each take their full-size memory at once.
+
+    JPEGs are not charged: they decode at the reduced size the tiler needs (draft mode), and
+    the per-image limit still bounds them. Not thread-safe: charge from the event loop.
+    """
+
+    def __init__(self, request_limit: int, image_limit: int) -> None:
+        self.request_limit = request_limit
+        self.image_limit = image_limit
+        self.used = 0
+
+    def charge(self, fetched: FetchedImage) -> None:
+        """Count ``fetched``'s pixels or raise IMAGE_TOO_LARGE (nothing is counted then)."""
+        fmt = sniff_format(fetched.data)
+        dims = header_dimensions(fetched.data)
+        if fmt is None or fmt in _REDUCIBLE_FORMATS or dims is None:
+            return  # the decode refuses what it cannot read; JPEG is bounded per image
+        width, height = dims
+        field_path = fetched.source.field_path
+        if width * height > self.image_limit:
+            raise _too_many_pixels(field_path, width, height, self.image_limit)
+        if self.used + width * height > self.request_limit:
+            raise image_error(
+                Reason.IMAGE_TOO_LARGE,
+                field_path,
+                f"image is {width}x{height} = {width * height} pixels; with the request's other "
+                f"full-size ({fmt}) images that is over the limit of {self.request_limit} "
+                "pixels per request (JPEG images do not count)",
+                stage=_STAGE,
+            )
+        self.used += width * height
+
+
 @dataclass
 class ProbedImage:
     """An image whose header has been read and vetted; no pixel decoded yet."""
@@ -71,14 +142,20 @@ def probe_image(data: bytes, field_path: str, max_pixels: int) -> ProbedImage:
         raise _undecodable(field_path, "not a JPEG, PNG or WebP image (unrecognised file header)")
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _undecodable(
-            field_path, f"image dimensions exceed the decompression-bomb limit: {exc}"
+    except Image.DecompressionBombError:
+        # Pillow's own ceiling, above ours: report the configured limit, never Pillow's.
+        dims = header_dimensions(data)
+        if dims is not None and dims[0] * dims[1] > max_pixels:
+            raise _too_many_pixels(field_path, *dims, max_pixels) from None
+        raise image_error(
+            Reason.IMAGE_TOO_LARGE,
+            field_path,
+            f"image is over the limit of {max_pixels} pixels",
+            stage=_STAGE,
         ) from None
-    except Exception as exc:
-        raise _undecodable(
-            field_path, f"cannot read {sniffed} header ({type(exc).__name__})"
-        ) from None
+    except Exception:
+        logger.debug("unreadable %s header", sniffed, exc_info=True)
+        raise _undecodable(field_path, f"cannot read the {sniffed} header") from None
     # MPO is Pillow's name for JPEGs carrying extra pictures; the first one is a plain JPEG.
     fmt = "JPEG" if image.format == "MPO" else (image.format or "")
     if fmt != sniffed or fmt not in ALLOWED_FORMATS:
@@ -87,11 +164,11 @@ def probe_image(data: bytes, field_path: str, max_pixels: int) -> ProbedImage:
     if width <= 0 or height <= 0:
         raise _undecodable(field_path, "image has no pixels")
     if width * height > max_pixels:
-        raise _undecodable(
-            field_path,
-            f"image is {width}x{height} = {width * height} pixels, over the limit of "
-            f"{max_pixels} (decompression-bomb guard)",
-        )
+        raise _too_many_pixels(field_path, width, height, max_pixels)
+    if fmt not in _REDUCIBLE_FORMATS and header_dimensions(data) != (width, height):
+        # The request's pixel budget was charged from this header: a file whose decoder
+        # reads another size (a second IHDR, say) would slip past it.
+        raise _undecodable(field_path, f"inconsistent {fmt} header")
     orientation = _orientation(image)
     if orientation in _SWAPS_AXES:
         width, height = height, width
@@ -126,11 +203,11 @@ def load_rgb(
         transpose = _TRANSPOSE.get(probed.orientation)
         upright = image.transpose(transpose) if transpose is not None else image
         return _to_rgb(upright)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _undecodable(field_path, f"decompression-bomb limit exceeded: {exc}") from None
-    except Exception as exc:
+    except Exception:
+        # Pillow's text names its own internals (limits, plugin names): logged, not returned.
+        logger.debug("undecodable %s data", probed.format, exc_info=True)
         raise _undecodable(
-            field_path, f"cannot decode {probed.format} data ({type(exc).__name__}: {exc})"
+            field_path, f"cannot decode the {probed.format} data (truncated or corrupt)"
         ) from None
 
 

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import urllib.parse
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
 
 from inference_svc.domain.errors import (
     InspectionError,
@@ -27,20 +17,23 @@ from inference_svc.domain.errors import (
     image_error,
     invalid_argument,
 )
-from inference_svc.domain.models import FetchedImage, ImageRole, ImageSource
+from inference_svc.domain.models import FetchedImage, ImageSource
 from inference_svc.imaging.addresses import AddressPolicy
+from inference_svc.imaging.decode import PixelBudget
+from inference_svc.imaging.fetch_config import FetchConfig
 from inference_svc.imaging.resolver import ForbiddenAddressError, PolicyResolver
+from inference_svc.imaging.transfer import RateFloor, TooLarge, TooSlow, read_body
 from inference_svc.imaging.urls import (
     ForbiddenUrl,
     ImageUrl,
     has_scheme,
     host_matches,
+    is_internal_name,
     parse_authority,
     parse_image_url,
 )
 
-if TYPE_CHECKING:
-    from inference_svc.settings import InferenceSettings
+__all__ = ["FetchConfig", "ImageFetcher"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,55 +42,27 @@ _TRANSIENT_STATUSES = frozenset({408, 429, 502, 503, 504})
 _STAGE = Stage.FETCH
 
 
-@dataclass(frozen=True)
-class FetchConfig:
-    allow_http: bool = False
-    # Empty = any public host. "*.example.com" matches every subdomain of example.com.
-    allowed_hosts: tuple[str, ...] = ()
-    # Relaxes only the address check (loopback test servers); URL rules still apply.
-    allow_private_addresses: bool = False
-    # Narrower than allow_private_addresses: these networks (e.g. "127.0.0.1/32") are allowed
-    # although not public, everything else internal stays refused.
-    allowed_networks: tuple[str, ...] = ()
-    follow_redirects: bool = False
-    max_redirects: int = 3
-    max_bytes: int = 10 * 1024 * 1024
-    connect_timeout_s: float = 5.0
-    total_timeout_s: float = 20.0  # per attempt, redirects included
-    retries: int = 2
-    backoff_s: float = 0.2  # first retry delay; doubles per retry, plus up to 50 % jitter
-    # host -> "host" or "host:port"; applied to the roles in host_rewrite_roles.
-    host_rewrites: Mapping[str, str] = field(default_factory=dict)
-    host_rewrite_roles: frozenset[ImageRole] = frozenset({ImageRole.REFERENCE})
-    concurrency: int = 16
-    user_agent: str = "rpi-inference-image-fetcher/1"
-
-    @classmethod
-    def from_settings(cls, settings: InferenceSettings) -> FetchConfig:
-        return cls(
-            allow_http=settings.allow_http,
-            allowed_hosts=tuple(settings.allowed_hosts),
-            allow_private_addresses=settings.allow_private_addresses,
-            allowed_networks=tuple(settings.allowed_networks),
-            follow_redirects=settings.follow_redirects,
-            max_redirects=settings.max_redirects,
-            max_bytes=settings.max_image_bytes,
-            connect_timeout_s=settings.fetch_connect_timeout_s,
-            total_timeout_s=settings.fetch_timeout_s,
-            retries=settings.fetch_retries,
-            backoff_s=settings.fetch_backoff_s,
-            host_rewrites=dict(settings.host_rewrites),
-            concurrency=settings.fetch_concurrency,
-        )
-
-
 class _TransientFetchError(Exception):
-    """A failure worth retrying (connection trouble, timeout, 429/502/503/504)."""
+    """A failure worth retrying (connection trouble, 429/502/503/504)."""
 
     def __init__(self, message: str, cause: str = "connection") -> None:
         super().__init__(message)
         # Low-cardinality cause for metrics (svc_common FETCH_ERROR_REASONS).
         self.cause = cause
+
+
+# What a client error means, in words: messages never carry exception class names.
+_CLIENT_ERRORS: tuple[tuple[type[aiohttp.ClientError], str], ...] = (
+    (aiohttp.ServerDisconnectedError, "the server closed the connection"),
+    (aiohttp.ClientPayloadError, "the body arrived incomplete or malformed"),
+    (aiohttp.ClientResponseError, "the server's response was malformed"),
+    (aiohttp.ClientConnectorError, "cannot connect"),
+    (aiohttp.ClientOSError, "the connection failed"),
+)
+
+
+def _describe(exc: aiohttp.ClientError) -> str:
+    return next((text for kind, text in _CLIENT_ERRORS if isinstance(exc, kind)), "failed")
 
 
 def _with_cause(error: InspectionError, cause: str) -> InspectionError:
@@ -106,15 +71,21 @@ def _with_cause(error: InspectionError, cause: str) -> InspectionError:
     return error
 
 
-def _too_large(field_path: str, message: str, stage: Stage) -> InspectionError:
+def _too_large(field_path: str, size: int | None, cap: int) -> InspectionError:
+    """The same reason, field and wording whether the image came inline or by URL."""
+    message = (
+        f"image is {size} bytes, over the limit of {cap} bytes"
+        if size is not None
+        else f"image is over the limit of {cap} bytes"
+    )
     return _with_cause(
-        image_error(Reason.IMAGE_TOO_LARGE, field_path, message, stage=stage), "too_large"
+        image_error(Reason.IMAGE_TOO_LARGE, field_path, message, stage=_STAGE), "too_large"
     )
 
 
-def _redirect_error(field_path: str, message: str) -> InspectionError:
+def _failed(field_path: str, message: str, cause: str) -> InspectionError:
     return _with_cause(
-        image_error(Reason.IMAGE_FETCH_FAILED, field_path, message, stage=_STAGE), "redirect"
+        image_error(Reason.IMAGE_FETCH_FAILED, field_path, message, stage=_STAGE), cause
     )
 
 
@@ -129,15 +100,22 @@ class ImageFetcher:
         self._config = config
         self._policy = AddressPolicy.build(config.allow_private_addresses, config.allowed_networks)
         self._rewrites = {k.lower().rstrip("."): v for k, v in config.host_rewrites.items()}
+        # Rewrite targets are the operator's own names: internal ones are allowed there.
+        self._trusted_names: set[str] = set()
         for target in self._rewrites.values():
             try:
-                parse_authority(target)
+                self._trusted_names.add(parse_authority(target)[0])
             except ForbiddenUrl as exc:
                 raise ValueError(f"invalid host rewrite target {target!r}: {exc}") from None
+        self._floor = RateFloor(config.min_bytes_per_s, config.rate_grace_s)
         self._inner_resolver = resolver
         self._session: aiohttp.ClientSession | None = None
         self._resolver: PolicyResolver | None = None
         self._semaphore = asyncio.Semaphore(config.concurrency)
+
+    def pixel_budget(self) -> PixelBudget:
+        """A fresh budget for one request's images (charge each before it is decoded)."""
+        return PixelBudget(self._config.max_request_pixels, self._config.max_image_pixels)
 
     async def fetch(self, source: ImageSource) -> FetchedImage:
         if source.content is not None and source.uri is None:
@@ -162,11 +140,7 @@ class ImageFetcher:
     def _inline(self, source: ImageSource) -> FetchedImage:
         data = source.content or b""
         if len(data) > self._config.max_bytes:
-            raise _too_large(
-                source.field_path,
-                f"inline image is {len(data)} bytes, over the limit of {self._config.max_bytes}",
-                stage=_STAGE,
-            )
+            raise _too_large(source.field_path, len(data), self._config.max_bytes)
         # The digest is computed in the preprocessing thread: hashing megabytes here would
         # stall the event loop.
         return FetchedImage(source=source, data=data)
@@ -187,12 +161,21 @@ class ImageFetcher:
             raise self._forbidden(source, f"image URL refused: {exc}") from None
         return url
 
-    def _vet_host(self, source: ImageSource, url: ImageUrl) -> None:
-        if self._config.allowed_hosts and not host_matches(url.host, self._config.allowed_hosts):
+    def _vet_host(self, source: ImageSource, url: ImageUrl, origin_port: int | None) -> None:
+        """Everything that can be refused before a lookup or a connection."""
+        listed = host_matches(url.host, self._config.allowed_hosts)
+        if self._config.allowed_hosts and not listed:
             raise self._forbidden(source, f"image host {url.host!r} is not in the allowlist")
+        if (
+            url.ip is None
+            and is_internal_name(url.host)
+            and not listed
+            and url.host not in self._trusted_names
+        ):
+            raise self._forbidden(source, f"image host {url.host!r} is an internal name")
         # Literal addresses never reach the resolver, so they are checked here.
-        if url.ip is not None and not self._policy.allows(url.ip):
-            raise self._forbidden(source, f"image host {url.host} is not a public address")
+        if url.ip is not None and not self._policy.allows(url.ip, url.effective_port, origin_port):
+            raise self._forbidden(source, f"image host {url.authority} is not a public address")
 
     def _rewrite(self, source: ImageSource, url: ImageUrl) -> ImageUrl:
         target = self._rewrites.get(url.host)
@@ -204,121 +187,131 @@ class ImageFetcher:
 
     async def _fetch_uri(self, source: ImageSource, raw: str) -> FetchedImage:
         url = self._rewrite(source, self._checked_url(source, raw))
-        self._vet_host(source, url)
+        self._vet_host(source, url, None)
+        loop = asyncio.get_running_loop()
+        total = self._config.total_timeout_s
+        # One deadline for the whole download: attempts, redirects and backoff share it, so
+        # FETCH_TIMEOUT_S bounds how long an image can hold a slot.
+        deadline = loop.time() + total
         attempts = self._config.retries + 1
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(attempts),
-            wait=wait_exponential(multiplier=self._config.backoff_s, min=self._config.backoff_s)
-            + wait_random(0, self._config.backoff_s / 2),
-            retry=retry_if_exception_type(_TransientFetchError),
-            before_sleep=self._log_retry(url),
-            reraise=True,
-        )
-        data, final = b"", url
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    data, final = await self._attempt(source, url)
-        except _TransientFetchError as exc:
-            raise _with_cause(
-                image_error(
-                    Reason.IMAGE_FETCH_FAILED,
+        for attempt in range(1, attempts + 1):
+            try:
+                async with asyncio.timeout_at(deadline):
+                    data, final = await self._download(source, url)
+                return FetchedImage(source=source, data=data, fetched_uri=final.geturl())
+            except TimeoutError:
+                raise _failed(
                     source.field_path,
-                    f"download of {url.redacted()} failed after {attempts} attempt(s): {exc}",
-                    stage=_STAGE,
-                ),
-                exc.cause,
-            ) from None
-        return FetchedImage(source=source, data=data, fetched_uri=final.geturl())
+                    f"download of {url.redacted()} timed out after {total:g} s "
+                    f"({attempt} attempt(s))",
+                    "timeout",
+                ) from None
+            except _TransientFetchError as exc:
+                delay = self._backoff(attempt)
+                if attempt == attempts or loop.time() + delay >= deadline:
+                    raise _failed(
+                        source.field_path,
+                        f"download of {url.redacted()} failed after {attempt} attempt(s): {exc}",
+                        exc.cause,
+                    ) from None
+                logger.warning(
+                    "retrying image download from %s (attempt %d): %s", url.host, attempt, exc
+                )
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _attempt(self, source: ImageSource, url: ImageUrl) -> tuple[bytes, ImageUrl]:
-        timeout = self._config.total_timeout_s
-        try:
-            async with asyncio.timeout(timeout):
-                return await self._download(source, url)
-        except TimeoutError:
-            raise _TransientFetchError(f"timed out after {timeout:g} s", "timeout") from None
-
-    def _log_retry(self, url: ImageUrl) -> Callable[[RetryCallState], None]:
-        def log(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome is not None else None
-            logger.warning(
-                "retrying image download from %s (attempt %d): %s",
-                url.host,
-                state.attempt_number,
-                exc,
-            )
-
-        return log
+    def _backoff(self, attempt: int) -> float:
+        """Exponential from backoff_s, plus up to 50 % jitter so retries do not align."""
+        base = self._config.backoff_s * float(2 ** (attempt - 1))
+        return base + random.uniform(0, self._config.backoff_s / 2)
 
     async def _download(self, source: ImageSource, url: ImageUrl) -> tuple[bytes, ImageUrl]:
         """One attempt: follow (or refuse) redirects, return the body and the final URL."""
         session = self._get_session()
+        started = asyncio.get_running_loop().time()
+        origin_port = url.effective_port
         current = url
         for hop in range(self._config.max_redirects + 1):
             try:
-                async with session.get(current.to_yarl(), allow_redirects=False) as resp:
-                    self._check_peer(source, resp)
-                    if resp.status in _REDIRECT_STATUSES:
-                        current = self._redirect_target(source, current, resp, hop)
-                        continue
-                    if resp.status in _TRANSIENT_STATUSES:
-                        raise _TransientFetchError(
-                            f"server answered HTTP {resp.status}",
-                            "http_5xx" if resp.status >= 500 else "http_4xx",
-                        )
-                    if resp.status != 200:
-                        raise _with_cause(
-                            image_error(
-                                Reason.IMAGE_FETCH_FAILED,
-                                source.field_path,
-                                f"{current.redacted()} answered HTTP {resp.status}",
-                                stage=_STAGE,
-                            ),
-                            "http_5xx" if resp.status >= 500 else "http_4xx",
-                        )
-                    return await self._read_capped(source, resp), current
+                # Waiting for the headers counts against the rate floor as well.
+                async with asyncio.timeout_at(self._floor.due(started, 0)):
+                    resp = await session.get(current.to_yarl(), allow_redirects=False)
+            except aiohttp.ServerTimeoutError as exc:  # a TimeoutError too: caught first
+                raise _TransientFetchError("timed out connecting", "timeout") from exc
+            except TimeoutError:
+                raise self._too_slow(source, current, 0) from None
             except aiohttp.ClientConnectorDNSError as exc:
                 if isinstance(exc.os_error, ForbiddenAddressError):
                     raise self._forbidden(
-                        source, f"image host {current.host} is not a public address"
+                        source, f"image host {current.authority} is not a public address"
                     ) from None
                 raise _TransientFetchError(f"cannot resolve {current.host}", "dns") from exc
-            except aiohttp.ServerTimeoutError as exc:
-                raise _TransientFetchError("timed out", "timeout") from exc
             except aiohttp.ClientSSLError as exc:
-                raise _TransientFetchError(f"TLS failed ({type(exc).__name__})", "tls") from exc
+                raise _TransientFetchError("the TLS handshake failed", "tls") from exc
             except aiohttp.ClientError as exc:
-                raise _TransientFetchError(f"connection failed ({type(exc).__name__})") from exc
-        raise _with_cause(
-            image_error(
-                Reason.IMAGE_FETCH_FAILED,
-                source.field_path,
-                f"more than {self._config.max_redirects} redirects",
-                stage=_STAGE,
-            ),
-            "redirect",
+                raise _TransientFetchError(_describe(exc)) from exc
+            async with resp:
+                self._check_peer(source, resp, origin_port)
+                if resp.status in _REDIRECT_STATUSES:
+                    current = await self._redirect_target(source, current, resp, hop, origin_port)
+                    continue
+                self._check_status(source, current, resp.status)
+                try:
+                    body = await read_body(resp, self._config.max_bytes, self._floor, started)
+                except TooLarge as exc:
+                    raise _too_large(
+                        source.field_path, exc.declared, self._config.max_bytes
+                    ) from None
+                except TooSlow as exc:
+                    raise self._too_slow(source, current, exc.received) from None
+                except aiohttp.ClientError as exc:
+                    raise _TransientFetchError(_describe(exc)) from exc
+                return body, current
+        raise _failed(
+            source.field_path, f"more than {self._config.max_redirects} redirects", "redirect"
         )
 
-    def _redirect_target(
-        self, source: ImageSource, current: ImageUrl, resp: aiohttp.ClientResponse, hop: int
+    def _too_slow(self, source: ImageSource, url: ImageUrl, received: int) -> InspectionError:
+        # Not retried: a server this slow would hold the slot again for the next attempt.
+        return _failed(
+            source.field_path,
+            f"download of {url.redacted()} abandoned: slower than "
+            f"{self._config.min_bytes_per_s} bytes/s after {self._config.rate_grace_s:g} s "
+            f"({received} bytes received)",
+            "timeout",
+        )
+
+    @staticmethod
+    def _check_status(source: ImageSource, url: ImageUrl, status: int) -> None:
+        cause = "http_5xx" if status >= 500 else "http_4xx"
+        if status in _TRANSIENT_STATUSES:
+            raise _TransientFetchError(f"server answered HTTP {status}", cause)
+        if status != 200:
+            raise _failed(source.field_path, f"{url.redacted()} answered HTTP {status}", cause)
+
+    async def _redirect_target(
+        self,
+        source: ImageSource,
+        current: ImageUrl,
+        resp: aiohttp.ClientResponse,
+        hop: int,
+        origin_port: int,
     ) -> ImageUrl:
         if not self._config.follow_redirects:
-            raise _redirect_error(
+            raise _failed(
                 source.field_path,
                 f"{current.redacted()} answered a redirect (HTTP {resp.status}); "
                 "redirects are not followed",
+                "redirect",
             )
         if hop >= self._config.max_redirects:
-            raise _redirect_error(
-                source.field_path,
-                f"more than {self._config.max_redirects} redirects",
+            raise _failed(
+                source.field_path, f"more than {self._config.max_redirects} redirects", "redirect"
             )
         location = resp.headers.get(aiohttp.hdrs.LOCATION, "")
         if not location:
-            raise _redirect_error(
-                source.field_path,
-                f"redirect (HTTP {resp.status}) without a Location",
+            raise _failed(
+                source.field_path, f"redirect (HTTP {resp.status}) without a Location", "redirect"
             )
         if "\\" in location or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in location):
             raise self._forbidden(source, "redirect target refused: malformed Location")
@@ -329,43 +322,43 @@ class ImageFetcher:
         else:
             absolute = urllib.parse.urljoin(current.geturl(), location)
         nxt = self._checked_url(source, absolute)
-        self._vet_host(source, nxt)
+        self._vet_host(source, nxt, origin_port)
+        if nxt.ip is None and nxt.effective_port != origin_port:
+            await self._vet_redirect_addresses(source, nxt, origin_port)
         logger.info("following redirect for %s to host %s", source.field_path, nxt.host)
         return nxt
 
-    def _check_peer(self, source: ImageSource, resp: aiohttp.ClientResponse) -> None:
+    async def _vet_redirect_addresses(
+        self, source: ImageSource, nxt: ImageUrl, origin_port: int
+    ) -> None:
+        """A redirect to another port: the name's addresses are checked against the original
+        port before any connection (the connector's own lookup knows only the new port)."""
+        resolver = self._resolver
+        if resolver is None:  # the session (and its resolver) exist once a request was sent
+            raise AssertionError("redirect before any request")
+        try:
+            await resolver.resolve_for(nxt.host, nxt.effective_port, origin_port)
+        except ForbiddenAddressError:
+            raise self._forbidden(
+                source, f"image host {nxt.authority} is not a public address"
+            ) from None
+        except OSError as exc:
+            raise _TransientFetchError(f"cannot resolve {nxt.host}", "dns") from exc
+
+    def _check_peer(
+        self, source: ImageSource, resp: aiohttp.ClientResponse, origin_port: int
+    ) -> None:
         """Second line of defence: the connected socket's peer must be allowed too."""
         conn = resp.connection
         transport = conn.transport if conn is not None else None
         peer = transport.get_extra_info("peername") if transport is not None else None
-        if isinstance(peer, tuple) and peer and not self._policy.allows_text(str(peer[0])):
+        if (
+            isinstance(peer, tuple)
+            and len(peer) >= 2
+            and not self._policy.allows_text(str(peer[0]), int(peer[1]), origin_port)
+        ):
             resp.close()
             raise self._forbidden(source, "image host connected to a non-public address")
-
-    async def _read_capped(self, source: ImageSource, resp: aiohttp.ClientResponse) -> bytes:
-        cap = self._config.max_bytes
-        declared = resp.content_length
-        if declared is not None and declared > cap:
-            resp.close()
-            raise _too_large(
-                source.field_path,
-                f"image is {declared} bytes (Content-Length), over the limit of {cap}",
-                stage=_STAGE,
-            )
-        chunks: list[bytes] = []
-        total = 0
-        async for chunk in resp.content.iter_any():
-            total += len(chunk)
-            if total > cap:
-                # Dropping the connection stops the transfer; draining it would read the rest.
-                resp.close()
-                raise _too_large(
-                    source.field_path,
-                    f"image is over the limit of {cap} bytes (download stopped)",
-                    stage=_STAGE,
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -41,8 +41,19 @@ class PolicyResolver(AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
+        return await self.resolve_for(host, port, None, family)
+
+    async def resolve_for(
+        self,
+        host: str,
+        port: int,
+        origin_port: int | None,
+        family: socket.AddressFamily = socket.AF_INET,
+    ) -> list[ResolveResult]:
+        """The allowed addresses of ``host:port``; ``origin_port`` as in
+        :meth:`AddressPolicy.allows` (set when vetting a redirect before it is followed)."""
         results = await self._inner.resolve(host, port, family)
-        allowed = [r for r in results if self._policy.allows_text(r["host"])]
+        allowed = [r for r in results if self._policy.allows_text(r["host"], port, origin_port)]
         if len(allowed) < len(results):
             logger.warning(
                 "refused %d non-public address(es) of image host %s",

@@ -24,6 +24,11 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_\-]{0,61}[a-z0-9_])?")
 _NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
 _PORT = re.compile(r"[0-9]{1,5}")
+# Names that reach cloud metadata endpoints or the local network through DNS search domains,
+# mDNS or a provider's private zone. They are refused by name, before any lookup, so the
+# answer a resolver would give never matters.
+_INTERNAL_NAMES = frozenset({"metadata.google.internal", "metadata", "instance-data", "localhost"})
+_INTERNAL_SUFFIXES = (".internal", ".local", ".localhost", ".localdomain", ".home.arpa")
 # Everything printable in ASCII stays as written (the caller's percent-encoding is kept);
 # only non-ASCII characters of the path and query are percent-encoded.
 _PATH_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))
@@ -40,6 +45,13 @@ class ImageUrl:
     port: int | None  # as written; None = the scheme's default
     path_query: str  # starts with "/"; the fragment is dropped
     ip: IPAddress | None  # set when the host is an IP literal
+
+    @property
+    def effective_port(self) -> int:
+        """The port dialled: as written, else the scheme's default."""
+        if self.port is not None:
+            return self.port
+        return 443 if self.scheme == "https" else 80
 
     @property
     def authority(self) -> str:
@@ -197,3 +209,12 @@ def host_matches(host: str, patterns: tuple[str, ...]) -> bool:
         elif host == p:
             return True
     return False
+
+
+def is_internal_name(host: str) -> bool:
+    """True for a host name that only makes sense inside a network: a cloud metadata name, a
+    single label (completed by the resolver's search domains), or an internal-only suffix.
+    IP literals are left to the address policy."""
+    if _NUMERIC_LABEL.fullmatch(host.rsplit(".", 1)[-1]) or ":" in host:
+        return False
+    return host in _INTERNAL_NAMES or "." not in host or host.endswith(_INTERNAL_SUFFIXES)

@@ -40,6 +40,7 @@ from inference_svc.pipeline.images import (
     ImagePreparer,
     ImageSourceFetcher,
     ImageState,
+    PixelBudget,
     image_states,
 )
 from inference_svc.pipeline.observer import (
@@ -82,6 +83,7 @@ class InspectionPipeline:
         observer: PipelineObserver | None = None,
         tracer: trace.Tracer | None = None,
         prepare_executor: Executor | None = None,
+        pixel_budget: Callable[[], PixelBudget] | None = None,
     ) -> None:
         self._recorder = recorder
         self._observer: PipelineObserver = observer or NullObserver()
@@ -97,6 +99,7 @@ class InspectionPipeline:
             },
             observer=self._observer,
             tracer=tracer,
+            pixel_budget=pixel_budget,
         )
         self._attempts = AttemptRunner(
             engine=engine,

@@ -40,6 +40,12 @@ class ImageSourceFetcher(Protocol):
 ImagePreparer = Callable[[FetchedImage, int], PreparedImage]
 
 
+class PixelBudget(Protocol):
+    """One request's allowance of full-size decoding (imaging.decode.PixelBudget)."""
+
+    def charge(self, fetched: FetchedImage) -> None: ...
+
+
 def without_query(uri: str) -> str:
     """Signed URLs carry credentials in the query string: records keep scheme, host and path."""
     parts = urlsplit(uri)
@@ -112,8 +118,10 @@ class ImageIntake:
         max_tiles: dict[ImageRole, int],
         observer: PipelineObserver,
         tracer: trace.Tracer,
+        pixel_budget: Callable[[], PixelBudget] | None = None,
     ) -> None:
         self._fetcher = fetcher
+        self._pixel_budget = pixel_budget
         self._prepare = prepare
         self._executor = executor
         self._prepare_executor = prepare_executor
@@ -129,9 +137,12 @@ class ImageIntake:
         tracker.enter(Stage.FETCH)
         started = time.monotonic()
         progress = _FetchProgress(len(states), started)
+        # Charged from each header before its decode: refuses the image that would take the
+        # request's full-size decoding over its limit.
+        budget = self._pixel_budget() if self._pixel_budget is not None else None
         with self._tracer.start_as_current_span("images", attributes={"images": len(states)}):
             await _first_error(
-                [asyncio.create_task(self._one(s, emit, progress, tracker)) for s in states]
+                [asyncio.create_task(self._one(s, emit, progress, tracker, budget)) for s in states]
             )
         timings.fetch = progress.done_at - started
         timings.preprocess = time.monotonic() - progress.done_at
@@ -144,7 +155,12 @@ class ImageIntake:
         return ModelImages(pixel_values, tuple(p.num_tiles for p in prepared))
 
     async def _one(
-        self, state: ImageState, emit: Emit, progress: _FetchProgress, tracker: StageTracker
+        self,
+        state: ImageState,
+        emit: Emit,
+        progress: _FetchProgress,
+        tracker: StageTracker,
+        budget: PixelBudget | None,
     ) -> None:
         attributes = {"image": state.source.field_path}
         try:
@@ -155,6 +171,8 @@ class ImageIntake:
             raise
         state.fetched = fetched
         self._observer.image_bytes(state.source.role.value, len(fetched.data))
+        if budget is not None:
+            budget.charge(fetched)
         if progress.fetched_one():
             tracker.enter(Stage.PREPROCESS)
         emit(ImagesFetched(fetched=progress.fetched, total=progress.total))

@@ -109,7 +109,7 @@ async def test_declared_length_over_cap_is_refused_without_reading(
     err = await failure(
         make_fetcher(max_bytes=200_000), source(server.url("/big")), Reason.IMAGE_TOO_LARGE
     )
-    assert "Content-Length" in err.message
+    assert "image is 300000 bytes, over the limit of 200000 bytes" in err.message
 
 
 async def test_inline_images_are_size_checked(make_fetcher: MakeFetcher) -> None:
@@ -178,25 +178,46 @@ async def test_transient_statuses_are_retried(
     assert server.hits["/flaky"] == 3
 
 
-async def test_timeout_is_retried(make_fetcher: MakeFetcher, server: LoopbackServer) -> None:
+async def test_one_deadline_covers_every_attempt(
+    make_fetcher: MakeFetcher, server: LoopbackServer
+) -> None:
+    # FETCH_TIMEOUT_S is the whole download: a hung attempt uses it up and is not followed by
+    # a fresh attempt with a fresh timeout (retries would multiply the time a slot is held).
     release = asyncio.Event()
     calls: list[int] = []
 
-    async def first_hangs(request: web.Request) -> web.StreamResponse:
+    async def hangs(request: web.Request) -> web.StreamResponse:
         calls.append(1)
-        if len(calls) == 1:
-            await release.wait()
+        await release.wait()
         return web.Response(body=BODY)
 
-    server.routes["/first-hangs"] = first_hangs
+    server.routes["/hangs"] = hangs
     try:
-        got = await make_fetcher(retries=1, total_timeout_s=0.3).fetch(
-            source(server.url("/first-hangs"))
+        err = await failure(
+            make_fetcher(retries=3, total_timeout_s=0.3, min_bytes_per_s=0),
+            source(server.url("/hangs")),
+            Reason.IMAGE_FETCH_FAILED,
         )
     finally:
         release.set()
-    assert got.data == BODY
-    assert len(calls) == 2
+    assert len(calls) == 1
+    assert "timed out after 0.3 s (1 attempt(s))" in err.message
+    assert err.metadata["fetch_error"] == "timeout"
+
+
+async def test_retries_stop_at_the_deadline(
+    make_fetcher: MakeFetcher, server: LoopbackServer
+) -> None:
+    # Transient failures are retried only while the deadline leaves room for the backoff.
+    server.routes["/down"] = flaky([503] * 10, BODY)
+    err = await failure(
+        make_fetcher(retries=5, backoff_s=0.5, total_timeout_s=1.2),
+        source(server.url("/down")),
+        Reason.IMAGE_FETCH_FAILED,
+    )
+    # Backoffs of at least 0.5 s and 1 s: the third attempt would start after the deadline.
+    assert server.hits["/down"] == 2
+    assert "2 attempt(s)" in err.message and "503" in err.message
 
 
 async def test_retries_give_up(make_fetcher: MakeFetcher, server: LoopbackServer) -> None:

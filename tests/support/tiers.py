@@ -52,6 +52,7 @@ TIERS: dict[str, str] = {
     # Real services, PostgreSQL, subprocesses, toolchains.
     "integration/": INTEGRATION,
     "faults/": INTEGRATION,
+    "hardening/": INTEGRATION,  # both live services fuzzed; a server in a subprocess
     "persistence/": INTEGRATION,
     "native_clients/": INTEGRATION,
     "bench/": INTEGRATION,
