@@ -37,10 +37,16 @@ _STREAM_BUFFER = 256
 _ALWAYS_SENT = (Accepted, AnswerReady, Completed)
 
 
+# The server's deadline is the client's grpc-timeout counted from when the call arrived, so it
+# falls a little after the client's own: a client whose deadline fires cancels the stream
+# just before the server's timer would. A cancel that close to the deadline is the deadline.
+_DEADLINE_SLACK_S = 0.25
+
+
 def _cancel_cause(context: Context) -> ErrorKind:
     """Why gRPC cancelled the handler: its deadline passed, or the client went away."""
     remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
+    if remaining is not None and remaining <= _DEADLINE_SLACK_S:
         return ErrorKind.DEADLINE_EXCEEDED
     return ErrorKind.CANCELLED
 

@@ -34,6 +34,9 @@ def _servicer(request_timeout_s: float) -> Any:
     [
         (None, ErrorKind.CANCELLED),  # no deadline: the client went away
         (12.0, ErrorKind.CANCELLED),
+        (1.0, ErrorKind.CANCELLED),
+        # The client's own deadline fired a moment before the server's: the deadline.
+        (0.1, ErrorKind.DEADLINE_EXCEEDED),
         (0.0, ErrorKind.DEADLINE_EXCEEDED),
         (-0.2, ErrorKind.DEADLINE_EXCEEDED),
     ],
