@@ -1,4 +1,5 @@
-"""Maps protobuf messages to repository rows and back, validating what comes in.
+"""Maps RecordEvents protobuf messages to repository rows, validating what comes in (the read
+responses are built in responses.py).
 
 No grpc here: the servicer turns the InvalidArgumentError raised below into a status.
 """
@@ -9,12 +10,11 @@ import json
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from rpi.inspection.v1 import inspection_pb2
 from rpi.persistence.v1 import persistence_pb2
 
@@ -24,37 +24,27 @@ from persistence_svc.records import (
     EventPayload,
     EventRecord,
     FailureData,
-    InspectionDetail,
-    InspectionRow,
-    InspectionStatus,
     RequestData,
     ResultData,
 )
 
 # Enough to fix a batch; more would only bloat the error.
 _MAX_VIOLATIONS = 50
-_M = TypeVar("_M", bound=Message)
-
-_STATUS_TO_PROTO = {
-    InspectionStatus.PENDING: persistence_pb2.INSPECTION_STATUS_PENDING,
-    InspectionStatus.COMPLETED: persistence_pb2.INSPECTION_STATUS_COMPLETED,
-    InspectionStatus.FAILED: persistence_pb2.INSPECTION_STATUS_FAILED,
-}
 
 # The enum fields beside the old strings, which stay what is stored: "fetch" <->
 # FAILURE_STAGE_FETCH, "InspectStream" <-> INSPECT_METHOD_INSPECT_STREAM. A producer may send
 # either form; readers get both.
-_STAGES = {
+STAGES = {
     name.removeprefix("FAILURE_STAGE_").lower(): persistence_pb2.FailureStage.Value(name)
     for name in persistence_pb2.FailureStage.keys()  # noqa: SIM118 - an enum wrapper, not a dict
     if name != "FAILURE_STAGE_UNSPECIFIED"
 }
-_STAGE_NAMES = {value: name for name, value in _STAGES.items()}
-_METHODS = {
+_STAGE_NAMES = {value: name for name, value in STAGES.items()}
+METHODS = {
     "Inspect": persistence_pb2.INSPECT_METHOD_INSPECT,
     "InspectStream": persistence_pb2.INSPECT_METHOD_INSPECT_STREAM,
 }
-_METHOD_NAMES = {value: name for name, value in _METHODS.items()}
+_METHOD_NAMES = {value: name for name, value in METHODS.items()}
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -92,23 +82,11 @@ def _messages_to_json(messages: Sequence[Message]) -> str:
     return json.dumps(items, ensure_ascii=False, separators=(",", ":"))
 
 
-def _json_to_message(text: str, message: _M) -> _M:
-    # Unknown fields are ignored: rows written by a newer release must stay readable.
-    json_format.ParseDict(json.loads(text), message, ignore_unknown_fields=True)
-    return message
-
-
 def _enum_name(enum_type: Any, value: int) -> str:
     try:
         return str(enum_type.Name(value))
     except ValueError:
         return str(value)
-
-
-def _timestamp(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def parse_uuid(value: str, field: str, violations: list[FieldViolation]) -> UUID | None:
@@ -306,96 +284,4 @@ def _result_from_proto(
         recommendation=_enum_name(inspection_pb2.Recommendation, insp.model_recommendation),
         match_score=score,
         payload_json=message_to_json(insp),
-    )
-
-
-# --- reads -----------------------------------------------------------------------------------
-
-
-def _attempt_to_proto(attempt: AttemptData) -> persistence_pb2.AttemptRecorded:
-    message = persistence_pb2.AttemptRecorded(
-        attempt_number=attempt.attempt_number,
-        prompt=attempt.prompt,
-        prompt_sha256=attempt.prompt_sha256,
-        template_version=attempt.template_version,
-        template_sha256=attempt.template_sha256,
-        raw_output=attempt.raw_output,
-        valid=attempt.valid,
-        validation_errors=[str(e) for e in json.loads(attempt.validation_errors_json)],
-        prompt_tokens=attempt.prompt_tokens,
-        completion_tokens=attempt.completion_tokens,
-        constrained=attempt.constrained,
-        model_name=attempt.model_name,
-        model_revision=attempt.model_revision,
-    )
-    if attempt.parsed_output_json is not None:
-        _json_to_message(attempt.parsed_output_json, message.parsed_output)
-    message.duration.FromNanoseconds(round(attempt.duration_ms * 1e6))
-    return message
-
-
-def _request_to_proto(row: InspectionRow) -> persistence_pb2.RequestReceived:
-    request = persistence_pb2.RequestReceived(
-        shipping_id=row.shipping_id,
-        product_id=row.product_id,
-        product_name=row.product_name,
-        previous_inspection_id=str(row.previous_inspection_id or ""),
-        legacy_questions=row.legacy_questions,
-        method=row.method,
-        inspect_method=_METHODS.get(row.method, persistence_pb2.INSPECT_METHOD_UNSPECIFIED),
-        caller=row.caller,
-    )
-    for question in json.loads(row.questions_json):
-        json_format.ParseDict(question, request.questions.add(), ignore_unknown_fields=True)
-    for image in json.loads(row.images_json):
-        json_format.ParseDict(image, request.images.add(), ignore_unknown_fields=True)
-    return request
-
-
-def record_to_proto(
-    row: InspectionRow, attempts: Sequence[AttemptData] = ()
-) -> persistence_pb2.InspectionRecord:
-    record = persistence_pb2.InspectionRecord(
-        inspection_id=str(row.inspection_id),
-        shipping_id=row.shipping_id,
-        product_id=row.product_id,
-        product_name=row.product_name,
-        previous_inspection_id=str(row.previous_inspection_id or ""),
-        is_latest=row.is_latest,
-        status=_STATUS_TO_PROTO[row.status],
-        attempts=[_attempt_to_proto(a) for a in attempts],
-        create_time=_timestamp(row.created_at),
-        update_time=_timestamp(row.updated_at),
-        caller=row.caller,
-    )
-    if row.request_recorded:
-        record.request.CopyFrom(_request_to_proto(row))
-    if row.result_payload_json is not None:
-        _json_to_message(row.result_payload_json, record.result)
-    if row.failure is not None:
-        record.failure.CopyFrom(
-            persistence_pb2.FailureRecorded(
-                stage=row.failure.stage,
-                reason=row.failure.reason,
-                message=row.failure.message,
-                status_code=row.failure.status_code,
-                failure_stage=_STAGES.get(
-                    row.failure.stage, persistence_pb2.FAILURE_STAGE_UNSPECIFIED
-                ),
-            )
-        )
-    return record
-
-
-def detail_to_proto(detail: InspectionDetail) -> persistence_pb2.GetInspectionResponse:
-    return persistence_pb2.GetInspectionResponse(
-        inspection=record_to_proto(detail.row, detail.attempts)
-    )
-
-
-def page_to_proto(
-    rows: Sequence[InspectionRow], next_page_token: str
-) -> persistence_pb2.ListInspectionsResponse:
-    return persistence_pb2.ListInspectionsResponse(
-        inspections=[record_to_proto(row) for row in rows], next_page_token=next_page_token
     )

@@ -1,7 +1,7 @@
 """Rows the repository reads and writes, independent of protobuf and of SQL.
 
-JSONB columns travel as JSON text: conversion encodes and decodes them (off the event loop for
-big batches), the repository passes them through untouched.
+JSONB columns travel as JSON text: conversion encodes them and responses decodes them (off the
+event loop for big batches), the repository passes them through untouched.
 """
 
 from __future__ import annotations

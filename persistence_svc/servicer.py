@@ -10,7 +10,7 @@ from collections.abc import Callable
 import grpc
 from rpi.persistence.v1 import persistence_pb2, persistence_pb2_grpc
 
-from persistence_svc import conversion, paging
+from persistence_svc import conversion, paging, responses
 from persistence_svc.errors import (
     DatabaseUnavailableError,
     FieldViolation,
@@ -88,7 +88,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         detail = await self._repo().get_inspection(inspection_id)
         if detail is None:
             raise NotFoundError(f"inspection {inspection_id} not found")
-        return await asyncio.to_thread(conversion.detail_to_proto, detail)
+        return await asyncio.to_thread(responses.detail_to_proto, detail)
 
     async def ListInspections(  # noqa: N802 - gRPC method name
         self,
@@ -112,4 +112,4 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         page = await self._repo().list_inspections(
             request.shipping_id, page_size, request.page_token
         )
-        return await asyncio.to_thread(conversion.page_to_proto, page.rows, page.next_page_token)
+        return await asyncio.to_thread(responses.page_to_proto, page.rows, page.next_page_token)

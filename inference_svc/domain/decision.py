@@ -35,7 +35,7 @@ from inference_svc.domain.models import (
     Recommendation,
 )
 from inference_svc.domain.prompt import prompt_safe
-from inference_svc.domain.questions import (
+from inference_svc.domain.vocabulary import (
     ValueType,
     boolean_truth,
     is_boolean_word,

@@ -2,210 +2,37 @@
 
 ``extract_json`` follows the replaced service's leniency, in its order: fenced ```json blocks,
 the whole text as JSON, the outermost balanced ``{...}``, single quotes fixed, a Python literal
-(True/False/None), YAML, and finally regex recovery of the three top-level sections.
+(True/False/None), YAML, and finally regex recovery of the three top-level sections. The
+scanning and repairs are in lenient_json.py, the schema check in output_validation.py.
 """
 
 from __future__ import annotations
 
-import ast
-import json
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import yaml
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
-
+from inference_svc.domain.lenient_json import (
+    PARSE_ERRORS,
+    PARSERS,
+    balanced_end,
+    greedy_object,
+    opens_single_quote,
+    parse_fragment,
+    top_level_objects,
+)
 from inference_svc.domain.models import ValidationOutcome
-from inference_svc.domain.output_schema import RESPONSE_SCHEMA
+from inference_svc.domain.output_validation import validate_output
 
 logger = logging.getLogger(__name__)
 
 TOP_LEVEL_KEYS = ("image_analysis", "verification_results", "pickup_confidence")
-MAX_REPORTED_ERRORS = 20
 
 _FENCE = re.compile(
     r"```[ \t]*(?:json|JSON|javascript|js|python|yaml)?[ \t]*\n?(.*?)```", re.DOTALL
 )
 _UNCLOSED_FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n(.*)\Z", re.DOTALL)
-
-
-# --------------------------------------------------------------------------- scanning helpers
-
-
-def _balanced_end(text: str, start: int) -> int | None:
-    """Index just past the bracket that closes the one at ``start``; None when unclosed.
-    Aware of double- and single-quoted strings and backslash escapes."""
-    stack: list[str] = []
-    quote = ""
-    escaped = False
-    pairs = {"{": "}", "[": "]"}
-    for i in range(start, len(text)):
-        ch = text[i]
-        if quote:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == quote:
-                quote = ""
-            continue
-        if ch == '"' or (ch == "'" and _opens_single_quote(text, i)):
-            quote = ch
-        elif ch in pairs:
-            stack.append(pairs[ch])
-        elif ch in "}]":
-            if not stack or stack.pop() != ch:
-                return None
-            if not stack:
-                return i + 1
-    return None
-
-
-def _opens_single_quote(text: str, i: int) -> bool:
-    # A ' opens a Python-style string only where a value or key may start; elsewhere it is an
-    # apostrophe in unquoted prose.
-    j = i - 1
-    while j >= 0 and text[j] in " \t\r\n":
-        j -= 1
-    return j < 0 or text[j] in "{[,:"
-
-
-# Each unclosed "{" costs a scan to the end of the text; a truncated output has many.
-_MAX_SCAN_ATTEMPTS = 64
-
-
-def _top_level_objects(text: str) -> list[str]:
-    """Balanced ``{...}`` spans not nested in another one, longest first."""
-    spans: list[str] = []
-    i = text.find("{")
-    attempts = 0
-    while i != -1 and attempts < _MAX_SCAN_ATTEMPTS:
-        attempts += 1
-        end = _balanced_end(text, i)
-        if end is None:
-            i = text.find("{", i + 1)
-            continue
-        spans.append(text[i:end])
-        i = text.find("{", end)
-    spans.sort(key=len, reverse=True)
-    return spans
-
-
-def _greedy_object(text: str) -> str | None:
-    # The replaced service's r"\{.*\}" with DOTALL: first { to last }.
-    first, last = text.find("{"), text.rfind("}")
-    return text[first : last + 1] if 0 <= first < last else None
-
-
-# --------------------------------------------------------------------------- repairs
-
-
-_PY_LITERALS = {"True": "true", "False": "false", "None": "null"}
-
-
-def repair_json(text: str) -> str:
-    """Python/JS-flavoured JSON made strict: single-quoted strings to double-quoted, True/False/
-    None to JSON literals, trailing commas dropped, // comments removed. Double-quoted strings
-    are copied untouched."""
-    out: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == '"':
-            end = _string_end(text, i, '"')
-            out.append(text[i:end])
-            i = end
-        elif ch == "'" and _opens_single_quote(text, i):
-            end = _single_quoted_end(text, i)
-            inner = text[i + 1 : end - 1] if end - 1 > i else text[i + 1 : end]
-            inner = inner.replace("\\'", "'").replace('"', '\\"')
-            out.append('"' + inner + '"')
-            i = end
-        elif ch == "/" and text.startswith("//", i):
-            newline = text.find("\n", i)
-            i = n if newline == -1 else newline
-        elif ch == ",":
-            j = i + 1
-            while j < n and text[j] in " \t\r\n":
-                j += 1
-            if j < n and text[j] in "}]":
-                i += 1  # trailing comma
-                continue
-            out.append(ch)
-            i += 1
-        elif ch.isalpha() or ch == "_":
-            j = i
-            while j < n and (text[j].isalnum() or text[j] == "_"):
-                j += 1
-            word = text[i:j]
-            out.append(_PY_LITERALS.get(word, word))
-            i = j
-        else:
-            out.append(ch)
-            i += 1
-    return "".join(out)
-
-
-def _string_end(text: str, start: int, quote: str) -> int:
-    i = start + 1
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2
-            continue
-        if text[i] == quote:
-            return i + 1
-        i += 1
-    return len(text)
-
-
-def _single_quoted_end(text: str, start: int) -> int:
-    """End of a single-quoted string, treating a ' not followed by a delimiter as an
-    apostrophe ('the product's box')."""
-    i = start + 1
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2
-            continue
-        if text[i] == "'":
-            j = i + 1
-            while j < len(text) and text[j] in " \t\r\n":
-                j += 1
-            if j >= len(text) or text[j] in ",:}]":
-                return i + 1
-        i += 1
-    return len(text)
-
-
-# --------------------------------------------------------------------------- parsers
-
-
-def _json(text: str) -> Any:
-    return json.loads(text)
-
-
-def _json_repaired(text: str) -> Any:
-    return json.loads(repair_json(text))
-
-
-def _literal(text: str) -> Any:
-    return ast.literal_eval(text)
-
-
-def _yaml(text: str) -> Any:
-    return yaml.safe_load(text)
-
-
-_PARSERS: tuple[tuple[str, Callable[[str], Any]], ...] = (
-    ("json", _json),
-    ("single-quote fix", _json_repaired),
-    ("python literal", _literal),
-    ("yaml", _yaml),
-)
-
-_PARSE_ERRORS = (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, yaml.YAMLError)
 
 
 def _candidates(text: str) -> list[str]:
@@ -215,8 +42,8 @@ def _candidates(text: str) -> list[str]:
     if not found and unclosed:
         found.append(unclosed.group(1).strip())
     found.append(stripped)
-    found.extend(_top_level_objects(stripped))
-    greedy = _greedy_object(stripped)
+    found.extend(top_level_objects(stripped))
+    greedy = greedy_object(stripped)
     if greedy is not None:
         found.append(greedy)
     unique: list[str] = []
@@ -228,11 +55,11 @@ def _candidates(text: str) -> list[str]:
 
 def _parsed_dicts(text: str) -> Iterator[dict[str, Any]]:
     candidates = _candidates(text)
-    for _name, parse in _PARSERS:
+    for _name, parse in PARSERS:
         for cand in candidates:
             try:
                 value = parse(cand)
-            except _PARSE_ERRORS:
+            except PARSE_ERRORS:
                 continue
             if isinstance(value, dict):
                 yield value
@@ -263,15 +90,6 @@ _SECTION_KEY = re.compile(
 )
 
 
-def _parse_fragment(fragment: str) -> Any:
-    for _name, parse in _PARSERS[:3]:
-        try:
-            return parse(fragment)
-        except _PARSE_ERRORS:
-            continue
-    return None
-
-
 def recover_sections(text: str) -> dict[str, Any]:
     """Regex recovery: each top-level section parsed on its own, so one broken section (or a
     missing outer brace) does not lose the others. An unterminated verification_results array
@@ -281,9 +99,9 @@ def recover_sections(text: str) -> dict[str, Any]:
         key, start = match.group(1), match.end()
         if key in found or start >= len(text) or text[start] not in "{[":
             continue
-        end = _balanced_end(text, start)
+        end = balanced_end(text, start)
         if end is not None:
-            value = _parse_fragment(text[start:end])
+            value = parse_fragment(text[start:end])
             if value is not None:
                 found[key] = value
         elif key == "verification_results" and text[start] == "[":
@@ -292,45 +110,6 @@ def recover_sections(text: str) -> dict[str, Any]:
             if items:
                 found[key] = items
     return found
-
-
-# --------------------------------------------------------------------------- validation
-
-_VALIDATOR = Draft202012Validator(RESPONSE_SCHEMA)
-
-
-def json_path(error: ValidationError) -> str:
-    path = "$"
-    for part in error.absolute_path:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
-
-
-def validate_output(obj: object) -> ValidationOutcome:
-    """Check a parsed output against RESPONSE_SCHEMA; errors read "$.path: message"."""
-    if not isinstance(obj, dict):
-        return ValidationOutcome(
-            parsed=None, valid=False, errors=["$: no JSON object found in the model output"]
-        )
-    errors = sorted(_VALIDATOR.iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path])
-    messages = [f"{json_path(e)}: {_short(_message(e))}" for e in errors]
-    if len(messages) > MAX_REPORTED_ERRORS:
-        extra = len(messages) - MAX_REPORTED_ERRORS
-        messages = [*messages[:MAX_REPORTED_ERRORS], f"... and {extra} more error(s)"]
-    return ValidationOutcome(parsed=obj, valid=not messages, errors=messages)
-
-
-def _message(error: ValidationError) -> str:
-    # "is not valid under any of the given schemas" tells a model nothing; say what is wanted.
-    description = error.schema.get("description") if isinstance(error.schema, dict) else None
-    if error.validator == "anyOf" and isinstance(description, str):
-        return f"{error.instance!r} is not {description}"
-    return error.message
-
-
-def _short(message: str, limit: int = 200) -> str:
-    # jsonschema quotes the whole offending instance; a long Evidence would flood the retry.
-    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 def parse_model_output(text: str) -> ValidationOutcome:
@@ -403,7 +182,7 @@ class IncrementalAnswerParser:
                     self._stack.append("}")
                 i += 1
                 continue
-            if ch == '"' or (ch == "'" and _opens_single_quote(text, i)):
+            if ch == '"' or (ch == "'" and opens_single_quote(text, i)):
                 self._quote = ch
                 self._string_start = i
             elif ch == ":":
@@ -449,7 +228,7 @@ class IncrementalAnswerParser:
 
 
 def _parse_item(fragment: str) -> dict[str, Any] | None:
-    value = _parse_fragment(fragment)
+    value = parse_fragment(fragment)
     if isinstance(value, dict):
         return value
     logger.debug("unparseable answer fragment of %d chars", len(fragment))

@@ -27,7 +27,7 @@ from typing import Any
 
 from inference_svc.domain.models import OutputLimits, Question
 from inference_svc.domain.prompt import prompt_safe
-from inference_svc.domain.questions import ValueType, boolean_pair, value_type
+from inference_svc.domain.vocabulary import ValueType, boolean_pair, value_type
 
 RECOMMENDATIONS = ("Accept", "Reject", "Partial", "Retry")
 

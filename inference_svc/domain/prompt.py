@@ -24,15 +24,9 @@ from pathlib import Path
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
+from inference_svc.domain.categories import categorise, is_negative_expected
 from inference_svc.domain.models import OutputLimits, Question
-from inference_svc.domain.questions import (
-    ValueType,
-    boolean_pair,
-    boolean_truth,
-    categorise,
-    is_negative_expected,
-    value_type,
-)
+from inference_svc.domain.vocabulary import ValueType, boolean_pair, boolean_truth, value_type
 from inference_svc.model_inputs import IMAGE_PLACEHOLDER
 
 DEFAULT_TEMPLATE = "inspection_v1.j2"

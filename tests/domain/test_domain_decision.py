@@ -17,7 +17,7 @@ from inference_svc.domain.decision import (
 )
 from inference_svc.domain.errors import ErrorKind, InspectionError, Reason
 from inference_svc.domain.models import AnswerSource, Decision, Question, Recommendation
-from inference_svc.domain.questions import ValueType
+from inference_svc.domain.vocabulary import ValueType
 
 BRAND = Question("Brand", "Is the brand visible?", "Yes", True)
 DAMAGE = Question("Damage", "Is there any damage?", "N", True)

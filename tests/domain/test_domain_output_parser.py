@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from inference_svc.domain.decision import decide
+from inference_svc.domain.lenient_json import repair_json
 from inference_svc.domain.models import Decision, Question
 from inference_svc.domain.output_parser import (
     IncrementalAnswerParser,
     extract_json,
     parse_model_output,
-    repair_json,
-    validate_output,
 )
+from inference_svc.domain.output_validation import validate_output
 
 CORPUS = sorted((Path(__file__).parent / "corpus").glob("*.txt"))
 QUESTIONS = [

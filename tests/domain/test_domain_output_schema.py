@@ -8,12 +8,12 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from inference_svc.domain.models import OutputLimits, Question
-from inference_svc.domain.output_parser import validate_output
 from inference_svc.domain.output_schema import (
     RESPONSE_SCHEMA,
     constrained_schema,
     grammar_check,
 )
+from inference_svc.domain.output_validation import validate_output
 
 QUESTION_SETS: dict[str, list[Question]] = {
     "one": [Question("Brand", "Is the brand visible?", "Yes", True)],

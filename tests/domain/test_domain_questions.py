@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from inference_svc.domain.categories import Category, categorise, is_negative_expected
 from inference_svc.domain.errors import ErrorKind, InspectionError, Reason
 from inference_svc.domain.models import Question
-from inference_svc.domain.questions import (
-    Category,
+from inference_svc.domain.questions import parse_legacy_questions
+from inference_svc.domain.vocabulary import (
     ValueType,
     boolean_pair,
     boolean_truth,
-    categorise,
-    is_negative_expected,
     normalise_boolean,
     opposite_boolean,
-    parse_legacy_questions,
     value_type,
 )
 
