@@ -10,15 +10,21 @@ output:
 5. if every question was answered by the model with its value to check, the decision is PICK;
 6. on PICK every answer becomes its value to check; on NOT_PICK a non-boolean answer that
    differs from its value to check is blanked.
+
+These are the defaults. ``DecisionRules`` holds the open choices a policy may change (how an
+answer is compared for rule 5, whether rule 5 applies, whether a fuzzy label match counts for
+it); ``evaluate`` also reports, per question, how it was matched and whether it passed, which
+the policy layer (``inference_svc.domain.outcome``) builds on.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rapidfuzz import fuzz, process, utils
@@ -148,8 +154,16 @@ def match_answers(
     """For each question, the index of its model answer in ``results`` (None when missed).
     Exact label matches are taken first, in order; then each unmatched question takes the most
     similar unused answer with token-set similarity >= 90. An answer is used at most once."""
+    return _match_answers(questions, results)[0]
+
+
+def _match_answers(
+    questions: Sequence[Question], results: Sequence[Mapping[str, Any]]
+) -> tuple[list[int | None], set[int]]:
+    """``match_answers`` and the indices of the questions matched only fuzzily."""
     labels = [_text(r.get("Label")).strip() for r in results]
     used: set[int] = set()
+    fuzzy: set[int] = set()
     matched: list[int | None] = [None] * len(questions)
     for qi, question in enumerate(questions):
         wanted = {question.label.strip(), prompt_safe(question.label).strip()}
@@ -176,7 +190,8 @@ def match_answers(
             logger.debug("fuzzy label match %.1f for question %d", score, qi)
             matched[qi] = int(ri)
             used.add(int(ri))
-    return matched
+            fuzzy.add(qi)
+    return matched, fuzzy
 
 
 # --------------------------------------------------------------------------- the rules
@@ -238,12 +253,101 @@ def _section(output: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def decide(questions: Sequence[Question], output: Mapping[str, Any]) -> DecidedOutcome:
+class Comparison(enum.Enum):
+    """How an answer is compared with its value to check for the forced-Pick rule."""
+
+    # Booleans by truth value ("Yes, the logo is visible" equals "Y"), numbers by value ("2.0"
+    # equals "2"), text ignoring case and repeated whitespace: this service's rule since it
+    # replaced the old one, hence the default.
+    SEMANTIC = "semantic"
+    # The model's Result text, surrounding whitespace aside, equals the value to check exactly,
+    # as the replaced service compared strings.
+    LITERAL = "literal"
+
+
+class MatchKind(enum.Enum):
+    EXACT = "exact"
+    FUZZY = "fuzzy"
+    MISSED = "missed"
+
+
+@dataclass(frozen=True)
+class DecisionRules:
+    """The open choices of the rules above; the defaults are the rules as documented."""
+
+    comparison: Comparison = Comparison.SEMANTIC
+    forced_pick: bool = True
+    # Whether an answer whose label matched only fuzzily counts toward the forced Pick.
+    fuzzy_counts_for_forced_pick: bool = True
+
+
+DEFAULT_RULES = DecisionRules()
+
+
+@dataclass(frozen=True)
+class QuestionCheck:
+    """How one question fared: how its answer was found and whether the model answered it with
+    its value to check (under the rules' comparison)."""
+
+    match: MatchKind
+    passed: bool
+
+
+@dataclass
+class Evaluation:
+    outcome: DecidedOutcome
+    checks: list[QuestionCheck]
+    forced_pick: bool  # rule 5 turned a recommendation other than Accept into PICK
+    # The answers before rule 6, and their value types, so that a policy that overrides the
+    # decision can present them for its own outcome (``present_answers``).
+    given_answers: list[Answer]
+    types: list[ValueType]
+
+
+def present_answers(
+    answers: Sequence[Answer], types: Sequence[ValueType], decision: Decision | None
+) -> list[Answer]:
+    """Rule 6 on copies of ``answers``; ``decision`` None leaves them as the model gave them."""
+    presented: list[Answer] = []
+    for answer, vtype in zip(answers, types, strict=True):
+        shown = answer.answer
+        if decision is Decision.PICK:
+            shown = answer.value_to_check
+        elif (
+            decision is Decision.NOT_PICK
+            and vtype is not ValueType.BOOLEAN
+            and not same_value(answer.answer, answer.value_to_check, vtype)
+        ):
+            shown = ""
+        presented.append(replace(answer, answer=shown))
+    return presented
+
+
+def _passes(raw: str, answer: Answer, vtype: ValueType, comparison: Comparison) -> bool:
+    if comparison is Comparison.LITERAL:
+        return raw.strip() == answer.value_to_check.strip()
+    return same_value(answer.answer, answer.value_to_check, vtype)
+
+
+def decide(
+    questions: Sequence[Question],
+    output: Mapping[str, Any],
+    rules: DecisionRules = DEFAULT_RULES,
+) -> DecidedOutcome:
     """Apply the decision rules to a (schema-valid) model output.
 
     Raises InspectionError(INTERNAL, MODEL_OUTPUT_INVALID, stage="decide") when the
     recommendation is not one of Accept, Reject, Partial, Retry.
     """
+    return evaluate(questions, output, rules).outcome
+
+
+def evaluate(
+    questions: Sequence[Question],
+    output: Mapping[str, Any],
+    rules: DecisionRules = DEFAULT_RULES,
+) -> Evaluation:
+    """``decide``, with how each question was matched and whether it passed."""
     recommendation = _recommendation(output)
     decision = Decision.PICK if recommendation is Recommendation.ACCEPT else Decision.NOT_PICK
 
@@ -251,43 +355,51 @@ def decide(questions: Sequence[Question], output: Mapping[str, Any]) -> DecidedO
     results = (
         [r for r in raw_results if isinstance(r, Mapping)] if isinstance(raw_results, list) else []
     )
-    matches = match_answers(questions, results)
+    matches, fuzzy = _match_answers(questions, results)
 
     answers: list[Answer] = []
     types: list[ValueType] = []
-    for question, ri in zip(questions, matches, strict=True):
+    checks: list[QuestionCheck] = []
+    for qi, (question, ri) in enumerate(zip(questions, matches, strict=True)):
         vtype = value_type(question)
         types.append(vtype)
         if ri is None:
             answers.append(missed_answer(question))
-        else:
-            answers.append(_model_answer(question, vtype, results[ri]))
+            checks.append(QuestionCheck(MatchKind.MISSED, passed=False))
+            continue
+        answer = _model_answer(question, vtype, results[ri])
+        answers.append(answer)
+        raw = result_text(results[ri].get("Result"))
+        checks.append(
+            QuestionCheck(
+                MatchKind.FUZZY if qi in fuzzy else MatchKind.EXACT,
+                passed=_passes(raw, answer, vtype, rules.comparison),
+            )
+        )
 
     # Forced PICK: the model answered everything with the expected values, whatever it
     # recommended.
-    if questions and all(
-        a.source is AnswerSource.MODEL and same_value(a.answer, a.value_to_check, t)
-        for a, t in zip(answers, types, strict=True)
-    ):
+    forced = (
+        rules.forced_pick
+        and decision is Decision.NOT_PICK
+        and bool(questions)
+        and all(
+            c.passed and (c.match is MatchKind.EXACT or rules.fuzzy_counts_for_forced_pick)
+            for c in checks
+        )
+    )
+    if forced:
         decision = Decision.PICK
-
-    for answer, vtype in zip(answers, types, strict=True):
-        if decision is Decision.PICK:
-            answer.answer = answer.value_to_check
-        elif vtype is not ValueType.BOOLEAN and not same_value(
-            answer.answer, answer.value_to_check, vtype
-        ):
-            answer.answer = ""
 
     confidence = _section(output, "pickup_confidence")
     factors = confidence.get("confidence_factors")
     factors = factors if isinstance(factors, Mapping) else {}
     analysis = _section(output, "image_analysis")
-    return DecidedOutcome(
+    outcome = DecidedOutcome(
         decision=decision,
         recommendation=recommendation,
         match_score=parse_score(confidence.get("overall_score")),
-        answers=answers,
+        answers=present_answers(answers, types, decision),
         analysis=Analysis(
             pickup_description=_text(analysis.get("pickup_images")).strip(),
             reference_description=_text(analysis.get("vendor_image")).strip(),
@@ -299,3 +411,4 @@ def decide(questions: Sequence[Question], output: Mapping[str, Any]) -> DecidedO
             matching_confidence=parse_score(factors.get("matching_confidence")),
         ),
     )
+    return Evaluation(outcome, checks, forced, given_answers=answers, types=types)
