@@ -1,0 +1,272 @@
+"""``rpi-replay``: what a decision policy would have decided on stored inspections.
+
+Stored inspections (the persistence service's ``InspectionRecord``: the request's questions, the
+raw model output of each attempt, the result) are decided again with the current rules and a
+chosen policy file, with no model run, and the decisions that would change are listed: counts
+by old -> new outcome, then each changed inspection with the reasons of its new outcome.
+
+    rpi-replay --policy policy.yaml --persistence-target localhost:50052 --shipping-id S1
+    rpi-replay --policy policy.yaml --persistence-target localhost:50052 --shipping-id S1 \\
+        --shipping-id S2 --fail-on-change
+
+Exit status: 0 (1 with ``--fail-on-change`` when a decision changes), 2 for a bad policy file or
+arguments, 3 when the persistence service cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+from rpi.inspection.v1 import inspection_pb2
+from rpi.persistence.v1 import persistence_pb2
+
+from inference_svc.domain.errors import InspectionError
+from inference_svc.domain.models import Question
+from inference_svc.domain.outcome import (
+    Outcome,
+    OutcomeReason,
+    PolicyOutcome,
+    Signals,
+    decide_with_policy,
+    quality_gate,
+)
+from inference_svc.domain.policy import PolicyError, PolicyFile, load_policy
+
+EXIT_CHANGED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+_DECISION_OUTCOMES: dict[int, Outcome] = {
+    inspection_pb2.DECISION_PICK: Outcome.PICK,
+    inspection_pb2.DECISION_NOT_PICK: Outcome.NOT_PICK,
+}
+
+
+@dataclass(frozen=True)
+class StoredInspection:
+    """What replay needs of a stored inspection."""
+
+    inspection_id: str
+    shipping_id: str
+    vendor_id: str
+    questions: tuple[Question, ...]
+    output: dict[str, Any] | None  # the last valid attempt's parsed output
+    old_outcome: Outcome
+    signals: Signals = field(default_factory=Signals)
+
+
+class NotReplayableError(ValueError):
+    """A stored inspection that cannot be decided again (its reason is the message)."""
+
+
+def stored_inspection(record: persistence_pb2.InspectionRecord) -> StoredInspection:
+    """The replayable part of a record; NotReplayableError for one without a result, or with
+    neither a valid model output nor image measures to decide on."""
+    if record.status != persistence_pb2.INSPECTION_STATUS_COMPLETED or not record.HasField(
+        "result"
+    ):
+        raise NotReplayableError("not completed")
+    old = _DECISION_OUTCOMES.get(record.result.decision)
+    if old is None:
+        raise NotReplayableError("unknown stored decision")
+    output: dict[str, Any] | None = None
+    for attempt in reversed(record.attempts):
+        if attempt.valid and attempt.HasField("parsed_output"):
+            output = json_format.MessageToDict(attempt.parsed_output)
+            break
+    questions = tuple(
+        Question(type=q.type, label=q.label, value_to_check=q.value_to_check, mandatory=q.mandatory)
+        for q in record.request.questions
+    )
+    return StoredInspection(
+        inspection_id=record.inspection_id,
+        shipping_id=record.shipping_id,
+        vendor_id="",
+        questions=questions,
+        output=output,
+        old_outcome=old,
+    )
+
+
+@dataclass(frozen=True)
+class Change:
+    inspection_id: str
+    shipping_id: str
+    old: Outcome
+    new: Outcome
+    policy_name: str
+    reasons: tuple[OutcomeReason, ...]
+
+
+@dataclass
+class ReplayReport:
+    policy_version: str
+    replayed: int = 0
+    changes: list[Change] = field(default_factory=list)
+    transitions: Counter[tuple[Outcome, Outcome]] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def changed(self) -> int:
+        return len(self.changes)
+
+
+def decide_again(stored: StoredInspection, policy: PolicyFile) -> PolicyOutcome:
+    """The outcome ``policy`` gives a stored inspection; NotReplayableError when it needs a model
+    output the record does not have."""
+    selected = policy.select(stored.vendor_id)
+    gated = quality_gate(selected, stored.signals.quality)
+    if gated is not None:
+        return gated
+    if stored.output is None:
+        raise NotReplayableError("no valid model output")
+    try:
+        return decide_with_policy(selected, stored.questions, stored.output, stored.signals)
+    except InspectionError as exc:
+        raise NotReplayableError(f"model output cannot be decided: {exc.reason.value}") from None
+
+
+def replay(
+    records: Iterable[persistence_pb2.InspectionRecord | StoredInspection], policy: PolicyFile
+) -> ReplayReport:
+    """Decide every record again under ``policy`` and report what changes."""
+    report = ReplayReport(policy_version=policy.version)
+    for record in records:
+        try:
+            stored = record if isinstance(record, StoredInspection) else stored_inspection(record)
+            decided = decide_again(stored, policy)
+        except NotReplayableError as exc:
+            report.skipped[str(exc)] += 1
+            continue
+        report.replayed += 1
+        report.transitions[(stored.old_outcome, decided.outcome)] += 1
+        if decided.outcome is not stored.old_outcome:
+            report.changes.append(
+                Change(
+                    inspection_id=stored.inspection_id,
+                    shipping_id=stored.shipping_id,
+                    old=stored.old_outcome,
+                    new=decided.outcome,
+                    policy_name=decided.policy_name,
+                    reasons=tuple(decided.decisive),
+                )
+            )
+    return report
+
+
+def _reason_text(reason: OutcomeReason) -> str:
+    where = []
+    if reason.question_label:
+        where.append(f"question[{reason.question_index}] {reason.question_label!r}")
+    if reason.image is not None:
+        where.append(f"{reason.image.role.value}_images[{reason.image.index}]")
+    place = f" ({', '.join(where)})" if where else ""
+    return f"{reason.code.value}{place}: {reason.detail}" if reason.detail else reason.code.value
+
+
+def format_report(report: ReplayReport) -> str:
+    lines = [
+        f"policy {report.policy_version}: {report.replayed} replayed, {report.changed} would "
+        f"change, {sum(report.skipped.values())} skipped",
+    ]
+    if report.transitions:
+        lines.append("")
+        lines.append(f"{'old':<14} {'new':<14} {'count':>7}")
+        for (old, new), count in sorted(report.transitions.items()):
+            marker = "" if old is new else "  *"
+            lines.append(f"{old.value:<14} {new.value:<14} {count:>7}{marker}")
+    if report.changes:
+        lines.append("")
+        lines.append("changed:")
+        for change in report.changes:
+            lines.append(
+                f"  {change.inspection_id} shipment {change.shipping_id} "
+                f"[{change.policy_name}]: {change.old.value} -> {change.new.value}"
+            )
+            lines.extend(f"      {_reason_text(r)}" for r in change.reasons)
+    if report.skipped:
+        lines.append("")
+        lines.append("skipped:")
+        lines.extend(f"  {count:>7}  {why}" for why, count in sorted(report.skipped.items()))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- reading records
+
+
+async def read_records(
+    target: str, shipping_ids: Sequence[str], page_size: int = 100
+) -> AsyncIterator[persistence_pb2.InspectionRecord]:
+    """Every inspection of the given shipments, with its attempts (a list page carries none,
+    so each is read whole)."""
+    from clients.python.rpi_client.client import PersistenceReader  # noqa: PLC0415 (grpc)
+
+    reader = PersistenceReader.connect(target)
+    try:
+        for shipping_id in shipping_ids:
+            async for page in reader.list_inspection_pages(shipping_id, page_size):
+                for listed in page.inspections:
+                    yield await reader.get_inspection(listed.inspection_id)
+    finally:
+        await reader.close()
+
+
+async def _collect(target: str, shipping_ids: Sequence[str]) -> list[Any]:
+    return [record async for record in read_records(target, shipping_ids)]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rpi-replay", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--policy", type=Path, required=True, help="policy YAML file")
+    parser.add_argument("--persistence-target", default="localhost:50052")
+    parser.add_argument("--shipping-id", action="append", default=[], dest="shipping_ids")
+    parser.add_argument(
+        "--fail-on-change",
+        action="store_true",
+        help=f"exit {EXIT_CHANGED} when any decision would change",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        print(f"rpi-replay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.shipping_ids:
+        print("rpi-replay: give --shipping-id (one or more)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        records = asyncio.run(_collect(args.persistence_target, args.shipping_ids))
+    except Exception as exc:
+        print(f"rpi-replay: cannot read inspections: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    return report_and_exit(records, policy, fail_on_change=args.fail_on_change)
+
+
+def report_and_exit(
+    records: Iterable[persistence_pb2.InspectionRecord | StoredInspection],
+    policy: PolicyFile,
+    *,
+    fail_on_change: bool,
+) -> int:
+    """Replay, print the report, and the exit status ``main`` returns."""
+    report = replay(records, policy)
+    print(format_report(report))
+    return EXIT_CHANGED if fail_on_change and report.changes else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
