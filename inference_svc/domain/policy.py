@@ -58,14 +58,14 @@ class QualityMode(enum.StrEnum):
 
 class QualityThresholds(_Strict):
     """Limits of the quality gate (``inference_svc.imaging.quality`` measures). Sharpness and
-    exposure are measured on the image scaled down to 512 pixels on its longer side, so the
+    exposure are measured on the image's 448x448 overview (the model's thumbnail tile), so the
     same limit holds for every camera resolution. Calibrate on real traffic in ``flag`` mode
     before enforcing."""
 
-    # Variance of the Laplacian of the luma at the analysis size: a Gaussian blur of sigma
-    # 1 px there, or a 3x3 box blur, takes a sharp photo under it. Darkening lowers it too
-    # (the Laplacian scales with contrast), so an underexposed photo is often also blurry.
-    min_sharpness: float = Field(default=25.0, ge=0)
+    # Variance of the Laplacian of the overview's luma: a Gaussian blur of sigma 1 px at the
+    # overview's scale, or a 3x3 box blur, takes a sharp photo under it. Darkening lowers it
+    # too (the Laplacian scales with contrast), so an underexposed photo is often also blurry.
+    min_sharpness: float = Field(default=15.0, ge=0)
     # Mean luma (0-255) and the share of crushed (<= 16) or blown (>= 239) pixels.
     min_mean_luma: float = Field(default=45.0, ge=0, le=255)
     max_mean_luma: float = Field(default=215.0, ge=0, le=255)

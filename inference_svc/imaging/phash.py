@@ -12,22 +12,30 @@ signed 64-bit column (Postgres ``bigint``). CPU-bound: call from a worker thread
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 
 from inference_svc.domain.outcome import hamming
-from inference_svc.imaging.quality import preview
+from inference_svc.imaging.quality import overview, tile_luma
 
 HASH_BITS = 64
 _WIDTH, _HEIGHT = 9, 8
 _SIGN = 1 << 63
 _MASK = (1 << 64) - 1
 
-__all__ = ["HASH_BITS", "dhash", "dhash_of_preview", "from_signed", "hamming", "to_signed"]
+__all__ = [
+    "HASH_BITS",
+    "dhash",
+    "dhash_of_grey",
+    "dhash_tile",
+    "from_signed",
+    "hamming",
+    "to_signed",
+]
 
 
-def dhash_of_preview(grey: Image.Image) -> int:
-    """The dHash of a greyscale ``quality.preview`` (so a gate that measures the image too
-    scales and converts it once)."""
+def dhash_of_grey(grey: Image.Image) -> int:
+    """The dHash of a greyscale image (an ``overview``)."""
     small = grey.convert("L") if grey.mode != "L" else grey
     thumb = np.asarray(small.resize((_WIDTH, _HEIGHT), Image.Resampling.LANCZOS), dtype=np.int16)
     bits = (thumb[:, 1:] > thumb[:, :-1]).reshape(-1)
@@ -36,7 +44,13 @@ def dhash_of_preview(grey: Image.Image) -> int:
 
 def dhash(image: Image.Image) -> int:
     """The 64-bit dHash of a decoded image (any mode)."""
-    return dhash_of_preview(preview(image))
+    return dhash_of_grey(overview(image))
+
+
+def dhash_tile(tile: NDArray[np.uint8]) -> int:
+    """The dHash of an image's overview tile (3, S, S), as the image intake produces it."""
+    luma = np.clip(np.rint(tile_luma(tile)), 0, 255).astype(np.uint8)
+    return dhash_of_grey(Image.fromarray(luma, mode="L"))
 
 
 def to_signed(value: int) -> int:

@@ -1,11 +1,12 @@
 """The image quality gate's measures: blur, exposure and resolution of an already decoded image.
 
-Sharpness and exposure are measured on a greyscale preview scaled down to ``ANALYSIS_SIDE``
-pixels on its longer side (never up), so one threshold holds for every camera resolution and the
-cost stays a few milliseconds per image whatever its size. CPU-bound and synchronous: call it in
-a worker thread, never on the event loop.
+Sharpness and exposure are measured on the image's overview: the whole image scaled to
+``OVERVIEW_SIZE`` x ``OVERVIEW_SIZE``, which is InternVL's thumbnail tile, so the model's own
+overview of the image is what is judged, one threshold holds for every camera resolution, and
+the pipeline measures the overview tile it already has (``assess_tile``) instead of decoding the
+image again. CPU-bound and synchronous: call it in a worker thread, never on the event loop.
 
-- sharpness: variance of the Laplacian (4-neighbour kernel) of the preview's luma; blur removes
+- sharpness: variance of the Laplacian (4-neighbour kernel) of the overview's luma; blur removes
   the high frequencies the Laplacian responds to, so the variance falls;
 - exposure: mean luma (0-255) and the share of crushed (<= ``DARK_LUMA``) and blown
   (>= ``BRIGHT_LUMA``) pixels;
@@ -17,38 +18,42 @@ Thresholds are the policy's (``QualityThresholds``).
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 
 from inference_svc.domain.models import ImageRole
 from inference_svc.domain.outcome import ImageRef, QualityMeasures, QualityProblem, QualityReport
 from inference_svc.domain.policy import QualityThresholds
 
-ANALYSIS_SIDE = 512
+OVERVIEW_SIZE = 448
 DARK_LUMA = 16
 BRIGHT_LUMA = 239
+# ITU-R 601-2 luma, as Pillow's convert("L").
+_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+Luma = NDArray[np.float32]
 
 
-def preview(image: Image.Image, side: int = ANALYSIS_SIDE) -> Image.Image:
-    """A greyscale ("L") copy at most ``side`` pixels on its longer side (also what the
-    perceptual hash is computed from, so an image is scaled and converted once)."""
-    width, height = image.size
-    longer = max(width, height)
-    factor = longer // side
+def overview(image: Image.Image, size: int = OVERVIEW_SIZE) -> Image.Image:
+    """The whole image as a ``size`` x ``size`` greyscale ("L") overview (also what the
+    perceptual hash is computed from)."""
+    factor = min(image.size) // size
     if factor >= 2:
         # Integer box reduction first (cheap), then a bilinear resize to the exact size.
         image = image.reduce(factor)
     grey = image if image.mode == "L" else image.convert("L")
-    width, height = grey.size
-    longer = max(width, height)
-    if longer > side:
-        size = (max(1, round(width * side / longer)), max(1, round(height * side / longer)))
-        grey = grey.resize(size, Image.Resampling.BILINEAR)
-    return grey
+    return grey.resize((size, size), Image.Resampling.BILINEAR)
 
 
-def measure(grey: Image.Image, width: int, height: int) -> QualityMeasures:
-    """The measures of a ``preview``; ``width`` and ``height`` are the full decoded size."""
-    luma = np.asarray(grey, dtype=np.float32)
+def tile_luma(tile: NDArray[np.uint8]) -> Luma:
+    """The luma of an RGB tile laid out (3, S, S), as the image intake produces them."""
+    planes = tile.astype(np.float32)
+    luma: Luma = np.tensordot(_LUMA_WEIGHTS, planes, axes=1)
+    return luma
+
+
+def measure(luma: Luma, width: int, height: int) -> QualityMeasures:
+    """The measures of an overview's luma; ``width`` and ``height`` are the full decoded size."""
     if luma.shape[0] >= 3 and luma.shape[1] >= 3:
         centre = luma[1:-1, 1:-1]
         laplacian = (
@@ -96,5 +101,18 @@ def assess(
     """Measure and judge one decoded image. ``size`` is the full upright size when ``image``
     was decoded at a reduced scale (JPEG draft); the image's own size otherwise."""
     width, height = size if size is not None else image.size
-    measures = measure(preview(image), width, height)
+    luma = np.asarray(overview(image), dtype=np.float32)
+    measures = measure(luma, width, height)
+    return QualityReport(ImageRef(role, index), measures, problems(measures, limits))
+
+
+def assess_tile(
+    tile: NDArray[np.uint8],
+    limits: QualityThresholds,
+    role: ImageRole,
+    index: int,
+    size: tuple[int, int],
+) -> QualityReport:
+    """``assess`` on an image's overview tile (3, S, S) and its full upright ``size``."""
+    measures = measure(tile_luma(tile), *size)
     return QualityReport(ImageRef(role, index), measures, problems(measures, limits))

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from inference_svc.domain.policy import FraudChecks
-from inference_svc.imaging.phash import dhash, dhash_of_preview, from_signed, hamming, to_signed
-from inference_svc.imaging.quality import preview
+from inference_svc.imaging.phash import dhash, dhash_of_grey, from_signed, hamming, to_signed
+from inference_svc.imaging.quality import overview
 from inference_svc.imaging.testing import encode, textured
 
 THRESHOLD = FraudChecks().catalogue_max_distance
@@ -57,7 +57,7 @@ def test_hash_is_64_bits_and_deterministic() -> None:
     image = textured(640, 480, seed=7)
     value = dhash(image)
     assert 0 <= value < 1 << 64
-    assert dhash(image) == value == dhash_of_preview(preview(image))
+    assert dhash(image) == value == dhash_of_grey(overview(image))
     assert dhash(image.convert("L")) == value
 
 
