@@ -104,6 +104,16 @@ class QualityReport:
 
 
 @dataclass(frozen=True)
+class ImageSignal:
+    """What the image intake measured of one image: its perceptual hash (None when it could not
+    be computed) and, unless the gate is off, its quality report."""
+
+    image: ImageRef
+    phash: int | None
+    quality: QualityReport | None = None
+
+
+@dataclass(frozen=True)
 class ReuseMatch:
     pickup_index: int
     inspection_id: str
@@ -128,6 +138,21 @@ class Signals:
     reference_hashes: tuple[int | None, ...] = ()
     pickup_hashes: tuple[int | None, ...] = ()
     reuse: ReuseLookup | None = None
+
+
+def signals_of(images: Sequence[ImageSignal], reuse: ReuseLookup | None = None) -> Signals:
+    """The ``Signals`` of an inspection from its per-image signals (in any order)."""
+    ordered = sorted(images, key=lambda s: (s.image.role.value, s.image.index))
+
+    def hashes(role: ImageRole) -> tuple[int | None, ...]:
+        return tuple(s.phash for s in ordered if s.image.role is role)
+
+    return Signals(
+        quality=tuple(s.quality for s in ordered if s.quality is not None),
+        reference_hashes=hashes(ImageRole.REFERENCE),
+        pickup_hashes=hashes(ImageRole.PICKUP),
+        reuse=reuse,
+    )
 
 
 @dataclass
