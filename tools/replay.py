@@ -180,7 +180,9 @@ def format_report(report: ReplayReport) -> str:
     if report.transitions:
         lines.append("")
         lines.append(f"{'old':<14} {'new':<14} {'count':>7}")
-        for (old, new), count in sorted(report.transitions.items()):
+        for (old, new), count in sorted(
+            report.transitions.items(), key=lambda t: (t[0][0].value, t[0][1].value)
+        ):
             marker = "" if old is new else "  *"
             lines.append(f"{old.value:<14} {new.value:<14} {count:>7}{marker}")
     if report.changes:

@@ -88,8 +88,81 @@ class PreparedImage:
 
 
 class Decision(enum.Enum):
+    """The outcome of an inspection. The decision rules give PICK or NOT_PICK; a decision
+    policy (``domain.outcome``) may also send the photos back or the inspection to a person."""
+
     PICK = "PICK"
     NOT_PICK = "NOT_PICK"
+    RETAKE_IMAGES = "RETAKE_IMAGES"
+    NEEDS_REVIEW = "NEEDS_REVIEW"
+
+
+class ReasonCode(enum.StrEnum):
+    """Which rule decided (or also fired); docs/policy.md lists them."""
+
+    MODEL_RECOMMENDATION = "MODEL_RECOMMENDATION"
+    FORCED_PICK = "FORCED_PICK"
+    MANDATORY_QUESTION_FAILED = "MANDATORY_QUESTION_FAILED"
+    QUESTION_CONFIDENCE_LOW = "QUESTION_CONFIDENCE_LOW"
+    OVERALL_CONFIDENCE_LOW = "OVERALL_CONFIDENCE_LOW"
+    IMAGE_BLURRY = "IMAGE_BLURRY"
+    IMAGE_UNDEREXPOSED = "IMAGE_UNDEREXPOSED"
+    IMAGE_OVEREXPOSED = "IMAGE_OVEREXPOSED"
+    IMAGE_LOW_RESOLUTION = "IMAGE_LOW_RESOLUTION"
+    CATALOGUE_PHOTO = "CATALOGUE_PHOTO"  # pickup photo matches the catalogue photo
+    REUSED_PHOTO = "REUSED_PHOTO"  # pickup photo reused from another shipment's inspection
+    REUSE_CHECK_SKIPPED = "REUSE_CHECK_SKIPPED"  # the lookup did not answer in time
+
+
+class QualityProblem(enum.StrEnum):
+    BLURRY = "BLURRY"
+    UNDEREXPOSED = "UNDEREXPOSED"
+    OVEREXPOSED = "OVEREXPOSED"
+    LOW_RESOLUTION = "LOW_RESOLUTION"
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    role: ImageRole
+    index: int
+
+
+@dataclass(frozen=True)
+class OutcomeReason:
+    code: ReasonCode
+    decisive: bool  # behind the outcome, or information only
+    question_label: str = ""
+    question_index: int | None = None
+    image: ImageRef | None = None
+    related_inspection_id: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class QualityMeasures:
+    width: int
+    height: int
+    sharpness: float  # variance of the Laplacian of the overview's luma
+    mean_luma: float
+    dark_fraction: float
+    bright_fraction: float
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    image: ImageRef
+    measures: QualityMeasures
+    problems: tuple[QualityProblem, ...]
+
+
+@dataclass(frozen=True)
+class ImageSignal:
+    """What the image intake measured of one image: its 64-bit perceptual hash (None when not
+    computed) and, unless the quality gate is off, its quality report."""
+
+    image: ImageRef
+    phash: int | None
+    quality: QualityReport | None = None
 
 
 class Recommendation(enum.Enum):
@@ -179,6 +252,12 @@ class Inspection:
     attempts: int
     model: ModelInfo
     created_at: datetime
+    # The decision policy's account: reasons (decisive first), which policy decided, and what
+    # was measured of each image.
+    reasons: list[OutcomeReason] = field(default_factory=list)
+    policy_name: str = ""
+    policy_version: str = ""
+    images: list[ImageSignal] = field(default_factory=list)
 
 
 @dataclass

@@ -15,7 +15,6 @@ Every rule that fired is listed as a reason; ``decisive`` marks the ones behind 
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,39 +25,40 @@ from inference_svc.domain.models import (
     AnswerSource,
     DecidedOutcome,
     Decision,
+    ImageRef,
     ImageRole,
+    ImageSignal,
+    OutcomeReason,
+    QualityMeasures,
+    QualityProblem,
+    QualityReport,
     Question,
+    ReasonCode,
 )
 from inference_svc.domain.policy import DecisionPolicy, QualityMode, SelectedPolicy
 
+__all__ = [
+    "ImageRef",
+    "ImageSignal",
+    "Outcome",
+    "OutcomeReason",
+    "PolicyOutcome",
+    "QualityMeasures",
+    "QualityProblem",
+    "QualityReport",
+    "ReasonCode",
+    "ReuseLookup",
+    "ReuseMatch",
+    "Signals",
+    "decide_with_policy",
+    "hamming",
+    "quality_gate",
+    "signals_of",
+]
 
-class Outcome(enum.StrEnum):
-    PICK = "PICK"
-    NOT_PICK = "NOT_PICK"
-    RETAKE_IMAGES = "RETAKE_IMAGES"
-    NEEDS_REVIEW = "NEEDS_REVIEW"
-
-
-class ReasonCode(enum.StrEnum):
-    MODEL_RECOMMENDATION = "MODEL_RECOMMENDATION"
-    FORCED_PICK = "FORCED_PICK"
-    MANDATORY_QUESTION_FAILED = "MANDATORY_QUESTION_FAILED"
-    QUESTION_CONFIDENCE_LOW = "QUESTION_CONFIDENCE_LOW"
-    OVERALL_CONFIDENCE_LOW = "OVERALL_CONFIDENCE_LOW"
-    IMAGE_BLURRY = "IMAGE_BLURRY"
-    IMAGE_UNDEREXPOSED = "IMAGE_UNDEREXPOSED"
-    IMAGE_OVEREXPOSED = "IMAGE_OVEREXPOSED"
-    IMAGE_LOW_RESOLUTION = "IMAGE_LOW_RESOLUTION"
-    CATALOGUE_PHOTO = "CATALOGUE_PHOTO"  # pickup photo matches the catalogue photo
-    REUSED_PHOTO = "REUSED_PHOTO"  # pickup photo reused from another shipment's inspection
-    REUSE_CHECK_SKIPPED = "REUSE_CHECK_SKIPPED"  # the lookup did not answer in time
-
-
-class QualityProblem(enum.StrEnum):
-    BLURRY = "BLURRY"
-    UNDEREXPOSED = "UNDEREXPOSED"
-    OVEREXPOSED = "OVEREXPOSED"
-    LOW_RESOLUTION = "LOW_RESOLUTION"
+# One enum for the outcome of an inspection: the decision rules' PICK / NOT_PICK and the two
+# outcomes only a policy gives.
+Outcome = Decision
 
 
 _QUALITY_CODES = {
@@ -67,50 +67,6 @@ _QUALITY_CODES = {
     QualityProblem.OVEREXPOSED: ReasonCode.IMAGE_OVEREXPOSED,
     QualityProblem.LOW_RESOLUTION: ReasonCode.IMAGE_LOW_RESOLUTION,
 }
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    role: ImageRole
-    index: int
-
-
-@dataclass(frozen=True)
-class OutcomeReason:
-    code: ReasonCode
-    decisive: bool
-    question_label: str = ""
-    question_index: int | None = None
-    image: ImageRef | None = None
-    related_inspection_id: str = ""
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class QualityMeasures:
-    width: int
-    height: int
-    sharpness: float  # variance of the Laplacian of the luma, at the analysis size
-    mean_luma: float
-    dark_fraction: float
-    bright_fraction: float
-
-
-@dataclass(frozen=True)
-class QualityReport:
-    image: ImageRef
-    measures: QualityMeasures
-    problems: tuple[QualityProblem, ...]
-
-
-@dataclass(frozen=True)
-class ImageSignal:
-    """What the image intake measured of one image: its perceptual hash (None when it could not
-    be computed) and, unless the gate is off, its quality report."""
-
-    image: ImageRef
-    phash: int | None
-    quality: QualityReport | None = None
 
 
 @dataclass(frozen=True)

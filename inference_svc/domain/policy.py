@@ -33,7 +33,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from inference_svc.domain.decision import Comparison, DecisionRules
+from inference_svc.domain.decision_rules import Comparison, DecisionRules
 from inference_svc.domain.models import Question
 from inference_svc.domain.questions import Category, categorise
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from inference_svc.domain.models import PreparedImage
-from inference_svc.domain.outcome import ImageRef, ImageSignal
+from inference_svc.domain.models import ImageRef, ImageSignal, PreparedImage
 from inference_svc.domain.policy import QualityThresholds
 from inference_svc.imaging.phash import dhash_tile
 from inference_svc.imaging.quality import assess_tile

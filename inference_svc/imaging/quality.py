@@ -21,8 +21,13 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from inference_svc.domain.models import ImageRole
-from inference_svc.domain.outcome import ImageRef, QualityMeasures, QualityProblem, QualityReport
+from inference_svc.domain.models import (
+    ImageRef,
+    ImageRole,
+    QualityMeasures,
+    QualityProblem,
+    QualityReport,
+)
 from inference_svc.domain.policy import QualityThresholds
 
 OVERVIEW_SIZE = 448

@@ -8,11 +8,11 @@ import asyncpg
 import pytest_asyncio
 
 from persistence_svc.migrations import apply_migrations
-from persistence_svc.testing import PostgresForTests, start_test_postgres
+from tests.support.postgres import PostgresForTests, start_test_postgres
 
 
 @pytest_asyncio.fixture(scope="session")
-async def policy_pg() -> AsyncIterator[PostgresForTests]:
+async def pg_server() -> AsyncIterator[PostgresForTests]:
     server = await start_test_postgres()
     try:
         yield server
@@ -21,8 +21,8 @@ async def policy_pg() -> AsyncIterator[PostgresForTests]:
 
 
 @pytest_asyncio.fixture
-async def migrated(policy_pg: PostgresForTests) -> AsyncIterator[asyncpg.Connection]:
-    async with policy_pg.fresh_database("rpi_policy_") as url:
+async def migrated(pg_server: PostgresForTests) -> AsyncIterator[asyncpg.Connection]:
+    async with pg_server.fresh_database("rpi_policy_") as url:
         conn = await asyncpg.connect(url)
         try:
             await apply_migrations(conn)

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 from bench import fraud_lookup
-from persistence_svc.testing import PostgresForTests
+from tests.support.postgres import PostgresForTests
 
 
 async def test_the_benchmark_reports_reused_hits_and_no_new_ones(
-    policy_pg: PostgresForTests,
+    pg_server: PostgresForTests,
 ) -> None:
-    report = await fraud_lookup.run(policy_pg.admin_url, rows=3000, queries=20, distances=[3, 11])
+    report = await fraud_lookup.run(pg_server.admin_url, rows=3000, queries=20, distances=[3, 11])
     lines = report.splitlines()
     assert lines[0].startswith("3,000 stored hashes")
     rows = [line for line in lines if line.startswith("| 3 ") or line.startswith("| 11 ")]

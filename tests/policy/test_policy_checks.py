@@ -9,8 +9,8 @@ from inference_svc.domain.outcome import ImageRef, ImageSignal, QualityProblem, 
 from inference_svc.domain.policy import QualityThresholds
 from inference_svc.imaging.checks import image_signal
 from inference_svc.imaging.phash import dhash, hamming
-from inference_svc.imaging.testing import encode, textured
 from inference_svc.imaging.tiling import prepare_image
+from tests.support.imaging import encode, textured
 
 
 def test_signal_of_a_prepared_image() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from inference_svc.domain.decision import Comparison
+from inference_svc.domain.decision_rules import Comparison
 from inference_svc.domain.policy import (
     BUILTIN_POLICY,
     PolicyError,

@@ -12,7 +12,7 @@ from PIL import Image
 from inference_svc.domain.policy import FraudChecks
 from inference_svc.imaging.phash import dhash, dhash_of_grey, from_signed, hamming, to_signed
 from inference_svc.imaging.quality import overview
-from inference_svc.imaging.testing import encode, textured
+from tests.support.imaging import encode, textured
 
 THRESHOLD = FraudChecks().catalogue_max_distance
 REUSE_THRESHOLD = FraudChecks().reused_max_distance

@@ -15,8 +15,8 @@ from inference_svc.domain.outcome import ImageRef, QualityMeasures, QualityProbl
 from inference_svc.domain.policy import QualityThresholds
 from inference_svc.imaging.phash import dhash, dhash_tile, hamming
 from inference_svc.imaging.quality import OVERVIEW_SIZE, assess, assess_tile, overview, problems
-from inference_svc.imaging.testing import textured
 from inference_svc.imaging.tiling import image_to_tiles
+from tests.support.imaging import textured
 
 LIMITS = QualityThresholds()
 SEEDS = range(6)

@@ -21,7 +21,7 @@ from inference_svc.domain.decision import decide
 from inference_svc.domain.models import Decision
 from persistence_svc.app import PersistenceApp
 from persistence_svc.settings import PersistenceSettings
-from persistence_svc.testing import PostgresForTests
+from tests.support.postgres import PostgresForTests
 from tools.replay import EXIT_CHANGED, main
 
 EXACT = [item(q.label, q.value_to_check) for q in QUESTIONS]
@@ -78,8 +78,8 @@ def _events(index: int) -> list[persistence_pb2.Event]:
 
 
 @pytest_asyncio.fixture
-async def persistence(policy_pg: PostgresForTests) -> AsyncIterator[str]:
-    async with policy_pg.fresh_database("rpi_replay_") as url:
+async def persistence(pg_server: PostgresForTests) -> AsyncIterator[str]:
+    async with pg_server.fresh_database("rpi_replay_") as url:
         app = PersistenceApp(
             PersistenceSettings(database_url=url, grpc_listen="127.0.0.1:0", metrics_port=-1)
         )

@@ -43,6 +43,7 @@ TIERS: dict[str, str] = {
     "engine/": UNIT,  # pure engine parts; the model tests use model_cache
     "engine/test_engine_process.py": INTEGRATION,  # spawns engine processes
     "pipeline/": UNIT,
+    "policy/": UNIT,  # the PostgreSQL tests use pg_server
     "protos/": UNIT,
     "security/": UNIT,  # loopback gRPC servers in-process, real certificates and keys
     "test_app_settings.py": UNIT,
