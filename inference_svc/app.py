@@ -25,6 +25,7 @@ from prometheus_client import (
 )
 from rpi.inspection.v1 import inspection_pb2, inspection_pb2_grpc
 
+from inference_svc.domain.policy import PolicyHolder
 from inference_svc.domain.prompt import PromptTemplate
 from inference_svc.domain.validation import RequestLimits
 from inference_svc.engine.api import Engine
@@ -45,6 +46,7 @@ from inference_svc.observability import MetricsObserver
 from inference_svc.persistence_link import PersistenceSender
 from inference_svc.pipeline import InspectionPipeline, PipelineConfig
 from inference_svc.priority import lower_process_priority, lower_thread_priority
+from inference_svc.reuse_lookup import PersistenceReuseLookup
 from inference_svc.settings import InferenceSettings
 from svc_common.grpc_metrics import GrpcServerMetricsInterceptor
 from svc_common.grpc_options import KEEPALIVE_OPTIONS
@@ -65,6 +67,8 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = inspection_pb2.DESCRIPTOR.services_by_name["InspectionService"].full_name
 IMAGE_SIZE = 448
+# How often the policy file is checked for a change (a stat; a reload only when it changed).
+POLICY_CHECK_INTERVAL_S = 5.0
 
 
 def engine_config(settings: InferenceSettings) -> EngineConfig:
@@ -131,6 +135,17 @@ class InferenceApp:
                 interceptors=grpc_client_interceptors(tracer_provider),
                 tls=_persistence_tls(settings),
             )
+        # A bad policy file stops the start (PolicyError): validated before serving.
+        self.policies = PolicyHolder.open(settings.policy_file)
+        self.metrics.policy_reload_failed.set_function(
+            lambda: float(self.policies.last_reload_failed)
+        )
+        self._policy_task: asyncio.Task[None] | None = None
+        self.reuse_lookup: PersistenceReuseLookup | None = None
+        if settings.persistence_target:
+            self.reuse_lookup = PersistenceReuseLookup(
+                settings.persistence_target, grpc_client_interceptors(tracer_provider)
+            )
         self.delivery_metrics = DeliveryMetrics(self.registry)
         self.delivery = EventDelivery(
             EventSpool(settings.event_spool_dir, settings.event_spool_max_bytes),
@@ -180,6 +195,8 @@ class InferenceApp:
             ),
             observer=MetricsObserver(self.metrics),
             tracer=get_tracer(tracer_provider, "inference_svc.pipeline"),
+            policies=self.policies,
+            reuse_lookup=self.reuse_lookup,
         )
         self.serving = False
         self.draining = False
@@ -272,6 +289,8 @@ class InferenceApp:
             )
         log.info("inference gRPC server listening", extra={"port": self.port})
         await self.delivery.start()
+        if self.policies.path is not None:
+            self._policy_task = asyncio.create_task(self._watch_policy())
         t0 = time.monotonic()
         await self.engine.start()
         info = self.engine.info
@@ -287,6 +306,17 @@ class InferenceApp:
         self.serving = True
         self.metrics.set_model_ready(True)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def _watch_policy(self) -> None:
+        """Reloads the policy file when it changes (a ConfigMap update); a bad file keeps the
+        last good policy and raises rpi_inference_policy_reload_failed."""
+        failures = self.policies.reload_failures
+        while True:
+            await asyncio.sleep(POLICY_CHECK_INTERVAL_S)
+            await asyncio.to_thread(self.policies.reload_if_changed)
+            if self.policies.reload_failures > failures:
+                self.metrics.policy_reload_failures.inc(self.policies.reload_failures - failures)
+                failures = self.policies.reload_failures
 
     async def stop(self, grace_s: float | None = None, prestop_s: float = 0.0) -> None:
         """Drain: readiness NOT_SERVING at once, liveness stays SERVING, new inspections are
@@ -312,8 +342,12 @@ class InferenceApp:
         remaining = max(1.0, grace - (time.monotonic() - started))
         flushed = await self.delivery.stop(remaining)
         log.info("drained", extra={"events_flushed": flushed})
+        if self._policy_task is not None:
+            self._policy_task.cancel()
         if self.sender is not None:
             await self.sender.close()
+        if self.reuse_lookup is not None:
+            await self.reuse_lookup.close()
         await self.fetcher.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.prepare_executor is not self.executor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import get_args
 
+from inference_svc.domain.models import Inspection
 from inference_svc.engine.api import GenerationResult
 from svc_common.inference_metrics import InferenceMetrics, Stage
 
@@ -41,3 +42,14 @@ class MetricsObserver:
 
     def rejected(self, reason: str) -> None:
         self._m.record_rejection(reason)
+
+    def policy_outcome(self, inspection: Inspection) -> None:
+        self._m.record_policy_outcome(
+            inspection.policy_name or "default",
+            inspection.decision.value,
+            [(r.code.value, r.decisive) for r in inspection.reasons],
+        )
+        for image in inspection.images:
+            if image.quality is not None:
+                m = image.quality.measures
+                self._m.observe_image_quality(image.image.role.value, m.sharpness, m.mean_luma)

@@ -12,7 +12,13 @@ from rpi.inspection.v1 import inspection_pb2 as pb
 
 from inference_svc.domain import models as m
 
-_DECISION = {m.Decision.PICK: pb.DECISION_PICK, m.Decision.NOT_PICK: pb.DECISION_NOT_PICK}
+_DECISION = {
+    m.Decision.PICK: pb.DECISION_PICK,
+    m.Decision.NOT_PICK: pb.DECISION_NOT_PICK,
+    m.Decision.RETAKE_IMAGES: pb.DECISION_RETAKE_IMAGES,
+    m.Decision.NEEDS_REVIEW: pb.DECISION_NEEDS_REVIEW,
+}
+_ROLE = {m.ImageRole.REFERENCE: pb.IMAGE_ROLE_REFERENCE, m.ImageRole.PICKUP: pb.IMAGE_ROLE_PICKUP}
 _RECOMMENDATION = {
     m.Recommendation.ACCEPT: pb.RECOMMENDATION_ACCEPT,
     m.Recommendation.REJECT: pb.RECOMMENDATION_REJECT,
@@ -43,6 +49,42 @@ def timestamp(value: datetime) -> Timestamp:
     return ts
 
 
+def reason_to_proto(r: m.OutcomeReason) -> pb.OutcomeReason:
+    message = pb.OutcomeReason(
+        code=r.code.value,
+        decisive=r.decisive,
+        question_label=r.question_label,
+        related_inspection_id=r.related_inspection_id,
+        detail=r.detail,
+    )
+    if r.question_index is not None:
+        message.question_index = r.question_index
+    if r.image is not None:
+        message.image_role = _ROLE[r.image.role]
+        message.image_index = r.image.index
+    return message
+
+
+def image_check_to_proto(s: m.ImageSignal) -> pb.ImageCheck:
+    message = pb.ImageCheck(role=_ROLE[s.image.role], index=s.image.index)
+    if s.phash is not None:
+        message.perceptual_hash = s.phash
+    if s.quality is not None:
+        q = s.quality.measures
+        message.quality.CopyFrom(
+            pb.ImageQuality(
+                width=q.width,
+                height=q.height,
+                sharpness=q.sharpness,
+                mean_luma=q.mean_luma,
+                dark_fraction=q.dark_fraction,
+                bright_fraction=q.bright_fraction,
+                problems=[p.value for p in s.quality.problems],
+            )
+        )
+    return message
+
+
 def inspection_to_proto(i: m.Inspection) -> pb.Inspection:
     return pb.Inspection(
         inspection_id=i.inspection_id,
@@ -50,7 +92,11 @@ def inspection_to_proto(i: m.Inspection) -> pb.Inspection:
         shipping_id=i.shipping_id,
         product_id=i.product_id,
         decision=_DECISION[i.decision],
-        model_recommendation=_RECOMMENDATION[i.recommendation],
+        model_recommendation=(
+            pb.RECOMMENDATION_UNSPECIFIED
+            if i.recommendation is None
+            else _RECOMMENDATION[i.recommendation]
+        ),
         match_score=i.match_score,
         answers=[
             pb.Answer(
@@ -92,4 +138,8 @@ def inspection_to_proto(i: m.Inspection) -> pb.Inspection:
             prompt_template_version=i.model.prompt_template_version,
         ),
         create_time=timestamp(i.created_at),
+        reasons=[reason_to_proto(r) for r in i.reasons],
+        policy_version=i.policy_version,
+        policy_name=i.policy_name,
+        image_checks=[image_check_to_proto(s) for s in i.images],
     )

@@ -308,6 +308,13 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         advanced=True,
     )
 
+    policy_file: Path | None = setting(
+        None,
+        "Decision policy YAML per vendor (docs/policy.md), reloaded when it changes; unset = "
+        "today's rules for every vendor.",
+        group="model",
+    )
+
     # --- events (the link to persistence_svc)
     persistence_target: str = setting(
         "127.0.0.1:50061",

@@ -208,6 +208,11 @@ def _request_from_proto(
         questions_json=_messages_to_json(req.questions),
         images_json=_messages_to_json([_without_inline_data(image) for image in req.images]),
         caller=clean_text(req.caller),
+        pickup_hashes=tuple(
+            (image.index, image.perceptual_hash)
+            for image in req.images
+            if image.role == persistence_pb2.IMAGE_ROLE_PICKUP and image.HasField("perceptual_hash")
+        ),
     )
 
 

@@ -63,14 +63,15 @@ def probes(band: int, radius: int) -> list[int]:
 async def store_pickup_hashes(
     conn: DbConnection, inspection_id: UUID, shipping_id: str, hashes: Sequence[tuple[int, int]]
 ) -> None:
-    """Store (image index, unsigned hash) pairs; a repeated delivery changes nothing."""
+    """Store (image index, unsigned hash) pairs; a request recorded again replaces them."""
     if not hashes:
         return
     await conn.executemany(
         """
         INSERT INTO pickup_image_hashes (inspection_id, image_index, shipping_id, phash)
         VALUES ($1, $2, $3, $4)
-        ON CONFLICT (inspection_id, image_index) DO NOTHING
+        ON CONFLICT (inspection_id, image_index)
+        DO UPDATE SET shipping_id = EXCLUDED.shipping_id, phash = EXCLUDED.phash
         """,
         [(inspection_id, index, shipping_id, to_signed(value)) for index, value in hashes],
     )

@@ -38,6 +38,8 @@ class RequestData:
     images_json: str
     # The authenticated caller's name (never its credential).
     caller: str = ""
+    # (pickup image index, unsigned 64-bit perceptual hash), for the reused-photo lookup.
+    pickup_hashes: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)

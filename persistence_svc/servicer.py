@@ -10,7 +10,7 @@ from collections.abc import Callable
 import grpc
 from rpi.persistence.v1 import persistence_pb2, persistence_pb2_grpc
 
-from persistence_svc import conversion, paging, responses
+from persistence_svc import conversion, image_hashes, paging, responses
 from persistence_svc.errors import (
     DatabaseUnavailableError,
     FieldViolation,
@@ -19,6 +19,12 @@ from persistence_svc.errors import (
 )
 from persistence_svc.records import RecordOutcome
 from persistence_svc.repository import Repository
+
+# A request has at most a few pickup images; a lookup is bounded so that it stays a few index
+# probes per hash.
+MAX_LOOKUP_HASHES = 50
+DEFAULT_LOOKUP_LIMIT = 5
+MAX_LOOKUP_LIMIT = 50
 
 
 class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
@@ -113,3 +119,45 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
             request.shipping_id, page_size, request.page_token
         )
         return await asyncio.to_thread(responses.page_to_proto, page.rows, page.next_page_token)
+
+    async def FindSimilarPickupImages(  # noqa: N802 - gRPC method name
+        self,
+        request: persistence_pb2.FindSimilarPickupImagesRequest,
+        context: grpc.aio.ServicerContext[
+            persistence_pb2.FindSimilarPickupImagesRequest,
+            persistence_pb2.FindSimilarPickupImagesResponse,
+        ],
+    ) -> persistence_pb2.FindSimilarPickupImagesResponse:
+        violations: list[FieldViolation] = []
+        if not request.hashes:
+            violations.append(FieldViolation("hashes", "is required"))
+        elif len(request.hashes) > MAX_LOOKUP_HASHES:
+            violations.append(FieldViolation("hashes", f"at most {MAX_LOOKUP_HASHES}"))
+        if not 0 <= request.max_distance <= image_hashes.MAX_DISTANCE:
+            violations.append(
+                FieldViolation("max_distance", f"must be 0 to {image_hashes.MAX_DISTANCE}")
+            )
+        if not request.shipping_id:
+            violations.append(FieldViolation("shipping_id", "is required"))
+        if not 0 <= request.limit <= MAX_LOOKUP_LIMIT:
+            violations.append(FieldViolation("limit", f"must be 0 to {MAX_LOOKUP_LIMIT}"))
+        if violations:
+            raise InvalidArgumentError("invalid reused-photo lookup", violations)
+        matches = await self._repo().find_similar_pickup_images(
+            [(h.index, h.perceptual_hash) for h in request.hashes],
+            request.max_distance,
+            request.shipping_id,
+            request.limit or DEFAULT_LOOKUP_LIMIT,
+        )
+        return persistence_pb2.FindSimilarPickupImagesResponse(
+            matches=[
+                persistence_pb2.SimilarPickupImage(
+                    query_index=m.query_index,
+                    inspection_id=str(m.inspection_id),
+                    shipping_id=m.shipping_id,
+                    image_index=m.image_index,
+                    distance=m.distance,
+                )
+                for m in matches
+            ]
+        )

@@ -38,6 +38,12 @@ EVENT_DELIVERY_FAILURES_TOTAL: Final = "rpi_inference_event_delivery_failures_to
 EVENTS_DELIVERED_TOTAL: Final = "rpi_inference_events_delivered_total"
 MODEL_INFO: Final = "rpi_inference_model_info"
 MODEL_READY: Final = "rpi_inference_model_ready"
+POLICY_OUTCOMES_TOTAL: Final = "rpi_inference_policy_outcomes_total"
+POLICY_REASONS_TOTAL: Final = "rpi_inference_policy_reasons_total"
+IMAGE_SHARPNESS: Final = "rpi_inference_image_sharpness"
+IMAGE_MEAN_LUMA: Final = "rpi_inference_image_mean_luma"
+POLICY_RELOAD_FAILED: Final = "rpi_inference_policy_reload_failed"
+POLICY_RELOAD_FAILURES_TOTAL: Final = "rpi_inference_policy_reload_failures_total"
 
 # Exposed family name -> Prometheus type, for checks of dashboards and alert rules.
 METRIC_TYPES: Final[dict[str, str]] = {
@@ -63,6 +69,12 @@ METRIC_TYPES: Final[dict[str, str]] = {
     EVENTS_DELIVERED_TOTAL: "counter",
     MODEL_INFO: "gauge",
     MODEL_READY: "gauge",
+    POLICY_OUTCOMES_TOTAL: "counter",
+    POLICY_REASONS_TOTAL: "counter",
+    IMAGE_SHARPNESS: "histogram",
+    IMAGE_MEAN_LUMA: "histogram",
+    POLICY_RELOAD_FAILED: "gauge",
+    POLICY_RELOAD_FAILURES_TOTAL: "counter",
 }
 
 Stage = Literal[
@@ -105,7 +117,16 @@ STAGE_BUCKETS: Final[dict[str, tuple[float, ...]]] = {
 }
 STAGES: Final = tuple(STAGE_BUCKETS)
 
-DECISIONS: Final = ("PICK", "NOT_PICK")
+DECISIONS: Final = ("PICK", "NOT_PICK", "RETAKE_IMAGES", "NEEDS_REVIEW")
+# Reason codes of the decision policy (inference_svc.domain.models.ReasonCode).
+POLICY_REASON_CODES: Final = (
+    "MODEL_RECOMMENDATION", "FORCED_PICK", "MANDATORY_QUESTION_FAILED", "QUESTION_CONFIDENCE_LOW",
+    "OVERALL_CONFIDENCE_LOW", "IMAGE_BLURRY", "IMAGE_UNDEREXPOSED", "IMAGE_OVEREXPOSED",
+    "IMAGE_LOW_RESOLUTION", "CATALOGUE_PHOTO", "REUSED_PHOTO", "REUSE_CHECK_SKIPPED",
+)  # fmt: skip
+# Variance of the Laplacian of a 448x448 overview; the default blur limit is 15.
+_SHARPNESS_BUCKETS = (2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 200.0, 500.0)
+_LUMA_BUCKETS = (16.0, 32.0, 45.0, 64.0, 96.0, 128.0, 160.0, 192.0, 215.0, 239.0)
 # Fine-grained causes behind IMAGE_FETCH_FAILED / IMAGE_TOO_LARGE / IMAGE_URL_FORBIDDEN.
 FETCH_ERROR_REASONS: Final = (
     "timeout", "connection", "dns", "tls", "http_4xx", "http_5xx", "too_large", "forbidden",
@@ -174,6 +195,33 @@ class InferenceMetrics:
             DECISIONS_TOTAL, "Inspections answered, by decision.", ["decision"],
             registry=registry,
         )  # fmt: skip
+        # ``vendor`` is the deciding policy's name: a vendor named in the policy file or
+        # "default", so its values are bounded by that file.
+        self.policy_outcomes = Counter(
+            POLICY_OUTCOMES_TOTAL, "Inspections decided, by vendor policy and outcome.",
+            ["vendor", "outcome"], registry=registry,
+        )  # fmt: skip
+        self.policy_reasons = Counter(
+            POLICY_REASONS_TOTAL,
+            "Reasons given with decisions, by vendor policy, code and whether decisive.",
+            ["vendor", "code", "decisive"], registry=registry,
+        )  # fmt: skip
+        self.image_sharpness = Histogram(
+            IMAGE_SHARPNESS, "Quality gate: sharpness of each image measured.", ["role"],
+            buckets=_SHARPNESS_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.image_mean_luma = Histogram(
+            IMAGE_MEAN_LUMA, "Quality gate: mean luma (0-255) of each image measured.", ["role"],
+            buckets=_LUMA_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.policy_reload_failed = Gauge(
+            POLICY_RELOAD_FAILED,
+            "1 while the policy file in place failed to load (the last good policy decides).",
+            registry=registry,
+        )
+        self.policy_reload_failures = Counter(
+            POLICY_RELOAD_FAILURES_TOTAL, "Policy file reloads that failed.", registry=registry
+        )
         self.image_fetch_errors = Counter(
             IMAGE_FETCH_ERRORS_TOTAL, "Image downloads that failed, by reason.", ["reason"],
             registry=registry,
@@ -243,6 +291,21 @@ class InferenceMetrics:
     def record_decision(self, decision: str) -> None:
         """``decision``: "PICK" or "NOT_PICK" (the Decision enum's value)."""
         self.decisions.labels(decision=bounded(decision, DECISIONS)).inc()
+
+    def record_policy_outcome(
+        self, vendor: str, outcome: str, reasons: list[tuple[str, bool]]
+    ) -> None:
+        self.policy_outcomes.labels(vendor=vendor, outcome=bounded(outcome, DECISIONS)).inc()
+        for code, decisive in reasons:
+            self.policy_reasons.labels(
+                vendor=vendor,
+                code=bounded(code, POLICY_REASON_CODES),
+                decisive="true" if decisive else "false",
+            ).inc()
+
+    def observe_image_quality(self, role: str, sharpness: float, mean_luma: float) -> None:
+        self.image_sharpness.labels(role=bounded(role, IMAGE_ROLES)).observe(sharpness)
+        self.image_mean_luma.labels(role=bounded(role, IMAGE_ROLES)).observe(mean_luma)
 
     def record_fetch_error(self, reason: str) -> None:
         """``reason``: one of FETCH_ERROR_REASONS; anything else is counted as "other"."""

@@ -56,6 +56,7 @@ class InspectionRequest:
     legacy_questions: bool = False
     # Who asked (the authenticated caller's name; recorded, never a credential).
     caller: str = ""
+    vendor_id: str = ""  # selects the decision policy; empty: the default
 
 
 @dataclass
@@ -243,7 +244,7 @@ class Inspection:
     product_id: str
     previous_inspection_id: str
     decision: Decision
-    recommendation: Recommendation
+    recommendation: Recommendation | None  # None when no model ran (the quality gate)
     match_score: float
     answers: list[Answer]
     analysis: Analysis

@@ -34,6 +34,7 @@ class ImageInfo:
     height: int = 0
     format: str = ""
     tiles: int = 0
+    perceptual_hash: int | None = None  # 64-bit dHash (the decision policy's fraud checks)
 
 
 class Recorder(Protocol):

@@ -50,6 +50,7 @@ class RawInspectRequest:
     pickup_images: Sequence[RawImage] = field(default_factory=tuple)
     questions: Sequence[Question] = field(default_factory=tuple)
     legacy_questions_json: str = ""
+    vendor_id: str = ""
 
 
 def _is_uuid(value: str) -> bool:
@@ -224,4 +225,5 @@ def validate_request(raw: RawInspectRequest, limits: RequestLimits) -> Inspectio
         product_id=product_id,
         previous_inspection_id=previous.lower(),
         legacy_questions=legacy,
+        vendor_id=raw.vendor_id.strip(),
     )

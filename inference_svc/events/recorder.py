@@ -90,10 +90,12 @@ class SpoolingRecorder:
                         height=i.height,
                         format=i.format,
                         tiles=i.tiles,
+                        perceptual_hash=i.perceptual_hash,
                     )
                     for i in images
                 ],
                 method=method,
+                vendor_id=request.vendor_id,
                 inspect_method=_METHODS.get(method, ppb.INSPECT_METHOD_UNSPECIFIED),
                 caller=request.caller,
             ),

@@ -34,6 +34,7 @@ def raw_request_from_proto(request: pb.InspectRequest) -> RawInspectRequest:
             m.Question(q.type, q.label, q.value_to_check, q.mandatory) for q in request.questions
         ),
         legacy_questions_json=request.legacy_questions_json,
+        vendor_id=request.vendor_id,
     )
 
 

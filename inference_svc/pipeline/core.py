@@ -18,18 +18,20 @@ from datetime import UTC, datetime
 
 from opentelemetry import trace
 
-from inference_svc.domain.decision import decide
 from inference_svc.domain.errors import ErrorKind, InspectionError, Reason, Stage
 from inference_svc.domain.models import (
     Accepted,
     Completed,
     ImageRole,
+    ImageSignal,
     Inspection,
     InspectionRequest,
     ModelInfo,
     ProgressEvent,
     StageTimings,
 )
+from inference_svc.domain.outcome import ReuseLookup, decide_with_policy
+from inference_svc.domain.policy import PolicyHolder, SelectedPolicy
 from inference_svc.domain.prompt import PromptTemplate
 from inference_svc.domain.recording import ImageInfo, Recorder
 from inference_svc.engine.api import Engine
@@ -49,6 +51,7 @@ from inference_svc.pipeline.observer import (
     StageTracker,
     timed,
 )
+from inference_svc.pipeline.policy_step import PolicyStep, ReuseLookupPort, retake_inspection
 
 log = logging.getLogger("inference_svc.pipeline")
 
@@ -84,8 +87,11 @@ class InspectionPipeline:
         tracer: trace.Tracer | None = None,
         prepare_executor: Executor | None = None,
         pixel_budget: Callable[[], PixelBudget] | None = None,
+        policies: PolicyHolder | None = None,
+        reuse_lookup: ReuseLookupPort | None = None,
     ) -> None:
         self._recorder = recorder
+        self._policy = PolicyStep(policies, reuse_lookup)
         self._observer: PipelineObserver = observer or NullObserver()
         tracer = tracer or trace.NoOpTracer()
         self._intake = ImageIntake(
@@ -172,20 +178,41 @@ class InspectionPipeline:
         self, run: _Run, emit: Emit, deadline: float | None, streaming: bool
     ) -> Inspection:
         emit(Accepted(run.request.inspection_id))
-        images = await self._intake.take(run.states, emit, run.timings, run.tracker)
+        selected = self._policy.select(run.request)
+        images = await self._intake.take(
+            run.states, emit, run.timings, run.tracker, self._policy.analyser(selected)
+        )
         await self._recorder.request_received(run.request, run.method, self._images(run))
         run.request_recorded = True
-        outcome = await self._attempts.run(
-            run.request,
-            images,
-            emit,
-            timings=run.timings,
-            tracker=run.tracker,
-            deadline=deadline,
-            streaming=streaming,
-        )
-        run.tracker.enter(Stage.DECIDE)
-        inspection = self._decide(run, outcome)
+        signals = [s.signal for s in run.states if s.signal is not None]
+        gated = self._policy.gate(selected, signals)
+        if gated is not None:
+            # The photos cannot be judged: no model time is spent on them.
+            run.tracker.enter(Stage.DECIDE)
+            run.timings.total = time.monotonic() - run.started
+            inspection = retake_inspection(
+                run.request, gated, signals, run.timings, self.model_info
+            )
+        else:
+            reuse = self._policy.start_reuse(selected, run.request, signals)
+            try:
+                outcome = await self._attempts.run(
+                    run.request,
+                    images,
+                    emit,
+                    timings=run.timings,
+                    tracker=run.tracker,
+                    deadline=deadline,
+                    streaming=streaming,
+                )
+            except BaseException:
+                if reuse is not None:
+                    reuse.cancel()
+                raise
+            run.tracker.enter(Stage.DECIDE)
+            lookup = await self._policy.finish_reuse(selected, reuse)
+            inspection = self._decide(run, outcome, selected, signals, lookup)
+        self._observer.policy_outcome(inspection)
         run.tracker.enter(Stage.RECORD)
         with timed(self._observer, "persist_enqueue"):
             await self._recorder.result(inspection)
@@ -193,7 +220,14 @@ class InspectionPipeline:
         emit(Completed(inspection))
         return inspection
 
-    def _decide(self, run: _Run, outcome: AttemptsOutcome) -> Inspection:
+    def _decide(
+        self,
+        run: _Run,
+        outcome: AttemptsOutcome,
+        selected: SelectedPolicy,
+        signals: list[ImageSignal],
+        lookup: ReuseLookup | None,
+    ) -> Inspection:
         if outcome.parsed is None:
             raise InspectionError(
                 ErrorKind.INTERNAL,
@@ -203,14 +237,18 @@ class InspectionPipeline:
                 stage=Stage.PARSE,
             )
         request = run.request
-        decided = decide(request.questions, outcome.parsed)
+        verdict = decide_with_policy(
+            selected, request.questions, outcome.parsed, self._policy.signals(signals, lookup)
+        )
+        decided = verdict.decided
+        assert decided is not None  # only the quality gate decides without a model output
         run.timings.total = time.monotonic() - run.started
         return Inspection(
             inspection_id=request.inspection_id,
             shipping_id=request.shipping_id,
             product_id=request.product_id,
             previous_inspection_id=request.previous_inspection_id,
-            decision=decided.decision,
+            decision=verdict.outcome,
             recommendation=decided.recommendation,
             match_score=decided.match_score,
             answers=decided.answers,
@@ -220,6 +258,10 @@ class InspectionPipeline:
             attempts=outcome.attempts,
             model=self.model_info,
             created_at=datetime.now(UTC),
+            reasons=verdict.reasons,
+            policy_name=verdict.policy_name,
+            policy_version=verdict.policy_version,
+            images=signals,
         )
 
     @staticmethod

@@ -21,6 +21,7 @@ from inference_svc.domain.models import (
     FetchedImage,
     ImageRole,
     ImagesFetched,
+    ImageSignal,
     ImageSource,
     InspectionRequest,
     PreparedImage,
@@ -38,6 +39,7 @@ class ImageSourceFetcher(Protocol):
 
 
 ImagePreparer = Callable[[FetchedImage, int], PreparedImage]
+Analyse = Callable[[PreparedImage], ImageSignal]
 
 
 class PixelBudget(Protocol):
@@ -59,6 +61,8 @@ class ImageState:
     source: ImageSource
     fetched: FetchedImage | None = None
     prepared: PreparedImage | None = None
+    # The decision policy's measures of it (hash, quality), taken beside tiling.
+    signal: ImageSignal | None = None
 
     def info(self) -> ImageInfo:
         p, f = self.prepared, self.fetched
@@ -76,6 +80,7 @@ class ImageState:
             height=p.height if p else 0,
             format=p.format if p else "",
             tiles=p.num_tiles if p else 0,
+            perceptual_hash=self.signal.phash if self.signal else None,
         )
 
 
@@ -130,10 +135,16 @@ class ImageIntake:
         self._tracer = tracer
 
     async def take(
-        self, states: list[ImageState], emit: Emit, timings: StageTimings, tracker: StageTracker
+        self,
+        states: list[ImageState],
+        emit: Emit,
+        timings: StageTimings,
+        tracker: StageTracker,
+        analyse: Analyse | None = None,
     ) -> ModelImages:
         """Fetches and prepares every image (the first failure cancels the rest), then stacks
-        the tiles in a worker thread."""
+        the tiles in a worker thread. ``analyse`` measures each prepared image in the same
+        worker call (the decision policy's signals, in ``ImageState.signal``)."""
         tracker.enter(Stage.FETCH)
         started = time.monotonic()
         progress = _FetchProgress(len(states), started)
@@ -142,7 +153,10 @@ class ImageIntake:
         budget = self._pixel_budget() if self._pixel_budget is not None else None
         with self._tracer.start_as_current_span("images", attributes={"images": len(states)}):
             await _first_error(
-                [asyncio.create_task(self._one(s, emit, progress, tracker, budget)) for s in states]
+                [
+                    asyncio.create_task(self._one(s, emit, progress, tracker, budget, analyse))
+                    for s in states
+                ]
             )
         timings.fetch = progress.done_at - started
         timings.preprocess = time.monotonic() - progress.done_at
@@ -161,6 +175,7 @@ class ImageIntake:
         progress: _FetchProgress,
         tracker: StageTracker,
         budget: PixelBudget | None,
+        analyse: Analyse | None,
     ) -> None:
         attributes = {"image": state.source.field_path}
         try:
@@ -177,15 +192,24 @@ class ImageIntake:
             tracker.enter(Stage.PREPROCESS)
         emit(ImagesFetched(fetched=progress.fetched, total=progress.total))
         with self._tracer.start_as_current_span("preprocess", attributes=attributes):
-            state.prepared = await asyncio.get_running_loop().run_in_executor(
+            state.prepared, state.signal = await asyncio.get_running_loop().run_in_executor(
                 self._prepare_executor,
+                _prepare_and_analyse,
                 self._prepare,
+                analyse,
                 fetched,
                 self._max_tiles[state.source.role],
             )
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+def _prepare_and_analyse(
+    prepare: ImagePreparer, analyse: Analyse | None, fetched: FetchedImage, max_tiles: int
+) -> tuple[PreparedImage, ImageSignal | None]:
+    prepared = prepare(fetched, max_tiles)
+    return prepared, analyse(prepared) if analyse is not None else None
 
 
 class _FetchProgress:

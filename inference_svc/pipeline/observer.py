@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Protocol
 
 from inference_svc.domain.errors import Stage
+from inference_svc.domain.models import Inspection
 from inference_svc.engine.api import GenerationResult
 
 
@@ -27,6 +28,10 @@ class PipelineObserver(Protocol):
     def image_bytes(self, role: str, size: int) -> None: ...
 
     def rejected(self, reason: str) -> None: ...
+
+    def policy_outcome(self, inspection: Inspection) -> None:
+        """The outcome, reasons and image measures of a decided inspection (by policy name,
+        a bounded set)."""
 
 
 class NullObserver:
@@ -49,6 +54,9 @@ class NullObserver:
         pass
 
     def rejected(self, reason: str) -> None:
+        pass
+
+    def policy_outcome(self, inspection: Inspection) -> None:
         pass
 
 

@@ -18,7 +18,7 @@ from uuid import UUID
 
 import asyncpg
 
-from persistence_svc import paging
+from persistence_svc import image_hashes, paging
 from persistence_svc.errors import DatabaseUnavailableError, FieldViolation, InvalidArgumentError
 from persistence_svc.records import (
     EventKind,
@@ -139,6 +139,20 @@ class Repository:
             lambda conn: fetch_page_records(conn, shipping_id, page_size, cursor), readonly=True
         )
         return build_page(records, page_size, fingerprint)
+
+    async def find_similar_pickup_images(
+        self,
+        hashes: list[tuple[int, int]],
+        max_distance: int,
+        shipping_id: str,
+        limit: int,
+    ) -> list[image_hashes.HashMatch]:
+        """Stored pickup images of other shipments near each (index, hash) (the banded index
+        of migration 0003)."""
+        return await self._run(
+            lambda conn: image_hashes.find_similar(conn, hashes, max_distance, shipping_id, limit),
+            readonly=True,
+        )
 
     async def ping(self) -> None:
         """Raises DatabaseUnavailableError unless a query round-trips."""

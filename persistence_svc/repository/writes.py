@@ -21,6 +21,7 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID
 
+from persistence_svc import image_hashes
 from persistence_svc.records import (
     AttemptData,
     EventRecord,
@@ -96,6 +97,9 @@ async def _apply_event(conn: DbConnection, event: EventRecord) -> None:
             payload.images_json,
             when,
             payload.caller,
+        )
+        await image_hashes.store_pickup_hashes(
+            conn, iid, payload.shipping_id, payload.pickup_hashes
         )
     elif isinstance(payload, AttemptData):
         await _touch(conn, iid, when, InspectionStatus.PENDING)

@@ -52,6 +52,14 @@ class _DecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Decision.Val
     """Accept the item (legacy "Pick", status code 200)."""
     DECISION_NOT_PICK: _Decision.ValueType  # 2
     """Do not accept the item (legacy "Not Pick", status code 202)."""
+    DECISION_RETAKE_IMAGES: _Decision.ValueType  # 3
+    """The photos cannot be judged (blur, exposure, resolution): take them again. No model ran.
+    Legacy: "Not Pick", finalAction "Retake Images".
+    """
+    DECISION_NEEDS_REVIEW: _Decision.ValueType  # 4
+    """A person decides (a confidence floor, or a photo that looks like fraud). Legacy: "Not
+    Pick", finalAction "Needs Review".
+    """
 
 class Decision(_Decision, metaclass=_DecisionEnumTypeWrapper):
     """Final decision on the pickup."""
@@ -61,6 +69,14 @@ DECISION_PICK: Decision.ValueType  # 1
 """Accept the item (legacy "Pick", status code 200)."""
 DECISION_NOT_PICK: Decision.ValueType  # 2
 """Do not accept the item (legacy "Not Pick", status code 202)."""
+DECISION_RETAKE_IMAGES: Decision.ValueType  # 3
+"""The photos cannot be judged (blur, exposure, resolution): take them again. No model ran.
+Legacy: "Not Pick", finalAction "Retake Images".
+"""
+DECISION_NEEDS_REVIEW: Decision.ValueType  # 4
+"""A person decides (a confidence floor, or a photo that looks like fraud). Legacy: "Not
+Pick", finalAction "Needs Review".
+"""
 Global___Decision: _TypeAlias = Decision  # noqa: Y015
 
 class _Recommendation:
@@ -107,6 +123,24 @@ ANSWER_SOURCE_MISSED: AnswerSource.ValueType  # 2
 """The model did not answer; the answer was filled by the missed-question rule."""
 Global___AnswerSource: _TypeAlias = AnswerSource  # noqa: Y015
 
+class _ImageRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ImageRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ImageRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IMAGE_ROLE_UNSPECIFIED: _ImageRole.ValueType  # 0
+    IMAGE_ROLE_REFERENCE: _ImageRole.ValueType  # 1
+    IMAGE_ROLE_PICKUP: _ImageRole.ValueType  # 2
+
+class ImageRole(_ImageRole, metaclass=_ImageRoleEnumTypeWrapper):
+    """Which images of the request an image is."""
+
+IMAGE_ROLE_UNSPECIFIED: ImageRole.ValueType  # 0
+IMAGE_ROLE_REFERENCE: ImageRole.ValueType  # 1
+IMAGE_ROLE_PICKUP: ImageRole.ValueType  # 2
+Global___ImageRole: _TypeAlias = ImageRole  # noqa: Y015
+
 @_typing.final
 class InspectRequest(_message.Message):
     """One inspection to run. Field names of the replaced JSON API are given in brackets."""
@@ -122,6 +156,7 @@ class InspectRequest(_message.Message):
     PICKUP_IMAGES_FIELD_NUMBER: _builtins.int
     QUESTIONS_FIELD_NUMBER: _builtins.int
     LEGACY_QUESTIONS_JSON_FIELD_NUMBER: _builtins.int
+    VENDOR_ID_FIELD_NUMBER: _builtins.int
     inspection_id: _builtins.str
     """Optional. Client-chosen inspection id, a UUID [uuid]; the server generates one when empty.
     It is not an idempotency key: a request with an id already used runs the inspection again
@@ -143,6 +178,10 @@ class InspectRequest(_message.Message):
     """Optional. The replaced API's [question] field: a JSON string such as
     {"Question": [{"Type": "...", "Label": "...", "ValueToCheck": "...", "IsMandatory": "Yes"}]}.
     Parsed leniently (JSON, single quotes fixed, Python literal). Ignored when questions is set.
+    """
+    vendor_id: _builtins.str
+    """Optional. The vendor whose decision policy applies (docs/policy.md); empty or a vendor the
+    policy file does not name: the default policy.
     """
     @_builtins.property
     def reference_images(self) -> _containers.RepeatedCompositeFieldContainer[Global___Image]:
@@ -170,10 +209,11 @@ class InspectRequest(_message.Message):
         pickup_images: _abc.Iterable[Global___Image] | None = ...,
         questions: _abc.Iterable[Global___Question] | None = ...,
         legacy_questions_json: _builtins.str = ...,
+        vendor_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inspection_id", b"inspection_id", "legacy_questions_json", b"legacy_questions_json", "pickup_images", b"pickup_images", "previous_inspection_id", b"previous_inspection_id", "product_id", b"product_id", "product_name", b"product_name", "questions", b"questions", "reference_images", b"reference_images", "shipping_id", b"shipping_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inspection_id", b"inspection_id", "legacy_questions_json", b"legacy_questions_json", "pickup_images", b"pickup_images", "previous_inspection_id", b"previous_inspection_id", "product_id", b"product_id", "product_name", b"product_name", "questions", b"questions", "reference_images", b"reference_images", "shipping_id", b"shipping_id", "vendor_id", b"vendor_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -497,6 +537,10 @@ class Inspection(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    POLICY_NAME_FIELD_NUMBER: _builtins.int
+    IMAGE_CHECKS_FIELD_NUMBER: _builtins.int
     inspection_id: _builtins.str
     """Required (always set). The inspection's id: the caller's, or the one the server generated."""
     previous_inspection_id: _builtins.str
@@ -506,7 +550,9 @@ class Inspection(_message.Message):
     product_id: _builtins.str
     """Optional. As sent."""
     decision: Global___Decision.ValueType
-    """Required (always set). PICK or NOT_PICK."""
+    """Required (always set). PICK or NOT_PICK; RETAKE_IMAGES or NEEDS_REVIEW when the vendor's
+    decision policy says so (reasons says why).
+    """
     model_recommendation: Global___Recommendation.ValueType
     """Optional. The model's own recommendation; UNSPECIFIED when it gave none."""
     match_score: _builtins.float
@@ -514,6 +560,14 @@ class Inspection(_message.Message):
     attempts: _builtins.int
     """Required (always set). Model generations used: 1, or 2 when the first output was invalid
     and retried.
+    """
+    policy_version: _builtins.str
+    """Required (always set). The version of the policy file that decided ("builtin" without
+    one).
+    """
+    policy_name: _builtins.str
+    """Required (always set). The vendor policy used: a vendor named in the policy file, or
+    "default".
     """
     @_builtins.property
     def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Answer]:
@@ -539,6 +593,18 @@ class Inspection(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Required (always set). When the server created the inspection."""
 
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutcomeReason]:
+        """Required (always set). Why the decision is what it is: the rules that decided (decisive)
+        first, then the others that fired. Reason codes are listed in docs/policy.md.
+        """
+
+    @_builtins.property
+    def image_checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImageCheck]:
+        """Optional. What was measured of each image: its perceptual hash and, unless the quality
+        gate is off, its quality measures and problems.
+        """
+
     def __init__(
         self,
         *,
@@ -556,14 +622,159 @@ class Inspection(_message.Message):
         attempts: _builtins.int = ...,
         model: Global___ModelInfo | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        reasons: _abc.Iterable[Global___OutcomeReason] | None = ...,
+        policy_version: _builtins.str = ...,
+        policy_name: _builtins.str = ...,
+        image_checks: _abc.Iterable[Global___ImageCheck] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "confidence_factors", b"confidence_factors", "create_time", b"create_time", "model", b"model", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "answers", b"answers", "attempts", b"attempts", "confidence_factors", b"confidence_factors", "create_time", b"create_time", "decision", b"decision", "inspection_id", b"inspection_id", "match_score", b"match_score", "model", b"model", "model_recommendation", b"model_recommendation", "previous_inspection_id", b"previous_inspection_id", "product_id", b"product_id", "shipping_id", b"shipping_id", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "answers", b"answers", "attempts", b"attempts", "confidence_factors", b"confidence_factors", "create_time", b"create_time", "decision", b"decision", "image_checks", b"image_checks", "inspection_id", b"inspection_id", "match_score", b"match_score", "model", b"model", "model_recommendation", b"model_recommendation", "policy_name", b"policy_name", "policy_version", b"policy_version", "previous_inspection_id", b"previous_inspection_id", "product_id", b"product_id", "reasons", b"reasons", "shipping_id", b"shipping_id", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Inspection: _TypeAlias = Inspection  # noqa: Y015
+
+@_typing.final
+class OutcomeReason(_message.Message):
+    """Why an inspection's decision is what it is."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    DECISIVE_FIELD_NUMBER: _builtins.int
+    QUESTION_LABEL_FIELD_NUMBER: _builtins.int
+    QUESTION_INDEX_FIELD_NUMBER: _builtins.int
+    IMAGE_ROLE_FIELD_NUMBER: _builtins.int
+    IMAGE_INDEX_FIELD_NUMBER: _builtins.int
+    RELATED_INSPECTION_ID_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """Required (always set). A stable code, e.g. MODEL_RECOMMENDATION, FORCED_PICK,
+    MANDATORY_QUESTION_FAILED, QUESTION_CONFIDENCE_LOW, IMAGE_BLURRY, CATALOGUE_PHOTO,
+    REUSED_PHOTO (docs/policy.md).
+    """
+    decisive: _builtins.bool
+    """Required (always set). True for the reasons behind the decision, false for information."""
+    question_label: _builtins.str
+    """Optional. The label of the question concerned."""
+    question_index: _builtins.int
+    """Optional. The index in the request of the question concerned."""
+    image_role: Global___ImageRole.ValueType
+    """Optional. The role of the image concerned; UNSPECIFIED when none."""
+    image_index: _builtins.int
+    """Optional. The index among its role of the image concerned."""
+    related_inspection_id: _builtins.str
+    """Optional. Another inspection concerned (REUSED_PHOTO: the one the photo was seen in)."""
+    detail: _builtins.str
+    """Optional. Human-readable detail (measures, distances, the recommendation)."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        decisive: _builtins.bool = ...,
+        question_label: _builtins.str = ...,
+        question_index: _builtins.int | None = ...,
+        image_role: Global___ImageRole.ValueType = ...,
+        image_index: _builtins.int = ...,
+        related_inspection_id: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_question_index", b"_question_index", "question_index", b"question_index"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_question_index", b"_question_index", "code", b"code", "decisive", b"decisive", "detail", b"detail", "image_index", b"image_index", "image_role", b"image_role", "question_index", b"question_index", "question_label", b"question_label", "related_inspection_id", b"related_inspection_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__question_index: _TypeAlias = _typing.Literal["question_index"]  # noqa: Y015
+    _WhichOneofArgType__question_index: _TypeAlias = _typing.Literal["_question_index", b"_question_index"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__question_index) -> _WhichOneofReturnType__question_index | None: ...
+
+Global___OutcomeReason: _TypeAlias = OutcomeReason  # noqa: Y015
+
+@_typing.final
+class ImageCheck(_message.Message):
+    """What was measured of one image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    PERCEPTUAL_HASH_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
+    role: Global___ImageRole.ValueType
+    """Required (always set). Whether it is a reference or a pickup image."""
+    index: _builtins.int
+    """Required (always set). Position within its role, from 0."""
+    perceptual_hash: _builtins.int
+    """Optional. 64-bit perceptual hash (dHash); unset when it could not be computed."""
+    @_builtins.property
+    def quality(self) -> Global___ImageQuality:
+        """Optional. Quality measures; unset when the quality gate is off."""
+
+    def __init__(
+        self,
+        *,
+        role: Global___ImageRole.ValueType = ...,
+        index: _builtins.int = ...,
+        perceptual_hash: _builtins.int | None = ...,
+        quality: Global___ImageQuality | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_perceptual_hash", b"_perceptual_hash", "perceptual_hash", b"perceptual_hash", "quality", b"quality"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_perceptual_hash", b"_perceptual_hash", "index", b"index", "perceptual_hash", b"perceptual_hash", "quality", b"quality", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__perceptual_hash: _TypeAlias = _typing.Literal["perceptual_hash"]  # noqa: Y015
+    _WhichOneofArgType__perceptual_hash: _TypeAlias = _typing.Literal["_perceptual_hash", b"_perceptual_hash"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__perceptual_hash) -> _WhichOneofReturnType__perceptual_hash | None: ...
+
+Global___ImageCheck: _TypeAlias = ImageCheck  # noqa: Y015
+
+@_typing.final
+class ImageQuality(_message.Message):
+    """The quality gate's measures of an image (docs/policy.md)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    SHARPNESS_FIELD_NUMBER: _builtins.int
+    MEAN_LUMA_FIELD_NUMBER: _builtins.int
+    DARK_FRACTION_FIELD_NUMBER: _builtins.int
+    BRIGHT_FRACTION_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    width: _builtins.int
+    """Required (always set). Decoded width in pixels."""
+    height: _builtins.int
+    """Required (always set). Decoded height in pixels."""
+    sharpness: _builtins.float
+    """Required (always set). Variance of the Laplacian of the image's 448x448 overview."""
+    mean_luma: _builtins.float
+    """Required (always set). Mean luma of the overview, 0 to 255."""
+    dark_fraction: _builtins.float
+    """Required (always set). Share of crushed pixels (luma <= 16), 0 to 1."""
+    bright_fraction: _builtins.float
+    """Required (always set). Share of blown pixels (luma >= 239), 0 to 1."""
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. BLURRY, UNDEREXPOSED, OVEREXPOSED, LOW_RESOLUTION under the policy's thresholds."""
+
+    def __init__(
+        self,
+        *,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+        sharpness: _builtins.float = ...,
+        mean_luma: _builtins.float = ...,
+        dark_fraction: _builtins.float = ...,
+        bright_fraction: _builtins.float = ...,
+        problems: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bright_fraction", b"bright_fraction", "dark_fraction", b"dark_fraction", "height", b"height", "mean_luma", b"mean_luma", "problems", b"problems", "sharpness", b"sharpness", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageQuality: _TypeAlias = ImageQuality  # noqa: Y015
 
 @_typing.final
 class InspectStreamResponse(_message.Message):

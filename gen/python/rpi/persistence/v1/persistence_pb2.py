@@ -29,7 +29,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from rpi.inspection.v1 import inspection_pb2 as rpi_dot_inspection_dot_v1_dot_inspection__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$rpi/persistence/v1/persistence.proto\x12\x12rpi.persistence.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"rpi/inspection/v1/inspection.proto\"\xff\x02\n\x05\x45vent\x12\x16\n\x08\x65vent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rinspection_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\noccur_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12?\n\x10request_received\x18\n \x01(\x0b\x32#.rpi.persistence.v1.RequestReceivedH\x00\x12?\n\x10\x61ttempt_recorded\x18\x0b \x01(\x0b\x32#.rpi.persistence.v1.AttemptRecordedH\x00\x12=\n\x0fresult_recorded\x18\x0c \x01(\x0b\x32\".rpi.persistence.v1.ResultRecordedH\x00\x12?\n\x10\x66\x61ilure_recorded\x18\r \x01(\x0b\x32#.rpi.persistence.v1.FailureRecordedH\x00\x42\t\n\x07payload\"\x9f\x02\n\x0bImageRecord\x12\x31\n\x04role\x18\x01 \x01(\x0e\x32\x1d.rpi.persistence.v1.ImageRoleB\x04\xe2\x41\x01\x02\x12\x13\n\x05index\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x11\n\x03uri\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x66\x65tched_uri\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06inline\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06sha256\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nsize_bytes\x18\x07 \x01(\x03\x42\x04\xe2\x41\x01\x01\x12\x13\n\x05width\x18\x08 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06height\x18\t \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ormat\x18\n \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05tiles\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x01\"\x82\x03\n\x0fRequestReceived\x12\x19\n\x0bshipping_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nproduct_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cproduct_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12$\n\x16previous_inspection_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x34\n\tquestions\x18\x05 \x03(\x0b\x32\x1b.rpi.inspection.v1.QuestionB\x04\xe2\x41\x01\x01\x12\x1e\n\x10legacy_questions\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x35\n\x06images\x18\x07 \x03(\x0b\x32\x1f.rpi.persistence.v1.ImageRecordB\x04\xe2\x41\x01\x01\x12\x14\n\x06method\x18\x08 \x01(\tB\x04\xe2\x41\x01\x01\x12?\n\x0einspect_method\x18\t \x01(\x0e\x32!.rpi.persistence.v1.InspectMethodB\x04\xe2\x41\x01\x01\x12\x14\n\x06\x63\x61ller\x18\n \x01(\tB\x04\xe2\x41\x01\x01\"\xeb\x03\n\x0f\x41ttemptRecorded\x12\x1c\n\x0e\x61ttempt_number\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x14\n\x06prompt\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rprompt_sha256\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1e\n\x10template_version\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1d\n\x0ftemplate_sha256\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nraw_output\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12\x34\n\rparsed_output\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\x12\x13\n\x05valid\x18\x08 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x1f\n\x11validation_errors\x18\t \x03(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rprompt_tokens\x18\n \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x1f\n\x11\x63ompletion_tokens\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x31\n\x08\x64uration\x18\x0c \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x63onstrained\x18\r \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x18\n\nmodel_name\x18\x0e \x01(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\x0emodel_revision\x18\x0f \x01(\tB\x04\xe2\x41\x01\x01\"I\n\x0eResultRecorded\x12\x37\n\ninspection\x18\x01 \x01(\x0b\x32\x1d.rpi.inspection.v1.InspectionB\x04\xe2\x41\x01\x02\"\xad\x01\n\x0f\x46\x61ilureRecorded\x12\x13\n\x05stage\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06reason\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x15\n\x07message\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0bstatus_code\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12=\n\rfailure_stage\x18\x05 \x01(\x0e\x32 .rpi.persistence.v1.FailureStageB\x04\xe2\x41\x01\x01\"F\n\x13RecordEventsRequest\x12/\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.rpi.persistence.v1.EventB\x04\xe2\x41\x01\x02\";\n\x14RecordEventsResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"\x9b\x04\n\x10InspectionRecord\x12\x15\n\rinspection_id\x18\x01 \x01(\t\x12\x13\n\x0bshipping_id\x18\x02 \x01(\t\x12\x12\n\nproduct_id\x18\x03 \x01(\t\x12\x14\n\x0cproduct_name\x18\x04 \x01(\t\x12\x1e\n\x16previous_inspection_id\x18\x05 \x01(\t\x12\x11\n\tis_latest\x18\x06 \x01(\x08\x12\x34\n\x06status\x18\x07 \x01(\x0e\x32$.rpi.persistence.v1.InspectionStatus\x12\x34\n\x07request\x18\x08 \x01(\x0b\x32#.rpi.persistence.v1.RequestReceived\x12\x35\n\x08\x61ttempts\x18\t \x03(\x0b\x32#.rpi.persistence.v1.AttemptRecorded\x12-\n\x06result\x18\n \x01(\x0b\x32\x1d.rpi.inspection.v1.Inspection\x12\x34\n\x07\x66\x61ilure\x18\x0b \x01(\x0b\x32#.rpi.persistence.v1.FailureRecorded\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x06\x63\x61ller\x18\x0e \x01(\tB\x04\xe2\x41\x01\x03\"3\n\x14GetInspectionRequest\x12\x1b\n\rinspection_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"Q\n\x15GetInspectionResponse\x12\x38\n\ninspection\x18\x01 \x01(\x0b\x32$.rpi.persistence.v1.InspectionRecord\"f\n\x16ListInspectionsRequest\x12\x19\n\x0bshipping_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"m\n\x17ListInspectionsResponse\x12\x39\n\x0binspections\x18\x01 \x03(\x0b\x32$.rpi.persistence.v1.InspectionRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*X\n\tImageRole\x12\x1a\n\x16IMAGE_ROLE_UNSPECIFIED\x10\x00\x12\x18\n\x14IMAGE_ROLE_REFERENCE\x10\x01\x12\x15\n\x11IMAGE_ROLE_PICKUP\x10\x02*n\n\rInspectMethod\x12\x1e\n\x1aINSPECT_METHOD_UNSPECIFIED\x10\x00\x12\x1a\n\x16INSPECT_METHOD_INSPECT\x10\x01\x12!\n\x1dINSPECT_METHOD_INSPECT_STREAM\x10\x02*\xb5\x02\n\x0c\x46\x61ilureStage\x12\x1d\n\x19\x46\x41ILURE_STAGE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x41ILURE_STAGE_VALIDATE\x10\x01\x12\x17\n\x13\x46\x41ILURE_STAGE_FETCH\x10\x02\x12\x18\n\x14\x46\x41ILURE_STAGE_DECODE\x10\x03\x12\x1c\n\x18\x46\x41ILURE_STAGE_PREPROCESS\x10\x04\x12\x1a\n\x16\x46\x41ILURE_STAGE_GENERATE\x10\x05\x12\x17\n\x13\x46\x41ILURE_STAGE_PARSE\x10\x06\x12\x18\n\x14\x46\x41ILURE_STAGE_DECIDE\x10\x07\x12\x18\n\x14\x46\x41ILURE_STAGE_RECORD\x10\x08\x12\x17\n\x13\x46\x41ILURE_STAGE_ADMIT\x10\t\x12\x17\n\x13\x46\x41ILURE_STAGE_QUEUE\x10\n*\x93\x01\n\x10InspectionStatus\x12!\n\x1dINSPECTION_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19INSPECTION_STATUS_PENDING\x10\x01\x12\x1f\n\x1bINSPECTION_STATUS_COMPLETED\x10\x02\x12\x1c\n\x18INSPECTION_STATUS_FAILED\x10\x03\x32\xc9\x02\n\x12PersistenceService\x12\x61\n\x0cRecordEvents\x12\'.rpi.persistence.v1.RecordEventsRequest\x1a(.rpi.persistence.v1.RecordEventsResponse\x12\x64\n\rGetInspection\x12(.rpi.persistence.v1.GetInspectionRequest\x1a).rpi.persistence.v1.GetInspectionResponse\x12j\n\x0fListInspections\x12*.rpi.persistence.v1.ListInspectionsRequest\x1a+.rpi.persistence.v1.ListInspectionsResponseB}\n\"com.rpiplatform.rpi.persistence.v1B\x10PersistenceProtoP\x01ZCgithub.com/rpi-platform/rpi/gen/go/rpi/persistence/v1;persistencev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$rpi/persistence/v1/persistence.proto\x12\x12rpi.persistence.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"rpi/inspection/v1/inspection.proto\"\xff\x02\n\x05\x45vent\x12\x16\n\x08\x65vent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rinspection_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\noccur_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12?\n\x10request_received\x18\n \x01(\x0b\x32#.rpi.persistence.v1.RequestReceivedH\x00\x12?\n\x10\x61ttempt_recorded\x18\x0b \x01(\x0b\x32#.rpi.persistence.v1.AttemptRecordedH\x00\x12=\n\x0fresult_recorded\x18\x0c \x01(\x0b\x32\".rpi.persistence.v1.ResultRecordedH\x00\x12?\n\x10\x66\x61ilure_recorded\x18\r \x01(\x0b\x32#.rpi.persistence.v1.FailureRecordedH\x00\x42\t\n\x07payload\"\xd7\x02\n\x0bImageRecord\x12\x31\n\x04role\x18\x01 \x01(\x0e\x32\x1d.rpi.persistence.v1.ImageRoleB\x04\xe2\x41\x01\x02\x12\x13\n\x05index\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x11\n\x03uri\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x66\x65tched_uri\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06inline\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06sha256\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nsize_bytes\x18\x07 \x01(\x03\x42\x04\xe2\x41\x01\x01\x12\x13\n\x05width\x18\x08 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06height\x18\t \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ormat\x18\n \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05tiles\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\"\n\x0fperceptual_hash\x18\x0c \x01(\x06\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x42\x12\n\x10_perceptual_hash\"\x9b\x03\n\x0fRequestReceived\x12\x19\n\x0bshipping_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nproduct_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cproduct_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12$\n\x16previous_inspection_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x34\n\tquestions\x18\x05 \x03(\x0b\x32\x1b.rpi.inspection.v1.QuestionB\x04\xe2\x41\x01\x01\x12\x1e\n\x10legacy_questions\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x35\n\x06images\x18\x07 \x03(\x0b\x32\x1f.rpi.persistence.v1.ImageRecordB\x04\xe2\x41\x01\x01\x12\x14\n\x06method\x18\x08 \x01(\tB\x04\xe2\x41\x01\x01\x12?\n\x0einspect_method\x18\t \x01(\x0e\x32!.rpi.persistence.v1.InspectMethodB\x04\xe2\x41\x01\x01\x12\x14\n\x06\x63\x61ller\x18\n \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tvendor_id\x18\x0b \x01(\tB\x04\xe2\x41\x01\x01\"\xeb\x03\n\x0f\x41ttemptRecorded\x12\x1c\n\x0e\x61ttempt_number\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x14\n\x06prompt\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rprompt_sha256\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1e\n\x10template_version\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1d\n\x0ftemplate_sha256\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nraw_output\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12\x34\n\rparsed_output\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\x12\x13\n\x05valid\x18\x08 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x1f\n\x11validation_errors\x18\t \x03(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rprompt_tokens\x18\n \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x1f\n\x11\x63ompletion_tokens\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x31\n\x08\x64uration\x18\x0c \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x63onstrained\x18\r \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x18\n\nmodel_name\x18\x0e \x01(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\x0emodel_revision\x18\x0f \x01(\tB\x04\xe2\x41\x01\x01\"I\n\x0eResultRecorded\x12\x37\n\ninspection\x18\x01 \x01(\x0b\x32\x1d.rpi.inspection.v1.InspectionB\x04\xe2\x41\x01\x02\"\xad\x01\n\x0f\x46\x61ilureRecorded\x12\x13\n\x05stage\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06reason\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x15\n\x07message\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0bstatus_code\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12=\n\rfailure_stage\x18\x05 \x01(\x0e\x32 .rpi.persistence.v1.FailureStageB\x04\xe2\x41\x01\x01\"F\n\x13RecordEventsRequest\x12/\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.rpi.persistence.v1.EventB\x04\xe2\x41\x01\x02\";\n\x14RecordEventsResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"\x9b\x04\n\x10InspectionRecord\x12\x15\n\rinspection_id\x18\x01 \x01(\t\x12\x13\n\x0bshipping_id\x18\x02 \x01(\t\x12\x12\n\nproduct_id\x18\x03 \x01(\t\x12\x14\n\x0cproduct_name\x18\x04 \x01(\t\x12\x1e\n\x16previous_inspection_id\x18\x05 \x01(\t\x12\x11\n\tis_latest\x18\x06 \x01(\x08\x12\x34\n\x06status\x18\x07 \x01(\x0e\x32$.rpi.persistence.v1.InspectionStatus\x12\x34\n\x07request\x18\x08 \x01(\x0b\x32#.rpi.persistence.v1.RequestReceived\x12\x35\n\x08\x61ttempts\x18\t \x03(\x0b\x32#.rpi.persistence.v1.AttemptRecorded\x12-\n\x06result\x18\n \x01(\x0b\x32\x1d.rpi.inspection.v1.Inspection\x12\x34\n\x07\x66\x61ilure\x18\x0b \x01(\x0b\x32#.rpi.persistence.v1.FailureRecorded\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x06\x63\x61ller\x18\x0e \x01(\tB\x04\xe2\x41\x01\x03\"3\n\x14GetInspectionRequest\x12\x1b\n\rinspection_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"Q\n\x15GetInspectionResponse\x12\x38\n\ninspection\x18\x01 \x01(\x0b\x32$.rpi.persistence.v1.InspectionRecord\"f\n\x16ListInspectionsRequest\x12\x19\n\x0bshipping_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"m\n\x17ListInspectionsResponse\x12\x39\n\x0binspections\x18\x01 \x03(\x0b\x32$.rpi.persistence.v1.InspectionRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa1\x01\n\x1e\x46indSimilarPickupImagesRequest\x12\x33\n\x06hashes\x18\x01 \x03(\x0b\x32\x1d.rpi.persistence.v1.ImageHashB\x04\xe2\x41\x01\x02\x12\x1a\n\x0cmax_distance\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x19\n\x0bshipping_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05limit\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01\"?\n\tImageHash\x12\x13\n\x05index\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x1d\n\x0fperceptual_hash\x18\x02 \x01(\x06\x42\x04\xe2\x41\x01\x02\"Z\n\x1f\x46indSimilarPickupImagesResponse\x12\x37\n\x07matches\x18\x01 \x03(\x0b\x32&.rpi.persistence.v1.SimilarPickupImage\"|\n\x12SimilarPickupImage\x12\x13\n\x0bquery_index\x18\x01 \x01(\x05\x12\x15\n\rinspection_id\x18\x02 \x01(\t\x12\x13\n\x0bshipping_id\x18\x03 \x01(\t\x12\x13\n\x0bimage_index\x18\x04 \x01(\x05\x12\x10\n\x08\x64istance\x18\x05 \x01(\x05*X\n\tImageRole\x12\x1a\n\x16IMAGE_ROLE_UNSPECIFIED\x10\x00\x12\x18\n\x14IMAGE_ROLE_REFERENCE\x10\x01\x12\x15\n\x11IMAGE_ROLE_PICKUP\x10\x02*n\n\rInspectMethod\x12\x1e\n\x1aINSPECT_METHOD_UNSPECIFIED\x10\x00\x12\x1a\n\x16INSPECT_METHOD_INSPECT\x10\x01\x12!\n\x1dINSPECT_METHOD_INSPECT_STREAM\x10\x02*\xb5\x02\n\x0c\x46\x61ilureStage\x12\x1d\n\x19\x46\x41ILURE_STAGE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x41ILURE_STAGE_VALIDATE\x10\x01\x12\x17\n\x13\x46\x41ILURE_STAGE_FETCH\x10\x02\x12\x18\n\x14\x46\x41ILURE_STAGE_DECODE\x10\x03\x12\x1c\n\x18\x46\x41ILURE_STAGE_PREPROCESS\x10\x04\x12\x1a\n\x16\x46\x41ILURE_STAGE_GENERATE\x10\x05\x12\x17\n\x13\x46\x41ILURE_STAGE_PARSE\x10\x06\x12\x18\n\x14\x46\x41ILURE_STAGE_DECIDE\x10\x07\x12\x18\n\x14\x46\x41ILURE_STAGE_RECORD\x10\x08\x12\x17\n\x13\x46\x41ILURE_STAGE_ADMIT\x10\t\x12\x17\n\x13\x46\x41ILURE_STAGE_QUEUE\x10\n*\x93\x01\n\x10InspectionStatus\x12!\n\x1dINSPECTION_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19INSPECTION_STATUS_PENDING\x10\x01\x12\x1f\n\x1bINSPECTION_STATUS_COMPLETED\x10\x02\x12\x1c\n\x18INSPECTION_STATUS_FAILED\x10\x03\x32\xce\x03\n\x12PersistenceService\x12\x61\n\x0cRecordEvents\x12\'.rpi.persistence.v1.RecordEventsRequest\x1a(.rpi.persistence.v1.RecordEventsResponse\x12\x64\n\rGetInspection\x12(.rpi.persistence.v1.GetInspectionRequest\x1a).rpi.persistence.v1.GetInspectionResponse\x12j\n\x0fListInspections\x12*.rpi.persistence.v1.ListInspectionsRequest\x1a+.rpi.persistence.v1.ListInspectionsResponse\x12\x82\x01\n\x17\x46indSimilarPickupImages\x12\x32.rpi.persistence.v1.FindSimilarPickupImagesRequest\x1a\x33.rpi.persistence.v1.FindSimilarPickupImagesResponseB}\n\"com.rpiplatform.rpi.persistence.v1B\x10PersistenceProtoP\x01ZCgithub.com/rpi-platform/rpi/gen/go/rpi/persistence/v1;persistencev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -65,6 +65,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGERECORD'].fields_by_name['format']._serialized_options = b'\342A\001\001'
   _globals['_IMAGERECORD'].fields_by_name['tiles']._loaded_options = None
   _globals['_IMAGERECORD'].fields_by_name['tiles']._serialized_options = b'\342A\001\001'
+  _globals['_IMAGERECORD'].fields_by_name['perceptual_hash']._loaded_options = None
+  _globals['_IMAGERECORD'].fields_by_name['perceptual_hash']._serialized_options = b'\342A\001\001'
   _globals['_REQUESTRECEIVED'].fields_by_name['shipping_id']._loaded_options = None
   _globals['_REQUESTRECEIVED'].fields_by_name['shipping_id']._serialized_options = b'\342A\001\002'
   _globals['_REQUESTRECEIVED'].fields_by_name['product_id']._loaded_options = None
@@ -85,6 +87,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REQUESTRECEIVED'].fields_by_name['inspect_method']._serialized_options = b'\342A\001\001'
   _globals['_REQUESTRECEIVED'].fields_by_name['caller']._loaded_options = None
   _globals['_REQUESTRECEIVED'].fields_by_name['caller']._serialized_options = b'\342A\001\001'
+  _globals['_REQUESTRECEIVED'].fields_by_name['vendor_id']._loaded_options = None
+  _globals['_REQUESTRECEIVED'].fields_by_name['vendor_id']._serialized_options = b'\342A\001\001'
   _globals['_ATTEMPTRECORDED'].fields_by_name['attempt_number']._loaded_options = None
   _globals['_ATTEMPTRECORDED'].fields_by_name['attempt_number']._serialized_options = b'\342A\001\002'
   _globals['_ATTEMPTRECORDED'].fields_by_name['prompt']._loaded_options = None
@@ -139,40 +143,60 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTINSPECTIONSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
   _globals['_LISTINSPECTIONSREQUEST'].fields_by_name['page_token']._loaded_options = None
   _globals['_LISTINSPECTIONSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
-  _globals['_IMAGEROLE']._serialized_start=3060
-  _globals['_IMAGEROLE']._serialized_end=3148
-  _globals['_INSPECTMETHOD']._serialized_start=3150
-  _globals['_INSPECTMETHOD']._serialized_end=3260
-  _globals['_FAILURESTAGE']._serialized_start=3263
-  _globals['_FAILURESTAGE']._serialized_end=3572
-  _globals['_INSPECTIONSTATUS']._serialized_start=3575
-  _globals['_INSPECTIONSTATUS']._serialized_end=3722
+  _globals['_FINDSIMILARPICKUPIMAGESREQUEST'].fields_by_name['hashes']._loaded_options = None
+  _globals['_FINDSIMILARPICKUPIMAGESREQUEST'].fields_by_name['hashes']._serialized_options = b'\342A\001\002'
+  _globals['_FINDSIMILARPICKUPIMAGESREQUEST'].fields_by_name['max_distance']._loaded_options = None
+  _globals['_FINDSIMILARPICKUPIMAGESREQUEST'].fields_by_name['max_distance']._serialized_options = b'\342A\001\002'
+  _globals['_FINDSIMILARPICKUPIMAGESREQUEST'].fields_by_name['shipping_id']._loaded_options = None
+  _globals['_FINDSIMILARPICKUPIMAGESREQUEST'].fields_by_name['shipping_id']._serialized_options = b'\342A\001\002'
+  _globals['_FINDSIMILARPICKUPIMAGESREQUEST'].fields_by_name['limit']._loaded_options = None
+  _globals['_FINDSIMILARPICKUPIMAGESREQUEST'].fields_by_name['limit']._serialized_options = b'\342A\001\001'
+  _globals['_IMAGEHASH'].fields_by_name['index']._loaded_options = None
+  _globals['_IMAGEHASH'].fields_by_name['index']._serialized_options = b'\342A\001\002'
+  _globals['_IMAGEHASH'].fields_by_name['perceptual_hash']._loaded_options = None
+  _globals['_IMAGEHASH'].fields_by_name['perceptual_hash']._serialized_options = b'\342A\001\002'
+  _globals['_IMAGEROLE']._serialized_start=3588
+  _globals['_IMAGEROLE']._serialized_end=3676
+  _globals['_INSPECTMETHOD']._serialized_start=3678
+  _globals['_INSPECTMETHOD']._serialized_end=3788
+  _globals['_FAILURESTAGE']._serialized_start=3791
+  _globals['_FAILURESTAGE']._serialized_end=4100
+  _globals['_INSPECTIONSTATUS']._serialized_start=4103
+  _globals['_INSPECTIONSTATUS']._serialized_end=4250
   _globals['_EVENT']._serialized_start=225
   _globals['_EVENT']._serialized_end=608
   _globals['_IMAGERECORD']._serialized_start=611
-  _globals['_IMAGERECORD']._serialized_end=898
-  _globals['_REQUESTRECEIVED']._serialized_start=901
-  _globals['_REQUESTRECEIVED']._serialized_end=1287
-  _globals['_ATTEMPTRECORDED']._serialized_start=1290
-  _globals['_ATTEMPTRECORDED']._serialized_end=1781
-  _globals['_RESULTRECORDED']._serialized_start=1783
-  _globals['_RESULTRECORDED']._serialized_end=1856
-  _globals['_FAILURERECORDED']._serialized_start=1859
-  _globals['_FAILURERECORDED']._serialized_end=2032
-  _globals['_RECORDEVENTSREQUEST']._serialized_start=2034
-  _globals['_RECORDEVENTSREQUEST']._serialized_end=2104
-  _globals['_RECORDEVENTSRESPONSE']._serialized_start=2106
-  _globals['_RECORDEVENTSRESPONSE']._serialized_end=2165
-  _globals['_INSPECTIONRECORD']._serialized_start=2168
-  _globals['_INSPECTIONRECORD']._serialized_end=2707
-  _globals['_GETINSPECTIONREQUEST']._serialized_start=2709
-  _globals['_GETINSPECTIONREQUEST']._serialized_end=2760
-  _globals['_GETINSPECTIONRESPONSE']._serialized_start=2762
-  _globals['_GETINSPECTIONRESPONSE']._serialized_end=2843
-  _globals['_LISTINSPECTIONSREQUEST']._serialized_start=2845
-  _globals['_LISTINSPECTIONSREQUEST']._serialized_end=2947
-  _globals['_LISTINSPECTIONSRESPONSE']._serialized_start=2949
-  _globals['_LISTINSPECTIONSRESPONSE']._serialized_end=3058
-  _globals['_PERSISTENCESERVICE']._serialized_start=3725
-  _globals['_PERSISTENCESERVICE']._serialized_end=4054
+  _globals['_IMAGERECORD']._serialized_end=954
+  _globals['_REQUESTRECEIVED']._serialized_start=957
+  _globals['_REQUESTRECEIVED']._serialized_end=1368
+  _globals['_ATTEMPTRECORDED']._serialized_start=1371
+  _globals['_ATTEMPTRECORDED']._serialized_end=1862
+  _globals['_RESULTRECORDED']._serialized_start=1864
+  _globals['_RESULTRECORDED']._serialized_end=1937
+  _globals['_FAILURERECORDED']._serialized_start=1940
+  _globals['_FAILURERECORDED']._serialized_end=2113
+  _globals['_RECORDEVENTSREQUEST']._serialized_start=2115
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=2185
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=2187
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=2246
+  _globals['_INSPECTIONRECORD']._serialized_start=2249
+  _globals['_INSPECTIONRECORD']._serialized_end=2788
+  _globals['_GETINSPECTIONREQUEST']._serialized_start=2790
+  _globals['_GETINSPECTIONREQUEST']._serialized_end=2841
+  _globals['_GETINSPECTIONRESPONSE']._serialized_start=2843
+  _globals['_GETINSPECTIONRESPONSE']._serialized_end=2924
+  _globals['_LISTINSPECTIONSREQUEST']._serialized_start=2926
+  _globals['_LISTINSPECTIONSREQUEST']._serialized_end=3028
+  _globals['_LISTINSPECTIONSRESPONSE']._serialized_start=3030
+  _globals['_LISTINSPECTIONSRESPONSE']._serialized_end=3139
+  _globals['_FINDSIMILARPICKUPIMAGESREQUEST']._serialized_start=3142
+  _globals['_FINDSIMILARPICKUPIMAGESREQUEST']._serialized_end=3303
+  _globals['_IMAGEHASH']._serialized_start=3305
+  _globals['_IMAGEHASH']._serialized_end=3368
+  _globals['_FINDSIMILARPICKUPIMAGESRESPONSE']._serialized_start=3370
+  _globals['_FINDSIMILARPICKUPIMAGESRESPONSE']._serialized_end=3460
+  _globals['_SIMILARPICKUPIMAGE']._serialized_start=3462
+  _globals['_SIMILARPICKUPIMAGE']._serialized_end=3586
+  _globals['_PERSISTENCESERVICE']._serialized_start=4253
+  _globals['_PERSISTENCESERVICE']._serialized_end=4715
 # @@protoc_insertion_point(module_scope)

@@ -231,6 +231,7 @@ class ImageRecord(_message.Message):
     HEIGHT_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     TILES_FIELD_NUMBER: _builtins.int
+    PERCEPTUAL_HASH_FIELD_NUMBER: _builtins.int
     role: Global___ImageRole.ValueType
     """Required. Whether it is a reference or a pickup image."""
     index: _builtins.int
@@ -253,6 +254,10 @@ class ImageRecord(_message.Message):
     """Optional. Decoded format as the decoder names it, e.g. JPEG, PNG, WEBP."""
     tiles: _builtins.int
     """Optional. Tiles the image was cut into; 0 when not preprocessed."""
+    perceptual_hash: _builtins.int
+    """Optional. 64-bit perceptual hash (dHash); a pickup image's is kept for the reused-photo
+    lookup.
+    """
     def __init__(
         self,
         *,
@@ -267,12 +272,15 @@ class ImageRecord(_message.Message):
         height: _builtins.int = ...,
         format: _builtins.str = ...,
         tiles: _builtins.int = ...,
+        perceptual_hash: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_perceptual_hash", b"_perceptual_hash", "perceptual_hash", b"perceptual_hash"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fetched_uri", b"fetched_uri", "format", b"format", "height", b"height", "index", b"index", "inline", b"inline", "role", b"role", "sha256", b"sha256", "size_bytes", b"size_bytes", "tiles", b"tiles", "uri", b"uri", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_perceptual_hash", b"_perceptual_hash", "fetched_uri", b"fetched_uri", "format", b"format", "height", b"height", "index", b"index", "inline", b"inline", "perceptual_hash", b"perceptual_hash", "role", b"role", "sha256", b"sha256", "size_bytes", b"size_bytes", "tiles", b"tiles", "uri", b"uri", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__perceptual_hash: _TypeAlias = _typing.Literal["perceptual_hash"]  # noqa: Y015
+    _WhichOneofArgType__perceptual_hash: _TypeAlias = _typing.Literal["_perceptual_hash", b"_perceptual_hash"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__perceptual_hash) -> _WhichOneofReturnType__perceptual_hash | None: ...
 
 Global___ImageRecord: _TypeAlias = ImageRecord  # noqa: Y015
 
@@ -292,6 +300,7 @@ class RequestReceived(_message.Message):
     METHOD_FIELD_NUMBER: _builtins.int
     INSPECT_METHOD_FIELD_NUMBER: _builtins.int
     CALLER_FIELD_NUMBER: _builtins.int
+    VENDOR_ID_FIELD_NUMBER: _builtins.int
     shipping_id: _builtins.str
     """Required. As the caller sent it."""
     product_id: _builtins.str
@@ -317,6 +326,8 @@ class RequestReceived(_message.Message):
     or its JWT subject ("anonymous" when the inference service runs without authentication).
     Never a credential.
     """
+    vendor_id: _builtins.str
+    """Optional. The vendor whose decision policy applied, as the caller sent it."""
     @_builtins.property
     def questions(self) -> _containers.RepeatedCompositeFieldContainer[_inspection_pb2.Question]:
         """Optional. The questions, parsed (also when they came as legacy JSON)."""
@@ -338,10 +349,11 @@ class RequestReceived(_message.Message):
         method: _builtins.str = ...,
         inspect_method: Global___InspectMethod.ValueType = ...,
         caller: _builtins.str = ...,
+        vendor_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "images", b"images", "inspect_method", b"inspect_method", "legacy_questions", b"legacy_questions", "method", b"method", "previous_inspection_id", b"previous_inspection_id", "product_id", b"product_id", "product_name", b"product_name", "questions", b"questions", "shipping_id", b"shipping_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "images", b"images", "inspect_method", b"inspect_method", "legacy_questions", b"legacy_questions", "method", b"method", "previous_inspection_id", b"previous_inspection_id", "product_id", b"product_id", "product_name", b"product_name", "questions", b"questions", "shipping_id", b"shipping_id", "vendor_id", b"vendor_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -746,3 +758,127 @@ class ListInspectionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListInspectionsResponse: _TypeAlias = ListInspectionsResponse  # noqa: Y015
+
+@_typing.final
+class FindSimilarPickupImagesRequest(_message.Message):
+    """Pickup images to look up, by perceptual hash."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HASHES_FIELD_NUMBER: _builtins.int
+    MAX_DISTANCE_FIELD_NUMBER: _builtins.int
+    SHIPPING_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    max_distance: _builtins.int
+    """Required. Matches have at most this Hamming distance, 0 to 11."""
+    shipping_id: _builtins.str
+    """Required. The asking inspection's shipment: its own images are not matches."""
+    limit: _builtins.int
+    """Optional. At most this many matches per hash, nearest first (default 5, maximum 50)."""
+    @_builtins.property
+    def hashes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImageHash]:
+        """Required. The hashes to look up, each with the index of its pickup image."""
+
+    def __init__(
+        self,
+        *,
+        hashes: _abc.Iterable[Global___ImageHash] | None = ...,
+        max_distance: _builtins.int = ...,
+        shipping_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hashes", b"hashes", "limit", b"limit", "max_distance", b"max_distance", "shipping_id", b"shipping_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindSimilarPickupImagesRequest: _TypeAlias = FindSimilarPickupImagesRequest  # noqa: Y015
+
+@_typing.final
+class ImageHash(_message.Message):
+    """A perceptual hash and the image it belongs to."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    PERCEPTUAL_HASH_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Required. The pickup image's index in its request."""
+    perceptual_hash: _builtins.int
+    """Required. 64-bit dHash."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        perceptual_hash: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "perceptual_hash", b"perceptual_hash"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageHash: _TypeAlias = ImageHash  # noqa: Y015
+
+@_typing.final
+class FindSimilarPickupImagesResponse(_message.Message):
+    """Stored pickup images near the queried hashes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCHES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def matches(self) -> _containers.RepeatedCompositeFieldContainer[Global___SimilarPickupImage]:
+        """Required (always set). Nearest first per queried hash; empty when nothing is near."""
+
+    def __init__(
+        self,
+        *,
+        matches: _abc.Iterable[Global___SimilarPickupImage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["matches", b"matches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindSimilarPickupImagesResponse: _TypeAlias = FindSimilarPickupImagesResponse  # noqa: Y015
+
+@_typing.final
+class SimilarPickupImage(_message.Message):
+    """One stored pickup image near a queried hash."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_INDEX_FIELD_NUMBER: _builtins.int
+    INSPECTION_ID_FIELD_NUMBER: _builtins.int
+    SHIPPING_ID_FIELD_NUMBER: _builtins.int
+    IMAGE_INDEX_FIELD_NUMBER: _builtins.int
+    DISTANCE_FIELD_NUMBER: _builtins.int
+    query_index: _builtins.int
+    """Required (always set). The queried hash's image index."""
+    inspection_id: _builtins.str
+    """Required (always set). The inspection the stored image belongs to."""
+    shipping_id: _builtins.str
+    """Required (always set). That inspection's shipment."""
+    image_index: _builtins.int
+    """Required (always set). The stored image's index among that inspection's pickup images."""
+    distance: _builtins.int
+    """Required (always set). Hamming distance to the queried hash."""
+    def __init__(
+        self,
+        *,
+        query_index: _builtins.int = ...,
+        inspection_id: _builtins.str = ...,
+        shipping_id: _builtins.str = ...,
+        image_index: _builtins.int = ...,
+        distance: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distance", b"distance", "image_index", b"image_index", "inspection_id", b"inspection_id", "query_index", b"query_index", "shipping_id", b"shipping_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SimilarPickupImage: _TypeAlias = SimilarPickupImage  # noqa: Y015

@@ -50,6 +50,11 @@ class PersistenceServiceStub:
                 request_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListInspectionsRequest.SerializeToString,
                 response_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListInspectionsResponse.FromString,
                 _registered_method=True)
+        self.FindSimilarPickupImages = channel.unary_unary(
+                '/rpi.persistence.v1.PersistenceService/FindSimilarPickupImages',
+                request_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.FindSimilarPickupImagesRequest.SerializeToString,
+                response_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.FindSimilarPickupImagesResponse.FromString,
+                _registered_method=True)
 
 
 class PersistenceServiceServicer:
@@ -79,6 +84,15 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindSimilarPickupImages(self, request, context):
+        """Finds stored pickup images of other shipments whose perceptual hash is near the given
+        ones (the reused-photo check, docs/policy.md). An indexed lookup: fast at millions of
+        stored hashes. Callers give it a short deadline and proceed without it when it passes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersistenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +110,11 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.ListInspections,
                     request_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListInspectionsRequest.FromString,
                     response_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListInspectionsResponse.SerializeToString,
+            ),
+            'FindSimilarPickupImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindSimilarPickupImages,
+                    request_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.FindSimilarPickupImagesRequest.FromString,
+                    response_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.FindSimilarPickupImagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +199,33 @@ class PersistenceService:
             '/rpi.persistence.v1.PersistenceService/ListInspections',
             rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListInspectionsRequest.SerializeToString,
             rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListInspectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindSimilarPickupImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rpi.persistence.v1.PersistenceService/FindSimilarPickupImages',
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.FindSimilarPickupImagesRequest.SerializeToString,
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.FindSimilarPickupImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,11 @@ class PersistenceServiceStub:
     """Gets one inspection with its request, attempts, result and failure."""
     ListInspections: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListInspectionsRequest, _persistence_pb2.ListInspectionsResponse]
     """Lists the inspections of a shipment, newest first, with AIP-158 pagination."""
+    FindSimilarPickupImages: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.FindSimilarPickupImagesRequest, _persistence_pb2.FindSimilarPickupImagesResponse]
+    """Finds stored pickup images of other shipments whose perceptual hash is near the given
+    ones (the reused-photo check, docs/policy.md). An indexed lookup: fast at millions of
+    stored hashes. Callers give it a short deadline and proceed without it when it passes.
+    """
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -68,6 +73,11 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Gets one inspection with its request, attempts, result and failure."""
     ListInspections: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListInspectionsRequest, _persistence_pb2.ListInspectionsResponse]  # type: ignore[assignment]
     """Lists the inspections of a shipment, newest first, with AIP-158 pagination."""
+    FindSimilarPickupImages: _aio.UnaryUnaryMultiCallable[_persistence_pb2.FindSimilarPickupImagesRequest, _persistence_pb2.FindSimilarPickupImagesResponse]  # type: ignore[assignment]
+    """Finds stored pickup images of other shipments whose perceptual hash is near the given
+    ones (the reused-photo check, docs/policy.md). An indexed lookup: fast at millions of
+    stored hashes. Callers give it a short deadline and proceed without it when it passes.
+    """
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Records inspection events and reads inspections back."""
@@ -98,5 +108,16 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.ListInspectionsResponse, _abc.Awaitable[_persistence_pb2.ListInspectionsResponse]]:
         """Lists the inspections of a shipment, newest first, with AIP-158 pagination."""
+
+    @_abc_1.abstractmethod
+    def FindSimilarPickupImages(
+        self,
+        request: _persistence_pb2.FindSimilarPickupImagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.FindSimilarPickupImagesResponse, _abc.Awaitable[_persistence_pb2.FindSimilarPickupImagesResponse]]:
+        """Finds stored pickup images of other shipments whose perceptual hash is near the given
+        ones (the reused-photo check, docs/policy.md). An indexed lookup: fast at millions of
+        stored hashes. Callers give it a short deadline and proceed without it when it passes.
+        """
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
