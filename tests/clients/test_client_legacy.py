@@ -260,6 +260,24 @@ def test_legacy_response_options() -> None:
     assert response["ai_match_score"] == 72.46
 
 
+@pytest.mark.parametrize(
+    ("decision", "final_action"),
+    [
+        (inspection_pb2.DECISION_RETAKE_IMAGES, "Retake Images"),
+        (inspection_pb2.DECISION_NEEDS_REVIEW, "Needs Review"),
+    ],
+)
+def test_policy_outcomes_are_not_pick_for_the_old_contract(
+    decision: int, final_action: str
+) -> None:
+    response = inspection_to_legacy_response(inspection(decision, datetime(2025, 1, 1, tzinfo=UTC)))
+    assert (response["ai_decision"], response["StatusCode"], response["finalAction"]) == (
+        "Not Pick",
+        202,
+        final_action,
+    )
+
+
 def test_legacy_response_needs_a_decision() -> None:
     created = datetime(2025, 1, 1, tzinfo=UTC)
     with pytest.raises(LegacyConversionError, match="no decision"):

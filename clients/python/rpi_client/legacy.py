@@ -10,6 +10,10 @@ Reading of the seed (section 4 and the processing notes) where it leaves things 
 * ``finalAction``: the seed lists it beside ``ai_decision`` without another source; the old
   service had no override step between the model's recommendation and the response, so it is
   the same value as ``ai_decision``.
+* The outcomes the old contract did not have (docs/policy.md) fall on the safe side: an old
+  caller never picks up an item the service would not pick up on its own. RETAKE_IMAGES and
+  NEEDS_REVIEW are ``ai_decision`` "Not Pick" (202) with ``finalAction`` "Retake Images" /
+  "Needs Review", for a caller that knows them.
 * ``status``: only successful responses had this shape (failures used
   ``{errorMsg, code, processingTime, previousuuid}``), so it is the constant "success".
   Both can be overridden by keyword for callers that stored something else.
@@ -53,6 +57,12 @@ _DATA_URI_PREFIX = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.IGNORECASE)
 _DECISION_TEXT = {
     inspection_pb2.DECISION_PICK: ("Pick", STATUS_CODE_PICK),
     inspection_pb2.DECISION_NOT_PICK: ("Not Pick", STATUS_CODE_NOT_PICK),
+    inspection_pb2.DECISION_RETAKE_IMAGES: ("Not Pick", STATUS_CODE_NOT_PICK),
+    inspection_pb2.DECISION_NEEDS_REVIEW: ("Not Pick", STATUS_CODE_NOT_PICK),
+}
+_FINAL_ACTION = {
+    inspection_pb2.DECISION_RETAKE_IMAGES: "Retake Images",
+    inspection_pb2.DECISION_NEEDS_REVIEW: "Needs Review",
 }
 
 
@@ -169,7 +179,9 @@ def inspection_to_legacy_response(
         "processing_time_ai": round(server_total, 3),
         "Question": [_legacy_answer(answer) for answer in inspection.answers],
         "ai_decision": decision_text,
-        "finalAction": final_action if final_action is not None else decision_text,
+        "finalAction": final_action
+        if final_action is not None
+        else _FINAL_ACTION.get(inspection.decision, decision_text),
         "ai_match_score": _score(inspection.match_score),
         "analysis": {
             "test_product_description": inspection.analysis.pickup_description,

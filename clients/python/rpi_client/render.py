@@ -27,6 +27,8 @@ def decision_name(decision: inspection_pb2.Decision.ValueType) -> str:
     return {
         inspection_pb2.DECISION_PICK: "PICK",
         inspection_pb2.DECISION_NOT_PICK: "NOT PICK",
+        inspection_pb2.DECISION_RETAKE_IMAGES: "RETAKE IMAGES",
+        inspection_pb2.DECISION_NEEDS_REVIEW: "NEEDS REVIEW",
     }.get(decision, "UNSPECIFIED")
 
 
@@ -159,7 +161,11 @@ def print_failure(console: Console, failure: InspectionFailed) -> None:
 def inspection_summary(inspection: inspection_pb2.Inspection) -> Text:
     """Who, what and the decision, in two lines."""
     model = inspection.model
-    colour = "green" if inspection.decision == inspection_pb2.DECISION_PICK else "red"
+    colour = {
+        inspection_pb2.DECISION_PICK: "green",
+        inspection_pb2.DECISION_RETAKE_IMAGES: "yellow",
+        inspection_pb2.DECISION_NEEDS_REVIEW: "yellow",
+    }.get(inspection.decision, "red")
     return Text.assemble(
         ("Inspection ", "bold"),
         inspection.inspection_id,
