@@ -213,6 +213,7 @@ def _request_from_proto(
             for image in req.images
             if image.role == persistence_pb2.IMAGE_ROLE_PICKUP and image.HasField("perceptual_hash")
         ),
+        vendor_id=clean_text(req.vendor_id),
     )
 
 

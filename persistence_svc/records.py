@@ -40,6 +40,7 @@ class RequestData:
     caller: str = ""
     # (pickup image index, unsigned 64-bit perceptual hash), for the reused-photo lookup.
     pickup_hashes: tuple[tuple[int, int], ...] = ()
+    vendor_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class InspectionRow:
     result_payload_json: str | None
     # The most recent failure, if any.
     failure: FailureData | None
+    vendor_id: str = ""
 
 
 @dataclass(frozen=True)

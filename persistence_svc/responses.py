@@ -71,6 +71,7 @@ def _request_to_proto(row: InspectionRow) -> persistence_pb2.RequestReceived:
         method=row.method,
         inspect_method=METHODS.get(row.method, persistence_pb2.INSPECT_METHOD_UNSPECIFIED),
         caller=row.caller,
+        vendor_id=row.vendor_id,
     )
     for question in json.loads(row.questions_json):
         json_format.ParseDict(question, request.questions.add(), ignore_unknown_fields=True)

@@ -20,7 +20,7 @@ import asyncio
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +29,26 @@ from rpi.inspection.v1 import inspection_pb2
 from rpi.persistence.v1 import persistence_pb2
 
 from inference_svc.domain.errors import InspectionError
-from inference_svc.domain.models import Question
+from inference_svc.domain.models import (
+    ImageRef,
+    ImageRole,
+    QualityMeasures,
+    QualityReport,
+    Question,
+    ReasonCode,
+)
 from inference_svc.domain.outcome import (
     Outcome,
     OutcomeReason,
     PolicyOutcome,
+    ReuseLookup,
+    ReuseMatch,
     Signals,
     decide_with_policy,
     quality_gate,
 )
-from inference_svc.domain.policy import PolicyError, PolicyFile, load_policy
+from inference_svc.domain.policy import PolicyError, PolicyFile, QualityMode, load_policy
+from inference_svc.imaging.quality import problems as quality_problems
 
 EXIT_CHANGED = 1
 EXIT_USAGE = 2
@@ -47,6 +57,14 @@ EXIT_UNAVAILABLE = 3
 _DECISION_OUTCOMES: dict[int, Outcome] = {
     inspection_pb2.DECISION_PICK: Outcome.PICK,
     inspection_pb2.DECISION_NOT_PICK: Outcome.NOT_PICK,
+    inspection_pb2.DECISION_RETAKE_IMAGES: Outcome.RETAKE_IMAGES,
+    inspection_pb2.DECISION_NEEDS_REVIEW: Outcome.NEEDS_REVIEW,
+}
+_ROLES = {
+    inspection_pb2.IMAGE_ROLE_REFERENCE: ImageRole.REFERENCE,
+    inspection_pb2.IMAGE_ROLE_PICKUP: ImageRole.PICKUP,
+    persistence_pb2.IMAGE_ROLE_REFERENCE: ImageRole.REFERENCE,
+    persistence_pb2.IMAGE_ROLE_PICKUP: ImageRole.PICKUP,
 }
 
 
@@ -60,7 +78,10 @@ class StoredInspection:
     questions: tuple[Question, ...]
     output: dict[str, Any] | None  # the last valid attempt's parsed output
     old_outcome: Outcome
+    # Hashes, and the reused-photo hits of the original decision (the lookup is not run again).
     signals: Signals = field(default_factory=Signals)
+    # The quality measures recorded with the result, judged again under the replayed policy.
+    measures: tuple[tuple[ImageRef, QualityMeasures], ...] = ()
 
 
 class NotReplayableError(ValueError):
@@ -89,10 +110,57 @@ def stored_inspection(record: persistence_pb2.InspectionRecord) -> StoredInspect
     return StoredInspection(
         inspection_id=record.inspection_id,
         shipping_id=record.shipping_id,
-        vendor_id="",
+        vendor_id=record.request.vendor_id,
         questions=questions,
         output=output,
         old_outcome=old,
+        signals=_stored_signals(record),
+        measures=_stored_measures(record.result),
+    )
+
+
+def _stored_signals(record: persistence_pb2.InspectionRecord) -> Signals:
+    def hashes(role: ImageRole) -> tuple[int | None, ...]:
+        images = sorted(
+            (i for i in record.request.images if _ROLES.get(i.role) is role),
+            key=lambda i: i.index,
+        )
+        return tuple(i.perceptual_hash if i.HasField("perceptual_hash") else None for i in images)
+
+    reused = tuple(
+        ReuseMatch(
+            pickup_index=r.image_index,
+            inspection_id=r.related_inspection_id,
+            shipping_id="",
+            distance=0,
+        )
+        for r in record.result.reasons
+        if r.code == ReasonCode.REUSED_PHOTO.value
+    )
+    return Signals(
+        reference_hashes=hashes(ImageRole.REFERENCE),
+        pickup_hashes=hashes(ImageRole.PICKUP),
+        reuse=ReuseLookup(reused) if reused else None,
+    )
+
+
+def _stored_measures(
+    result: inspection_pb2.Inspection,
+) -> tuple[tuple[ImageRef, QualityMeasures], ...]:
+    return tuple(
+        (
+            ImageRef(_ROLES[c.role], c.index),
+            QualityMeasures(
+                width=c.quality.width,
+                height=c.quality.height,
+                sharpness=c.quality.sharpness,
+                mean_luma=c.quality.mean_luma,
+                dark_fraction=c.quality.dark_fraction,
+                bright_fraction=c.quality.bright_fraction,
+            ),
+        )
+        for c in result.image_checks
+        if c.HasField("quality") and c.role in _ROLES
     )
 
 
@@ -123,13 +191,23 @@ def decide_again(stored: StoredInspection, policy: PolicyFile) -> PolicyOutcome:
     """The outcome ``policy`` gives a stored inspection; NotReplayableError when it needs a model
     output the record does not have."""
     selected = policy.select(stored.vendor_id)
-    gated = quality_gate(selected, stored.signals.quality)
+    gate = selected.policy.quality
+    reports = (
+        ()
+        if gate.mode is QualityMode.OFF
+        else tuple(
+            QualityReport(ref, m, quality_problems(m, gate.thresholds))
+            for ref, m in stored.measures
+        )
+    )
+    signals = replace(stored.signals, quality=reports)
+    gated = quality_gate(selected, reports)
     if gated is not None:
         return gated
     if stored.output is None:
         raise NotReplayableError("no valid model output")
     try:
-        return decide_with_policy(selected, stored.questions, stored.output, stored.signals)
+        return decide_with_policy(selected, stored.questions, stored.output, signals)
     except InspectionError as exc:
         raise NotReplayableError(f"model output cannot be decided: {exc.reason.value}") from None
 

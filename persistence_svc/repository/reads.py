@@ -47,6 +47,7 @@ def row_to_inspection(row: asyncpg.Record) -> InspectionRow:
         updated_at=row["updated_at"],
         result_payload_json=row["result_payload"],
         failure=failure,
+        vendor_id=row["vendor_id"],
     )
 
 

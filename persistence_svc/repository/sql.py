@@ -20,11 +20,13 @@ RETURNING event_id
 UPSERT_REQUEST = """
 INSERT INTO inspection_requests AS r (
     inspection_id, shipping_id, product_id, product_name, previous_inspection_id, method,
-    legacy_questions, questions, images, request_recorded, is_latest, created_at, caller)
+    legacy_questions, questions, images, request_recorded, is_latest, created_at, caller,
+    vendor_id)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, true, NOT EXISTS (
             SELECT 1 FROM inspection_requests n WHERE n.previous_inspection_id = $1),
-        COALESCE($10::timestamptz, now()), $11)
+        COALESCE($10::timestamptz, now()), $11, $12)
 ON CONFLICT (inspection_id) DO UPDATE SET
+    vendor_id = EXCLUDED.vendor_id,
     shipping_id = EXCLUDED.shipping_id,
     product_id = EXCLUDED.product_id,
     product_name = EXCLUDED.product_name,
@@ -118,7 +120,7 @@ ON CONFLICT (event_id) DO NOTHING
 SELECT_RECORDS = """
 SELECT r.inspection_id, r.shipping_id, r.product_id, r.product_name, r.previous_inspection_id,
        r.method, r.caller, r.legacy_questions, r.questions, r.images, r.request_recorded,
-       r.is_latest, r.status, r.created_at, r.updated_at,
+       r.is_latest, r.vendor_id, r.status, r.created_at, r.updated_at,
        res.payload AS result_payload,
        f.stage AS failure_stage, f.reason AS failure_reason, f.message AS failure_message,
        f.status_code AS failure_status_code

@@ -97,6 +97,7 @@ async def _apply_event(conn: DbConnection, event: EventRecord) -> None:
             payload.images_json,
             when,
             payload.caller,
+            payload.vendor_id,
         )
         await image_hashes.store_pickup_hashes(
             conn, iid, payload.shipping_id, payload.pickup_hashes

@@ -156,3 +156,55 @@ def test_main_rejects_a_bad_policy_file(tmp_path: Path, capsys: pytest.CaptureFi
     good = tmp_path / "good.yaml"
     good.write_text(LITERAL)
     assert main(["--policy", str(good)]) == EXIT_USAGE
+
+
+def _with_images(rec: persistence_pb2.InspectionRecord, sharpness: float, same_photo: bool) -> None:
+    reference, pickup = 0x1234_5678_9ABC_DEF0, 0x1234_5678_9ABC_DEF0 if same_photo else 7
+    rec.request.images.add(
+        role=persistence_pb2.IMAGE_ROLE_REFERENCE, index=0
+    ).perceptual_hash = reference
+    rec.request.images.add(role=persistence_pb2.IMAGE_ROLE_PICKUP, index=0).perceptual_hash = pickup
+    check = rec.result.image_checks.add(role=inspection_pb2.IMAGE_ROLE_PICKUP, index=0)
+    check.quality.CopyFrom(
+        inspection_pb2.ImageQuality(
+            width=1200, height=900, sharpness=sharpness, mean_luma=120, dark_fraction=0.01
+        )
+    )
+
+
+def test_stored_measures_and_hashes_are_judged_under_the_new_policy() -> None:
+    blurry = record(1, EXACT, "Accept")
+    _with_images(blurry, sharpness=9.0, same_photo=False)
+    catalogue = record(2, EXACT, "Accept")
+    _with_images(catalogue, sharpness=80.0, same_photo=True)
+    sharp = record(3, EXACT, "Accept")
+    _with_images(sharp, sharpness=80.0, same_photo=False)
+    records = [blurry, catalogue, sharp]
+
+    assert replay(records, BUILTIN_POLICY).changes == []
+    enforce = parse_policy("version: e\ndefault: {quality: {mode: enforce}}\n")
+    (change,) = replay(records, enforce).changes
+    assert (change.inspection_id, change.new) == (blurry.inspection_id, Outcome.RETAKE_IMAGES)
+    (reason,) = change.reasons
+    assert reason.code is ReasonCode.IMAGE_BLURRY and reason.image is not None
+    # A lower limit takes the same stored measure as sharp enough.
+    lenient = parse_policy(
+        "version: e2\ndefault: {quality: {mode: enforce, thresholds: {min_sharpness: 5}}}\n"
+    )
+    assert replay(records, lenient).changes == []
+
+    fraud = parse_policy("version: f\ndefault: {fraud: {catalogue_photo: true}}\n")
+    (change,) = replay(records, fraud).changes
+    assert (change.inspection_id, change.new) == (catalogue.inspection_id, Outcome.NEEDS_REVIEW)
+    assert change.reasons[0].code is ReasonCode.CATALOGUE_PHOTO
+
+
+def test_the_stored_vendor_selects_its_policy() -> None:
+    acme = record(1, SEAL_BROKEN, "Accept")
+    acme.request.vendor_id = "acme"
+    other = record(2, SEAL_BROKEN, "Accept")
+    policy = parse_policy(
+        "version: v\nvendors: {acme: {mandatory: {categories: [seal_verification]}}}\n"
+    )
+    (change,) = replay([acme, other], policy).changes
+    assert (change.inspection_id, change.policy_name) == (acme.inspection_id, "acme")

@@ -1,3 +1,8 @@
+-- The decision policy (docs/policy.md): the vendor each request named, so that a replay decides
+-- it under that vendor's policy, and pickup images' perceptual hashes.
+
+ALTER TABLE inspection_requests ADD COLUMN vendor_id text NOT NULL DEFAULT '';
+
 -- Perceptual hashes (64-bit dHash, stored as the signed bigint with the same bits) of pickup
 -- images, for the reused-photo check: a pickup photo within a small Hamming distance of a
 -- pickup photo of another shipment's inspection.
