@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import UTC
 
 import grpc
 from rpi.persistence.v1 import persistence_pb2, persistence_pb2_grpc
@@ -119,6 +120,38 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
             request.shipping_id, page_size, request.page_token
         )
         return await asyncio.to_thread(responses.page_to_proto, page.rows, page.next_page_token)
+
+    async def ListInspectionsByTime(  # noqa: N802 - gRPC method name
+        self,
+        request: persistence_pb2.ListInspectionsByTimeRequest,
+        context: grpc.aio.ServicerContext[
+            persistence_pb2.ListInspectionsByTimeRequest,
+            persistence_pb2.ListInspectionsByTimeResponse,
+        ],
+    ) -> persistence_pb2.ListInspectionsByTimeResponse:
+        violations: list[FieldViolation] = []
+        for name in ("start_time", "end_time"):
+            if not request.HasField(name):
+                violations.append(FieldViolation(name, "is required"))
+        if violations:
+            raise InvalidArgumentError("a period is required", violations)
+        start = request.start_time.ToDatetime(tzinfo=UTC)
+        end = request.end_time.ToDatetime(tzinfo=UTC)
+        if end <= start:
+            raise InvalidArgumentError(
+                "end_time must be after start_time",
+                [FieldViolation("end_time", "must be after start_time")],
+            )
+        page_size = paging.resolve_page_size(
+            request.page_size, self._default_page_size, self._max_page_size
+        )
+        page = await self._repo().list_inspections_between(
+            start, end, page_size, request.page_token
+        )
+        listed = await asyncio.to_thread(responses.page_to_proto, page.rows, page.next_page_token)
+        return persistence_pb2.ListInspectionsByTimeResponse(
+            inspections=listed.inspections, next_page_token=listed.next_page_token
+        )
 
     async def FindSimilarPickupImages(  # noqa: N802 - gRPC method name
         self,

@@ -6,8 +6,8 @@ chosen policy file, with no model run, and the decisions that would change are l
 by old -> new outcome, then each changed inspection with the reasons of its new outcome.
 
     rpi-replay --policy policy.yaml --persistence-target localhost:50052 --shipping-id S1
-    rpi-replay --policy policy.yaml --persistence-target localhost:50052 --shipping-id S1 \\
-        --shipping-id S2 --fail-on-change
+    rpi-replay --policy policy.yaml --persistence-target localhost:50052 \\
+        --since 2026-11-01T00:00:00Z --until 2026-12-01T00:00:00Z --fail-on-change
 
 Exit status: 0 (1 with ``--fail-on-change`` when a decision changes), 2 for a bad policy file or
 arguments, 3 when the persistence service cannot be read.
@@ -21,6 +21,7 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -282,25 +283,77 @@ def format_report(report: ReplayReport) -> str:
 # --------------------------------------------------------------------------- reading records
 
 
+@dataclass(frozen=True)
+class Window:
+    """A period of inspections, [start, end)."""
+
+    start: datetime
+    end: datetime
+
+
 async def read_records(
-    target: str, shipping_ids: Sequence[str], page_size: int = 100
+    target: str,
+    shipping_ids: Sequence[str] = (),
+    window: Window | None = None,
+    page_size: int = 100,
 ) -> AsyncIterator[persistence_pb2.InspectionRecord]:
-    """Every inspection of the given shipments, with its attempts (a list page carries none,
-    so each is read whole)."""
-    from clients.python.rpi_client.client import PersistenceReader  # noqa: PLC0415 (grpc)
+    """Every inspection of the given shipments and of the period, each once, with its attempts
+    (a list page carries none, so each is read whole)."""
+    import grpc  # noqa: PLC0415 - only the reading part needs it
+    from rpi.persistence.v1 import persistence_pb2_grpc  # noqa: PLC0415
 
-    reader = PersistenceReader.connect(target)
-    try:
+    seen: set[str] = set()
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = persistence_pb2_grpc.PersistenceServiceStub(channel)
+
+        async def whole(inspection_id: str) -> persistence_pb2.InspectionRecord | None:
+            if inspection_id in seen:
+                return None
+            seen.add(inspection_id)
+            reply = await stub.GetInspection(
+                persistence_pb2.GetInspectionRequest(inspection_id=inspection_id), timeout=30
+            )
+            return reply.inspection
+
         for shipping_id in shipping_ids:
-            async for page in reader.list_inspection_pages(shipping_id, page_size):
+            token = ""
+            while True:
+                page = await stub.ListInspections(
+                    persistence_pb2.ListInspectionsRequest(
+                        shipping_id=shipping_id, page_size=page_size, page_token=token
+                    ),
+                    timeout=30,
+                )
                 for listed in page.inspections:
-                    yield await reader.get_inspection(listed.inspection_id)
-    finally:
-        await reader.close()
+                    if (found := await whole(listed.inspection_id)) is not None:
+                        yield found
+                token = page.next_page_token
+                if not token:
+                    break
+        if window is not None:
+            request = persistence_pb2.ListInspectionsByTimeRequest(page_size=page_size)
+            request.start_time.FromDatetime(window.start)
+            request.end_time.FromDatetime(window.end)
+            while True:
+                by_time = await stub.ListInspectionsByTime(request, timeout=30)
+                for listed in by_time.inspections:
+                    if (found := await whole(listed.inspection_id)) is not None:
+                        yield found
+                if not by_time.next_page_token:
+                    break
+                request.page_token = by_time.next_page_token
 
 
-async def _collect(target: str, shipping_ids: Sequence[str]) -> list[Any]:
-    return [record async for record in read_records(target, shipping_ids)]
+async def _collect(
+    target: str, shipping_ids: Sequence[str], window: Window | None
+) -> list[persistence_pb2.InspectionRecord]:
+    return [record async for record in read_records(target, shipping_ids, window)]
+
+
+def _moment(text: str) -> datetime:
+    """An ISO 8601 time; UTC when it names no zone."""
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -310,6 +363,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--policy", type=Path, required=True, help="policy YAML file")
     parser.add_argument("--persistence-target", default="localhost:50052")
     parser.add_argument("--shipping-id", action="append", default=[], dest="shipping_ids")
+    parser.add_argument("--since", type=_moment, help="inspections created from (ISO 8601)")
+    parser.add_argument("--until", type=_moment, help="... up to, exclusive (default: now)")
     parser.add_argument(
         "--fail-on-change",
         action="store_true",
@@ -325,11 +380,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PolicyError as exc:
         print(f"rpi-replay: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if not args.shipping_ids:
-        print("rpi-replay: give --shipping-id (one or more)", file=sys.stderr)
+    if not args.shipping_ids and args.since is None:
+        print("rpi-replay: give --shipping-id (one or more) or --since", file=sys.stderr)
         return EXIT_USAGE
+    window = None
+    if args.since is not None:
+        window = Window(args.since, args.until or datetime.now(UTC))
+        if window.end <= window.start:
+            print("rpi-replay: --until must be after --since", file=sys.stderr)
+            return EXIT_USAGE
     try:
-        records = asyncio.run(_collect(args.persistence_target, args.shipping_ids))
+        records = asyncio.run(_collect(args.persistence_target, args.shipping_ids, window))
     except Exception as exc:
         print(f"rpi-replay: cannot read inspections: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

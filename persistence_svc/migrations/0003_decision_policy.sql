@@ -3,6 +3,10 @@
 
 ALTER TABLE inspection_requests ADD COLUMN vendor_id text NOT NULL DEFAULT '';
 
+-- ListInspectionsByTime (replays over a period): newest first, keyset-paginated.
+CREATE INDEX inspection_requests_created_idx
+    ON inspection_requests (created_at DESC, inspection_id DESC);
+
 -- Perceptual hashes (64-bit dHash, stored as the signed bigint with the same bits) of pickup
 -- images, for the reused-photo check: a pickup photo within a small Hamming distance of a
 -- pickup photo of another shipment's inspection.

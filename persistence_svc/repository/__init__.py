@@ -13,6 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TypeVar
 from uuid import UUID
 
@@ -28,7 +29,12 @@ from persistence_svc.records import (
     RecordOutcome,
 )
 from persistence_svc.repository.connection import CONFLICT_ERRORS, DbConnection, is_connection_error
-from persistence_svc.repository.reads import build_page, fetch_detail, fetch_page_records
+from persistence_svc.repository.reads import (
+    build_page,
+    fetch_detail,
+    fetch_page_records,
+    fetch_window_records,
+)
 from persistence_svc.repository.writes import EventRejectedError, apply_batch
 
 __all__ = ["Repository", "WriteObserver"]
@@ -137,6 +143,17 @@ class Repository:
         cursor = paging.decode_page_token(page_token, fingerprint) if page_token else None
         records: list[asyncpg.Record] = await self._run(
             lambda conn: fetch_page_records(conn, shipping_id, page_size, cursor), readonly=True
+        )
+        return build_page(records, page_size, fingerprint)
+
+    async def list_inspections_between(
+        self, start: datetime, end: datetime, page_size: int, page_token: str = ""
+    ) -> InspectionPage:
+        """One page of the inspections created in [start, end), newest first."""
+        fingerprint = paging.filter_fingerprint(f"window\x00{start.isoformat()}/{end.isoformat()}")
+        cursor = paging.decode_page_token(page_token, fingerprint) if page_token else None
+        records: list[asyncpg.Record] = await self._run(
+            lambda conn: fetch_window_records(conn, start, end, page_size, cursor), readonly=True
         )
         return build_page(records, page_size, fingerprint)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import UUID
 
 import asyncpg
@@ -93,6 +94,17 @@ async def fetch_page_records(
         page_size + 1,
         cursor.created_at,
         cursor.inspection_id,
+    )
+
+
+async def fetch_window_records(
+    conn: DbConnection, start: datetime, end: datetime, page_size: int, cursor: PageCursor | None
+) -> list[asyncpg.Record]:
+    """As fetch_page_records, for the inspections created in [start, end)."""
+    if cursor is None:
+        return await conn.fetch(sql.WINDOW_FIRST_PAGE, start, end, page_size + 1)
+    return await conn.fetch(
+        sql.WINDOW_NEXT_PAGE, start, end, page_size + 1, cursor.created_at, cursor.inspection_id
     )
 
 

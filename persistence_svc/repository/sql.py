@@ -156,3 +156,19 @@ LIST_NEXT_PAGE = (
 ORDER BY r.created_at DESC, r.inspection_id DESC
 LIMIT $2"""
 )
+
+# Every inspection created in [$1, $2), for replays over a period (index of migration 0003).
+WINDOW_FIRST_PAGE = (
+    SELECT_RECORDS
+    + """WHERE r.created_at >= $1 AND r.created_at < $2
+ORDER BY r.created_at DESC, r.inspection_id DESC
+LIMIT $3"""
+)
+
+WINDOW_NEXT_PAGE = (
+    SELECT_RECORDS
+    + """WHERE r.created_at >= $1 AND r.created_at < $2
+  AND (r.created_at, r.inspection_id) < ($4, $5)
+ORDER BY r.created_at DESC, r.inspection_id DESC
+LIMIT $3"""
+)

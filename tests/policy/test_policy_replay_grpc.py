@@ -126,3 +126,28 @@ async def test_replay_over_grpc_reports_the_expected_changes(
     assert code == 0  # without --fail-on-change
     assert "200 replayed, 50 would change" in printed
     assert printed.count("MANDATORY_QUESTION_FAILED (question[1] 'Is the seal intact?')") == 50
+
+
+async def test_replay_over_a_period(
+    persistence: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    literal = tmp_path / "literal.yaml"
+    literal.write_text("version: lit-3\ndefault: {comparison: literal}\n")
+    base = ["--policy", str(literal), "--persistence-target", persistence, "--fail-on-change"]
+
+    code = await asyncio.to_thread(main, [*base, "--since", "2000-01-01T00:00:00Z"])
+    assert code == EXIT_CHANGED
+    assert "200 replayed, 50 would change" in capsys.readouterr().out
+    # A shipment named as well as the period: each inspection is replayed once.
+    code = await asyncio.to_thread(
+        main, [*base, "--since", "2000-01-01", "--shipping-id", SHIPMENTS[0]]
+    )
+    assert "200 replayed" in capsys.readouterr().out
+
+    past = ["--since", "2000-01-01T00:00:00Z", "--until", "2001-01-01T00:00:00Z"]
+    assert await asyncio.to_thread(main, [*base, *past]) == 0
+    assert "0 replayed, 0 would change" in capsys.readouterr().out
+    assert (
+        await asyncio.to_thread(main, [*base, "--since", "2030-01-01", "--until", "2029-01-01"])
+        == 2
+    )

@@ -85,3 +85,17 @@ async def test_a_bad_lookup_is_refused(target: str) -> None:
             )
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert set(bad_request_fields(info.value)) == {"hashes", "max_distance", "shipping_id", "limit"}
+
+
+async def test_a_period_listing_needs_a_period(target: str) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = persistence_pb2_grpc.PersistenceServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.ListInspectionsByTime(persistence_pb2.ListInspectionsByTimeRequest())
+        assert set(bad_request_fields(info.value)) == {"start_time", "end_time"}
+        backwards = persistence_pb2.ListInspectionsByTimeRequest()
+        backwards.start_time.FromDatetime(datetime(2026, 2, 1, tzinfo=UTC))
+        backwards.end_time.FromDatetime(datetime(2026, 1, 1, tzinfo=UTC))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.ListInspectionsByTime(backwards)
+        assert set(bad_request_fields(info.value)) == {"end_time"}

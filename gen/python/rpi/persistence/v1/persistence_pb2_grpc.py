@@ -55,6 +55,11 @@ class PersistenceServiceStub:
                 request_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.FindSimilarPickupImagesRequest.SerializeToString,
                 response_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.FindSimilarPickupImagesResponse.FromString,
                 _registered_method=True)
+        self.ListInspectionsByTime = channel.unary_unary(
+                '/rpi.persistence.v1.PersistenceService/ListInspectionsByTime',
+                request_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListInspectionsByTimeRequest.SerializeToString,
+                response_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListInspectionsByTimeResponse.FromString,
+                _registered_method=True)
 
 
 class PersistenceServiceServicer:
@@ -93,6 +98,14 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListInspectionsByTime(self, request, context):
+        """Lists the inspections created in a period, newest first, with AIP-158 pagination (what a
+        replay of stored decisions reads, docs/policy.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersistenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +128,11 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.FindSimilarPickupImages,
                     request_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.FindSimilarPickupImagesRequest.FromString,
                     response_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.FindSimilarPickupImagesResponse.SerializeToString,
+            ),
+            'ListInspectionsByTime': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInspectionsByTime,
+                    request_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListInspectionsByTimeRequest.FromString,
+                    response_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListInspectionsByTimeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +244,33 @@ class PersistenceService:
             '/rpi.persistence.v1.PersistenceService/FindSimilarPickupImages',
             rpi_dot_persistence_dot_v1_dot_persistence__pb2.FindSimilarPickupImagesRequest.SerializeToString,
             rpi_dot_persistence_dot_v1_dot_persistence__pb2.FindSimilarPickupImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInspectionsByTime(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rpi.persistence.v1.PersistenceService/ListInspectionsByTime',
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListInspectionsByTimeRequest.SerializeToString,
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListInspectionsByTimeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,10 @@ class PersistenceServiceStub:
     ones (the reused-photo check, docs/policy.md). An indexed lookup: fast at millions of
     stored hashes. Callers give it a short deadline and proceed without it when it passes.
     """
+    ListInspectionsByTime: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListInspectionsByTimeRequest, _persistence_pb2.ListInspectionsByTimeResponse]
+    """Lists the inspections created in a period, newest first, with AIP-158 pagination (what a
+    replay of stored decisions reads, docs/policy.md).
+    """
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -77,6 +81,10 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Finds stored pickup images of other shipments whose perceptual hash is near the given
     ones (the reused-photo check, docs/policy.md). An indexed lookup: fast at millions of
     stored hashes. Callers give it a short deadline and proceed without it when it passes.
+    """
+    ListInspectionsByTime: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListInspectionsByTimeRequest, _persistence_pb2.ListInspectionsByTimeResponse]  # type: ignore[assignment]
+    """Lists the inspections created in a period, newest first, with AIP-158 pagination (what a
+    replay of stored decisions reads, docs/policy.md).
     """
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -118,6 +126,16 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         """Finds stored pickup images of other shipments whose perceptual hash is near the given
         ones (the reused-photo check, docs/policy.md). An indexed lookup: fast at millions of
         stored hashes. Callers give it a short deadline and proceed without it when it passes.
+        """
+
+    @_abc_1.abstractmethod
+    def ListInspectionsByTime(
+        self,
+        request: _persistence_pb2.ListInspectionsByTimeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ListInspectionsByTimeResponse, _abc.Awaitable[_persistence_pb2.ListInspectionsByTimeResponse]]:
+        """Lists the inspections created in a period, newest first, with AIP-158 pagination (what a
+        replay of stored decisions reads, docs/policy.md).
         """
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
