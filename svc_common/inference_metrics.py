@@ -276,6 +276,9 @@ class InferenceMetrics:
             self.decisions.labels(decision=decision)
         for reason in REJECT_REASONS:
             self.requests_rejected.labels(reason=reason)
+        for role in IMAGE_ROLES:
+            self.image_sharpness.labels(role=role)
+            self.image_mean_luma.labels(role=role)
 
     # --- stages
     def observe_stage(self, stage: Stage, seconds: float) -> None:
