@@ -149,7 +149,12 @@ async def run(url: str, rows: int, queries: int, distances: Sequence[int]) -> st
             for r in results
         ],
     )
-    return f"{header}\n\n{body}"
+    worst = max(results, key=lambda r: r.distance)
+    ratios = (
+        f"RATIOS lookup p99 at max distance {worst.distance}: "
+        f"{max(worst.reused.p99_ms, worst.fresh.p99_ms):.2f} ms over {stored:,} hashes"
+    )
+    return f"{header}\n\n{body}\n\n{ratios}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

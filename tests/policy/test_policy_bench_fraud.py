@@ -13,6 +13,7 @@ async def test_the_benchmark_reports_reused_hits_and_no_new_ones(
     report = await fraud_lookup.run(pg_server.admin_url, rows=3000, queries=20, distances=[3, 11])
     lines = report.splitlines()
     assert lines[0].startswith("3,000 stored hashes")
+    assert lines[-1].startswith("RATIOS lookup p99 at max distance 11: ")
     rows = [line for line in lines if line.startswith("| 3 ") or line.startswith("| 11 ")]
     assert len(rows) == 2
     for row in rows:
