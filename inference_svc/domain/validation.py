@@ -136,6 +136,7 @@ def validate_request(raw: RawInspectRequest, limits: RequestLimits) -> Inspectio
     shipping_id = _check_text("shipping_id", raw.shipping_id, True, limits, violations)
     product_name = _check_text("product_name", raw.product_name, True, limits, violations)
     product_id = _check_text("product_id", raw.product_id, False, limits, violations)
+    vendor_id = _check_text("vendor_id", raw.vendor_id, False, limits, violations)
     reference = _check_images(
         "reference_images",
         ImageRole.REFERENCE,
@@ -225,5 +226,5 @@ def validate_request(raw: RawInspectRequest, limits: RequestLimits) -> Inspectio
         product_id=product_id,
         previous_inspection_id=previous.lower(),
         legacy_questions=legacy,
-        vendor_id=raw.vendor_id.strip(),
+        vendor_id=vendor_id,
     )
