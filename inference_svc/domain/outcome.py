@@ -16,7 +16,7 @@ Every rule that fired is listed as a reason; ``decisive`` marks the ones behind 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from inference_svc.domain.decision import Evaluation, evaluate, present_answers
@@ -117,8 +117,9 @@ class PolicyOutcome:
     reasons: list[OutcomeReason]
     policy_name: str
     policy_version: str
-    # What the decision rules alone decided and their result with answers presented for the
-    # outcome; None when the quality gate ended the inspection before any generation.
+    # The result with the outcome as its decision and the answers presented for it; None when
+    # the quality gate ended the inspection before any generation. ``evaluation`` holds what
+    # the decision rules alone made of the output.
     decided: DecidedOutcome | None = None
     evaluation: Evaluation | None = field(default=None, repr=False)
 
@@ -262,18 +263,7 @@ def _fraud_reasons(policy: DecisionPolicy, signals: Signals) -> list[OutcomeReas
 
 
 def _undecisive(reasons: Sequence[OutcomeReason]) -> list[OutcomeReason]:
-    return [
-        OutcomeReason(
-            r.code,
-            False,
-            r.question_label,
-            r.question_index,
-            r.image,
-            r.related_inspection_id,
-            r.detail,
-        )
-        for r in reasons
-    ]
+    return [replace(r, decisive=False) for r in reasons]
 
 
 def decide_with_policy(
@@ -327,12 +317,11 @@ def decide_with_policy(
     reasons.extend(review_info)
     reasons.sort(key=lambda r: not r.decisive)
 
-    final_decision = {Outcome.PICK: Decision.PICK, Outcome.NOT_PICK: Decision.NOT_PICK}.get(outcome)
-    answers: list[Answer] = present_answers(
-        evaluation.given_answers, evaluation.types, final_decision
-    )
+    # Rule 6 for PICK / NOT_PICK; for retake and review the answers as the model gave them.
+    final = outcome if outcome in (Decision.PICK, Decision.NOT_PICK) else None
+    answers: list[Answer] = present_answers(evaluation.given_answers, evaluation.types, final)
     decided = DecidedOutcome(
-        decision=final_decision or base.decision,
+        decision=outcome,
         recommendation=base.recommendation,
         match_score=base.match_score,
         answers=answers,
