@@ -88,9 +88,17 @@ async def test_policy_outcomes_end_to_end(
         records = ppb_grpc.PersistenceServiceStub(records_channel)
 
         before = tokens(policy_app)
+        engine_before = policy_app.engine.stats()
         retake = (await stub.Inspect(request("SHIP-P1", "strict", BLURRED), timeout=120)).inspection
         assert retake.decision == pb.DECISION_RETAKE_IMAGES
-        assert tokens(policy_app) == before  # no generation ran
+        # No generation ran: the engine's own counters and the token metrics did not move.
+        engine_after = policy_app.engine.stats()
+        assert (engine_after.rows, engine_after.tokens_generated, engine_after.prefills) == (
+            engine_before.rows,
+            engine_before.tokens_generated,
+            engine_before.prefills,
+        )
+        assert tokens(policy_app) == before
         assert retake.attempts == 0
         (reason,) = retake.reasons
         assert (reason.code, reason.decisive, reason.image_role, reason.image_index) == (
@@ -110,6 +118,7 @@ async def test_policy_outcomes_end_to_end(
         first = (await stub.Inspect(request("SHIP-P2", "", PICKUP), timeout=120)).inspection
         assert first.decision in (pb.DECISION_PICK, pb.DECISION_NOT_PICK)
         assert tokens(policy_app)[1] > before[1]
+        assert policy_app.engine.stats().rows == engine_before.rows + 1
         assert first.reasons[0].code in ("MODEL_RECOMMENDATION", "FORCED_PICK")
         assert first.policy_name == "default"
         assert all(c.HasField("perceptual_hash") for c in first.image_checks)

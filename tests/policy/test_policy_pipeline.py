@@ -27,7 +27,8 @@ from inference_svc.domain.policy import PolicyHolder
 from inference_svc.domain.prompt import PromptTemplate
 from inference_svc.imaging.tiling import prepare_image
 from inference_svc.pipeline import InspectionPipeline, PipelineConfig
-from tests.pipeline.fakes import QUESTIONS, VALID, FakeEngine, FakeFetcher, MemoryRecorder
+from tests.pipeline.fakes import QUESTIONS, VALID, FakeFetcher, MemoryRecorder
+from tests.support.fake_engine import FakeEngine
 from tests.support.imaging import encode, textured
 
 PHOTO = textured(896, 672, seed=11)
