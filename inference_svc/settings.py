@@ -313,6 +313,7 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         "Decision policy YAML per vendor (docs/policy.md), reloaded when it changes; unset = "
         "today's rules for every vendor.",
         group="model",
+        advanced=True,
     )
 
     # --- events (the link to persistence_svc)
