@@ -144,7 +144,9 @@ class InferenceApp:
         self.reuse_lookup: PersistenceReuseLookup | None = None
         if settings.persistence_target:
             self.reuse_lookup = PersistenceReuseLookup(
-                settings.persistence_target, grpc_client_interceptors(tracer_provider)
+                settings.persistence_target,
+                grpc_client_interceptors(tracer_provider),
+                tls=_persistence_tls(settings),
             )
         self.delivery_metrics = DeliveryMetrics(self.registry)
         self.delivery = EventDelivery(
