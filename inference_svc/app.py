@@ -67,8 +67,6 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = inspection_pb2.DESCRIPTOR.services_by_name["InspectionService"].full_name
 IMAGE_SIZE = 448
-# How often the policy file is checked for a change (a stat; a reload only when it changed).
-POLICY_CHECK_INTERVAL_S = 5.0
 
 
 def engine_config(settings: InferenceSettings) -> EngineConfig:
@@ -292,7 +290,9 @@ class InferenceApp:
         log.info("inference gRPC server listening", extra={"port": self.port})
         await self.delivery.start()
         if self.policies.path is not None:
-            self._policy_task = asyncio.create_task(self._watch_policy())
+            self._policy_task = asyncio.create_task(
+                self.policies.watch(on_failures=self.metrics.policy_reload_failures.inc)
+            )
         t0 = time.monotonic()
         await self.engine.start()
         info = self.engine.info
@@ -308,17 +308,6 @@ class InferenceApp:
         self.serving = True
         self.metrics.set_model_ready(True)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-
-    async def _watch_policy(self) -> None:
-        """Reloads the policy file when it changes (a ConfigMap update); a bad file keeps the
-        last good policy and raises rpi_inference_policy_reload_failed."""
-        failures = self.policies.reload_failures
-        while True:
-            await asyncio.sleep(POLICY_CHECK_INTERVAL_S)
-            await asyncio.to_thread(self.policies.reload_if_changed)
-            if self.policies.reload_failures > failures:
-                self.metrics.policy_reload_failures.inc(self.policies.reload_failures - failures)
-                failures = self.policies.reload_failures
 
     async def stop(self, grace_s: float | None = None, prestop_s: float = 0.0) -> None:
         """Drain: readiness NOT_SERVING at once, liveness stays SERVING, new inspections are

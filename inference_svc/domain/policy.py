@@ -21,11 +21,13 @@ only where it differs::
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -313,6 +315,19 @@ class PolicyHolder:
         if (stat.st_ino, stat.st_size, stat.st_mtime_ns) == self._fingerprint:
             return False
         return self._load(raise_errors=False)
+
+    async def watch(
+        self, interval_s: float = 5.0, on_failures: Callable[[int], object] | None = None
+    ) -> None:
+        """Checks the file every ``interval_s`` (a stat; a reload only when it changed), off the
+        event loop, until cancelled; ``on_failures`` gets the number of new failed reloads."""
+        failures = self.reload_failures
+        while True:
+            await asyncio.sleep(interval_s)
+            await asyncio.to_thread(self.reload_if_changed)
+            if self.reload_failures > failures and on_failures is not None:
+                on_failures(self.reload_failures - failures)
+            failures = self.reload_failures
 
     def reload(self) -> bool:
         """Reload now; True when a new policy took effect."""

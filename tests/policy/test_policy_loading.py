@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -134,3 +135,27 @@ def test_holder_without_a_file_uses_the_builtin_policy() -> None:
     assert holder.current is BUILTIN_POLICY
     assert not holder.reload_if_changed() and not holder.reload()
     assert holder.select("x").name == "default"
+
+
+async def test_watch_reloads_and_reports_failures(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    _write(path, GOOD, 1)
+    holder = PolicyHolder.open(path)
+    reported: list[int] = []
+    task = asyncio.create_task(holder.watch(interval_s=0.01, on_failures=reported.append))
+    try:
+        _write(path, "version: v9\ndefault: {forced_pick: sometimes}\n", 2)
+        for _ in range(500):
+            if reported:
+                break
+            await asyncio.sleep(0.01)
+        assert reported == [1] and holder.current.version == "v1"
+        _write(path, GOOD.replace("v1", "v10"), 3)
+        for _ in range(500):
+            if holder.current.version == "v10":
+                break
+            await asyncio.sleep(0.01)
+        assert holder.current.version == "v10" and not holder.last_reload_failed
+        assert reported == [1]
+    finally:
+        task.cancel()
