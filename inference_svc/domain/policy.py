@@ -35,9 +35,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from inference_svc.domain.categories import Category, categorise
 from inference_svc.domain.decision_rules import Comparison, DecisionRules
 from inference_svc.domain.models import Question
-from inference_svc.domain.questions import Category, categorise
 
 logger = logging.getLogger(__name__)
 
