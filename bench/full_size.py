@@ -102,7 +102,7 @@ def build_full_size_model(
 
 
 def load_full_size(cfg: EngineConfig, runtime: Runtime) -> LoadedModel:
-    """An engine model loader (``BatchedEngine(model_loader=...)``) for the full-size model."""
+    """An engine model loader (``LocalEngine(model_loader=...)``) for the full-size model."""
     model, tokenizer = build_full_size_model(
         device=runtime.device, dtype=runtime.dtype, attn_implementation=runtime.attn_implementation
     )
