@@ -9,7 +9,8 @@ import torch
 from transformers import InternVLConfig, InternVLForConditionalGeneration, PreTrainedTokenizerFast
 
 from inference_svc.engine.config import EngineConfig
-from inference_svc.engine.loader import LoadedModel, Runtime, wrap_native_model
+from inference_svc.engine.devices import Runtime
+from inference_svc.engine.loader import LoadedModel, wrap_native_model
 from inference_svc.engine.model_builder import (
     ENDOFTEXT,
     IM_END,

@@ -14,8 +14,8 @@ from inference_svc import defaults
 
 from .api import EngineInfo
 
-if TYPE_CHECKING:  # the loader imports torch; the configuration does not need it
-    from .loader import Runtime
+if TYPE_CHECKING:  # devices imports torch; the configuration does not need it
+    from .devices import Runtime
 
 
 @dataclass(frozen=True)

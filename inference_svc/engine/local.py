@@ -31,8 +31,9 @@ from .api import (
     NullListener,
 )
 from .config import EngineConfig, engine_info
+from .devices import Runtime, detect_runtime, resolve_kv_cache
 from .generate_runner import BATCH_WAIT_S, GenerateRunner
-from .loader import LoadedModel, Runtime, detect_runtime, load_model, resolve_kv_cache
+from .loader import LoadedModel, load_model
 from .model_builder import ensure_demo_model
 from .pixels import check_dtype
 from .prompting import build_prompt
