@@ -89,8 +89,8 @@ class SlotRules:
         rows or more are computed there while the caller runs the step: llguidance's
         executor releases the interpreter lock, so they take the other core instead of
         adding to the step's time. One row's mask is computed after the step, on the step
-        thread: llguidance computes a lone mask holding the lock, which beside the step made
-        a 1-row request 1.5x slower (``bench.engine_loop --concurrency 1``)."""
+        thread: llguidance computes a lone mask holding the lock, so beside the step it would
+        only contend with the step for the lock (``bench.engine_loop --concurrency 1``)."""
         eos = self._host.model.eos_token_id
         plan = GrammarPlan({}, [])
         for i, row in enumerate(rows):
