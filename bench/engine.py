@@ -8,11 +8,11 @@ Rows (each its own in-process InferenceApp, the demo model, recording off; all r
 run at once, idle but for the one being measured, and ``--repeats N`` measures every level N
 times with the rows in turn, so the host's drift falls on all rows alike):
 
-* ``seed-style``: ENGINE_MODE=sequential (one generate per request, one at a time),
+* ``seed-style``: the sequential baseline (one generate per request, one at a time),
   CONSTRAINED_DECODING=false: the replaced service's method.
-* ``ours``: ENGINE_MODE=continuous (iteration-level batching) with constrained decoding on:
+* ``ours``: the local engine's slot runner (iteration-level batching), constrained decoding on:
   the production configuration.
-* ``ours, request-level`` (extra, ``--with-request-level``): ENGINE_MODE=batched, one
+* ``ours, request-level`` (extra, ``--with-request-level``): the generate runner, one
   ``generate`` per batch, constrained: what continuous batching adds over it.
 * ``ours, serial prefill`` (extra, ``--with-serial-prefill``): PREFILL_OVERLAP=off, what
   running prefills on their own thread adds.
@@ -528,7 +528,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--with-request-level",
         action="store_true",
-        help="add ours with request-level batching (ENGINE_MODE=batched)",
+        help="add ours with request-level batching (the generate runner)",
     )
     p.add_argument("--pickup-max-tiles", type=int, default=2)
     p.add_argument("--reference-max-tiles", type=int, default=1)

@@ -56,7 +56,7 @@ from inference_svc.domain.output_schema import constrained_schema
 from inference_svc.domain.prompt import PromptTemplate
 from inference_svc.engine.api import GenerationRequest, GenerationResult, NullListener
 from inference_svc.engine.config import EngineConfig
-from inference_svc.engine.continuous import ContinuousEngine
+from inference_svc.engine.local import LocalEngine
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "ours": {},
@@ -165,7 +165,7 @@ async def run_variant(
         **VARIANTS[variant],
     )
     engine = ForcedLength("local")(config)
-    assert isinstance(engine, ContinuousEngine)
+    assert isinstance(engine, LocalEngine)
     await engine.start()
     try:
         pending = list(reversed(work))

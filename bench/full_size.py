@@ -9,7 +9,8 @@ import torch
 from transformers import InternVLConfig, InternVLForConditionalGeneration, PreTrainedTokenizerFast
 
 from inference_svc.engine.config import EngineConfig
-from inference_svc.engine.loader import LoadedModel, Runtime, wrap_native_model
+from inference_svc.engine.devices import Runtime
+from inference_svc.engine.loader import LoadedModel, wrap_native_model
 from inference_svc.engine.model_builder import (
     ENDOFTEXT,
     IM_END,
@@ -102,7 +103,7 @@ def build_full_size_model(
 
 
 def load_full_size(cfg: EngineConfig, runtime: Runtime) -> LoadedModel:
-    """An engine model loader (``BatchedEngine(model_loader=...)``) for the full-size model."""
+    """An engine model loader (``LocalEngine(model_loader=...)``) for the full-size model."""
     model, tokenizer = build_full_size_model(
         device=runtime.device, dtype=runtime.dtype, attn_implementation=runtime.attn_implementation
     )

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from inference_svc import defaults
+
+from .api import EngineInfo
+
+if TYPE_CHECKING:  # devices imports torch; the configuration does not need it
+    from .devices import Runtime
 
 
 @dataclass(frozen=True)
@@ -51,3 +56,33 @@ class EngineConfig:
     # ENGINE_PROCESS: shared memory for request tiles on their way to the engine process
     # (pixel_slabs.py), in MiB; 0 pickles them through the pipe.
     pixel_buffer_mb: int = defaults.PIXEL_BUFFER_MB
+
+
+class _Model(Protocol):
+    """What a loaded model (in this process, or in the engine process) tells about itself."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def revision(self) -> str: ...
+    @property
+    def untrained(self) -> bool: ...
+    @property
+    def runtime(self) -> Runtime: ...
+
+
+def engine_info(
+    config: EngineConfig, model: _Model | None, runner: str, max_batch_size: int
+) -> EngineInfo:
+    """The engine's runtime info: the loaded model's, else what the configuration asks for."""
+    return EngineInfo(
+        model_name=model.name if model else "",
+        model_revision=model.revision if model else config.model_revision,
+        untrained=model.untrained if model else config.model_path is None,
+        constrained=config.constrained_decoding,
+        streams_text=True,
+        device=str(model.runtime.device) if model else config.device,
+        dtype=str(model.runtime.dtype).removeprefix("torch.") if model else config.dtype,
+        runner=runner if model else "",
+        max_batch_size=max_batch_size,
+    )

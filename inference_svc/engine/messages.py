@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .api import EngineStats, GenerationRequest, GenerationResult
 
 if TYPE_CHECKING:
-    from .loader import Runtime
+    from .devices import Runtime
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from multiprocessing.connection import Connection
 from inference_svc.priority import lower_process_priority
 
 from .api import GenerationRequest
-from .batched import BatchedEngine
 from .config import EngineConfig
+from .local import LocalEngine
 from .messages import (
     Cancel,
     Cancelled,
@@ -44,7 +44,7 @@ from .pixel_slabs import SlabReceiver
 logger = logging.getLogger(__name__)
 
 # The engine process's engine for a configuration (a module-level callable: it is pickled).
-EngineFactory = Callable[[EngineConfig], BatchedEngine]
+EngineFactory = Callable[[EngineConfig], LocalEngine]
 
 
 class _PipeListener:
@@ -91,7 +91,7 @@ def _portable(exc: Exception) -> Exception:
     return exc
 
 
-async def _serve(engine: BatchedEngine, conn: Connection) -> None:
+async def _serve(engine: LocalEngine, conn: Connection) -> None:
     try:
         await engine.start()
     except Exception as exc:

@@ -48,9 +48,8 @@ from .api import (
     GenerationRequest,
     GenerationResult,
 )
-from .batched import _safe
-from .config import EngineConfig
-from .continuous import ContinuousEngine
+from .config import EngineConfig, engine_info
+from .local import LocalEngine
 from .messages import (
     Cancel,
     Cancelled,
@@ -71,6 +70,7 @@ from .messages import (
 from .pixel_slabs import SlabSender, available
 from .process_child import EngineFactory, child_main
 from .prompting import build_prompt
+from .scheduler import safe
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class ProcessEngine:
     ) -> None:
         self.config = config
         # Builds the child's in-process engine (a module-level function: it is pickled).
-        self._engine_factory = engine_factory or ContinuousEngine
+        self._engine_factory = engine_factory or LocalEngine
         self._log_level = log_level
         self._model: RemoteModel | None = None
         self._tokenizer: Any = None
@@ -125,18 +125,8 @@ class ProcessEngine:
     @property
     def info(self) -> EngineInfo:
         model = self._model
-        cfg = self.config
-        return EngineInfo(
-            model_name=model.name if model else "",
-            model_revision=model.revision if model else cfg.model_revision,
-            untrained=model.untrained if model else cfg.model_path is None,
-            constrained=cfg.constrained_decoding,
-            streams_text=True,
-            device=str(model.runtime.device) if model else cfg.device,
-            dtype=str(model.runtime.dtype).removeprefix("torch.") if model else cfg.dtype,
-            runner=model.runner if model else "",
-            max_batch_size=cfg.max_batch_size,
-        )
+        runner = model.runner if model else ""
+        return engine_info(self.config, model, runner, self.config.max_batch_size)
 
     def stats(self) -> EngineStats:
         slabs = self._slabs
@@ -348,14 +338,14 @@ class ProcessEngine:
         if call is None:
             return
         if isinstance(message, Queued):
-            _safe(call.listener.on_queued, message.position)
+            safe(call.listener.on_queued, message.position)
         elif isinstance(message, Started):
             if not call.started:
                 call.started = True
                 self._waiting -= 1
-            _safe(call.listener.on_started)
+            safe(call.listener.on_started)
         elif isinstance(message, Tokens):
-            _safe(call.listener.on_tokens, message.count, message.text)
+            safe(call.listener.on_tokens, message.count, message.text)
         elif isinstance(message, Done) and not call.future.done():
             call.future.set_result(message.result)
         elif isinstance(message, Errored) and not call.future.done():
@@ -375,7 +365,7 @@ class ProcessEngine:
             code = self._process.exitcode if self._process is not None else None
             logger.error("engine process exited unexpectedly (exit code %s)", code)
             if self.on_exit is not None:
-                _safe(self.on_exit)
+                safe(self.on_exit)
 
     async def _shutdown_process(self, join_seconds: float) -> None:
         process, self._process = self._process, None

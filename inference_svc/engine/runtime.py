@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .api import Engine
 from .config import EngineConfig
-from .continuous import ContinuousEngine
+from .local import LocalEngine
 from .process_client import ProcessEngine
 
 
@@ -13,4 +13,4 @@ def create_engine(config: EngineConfig, *, log_level: str = "INFO") -> Engine:
     KV cache, or HF generate for models the slot decoder cannot drive) follows the model."""
     if config.engine_process:
         return ProcessEngine(config, log_level=log_level)
-    return ContinuousEngine(config)
+    return LocalEngine(config)

@@ -16,8 +16,8 @@ from transformers import DynamicCache
 from bench.baseline import EngineKind, ForcedLength
 from inference_svc.engine import token_rules
 from inference_svc.engine.api import GenerationRequest
-from inference_svc.engine.batched import BatchedEngine
 from inference_svc.engine.config import EngineConfig
+from inference_svc.engine.local import LocalEngine
 from inference_svc.engine.model_builder import ensure_demo_model
 
 TILE = 448
@@ -119,14 +119,14 @@ async def engine_factory(
     model_cache: Path, engine_mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[EngineFactory]:
     """In-process engines of ``engine_mode``: the service's local engine ("continuous", its
-    step thread prefilling with "continuous-serial-prefill"), request-level batching only
+    step thread prefilling with "continuous-serial-prefill"), the generate runner only
     ("batched") or the sequential baseline. Rows run to their max_new_tokens (the untrained
     model's stop tokens would otherwise end them at random points) unless their grammar ends
     them. ``batch_wait_ms``, ``kv_cache`` and ``progress_every_tokens`` set the engine's
     internal constants."""
-    engines: list[BatchedEngine] = []
+    engines: list[LocalEngine] = []
 
-    async def make(**overrides: Any) -> BatchedEngine:
+    async def make(**overrides: Any) -> LocalEngine:
         overrides.setdefault("device", "cpu")
         overrides.setdefault("engine_process", False)
         mode = overrides.pop("engine_mode", engine_mode)
@@ -140,7 +140,7 @@ async def engine_factory(
         config = EngineConfig(model_cache_dir=model_cache, **overrides)
         engine = ForcedLength(_KINDS[mode])(config)
         if wait_ms is not None:
-            engine._wait_s = wait_ms / 1000
+            engine._batch_wait_s = wait_ms / 1000
         if kv_cache is not None:
             engine.kv_cache = kv_cache
         await engine.start()
@@ -153,16 +153,16 @@ async def engine_factory(
 
 
 @pytest.fixture
-def worker_blocker() -> Iterator[Callable[[BatchedEngine], threading.Event]]:
+def worker_blocker() -> Iterator[Callable[[LocalEngine], threading.Event]]:
     """Occupies an engine's model thread until the returned event is set."""
     events: list[threading.Event] = []
 
-    def block(engine: BatchedEngine) -> threading.Event:
+    def block(engine: LocalEngine) -> threading.Event:
         release = threading.Event()
         events.append(release)
-        decoder = getattr(engine, "_decoder", None)
+        decoder = getattr(engine.runner, "decoder", None)
         if decoder is not None:
-            # The continuous engine's model thread never returns to the executor: hold it in
+            # The slot runner's model thread never returns to the executor: hold it in
             # the next prefill instead (the request is taken from the queue, then waits). Both
             # the step thread's prefill and the prefill thread's go through prefill_detached.
             prefill = decoder.prefill_detached
@@ -173,8 +173,9 @@ def worker_blocker() -> Iterator[Callable[[BatchedEngine], threading.Event]]:
 
             decoder.prefill_detached = held
             return release
-        assert engine._executor is not None
-        engine._executor.submit(release.wait)
+        executor = engine._host.executor
+        assert executor is not None
+        executor.submit(release.wait)
         return release
 
     yield block

@@ -1,4 +1,4 @@
-"""TORCH_COMPILE: the continuous engine's decode step compiled with dynamic shapes (CPU here)."""
+"""TORCH_COMPILE: the slot runner's decode step compiled with dynamic shapes (CPU here)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import asyncio
 import torch
 
 from inference_svc.engine.api import NullListener
-from inference_svc.engine.continuous import ContinuousEngine
+from inference_svc.engine.local import LocalEngine
+from inference_svc.engine.slot_runner import SlotRunner
 
 from .conftest import (
     EngineFactory,
@@ -30,8 +31,8 @@ async def test_compiled_decode_step_serves_and_matches_the_model_forward(
     engine = await engine_factory(
         engine_mode="continuous", torch_compile=True, max_batch_size=3, progress_every_tokens=1
     )
-    assert isinstance(engine, ContinuousEngine) and engine.continuous
-    decoder = engine._decoder
+    assert isinstance(engine, LocalEngine) and isinstance(engine.runner, SlotRunner)
+    decoder = engine.runner.decoder
     assert decoder is not None and decoder.compiled
     # The warm-up compiled every shape: serving 1 to 3 rows at ever-changing cache widths
     # compiles nothing more (a request never waits for a compilation).

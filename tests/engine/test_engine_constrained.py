@@ -60,7 +60,7 @@ async def test_random_model_output_validates_against_schema(
     if mode == "batched":
         # One generate for all four (the wait window outlasts their arrival). The continuous
         # engine admits each row when its prefill is done, so how many steps rows share there
-        # depends on timing; its batching is tested in test_engine_continuous.py.
+        # depends on timing; its batching is tested in test_engine_slot_runner.py.
         assert all(r.batch_size == 4 for r in results)
 
 

@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from inference_svc.engine import original_layout
-from inference_svc.engine.loader import detect_layout, load_model, select_runtime
+from inference_svc.engine.devices import select_runtime
+from inference_svc.engine.loader import detect_layout, load_model
 
 CPU = select_runtime("cpu", "auto", "auto", cuda_available=False, flash_available=False)
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from inference_svc.engine.api import GenerationRequest, NullListener
-from inference_svc.engine.continuous import ContinuousEngine, overlaps_prefill
+from inference_svc.engine.local import LocalEngine
+from inference_svc.engine.slot_runner import SlotRunner, overlaps_prefill
 
 from .conftest import EngineFactory, Recorder, make_request, until
 
@@ -30,14 +31,12 @@ def test_prefill_overlap_is_on_for_cpu_unless_configured() -> None:
 
 
 @pytest.fixture
-def held_prefill() -> Iterator[
-    Callable[[ContinuousEngine], tuple[threading.Event, threading.Event]]
-]:
+def held_prefill() -> Iterator[Callable[[LocalEngine], tuple[threading.Event, threading.Event]]]:
     """Holds the engine's next prefills until released; (entered, release) events."""
     releases: list[threading.Event] = []
 
-    def hold(engine: ContinuousEngine) -> tuple[threading.Event, threading.Event]:
-        decoder = engine._decoder
+    def hold(engine: LocalEngine) -> tuple[threading.Event, threading.Event]:
+        decoder = engine.runner.decoder
         assert decoder is not None
         entered, release = threading.Event(), threading.Event()
         releases.append(release)
@@ -56,19 +55,19 @@ def held_prefill() -> Iterator[
         release.set()
 
 
-HeldPrefill = Callable[[ContinuousEngine], tuple[threading.Event, threading.Event]]
+HeldPrefill = Callable[[LocalEngine], tuple[threading.Event, threading.Event]]
 
 
-async def _overlapping(engine_factory: EngineFactory, **overrides: Any) -> ContinuousEngine:
+async def _overlapping(engine_factory: EngineFactory, **overrides: Any) -> LocalEngine:
     engine = await engine_factory(engine_mode="continuous", **overrides)
-    assert isinstance(engine, ContinuousEngine) and engine.continuous
-    assert engine.overlapping_prefill
+    assert isinstance(engine, LocalEngine) and isinstance(engine.runner, SlotRunner)
+    assert engine.runner.overlapping_prefill
     return engine
 
 
 async def test_serial_prefill_when_configured_off(engine_factory: EngineFactory) -> None:
     engine = await engine_factory(engine_mode="continuous", prefill_overlap="off")
-    assert isinstance(engine, ContinuousEngine) and not engine.overlapping_prefill
+    assert isinstance(engine.runner, SlotRunner) and not engine.runner.overlapping_prefill
     result = await engine.generate(make_request("r", max_new_tokens=9), NullListener())
     assert result.completion_tokens == 9
 
@@ -119,7 +118,7 @@ async def test_failed_prefill_answers_its_request_and_frees_its_slot(
     engine_factory: EngineFactory,
 ) -> None:
     engine = await _overlapping(engine_factory, max_batch_size=1)
-    decoder = engine._decoder
+    decoder = engine.runner.decoder
     assert decoder is not None
     prefill = decoder.prefill_detached
     calls = 0

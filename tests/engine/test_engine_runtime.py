@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference_svc.engine.loader import select_runtime
+from inference_svc.engine.devices import select_runtime
 
 
 @pytest.mark.parametrize(

@@ -10,26 +10,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.baseline import SequentialEngine
 from inference_svc.engine.api import (
     EngineNotReady,
     EngineOverloaded,
     GenerationRequest,
     NullListener,
 )
-from inference_svc.engine.batched import BatchedEngine
 from inference_svc.engine.config import EngineConfig
+from inference_svc.engine.local import LocalEngine
 from inference_svc.engine.runtime import create_engine
 
 from .conftest import EngineFactory, Recorder, make_request, until
 
-Blocker = Callable[[BatchedEngine], threading.Event]
+Blocker = Callable[[LocalEngine], threading.Event]
 
 
 SERIAL_PREFILL = "continuous-serial-prefill"
 
 
-def _depth_is(engine: BatchedEngine, depth: int) -> bool:
+def _depth_is(engine: LocalEngine, depth: int) -> bool:
     return engine.queue_depth() == depth
 
 
@@ -40,7 +39,7 @@ def engine_mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-async def _worker_idle(engine: BatchedEngine) -> None:
+async def _worker_idle(engine: LocalEngine) -> None:
     await until(lambda: engine.running_rows() == 0 and engine.queue_depth() == 0)
 
 
@@ -72,7 +71,7 @@ async def test_concurrent_requests_share_one_batch_and_match_solo_runs(
     assert batched[1].prompt_tokens > batched[0].prompt_tokens > batched[2].prompt_tokens
 
     solo_engine = await engine_factory(engine_mode="sequential")
-    assert isinstance(solo_engine, SequentialEngine)
+    assert solo_engine.info.max_batch_size == 1 and solo_engine.info.runner == "generate"
     for request, together in zip(requests, batched, strict=True):
         alone = await solo_engine.generate(request, NullListener())
         assert alone.batch_size == 1
@@ -219,7 +218,7 @@ async def test_per_row_budgets_and_min_tokens(engine_factory: EngineFactory) -> 
     # Rows of different budgets share steps. With prefill overlap the short row may run its 7
     # steps before the next prefill is handed over (it does not wait for the others').
     assert results[1].batch_size >= 2
-    if not getattr(engine, "overlapping_prefill", False):
+    if not getattr(engine.runner, "overlapping_prefill", False):
         assert all(r.batch_size >= 2 for r in results)
     assert results[0].completion_tokens == 7
     assert results[1].completion_tokens == 60

@@ -9,11 +9,11 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from inference_svc.engine import continuous
+from inference_svc.engine import local
 from inference_svc.engine.api import GenerationRequest, GenerationResult, NullListener
-from inference_svc.engine.batched import BatchedEngine
-from inference_svc.engine.continuous import ContinuousEngine
+from inference_svc.engine.local import LocalEngine
 from inference_svc.engine.slot_decoder import SlotDecoder, supports
+from inference_svc.engine.slot_runner import SlotRunner
 
 from .conftest import (
     EngineFactory,
@@ -41,7 +41,7 @@ async def test_rows_joining_a_running_batch_get_their_solo_outputs(
     engine_factory: EngineFactory,
 ) -> None:
     engine = await engine_factory(max_batch_size=4, progress_every_tokens=1)
-    assert isinstance(engine, ContinuousEngine) and engine.continuous
+    assert isinstance(engine, LocalEngine) and isinstance(engine.runner, SlotRunner)
     first = make_request("first", max_new_tokens=160, seed=1)
     # Admitted in this order, finishing in this order: each leaves a slot below live rows.
     late = [
@@ -67,16 +67,16 @@ async def test_rows_joining_a_running_batch_get_their_solo_outputs(
 
 async def test_cache_grows_while_rows_are_live(engine_factory: EngineFactory) -> None:
     engine = await engine_factory(max_batch_size=2)
-    assert isinstance(engine, ContinuousEngine) and engine._decoder is not None
+    assert isinstance(engine, LocalEngine) and isinstance(engine.runner, SlotRunner)
     small = make_request("small", max_new_tokens=120, seed=5)
     listener = Recorder()
     running = asyncio.create_task(engine.generate(small, listener))
     await until(lambda: len(listener.tokens) >= 1)
-    capacity = engine._decoder.capacity
+    capacity = engine.runner.decoder.capacity
     big_prompt = "".join(f"Image-{i}: <image>\n" for i in range(4)) + "Compare them all."
     big = make_request("big", big_prompt, (2, 2, 2, 2), max_new_tokens=40, seed=6)
     grown = await engine.generate(big, NullListener())
-    assert engine._decoder.capacity > capacity
+    assert engine.runner.decoder.capacity > capacity
     kept = await running
     assert [kept.text, grown.text] == await _solo(engine_factory, [small, big])
 
@@ -123,9 +123,9 @@ async def test_cancelled_row_leaves_and_the_others_continue(engine_factory: Engi
 async def test_unsupported_model_falls_back_to_request_level_batching(
     engine_factory: EngineFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(continuous, "supports", lambda model: "not this one")
+    monkeypatch.setattr(local, "supports", lambda model: "not this one")
     engine = await engine_factory(max_batch_size=2, batch_wait_ms=0)
-    assert isinstance(engine, ContinuousEngine) and not engine.continuous
+    assert isinstance(engine, LocalEngine) and engine.runner.name == "generate"
     result = await engine.generate(make_request("r", max_new_tokens=9), NullListener())
     assert result.completion_tokens == 9
     assert engine.info.runner == "generate"  # answered by the request-level scheduler
@@ -140,7 +140,7 @@ def test_supports_names_what_it_cannot_drive(engine_factory: EngineFactory) -> N
 
 async def test_decode_step_logits_match_the_model_forward(engine_factory: EngineFactory) -> None:
     engine = await engine_factory(engine_mode="batched")
-    assert isinstance(engine, BatchedEngine)
+    assert isinstance(engine, LocalEngine)
     model: Any = engine.loaded.model
     assert supports(model) is None
     assert_decode_matches_forward(SlotDecoder(model, 3, device="cpu", dtype=torch.float32), model)
@@ -151,7 +151,7 @@ async def test_slot_cache_moves_and_grows_in_either_key_layout(
     engine_factory: EngineFactory, keys_by_column: bool
 ) -> None:
     engine = await engine_factory(engine_mode="batched")
-    assert isinstance(engine, BatchedEngine)
+    assert isinstance(engine, LocalEngine)
     model: Any = engine.loaded.model
     decoder = SlotDecoder(
         model, 3, device="cpu", dtype=torch.float32, keys_by_column=keys_by_column
@@ -188,7 +188,7 @@ async def test_decoder_fuses_projections_without_a_second_copy(
     engine_factory: EngineFactory,
 ) -> None:
     engine = await engine_factory(engine_mode="batched")
-    assert isinstance(engine, BatchedEngine)
+    assert isinstance(engine, LocalEngine)
     model: Any = engine.loaded.model
     before = _storage_bytes(model)
     decoder = SlotDecoder(model, 3, device="cpu", dtype=torch.float32)
@@ -217,7 +217,7 @@ async def test_decoder_keeps_module_calls_for_projections_it_cannot_fuse(
         """Stands for a quantised or hooked projection: not a plain nn.Linear."""
 
     engine = await engine_factory(engine_mode="batched")
-    assert isinstance(engine, BatchedEngine)
+    assert isinstance(engine, LocalEngine)
     model: Any = engine.loaded.model
     for layer in model.model.language_model.layers:
         for owner, name in ((layer.self_attn, "k_proj"), (layer.mlp, "up_proj")):
@@ -232,7 +232,7 @@ async def test_decoder_keeps_module_calls_for_projections_it_cannot_fuse(
 
 async def test_slot_decoder_records_no_autograd_graph(engine_factory: EngineFactory) -> None:
     engine = await engine_factory(engine_mode="batched")
-    assert isinstance(engine, BatchedEngine)
+    assert isinstance(engine, LocalEngine)
     model: Any = engine.loaded.model
     # Loaded models are frozen (no forward records a graph, whatever the caller's mode).
     assert not any(p.requires_grad for p in model.parameters())
