@@ -26,7 +26,7 @@ def select_runtime(
 
     ``auto`` means: CUDA with bf16 and flash-attention 2 (SDPA without flash_attn) when a GPU
     is present, else CPU with float32 and SDPA. An explicit CUDA device without CUDA is a
-    configuration error, not something to silently run 50x slower on.
+    configuration error, not something to silently run far slower on.
     """
     notes: list[str] = []
     if device == "auto":

@@ -1,9 +1,9 @@
 """Request tiles from the server process to the engine process through shared memory.
 
-Pickled into the engine pipe, one request's tiles (eight 448 px tiles: 4.8 MB) cost ~20 ms of
-CPU (14 to send, 6 to receive, on the 2-core benchmark host): the Unix socket takes them a
-few hundred kilobytes at a time, each piece a system call and, on a busy host, a wait for the
-other process to be scheduled. Here the server copies them into a reusable shared-memory slab
+Pickled into the engine pipe, one request's tiles (eight 448 px tiles: megabytes) cost both
+processes CPU: the Unix socket takes them a few hundred kilobytes at a time, each piece a
+system call and, on a busy host, a wait for the other process to be scheduled
+(``bench.handover`` measures it). Here the server copies them into a reusable shared-memory slab
 and sends only the slab's number and the array's shape; the engine process copies them out
 (tenths of a millisecond) and gives the slab back at once, so slabs are held only in transit
 and a few of them serve any load.

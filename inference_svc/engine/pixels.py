@@ -3,8 +3,8 @@
 The pipeline hands tiles to the engine as uint8 RGB (a quarter of the float32 size), so the
 server never spends CPU on normalisation and the hop to the engine process and the upload to
 an accelerator move 4x fewer bytes. The engine normalises on its own device, after the copy,
-into a buffer it keeps (:class:`PixelStaging`): a fresh 19 MB tensor per 8-tile request costs
-thousands of page faults, which measured 50-60 ms of kernel time per prefill on a busy VM.
+into a buffer it keeps (:class:`PixelStaging`): a fresh tensor of that size per request would
+cost thousands of page faults, kernel time on every prefill.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 In one process the model thread shares the GIL with the event loop, gRPC, decoding and
 tiling: every one of the ~100 small tensor operations of a decode step gives the lock up and
-must win it back, and a busy Python thread holds it for up to the switch interval (5 ms). A
-decode step measured 3 ms alone and 250 ms next to a pure-Python thread. Here the engine
-(continuous batching, unchanged) runs in a child process started with ``spawn``; the parent
+must win it back, and a busy Python thread holds it for up to the switch interval, so a step
+next to a busy Python thread takes many times as long as alone. Here the engine (continuous
+batching, unchanged) runs in a child process started with ``spawn``; the parent
 keeps the event-loop side (admission, queue bound, deadlines, listeners) and talks to it over
 a pipe:
 

@@ -23,19 +23,19 @@ Outputs are the same as ``generate``'s (greedy tokens identical; tested).
 
 The step multiplies by each layer's query/key/value projections at once, and by its MLP's
 gate and up projections at once (:class:`_FusedLayer`): two matrix products a layer where the
-modules take five. ``bench.decode_step`` measured 3-8% less CPU per step on this CPU (more on
-one row than on sixteen; on an accelerator, three fewer kernel launches a layer). The modules'
+modules take five: less CPU per step (``bench.decode_step`` compares the variants) and, on an
+accelerator, three fewer kernel launches a layer. The modules'
 weights become views into the fused matrices, so nothing is held twice and prefill (through
 the modules) reads the same memory. Layers whose projections are not plain ``nn.Linear``
 (quantised, offloaded) keep the module calls.
 
-Every operation runs without autograd (``torch.no_grad``): with it each decode step recorded
-an autograd graph and kept prefill activations alive for it (a step took ~40% longer on CPU).
+Every operation runs without autograd (``torch.no_grad``): with it each decode step would
+record an autograd graph and keep prefill activations alive for it.
 ``no_grad`` rather than ``inference_mode``, because torch.compile refuses the inference
 tensors a cache made under ``inference_mode`` would be. With ``compile_step`` (TORCH_COMPILE)
-the decode step is compiled with dynamic shapes (rows and cache width vary step to step): on
-CPU it cut a 1-row step from 0.41 to 0.24 ms and a 16-row step from 1.39 to 1.20 ms, after
-~30 s of compilation during the warm-up.
+the decode step is compiled with dynamic shapes (rows and cache width vary step to step),
+which pays off on small batches at the price of a compilation during the warm-up
+(``bench.decode_step --compile``).
 """
 
 from __future__ import annotations

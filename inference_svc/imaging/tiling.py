@@ -5,9 +5,9 @@ and tie rule included). The fast path differs from the published one only in how
 produced: a JPEG is decoded at a reduced DCT scale that stays at or above the grid size, the
 image is resized once and tiles are sliced out of one array. The resize is torch's
 antialiased bicubic on uint8 (``resize="torch"``, the default): a vectorised port of
-Pillow's filter, ~5x faster than ``Image.resize`` here, within 3 levels (of 255) of it on
-photo-sized images with most bytes identical (tests and ``bench.preprocess`` give the
-figures). ``resize="pillow"`` keeps Pillow's own resize, which the published pipeline runs:
+Pillow's filter, much cheaper than ``Image.resize`` and close to it on photo-sized images
+(the tests bound the difference; ``bench.preprocess`` measures the cost).
+``resize="pillow"`` keeps Pillow's own resize, which the published pipeline runs:
 with it, tiles of images that need no JPEG draft equal the published ones bit for bit.
 
 Tiles leave here as uint8 bytes; the engine applies the ImageNet normalisation on its own
