@@ -53,7 +53,10 @@ def overview(image: Image.Image, size: int = OVERVIEW_SIZE) -> Image.Image:
 def tile_luma(tile: NDArray[np.uint8]) -> Luma:
     """The luma of an RGB tile laid out (3, S, S), as the image intake produces them."""
     planes = tile.astype(np.float32)
-    luma: Luma = np.tensordot(_LUMA_WEIGHTS, planes, axes=1)
+    # Element-wise, not np.tensordot: a BLAS call wakes OpenBLAS's thread pool, whose threads
+    # then spin on the serving host's cores after every image.
+    r, g, b = (float(w) for w in _LUMA_WEIGHTS)
+    luma: Luma = planes[0] * r + planes[1] * g + planes[2] * b
     return luma
 
 
