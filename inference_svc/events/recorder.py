@@ -90,7 +90,12 @@ class SpoolingRecorder:
                         height=i.height,
                         format=i.format,
                         tiles=i.tiles,
-                        perceptual_hash=i.perceptual_hash,
+                        # A oneof member: left out, not None, when there is no hash.
+                        **(
+                            {"perceptual_hash": i.perceptual_hash}
+                            if i.perceptual_hash is not None
+                            else {}
+                        ),
                     )
                     for i in images
                 ],

@@ -659,7 +659,7 @@ class OutcomeReason(_message.Message):
     question_label: _builtins.str
     """Optional. The label of the question concerned."""
     question_index: _builtins.int
-    """Optional. The index in the request of the question concerned."""
+    """Optional. Set when a single question is concerned."""
     image_role: Global___ImageRole.ValueType
     """Optional. The role of the image concerned; UNSPECIFIED when none."""
     image_index: _builtins.int
@@ -674,19 +674,19 @@ class OutcomeReason(_message.Message):
         code: _builtins.str = ...,
         decisive: _builtins.bool = ...,
         question_label: _builtins.str = ...,
-        question_index: _builtins.int | None = ...,
+        question_index: _builtins.int = ...,
         image_role: Global___ImageRole.ValueType = ...,
         image_index: _builtins.int = ...,
         related_inspection_id: _builtins.str = ...,
         detail: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_question_index", b"_question_index", "question_index", b"question_index"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["question_index", b"question_index", "question_index_set", b"question_index_set"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_question_index", b"_question_index", "code", b"code", "decisive", b"decisive", "detail", b"detail", "image_index", b"image_index", "image_role", b"image_role", "question_index", b"question_index", "question_label", b"question_label", "related_inspection_id", b"related_inspection_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "decisive", b"decisive", "detail", b"detail", "image_index", b"image_index", "image_role", b"image_role", "question_index", b"question_index", "question_index_set", b"question_index_set", "question_label", b"question_label", "related_inspection_id", b"related_inspection_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__question_index: _TypeAlias = _typing.Literal["question_index"]  # noqa: Y015
-    _WhichOneofArgType__question_index: _TypeAlias = _typing.Literal["_question_index", b"_question_index"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__question_index) -> _WhichOneofReturnType__question_index | None: ...
+    _WhichOneofReturnType_question_index_set: _TypeAlias = _typing.Literal["question_index"]  # noqa: Y015
+    _WhichOneofArgType_question_index_set: _TypeAlias = _typing.Literal["question_index_set", b"question_index_set"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_question_index_set) -> _WhichOneofReturnType_question_index_set | None: ...
 
 Global___OutcomeReason: _TypeAlias = OutcomeReason  # noqa: Y015
 
@@ -705,7 +705,7 @@ class ImageCheck(_message.Message):
     index: _builtins.int
     """Required (always set). Position within its role, from 0."""
     perceptual_hash: _builtins.int
-    """Optional. 64-bit perceptual hash (dHash); unset when it could not be computed."""
+    """Optional. Set when the hash was computed."""
     @_builtins.property
     def quality(self) -> Global___ImageQuality:
         """Optional. Quality measures; unset when the quality gate is off."""
@@ -715,16 +715,16 @@ class ImageCheck(_message.Message):
         *,
         role: Global___ImageRole.ValueType = ...,
         index: _builtins.int = ...,
-        perceptual_hash: _builtins.int | None = ...,
+        perceptual_hash: _builtins.int = ...,
         quality: Global___ImageQuality | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_perceptual_hash", b"_perceptual_hash", "perceptual_hash", b"perceptual_hash", "quality", b"quality"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["perceptual_hash", b"perceptual_hash", "perceptual_hash_set", b"perceptual_hash_set", "quality", b"quality"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_perceptual_hash", b"_perceptual_hash", "index", b"index", "perceptual_hash", b"perceptual_hash", "quality", b"quality", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "perceptual_hash", b"perceptual_hash", "perceptual_hash_set", b"perceptual_hash_set", "quality", b"quality", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__perceptual_hash: _TypeAlias = _typing.Literal["perceptual_hash"]  # noqa: Y015
-    _WhichOneofArgType__perceptual_hash: _TypeAlias = _typing.Literal["_perceptual_hash", b"_perceptual_hash"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__perceptual_hash) -> _WhichOneofReturnType__perceptual_hash | None: ...
+    _WhichOneofReturnType_perceptual_hash_set: _TypeAlias = _typing.Literal["perceptual_hash"]  # noqa: Y015
+    _WhichOneofArgType_perceptual_hash_set: _TypeAlias = _typing.Literal["perceptual_hash_set", b"perceptual_hash_set"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_perceptual_hash_set) -> _WhichOneofReturnType_perceptual_hash_set | None: ...
 
 Global___ImageCheck: _TypeAlias = ImageCheck  # noqa: Y015
 

@@ -255,9 +255,7 @@ class ImageRecord(_message.Message):
     tiles: _builtins.int
     """Optional. Tiles the image was cut into; 0 when not preprocessed."""
     perceptual_hash: _builtins.int
-    """Optional. 64-bit perceptual hash (dHash); a pickup image's is kept for the reused-photo
-    lookup.
-    """
+    """Optional. As in rpi.inspection.v1.ImageCheck (a oneof for older code generators)."""
     def __init__(
         self,
         *,
@@ -272,15 +270,15 @@ class ImageRecord(_message.Message):
         height: _builtins.int = ...,
         format: _builtins.str = ...,
         tiles: _builtins.int = ...,
-        perceptual_hash: _builtins.int | None = ...,
+        perceptual_hash: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_perceptual_hash", b"_perceptual_hash", "perceptual_hash", b"perceptual_hash"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["perceptual_hash", b"perceptual_hash", "perceptual_hash_set", b"perceptual_hash_set"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_perceptual_hash", b"_perceptual_hash", "fetched_uri", b"fetched_uri", "format", b"format", "height", b"height", "index", b"index", "inline", b"inline", "perceptual_hash", b"perceptual_hash", "role", b"role", "sha256", b"sha256", "size_bytes", b"size_bytes", "tiles", b"tiles", "uri", b"uri", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fetched_uri", b"fetched_uri", "format", b"format", "height", b"height", "index", b"index", "inline", b"inline", "perceptual_hash", b"perceptual_hash", "perceptual_hash_set", b"perceptual_hash_set", "role", b"role", "sha256", b"sha256", "size_bytes", b"size_bytes", "tiles", b"tiles", "uri", b"uri", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__perceptual_hash: _TypeAlias = _typing.Literal["perceptual_hash"]  # noqa: Y015
-    _WhichOneofArgType__perceptual_hash: _TypeAlias = _typing.Literal["_perceptual_hash", b"_perceptual_hash"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__perceptual_hash) -> _WhichOneofReturnType__perceptual_hash | None: ...
+    _WhichOneofReturnType_perceptual_hash_set: _TypeAlias = _typing.Literal["perceptual_hash"]  # noqa: Y015
+    _WhichOneofArgType_perceptual_hash_set: _TypeAlias = _typing.Literal["perceptual_hash_set", b"perceptual_hash_set"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_perceptual_hash_set) -> _WhichOneofReturnType_perceptual_hash_set | None: ...
 
 Global___ImageRecord: _TypeAlias = ImageRecord  # noqa: Y015
 
