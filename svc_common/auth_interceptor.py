@@ -132,52 +132,25 @@ Admit = Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[Caller]]
 
 
 def _wrap(handler: Any, admit: Admit) -> Any:
-    if handler.unary_unary is not None:
-        inner_uu = handler.unary_unary
+    """The handler with ``admit`` run first, keeping its RPC type (unary or streaming)."""
+    attr = ("stream_" if handler.request_streaming else "unary_") + (
+        "stream" if handler.response_streaming else "unary"
+    )
+    inner: Any = getattr(handler, attr)
 
-        async def unary_unary(request: Any, context: Any) -> Any:
-            set_current_caller(await admit(context))
-            return await inner_uu(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer
-        )
-    if handler.unary_stream is not None:
-        inner_us: Any = handler.unary_stream
-
-        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            set_current_caller(await admit(context))
-            result = inner_us(request, context)
-            if inspect.isasyncgen(result):
-                async for response in result:
-                    yield response
-            else:  # a handler that writes with context.write()
-                await result
-
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream, handler.request_deserializer, handler.response_serializer
-        )
-    if handler.stream_unary is not None:
-        inner_su = handler.stream_unary
-
-        async def stream_unary(requests: Any, context: Any) -> Any:
-            set_current_caller(await admit(context))
-            return await inner_su(requests, context)
-
-        return grpc.stream_unary_rpc_method_handler(
-            stream_unary, handler.request_deserializer, handler.response_serializer
-        )
-    inner_ss: Any = handler.stream_stream
-
-    async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+    async def unary_response(request: Any, context: Any) -> Any:
         set_current_caller(await admit(context))
-        result = inner_ss(requests, context)
+        return await inner(request, context)
+
+    async def stream_response(request: Any, context: Any) -> AsyncIterator[Any]:
+        set_current_caller(await admit(context))
+        result = inner(request, context)
         if inspect.isasyncgen(result):
             async for response in result:
                 yield response
-        else:
+        else:  # a handler that writes with context.write()
             await result
 
-    return grpc.stream_stream_rpc_method_handler(
-        stream_stream, handler.request_deserializer, handler.response_serializer
-    )
+    factory = getattr(grpc, f"{attr}_rpc_method_handler")
+    behavior = stream_response if handler.response_streaming else unary_response
+    return factory(behavior, handler.request_deserializer, handler.response_serializer)
