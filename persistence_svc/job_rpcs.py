@@ -3,6 +3,7 @@ Mixed into PersistenceServicer, which holds the queue (``_jobs_queue``)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -12,7 +13,7 @@ from google.rpc import code_pb2, status_pb2
 from rpi.inspection.v1 import operations_pb2 as opb
 from rpi.persistence.v1 import persistence_pb2 as ppb
 
-from persistence_svc import paging
+from persistence_svc import conversion, paging
 from persistence_svc.errors import DatabaseUnavailableError, FieldViolation, InvalidArgumentError
 from persistence_svc.jobs import JobQueue, JobRow, JobState, LeaseState, Outcome
 from persistence_svc.records import PageCursor
@@ -20,6 +21,8 @@ from persistence_svc.records import PageCursor
 MAX_REQUEST_ID_CHARS = 128
 MAX_CLAIM = 100
 MAX_LEASE_S = 3600.0
+# The event id of a job's result (uuid5 of the job id): the same for every FinishJob of the job.
+_RESULT_EVENTS = uuid.UUID("5b0c8a1e-3f57-4f43-9a43-2a3c4c1f0f6e")
 
 _STATES = {
     JobState.QUEUED: opb.OPERATION_STATE_QUEUED,
@@ -276,7 +279,15 @@ class JobRpcs:
             error = CANCELLED_STATUS
         elif request.HasField("error"):
             error = request.error.SerializeToString()
-        await queue.finish(job_id, token, outcome, result, error)
+        events = None
+        if outcome == Outcome.SUCCEEDED:
+            event = ppb.Event(
+                event_id=str(uuid.uuid5(_RESULT_EVENTS, str(job_id))),
+                inspection_id=request.result.inspection_id,
+                result_recorded=ppb.ResultRecorded(inspection=request.result),
+            )
+            events = conversion.events_from_proto(ppb.RecordEventsRequest(events=[event]), 1)
+        await queue.finish(job_id, token, outcome, result, error, events)
         row = await queue.job_for_worker(job_id)
         if row is None:  # deleted at once by its caller
             raise DatabaseUnavailableError(f"operation {job_id} vanished; nothing to report")

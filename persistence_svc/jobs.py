@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 from persistence_svc.errors import DatabaseUnavailableError, JobNotFoundError, JobStateError
-from persistence_svc.records import PageCursor
+from persistence_svc.records import EventRecord, PageCursor
 from persistence_svc.repository import Repository
 from persistence_svc.repository import jobs as q
 from persistence_svc.repository.jobs import (
@@ -148,7 +148,12 @@ class JobQueue:
         outcome: Outcome,
         result: bytes | None,
         error: bytes | None,
+        result_events: list[EventRecord] | None = None,
     ) -> JobState:
+        """``result_events``: the inspection's result, recorded in the same transaction as
+        the job's end (idempotent like RecordEvents), so a succeeded operation's inspection is
+        recorded even when the replica dies before its spool delivers the same result."""
+
         try:
             state = await self.repository.transact(
                 lambda conn: q.finish(
@@ -160,6 +165,7 @@ class JobQueue:
                     error=error,
                     max_attempts=self.max_attempts,
                     retention_s=self.retention_s,
+                    result_events=result_events or [],
                 )
             )
         except LeaseLostError:

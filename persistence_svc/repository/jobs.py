@@ -23,8 +23,9 @@ from uuid import UUID
 
 import asyncpg
 
-from persistence_svc.records import PageCursor
+from persistence_svc.records import EventRecord, PageCursor
 from persistence_svc.repository.connection import DbConnection
+from persistence_svc.repository.writes import apply_batch
 
 
 class JobState(enum.StrEnum):
@@ -417,9 +418,11 @@ async def finish(
     error: bytes | None,
     max_attempts: int,
     retention_s: float,
+    result_events: list[EventRecord],
 ) -> JobState:
     """Ends a run; a retried one goes back to the queue unless it has had ``max_attempts``
-    runs. LeaseLostError when the lease is no longer this token."""
+    runs. LeaseLostError when the lease is no longer this token. ``result_events`` are
+    applied in the same transaction (as RecordEvents does: once per event id)."""
     attempts = await conn.fetchval(_ATTEMPTS, job_id, lease_token)
     if attempts is None:
         raise LeaseLostError(str(job_id))
@@ -434,6 +437,8 @@ async def finish(
     )
     if updated is None:
         raise LeaseLostError(str(job_id))
+    if result_events:
+        await apply_batch(conn, result_events)
     if state in FINISHED:
         await conn.execute(_WEBHOOK_DUE, [job_id])
     return state
