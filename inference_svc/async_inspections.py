@@ -18,15 +18,16 @@ from rpi.inspection.v1 import operations_pb2, operations_pb2_grpc
 
 from inference_svc.domain.validation import RequestLimits
 from inference_svc.grpc_api.admission import Admission
-from inference_svc.grpc_api.async_jobs import JobRunner
+from inference_svc.grpc_api.async_jobs import JobRunner, webhook_body
 from inference_svc.grpc_api.operations import AsyncInspectionServicer, OperationsServicer
 from inference_svc.imaging.fetch_config import FetchConfig
-from inference_svc.operations.callbacks import CallbackGuard
+from inference_svc.operations.callbacks import CallbackGuard, forbidden
 from inference_svc.operations.jobs_link import JobsLink
+from inference_svc.operations.webhooks import WebhookSecrets, WebhookSender
 from inference_svc.operations.worker import JobWorker
 from inference_svc.pipeline import InspectionPipeline
 from inference_svc.settings import InferenceSettings
-from svc_common.job_metrics import JobWorkerMetrics
+from svc_common.job_metrics import JobWorkerMetrics, WebhookMetrics
 from svc_common.tls import ClientTLS
 
 SERVICE_NAMES = (
@@ -54,9 +55,26 @@ class AsyncInspections:
         self.callbacks = CallbackGuard.from_fetch_config(FetchConfig.from_settings(s))
         self.limits = limits
         self.max_wait_s = s.request_timeout_s
+        # A bad secrets file stops the start (WebhookSecretsError).
+        self.secrets: WebhookSecrets | None = None
+        if s.webhook_secrets_file is not None:
+            self.secrets = WebhookSecrets.load(s.webhook_secrets_file)
         self.worker: JobWorker | None = None
+        self.sender: WebhookSender | None = None
         if not s.async_jobs:
             return
+        name = f"{socket.gethostname()}/{os.getpid()}"
+        webhook_metrics = WebhookMetrics(registry)
+        self.sender = WebhookSender(
+            self.link,
+            webhook_body,
+            self.callbacks,
+            self.secrets,
+            name=name,
+            poll_s=s.job_poll_interval_s,
+            timeout_s=s.webhook_timeout_s,
+            on_outcome=webhook_metrics.on_outcome,
+        )
         most = s.max_async_inspections or s.max_batch_size
 
         def room(mine: int) -> int:
@@ -68,7 +86,7 @@ class AsyncInspections:
             self.link,
             JobRunner(pipeline, limits, admission, s.request_timeout_s),
             room=room,
-            name=f"{socket.gethostname()}/{os.getpid()}",
+            name=name,
             lease_s=s.job_lease_s,
             poll_s=s.job_poll_interval_s,
             metrics=JobWorkerMetrics(registry),
@@ -80,7 +98,7 @@ class AsyncInspections:
             AsyncInspectionServicer(
                 self.link,
                 self.limits,
-                self.callbacks.check,
+                self.check_callback,
                 worker.wake if worker is not None else lambda: None,
             ),
             server,
@@ -94,14 +112,23 @@ class AsyncInspections:
             server,
         )
 
+    async def check_callback(self, url: str, caller: str) -> None:
+        if self.secrets is None or not self.secrets.for_caller(caller):
+            raise forbidden("this service has no webhook signing secret for the caller")
+        await self.callbacks.check(url)
+
     def start(self) -> None:
         if self.worker is not None:
             self.worker.start()
+        if self.sender is not None:
+            self.sender.start()
 
     async def stop(self, grace_s: float) -> None:
         """Claims nothing more; runs still going after ``grace_s`` are queued again."""
         if self.worker is not None:
             await self.worker.stop(grace_s)
+        if self.sender is not None:
+            await self.sender.stop()
 
     async def close(self) -> None:
         await self.link.close()

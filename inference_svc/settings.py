@@ -376,6 +376,17 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         ge=1,
         le=3600,
     )
+    webhook_secrets_file: Path | None = setting(
+        None,
+        "YAML file of webhook signing secrets (whsec_...): 'default' for every caller and "
+        "'callers' per calling identity, each one secret or a list (rotation). Unset: "
+        "SubmitInspection refuses callbacks.",
+        group="async jobs",
+        advanced=True,
+    )
+    webhook_timeout_s: float = setting(
+        15.0, "Timeout of one webhook POST.", group="async jobs", advanced=True, gt=0
+    )
     job_poll_interval_s: float = setting(
         0.5,
         "How often the worker claims, renews its leases and learns of cancels.",

@@ -71,8 +71,10 @@ WRITER_METHODS = [
         f"/{SERVICE_NAME}/{m}"
         for m in ("CreateJob", "GetJob", "ListJobs", "CancelJob", "DeleteJob", "ClaimJobs")
     ),
-    f"/{SERVICE_NAME}/RenewJobLeases",
-    f"/{SERVICE_NAME}/FinishJob",
+    *(
+        f"/{SERVICE_NAME}/{m}"
+        for m in ("RenewJobLeases", "FinishJob", "ClaimWebhooks", "ReportWebhook")
+    ),
 ]
 
 
@@ -247,11 +249,14 @@ class PersistenceApp:
             retention_s=settings.job_retention_s,
             cancelled_error=CANCELLED_STATUS,
             lost_error=lost_status(settings.max_job_attempts),
+            webhook_schedule_s=tuple(settings.webhook_retry_schedule_s),
             hooks=JobQueueHooks(
                 on_created=m.created.inc,
                 on_claimed=m.on_claimed,
                 on_finished=m.on_finished,
                 on_expired=m.lease_expiries.inc,
+                on_webhook=m.on_webhook,
+                on_dead_letters=m.dead_letters.set,
                 on_stats=lambda s: m.set_queue(s.queued, s.running, s.oldest_queued_s),
             ),
         )

@@ -17,6 +17,7 @@ from persistence_svc import conversion, paging
 from persistence_svc.errors import DatabaseUnavailableError, FieldViolation, InvalidArgumentError
 from persistence_svc.jobs import JobQueue, JobRow, JobState, LeaseState, Outcome
 from persistence_svc.records import PageCursor
+from persistence_svc.repository.webhooks import DeliveryState, WebhookOutcome
 
 MAX_REQUEST_ID_CHARS = 128
 MAX_CLAIM = 100
@@ -45,6 +46,12 @@ _OUTCOMES = {
     ppb.JOB_OUTCOME_RETRY: Outcome.RETRY,
     ppb.JOB_OUTCOME_CANCELLED: Outcome.CANCELLED,
 }
+_WEBHOOK_OUTCOMES = {
+    ppb.WEBHOOK_OUTCOME_DELIVERED: WebhookOutcome.DELIVERED,
+    ppb.WEBHOOK_OUTCOME_FAILED: WebhookOutcome.FAILED,
+    ppb.WEBHOOK_OUTCOME_GONE: WebhookOutcome.GONE,
+}
+MAX_WEBHOOK_ERROR_CHARS = 500
 _LEASES = {
     LeaseState.HELD: ppb.LEASE_STATUS_HELD,
     LeaseState.CANCEL_REQUESTED: ppb.LEASE_STATUS_CANCEL_REQUESTED,
@@ -292,3 +299,58 @@ class JobRpcs:
         if row is None:  # deleted at once by its caller
             raise DatabaseUnavailableError(f"operation {job_id} vanished; nothing to report")
         return ppb.FinishJobResponse(job=job_to_proto(row, with_request=False))
+
+    async def ClaimWebhooks(  # noqa: N802 - gRPC method name
+        self, request: ppb.ClaimWebhooksRequest, context: Any
+    ) -> ppb.ClaimWebhooksResponse:
+        violations: list[FieldViolation] = []
+        if not request.worker:
+            violations.append(FieldViolation("worker", "is required"))
+        if not 1 <= request.max_deliveries <= MAX_CLAIM:
+            violations.append(FieldViolation("max_deliveries", f"must be 1 to {MAX_CLAIM}"))
+        lease_s = _lease_seconds(request.lease_duration, "lease_duration", violations)
+        _check(violations, "claim")
+        found = await self._job_queue().claim_webhooks(request.max_deliveries, lease_s)
+        return ppb.ClaimWebhooksResponse(
+            deliveries=[
+                ppb.WebhookDelivery(
+                    webhook_id=d.webhook_id,
+                    url=d.url,
+                    attempt=d.attempt,
+                    lease_token=str(d.lease_token),
+                    job=job_to_proto(d.job, with_request=False),
+                )
+                for d in found
+            ]
+        )
+
+    async def ReportWebhook(  # noqa: N802 - gRPC method name
+        self, request: ppb.ReportWebhookRequest, context: Any
+    ) -> ppb.ReportWebhookResponse:
+        violations: list[FieldViolation] = []
+        if not request.webhook_id:
+            violations.append(FieldViolation("webhook_id", "is required"))
+        token = _uuid(request.lease_token, "lease_token", violations)
+        outcome = _WEBHOOK_OUTCOMES.get(request.outcome)
+        if outcome is None:
+            violations.append(FieldViolation("outcome", "is required"))
+        _check(violations, "report")
+        assert outcome is not None
+        state = await self._job_queue().report_webhook(
+            request.webhook_id,
+            token,
+            outcome,
+            request.error[:MAX_WEBHOOK_ERROR_CHARS].replace("\x00", ""),
+        )
+        return ppb.ReportWebhookResponse(callback=_delivery_to_proto(state))
+
+
+def _delivery_to_proto(state: DeliveryState) -> opb.CallbackDelivery:
+    return opb.CallbackDelivery(
+        state=_CALLBACK_STATES[state.state],
+        url=state.url,
+        webhook_id=state.webhook_id,
+        attempts=state.attempts,
+        last_error=state.last_error,
+        next_attempt_time=_ts(state.next_attempt_at),
+    )

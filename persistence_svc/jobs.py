@@ -16,6 +16,7 @@ from persistence_svc.errors import DatabaseUnavailableError, JobNotFoundError, J
 from persistence_svc.records import EventRecord, PageCursor
 from persistence_svc.repository import Repository
 from persistence_svc.repository import jobs as q
+from persistence_svc.repository import webhooks as w
 from persistence_svc.repository.jobs import (
     Finished,
     InspectionIdTakenError,
@@ -43,6 +44,8 @@ class JobQueueHooks:
     on_finished: Callable[[str], None] = lambda state: None
     on_stats: Callable[[QueueStats], None] = lambda stats: None
     on_expired: Callable[[int], None] = lambda n: None
+    on_webhook: Callable[[str], None] = lambda state: None
+    on_dead_letters: Callable[[int], None] = lambda n: None
 
 
 @dataclass
@@ -54,6 +57,8 @@ class JobQueue:
     cancelled_error: bytes
     lost_error: bytes
     hooks: JobQueueHooks = field(default_factory=JobQueueHooks)
+    # After failed webhook attempt n the next waits webhook_schedule_s[n - 1]; then dead.
+    webhook_schedule_s: tuple[float, ...] = (5.0,)
 
     async def create(
         self,
@@ -179,6 +184,24 @@ class JobQueue:
         """The job whatever its caller (the worker's view after finishing)."""
         return await self.repository.transact(lambda conn: q.get_any(conn, job_id), readonly=True)
 
+    async def claim_webhooks(self, max_deliveries: int, lease_s: float) -> list[w.Delivery]:
+        return await self.repository.transact(lambda conn: w.claim(conn, max_deliveries, lease_s))
+
+    async def report_webhook(
+        self, webhook_id: str, lease_token: UUID, outcome: w.WebhookOutcome, error: str
+    ) -> w.DeliveryState:
+        state = await self.repository.transact(
+            lambda conn: w.report(
+                conn, webhook_id, lease_token, outcome, error, self.webhook_schedule_s
+            )
+        )
+        if state is None:
+            raise JobStateError(
+                "LEASE_LOST", f"the lease of webhook {webhook_id} is no longer this sender's"
+            )
+        self.hooks.on_webhook(state.state)
+        return state
+
     async def sweep_once(self) -> tuple[list[Finished], int]:
         """Ends runs whose lease ran out for good, deletes expired jobs, updates the gauges."""
         ended = await self.repository.transact(
@@ -192,6 +215,7 @@ class JobQueue:
             self.hooks.on_expired(len(ended))
         deleted = await self.repository.transact(q.sweep)
         self.hooks.on_stats(await self.repository.transact(q.stats, readonly=True))
+        self.hooks.on_dead_letters(await self.repository.transact(w.dead_letters, readonly=True))
         return ended, deleted
 
     async def sweep_forever(self, interval_s: float) -> None:

@@ -130,6 +130,14 @@ class PersistenceSettings(ServerSecuritySettings, BaseSettings):
         advanced=True,
         gt=0,
     )
+    webhook_retry_schedule_s: list[float] = setting(
+        description="Delays before each retry of a failed webhook delivery, JSON list of "
+        "seconds; once spent the delivery is dead-lettered. Default: 5 s, 5 min, 30 min, 2 h, "
+        "5 h, 10 h, 10 h (eight attempts over about 28 h).",
+        group="async jobs",
+        advanced=True,
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+    )
     job_sweep_interval_s: float = setting(
         10.0,
         "How often expired leases are ended, expired jobs deleted and the queue gauges updated.",

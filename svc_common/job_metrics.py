@@ -15,11 +15,15 @@ CREATED_TOTAL: Final = "rpi_jobs_created_total"
 CLAIMED_TOTAL: Final = "rpi_jobs_claimed_total"
 LEASE_EXPIRIES_TOTAL: Final = "rpi_jobs_lease_expiries_total"
 FINISHED_TOTAL: Final = "rpi_jobs_finished_total"
+WEBHOOK_REPORTS_TOTAL: Final = "rpi_jobs_webhook_attempts_total"
+WEBHOOK_DEAD_LETTERS: Final = "rpi_jobs_webhook_dead_letters"
 WORKER_RUNNING: Final = "rpi_inference_jobs_running"
 WORKER_WAIT_SECONDS: Final = "rpi_inference_jobs_wait_seconds"
 WORKER_RUNS_TOTAL: Final = "rpi_inference_jobs_runs_total"
+WEBHOOKS_TOTAL: Final = "rpi_inference_webhook_attempts_total"
 
 FINISH_STATES: Final = ("succeeded", "failed", "cancelled", "retried")
+WEBHOOK_STATES: Final = ("delivered", "pending", "dead_letter")
 RUN_OUTCOMES: Final = ("succeeded", "failed", "retry", "cancelled", "lease_lost")
 
 # Queue wait: sub-second when engines have room, minutes when the queue builds up.
@@ -62,6 +66,25 @@ class JobQueueMetrics:
         )
         for state in FINISH_STATES:
             self.finished.labels(state=state)
+        self.webhook_attempts = Counter(
+            WEBHOOK_REPORTS_TOTAL,
+            "Webhook delivery attempts, by the delivery's state after it (delivered; pending: "
+            "failed, retried later; dead_letter: gone or out of retries).",
+            ["state"],
+            registry=registry,
+        )
+        for state in WEBHOOK_STATES:
+            self.webhook_attempts.labels(state=state)
+        self.dead_letters = Gauge(
+            WEBHOOK_DEAD_LETTERS,
+            "Webhook deliveries given up on (410 Gone or every retry failed), kept until their "
+            "job expires (last sweep).",
+            registry=registry,
+        )
+
+    def on_webhook(self, state: str) -> None:
+        if state in WEBHOOK_STATES:
+            self.webhook_attempts.labels(state=state).inc()
 
     def on_claimed(self, claimed: int, reclaimed: int) -> None:
         self.claimed.inc(claimed)
@@ -98,3 +121,25 @@ class JobWorkerMetrics:
         )
         for outcome in RUN_OUTCOMES:
             self.runs.labels(outcome=outcome)
+
+
+WEBHOOK_OUTCOMES: Final = ("delivered", "failed", "gone")
+
+
+class WebhookMetrics:
+    """An inference pod's webhook attempts, by outcome."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.attempts = Counter(
+            WEBHOOKS_TOTAL,
+            "Webhook POSTs made by this replica, by outcome (failed: any non-2xx answer but "
+            "410, a redirect, a timeout or no connection; gone: 410).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in WEBHOOK_OUTCOMES:
+            self.attempts.labels(outcome=outcome)
+
+    def on_outcome(self, outcome: str) -> None:
+        if outcome in WEBHOOK_OUTCOMES:
+            self.attempts.labels(outcome=outcome).inc()

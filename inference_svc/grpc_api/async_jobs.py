@@ -5,11 +5,12 @@ google.longrunning.Operation."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import uuid
 
 from google.longrunning import operations_proto_pb2 as lro
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, json_format
 from google.rpc import status_pb2
 from rpi.inspection.v1 import operations_pb2 as opb
 from rpi.persistence.v1 import persistence_pb2 as ppb
@@ -141,6 +142,17 @@ def job_to_operation(job: ppb.Job) -> lro.Operation:
     elif job.state in _FINISHED:
         operation.error.CopyFrom(job.error)
     return operation
+
+
+WEBHOOK_TYPE = "rpi.inspection.operation.done"
+
+
+def webhook_body(job: ppb.Job) -> str:
+    """The webhook's JSON body (Standard Webhooks' type/timestamp/data shape): ``data`` is the
+    finished google.longrunning.Operation as GetOperation returns it, in proto JSON."""
+    data = json_format.MessageToDict(job_to_operation(job), preserving_proto_field_name=True)
+    stamp = job.end_time.ToJsonString() if job.HasField("end_time") else ""
+    return json.dumps({"type": WEBHOOK_TYPE, "timestamp": stamp, "data": data})
 
 
 def job_id_of(name: str) -> str:

@@ -37,7 +37,8 @@ _WAIT_POLL_S = 0.25
 _PAGE_DEFAULT = 50
 _PAGE_MAX = 500
 
-CallbackCheck = Callable[[str], Awaitable[None]]
+# (url, caller): raises CALLBACK_URL_FORBIDDEN when the caller may not name this destination.
+CallbackCheck = Callable[[str, str], Awaitable[None]]
 
 
 def _caller() -> str:
@@ -87,7 +88,7 @@ class AsyncInspectionServicer(opb_grpc.AsyncInspectionServiceServicer):
         inspection_id_var.set(validated.inspection_id)
         url = request.callback.url if request.HasField("callback") else ""
         if request.HasField("callback"):
-            await self._check_callback(url)
+            await self._check_callback(url, _caller())
         stored = pb.InspectRequest()
         stored.CopyFrom(request.inspection)
         stored.inspection_id = validated.inspection_id

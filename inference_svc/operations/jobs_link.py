@@ -100,12 +100,14 @@ class JobsLink:
     async def _call(self, method: str, request: Any, rpc_timeout_s: float = _RPC_TIMEOUT_S) -> Any:
         stub = await self._stub_now()
         try:
-            return await getattr(stub, method)(request, timeout=rpc_timeout_s)
+            # wait_for_ready: a persistence service that is restarting is waited for (within
+            # the timeout) rather than reported unavailable on the first reconnect attempt.
+            return await getattr(stub, method)(request, timeout=rpc_timeout_s, wait_for_ready=True)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.FAILED_PRECONDITION and (
                 _reason(error) == "LEASE_LOST"
             ):
-                raise LeaseLost(request.job_id) from error
+                raise LeaseLost(method) from error
             raise translate(error) from error
 
     async def create(
@@ -198,6 +200,31 @@ class JobsLink:
             ),
         )
         return reply.job  # type: ignore[no-any-return]
+
+    async def claim_webhooks(
+        self, worker: str, max_deliveries: int, lease_s: float
+    ) -> list[ppb.WebhookDelivery]:
+        reply = await self._call(
+            "ClaimWebhooks",
+            ppb.ClaimWebhooksRequest(
+                worker=worker, max_deliveries=max_deliveries, lease_duration=_duration(lease_s)
+            ),
+        )
+        return list(reply.deliveries)
+
+    async def report_webhook(
+        self, webhook_id: str, lease_token: str, outcome: int, error: str
+    ) -> opb.CallbackDelivery:
+        reply = await self._call(
+            "ReportWebhook",
+            ppb.ReportWebhookRequest(
+                webhook_id=webhook_id,
+                lease_token=lease_token,
+                outcome=outcome,  # type: ignore[arg-type]
+                error=error,
+            ),
+        )
+        return reply.callback  # type: ignore[no-any-return]
 
     async def close(self) -> None:
         await self._channel.close(None)

@@ -46,9 +46,11 @@ CREATE INDEX inspection_jobs_caller_idx
 CREATE INDEX inspection_jobs_expire_idx
     ON inspection_jobs (expire_at) WHERE expire_at IS NOT NULL;
 
--- The webhook outbox: written in the same transaction as the job's end, delivered by the
--- inference pods (which hold the SSRF-checking HTTP client), so a delivery survives restarts
--- of either service. webhook_id is the Standard Webhooks "webhook-id", the same every attempt.
+-- The webhook outbox: a row per callback, made due ('pending') in the same transaction as the
+-- job's end and delivered by the inference pods (which hold the SSRF-checking HTTP client)
+-- under a lease like a job's, so a delivery survives restarts of either service. The body is
+-- rendered from the finished job, which no longer changes. webhook_id is the Standard Webhooks
+-- "webhook-id", the same every attempt.
 CREATE TABLE webhook_deliveries (
     job_id          uuid        PRIMARY KEY REFERENCES inspection_jobs (job_id) ON DELETE CASCADE,
     webhook_id      text        NOT NULL UNIQUE,
@@ -56,7 +58,6 @@ CREATE TABLE webhook_deliveries (
     url             text        NOT NULL,
     state           text        NOT NULL DEFAULT 'waiting'
                     CHECK (state IN ('waiting', 'pending', 'delivered', 'dead_letter')),
-    payload         bytea,
     attempts        integer     NOT NULL DEFAULT 0,
     last_error      text        NOT NULL DEFAULT '',
     next_attempt_at timestamptz,

@@ -96,6 +96,14 @@ async def test_operations_need_a_grant_and_belong_to_their_submitter(
         listed = await ops.ListOperations(lro.ListOperationsRequest(), metadata=_as(keys["bob"]))
         assert name not in [o.name for o in listed.operations]
 
+        # This service has no webhook secret: a callback cannot be signed, so it is refused.
+        with_callback = opb.SubmitInspectionRequest(inspection=cheap_request("SHIP-AUTH"))
+        with_callback.callback.url = "https://hooks.example.com/done"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await submit.SubmitInspection(with_callback, metadata=_as(keys["alice"]))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_reason(caught.value) == "CALLBACK_URL_FORBIDDEN"
+
         done = None
         while done is None or not done.done:
             done = await ops.WaitOperation(

@@ -12,6 +12,7 @@ import asyncpg
 import grpc
 import pytest
 import pytest_asyncio
+import yaml
 from google.longrunning import operations_pb2_grpc as lro_grpc
 from google.longrunning import operations_proto_pb2 as lro
 from google.protobuf import duration_pb2
@@ -43,10 +44,14 @@ async def engine() -> GatedEngine:
 async def inference(
     queue_app: PersistenceApp, engine: GatedEngine, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[InferenceApp]:
+    tmp = tmp_path_factory.mktemp("async")
+    secrets_file = tmp / "webhook-secrets.yaml"
+    secrets_file.write_text(yaml.safe_dump({"default": "whsec_" + "A" * 43 + "="}))
     app = InferenceApp(
         inference_settings(
-            tmp_path_factory.mktemp("async"),
+            tmp,
             queue_app.target,
+            webhook_secrets_file=secrets_file,
             max_batch_size=ROWS,
             job_poll_interval_s=0.05,
             # Callbacks must pass the real address rules here (the images are inline).
@@ -172,6 +177,18 @@ async def test_a_callback_to_a_private_or_metadata_address_is_refused_at_submit(
         await submit.SubmitInspection(request)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_reason(caught.value) == "CALLBACK_URL_FORBIDDEN"
+
+
+async def test_an_allowed_callback_is_taken_and_its_delivery_is_pending(
+    submit: opb_grpc.AsyncInspectionServiceStub, ops: lro_grpc.OperationsStub
+) -> None:
+    request = _request()
+    request.callback.url = "http://127.0.0.1:9/hook"  # ALLOWED_NETWORKS admits loopback
+    operation = await submit.SubmitInspection(request)
+    callback = metadata(operation).callback
+    assert callback.state == opb.CALLBACK_STATE_PENDING
+    assert callback.url == request.callback.url and callback.webhook_id.startswith("msg_")
+    await wait_done(ops, operation.name)
 
 
 async def test_get_list_and_delete(

@@ -214,6 +214,32 @@ JOB_OUTCOME_CANCELLED: JobOutcome.ValueType  # 4
 """Stopped after a cancel."""
 Global___JobOutcome: _TypeAlias = JobOutcome  # noqa: Y015
 
+class _WebhookOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WebhookOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WebhookOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WEBHOOK_OUTCOME_UNSPECIFIED: _WebhookOutcome.ValueType  # 0
+    WEBHOOK_OUTCOME_DELIVERED: _WebhookOutcome.ValueType  # 1
+    """The receiver answered 2xx."""
+    WEBHOOK_OUTCOME_FAILED: _WebhookOutcome.ValueType  # 2
+    """Any other answer, a redirect, a timeout or no connection: try again later."""
+    WEBHOOK_OUTCOME_GONE: _WebhookOutcome.ValueType  # 3
+    """The receiver answered 410 Gone: never again."""
+
+class WebhookOutcome(_WebhookOutcome, metaclass=_WebhookOutcomeEnumTypeWrapper):
+    """How a delivery attempt went."""
+
+WEBHOOK_OUTCOME_UNSPECIFIED: WebhookOutcome.ValueType  # 0
+WEBHOOK_OUTCOME_DELIVERED: WebhookOutcome.ValueType  # 1
+"""The receiver answered 2xx."""
+WEBHOOK_OUTCOME_FAILED: WebhookOutcome.ValueType  # 2
+"""Any other answer, a redirect, a timeout or no connection: try again later."""
+WEBHOOK_OUTCOME_GONE: WebhookOutcome.ValueType  # 3
+"""The receiver answered 410 Gone: never again."""
+Global___WebhookOutcome: _TypeAlias = WebhookOutcome  # noqa: Y015
+
 @_typing.final
 class Event(_message.Message):
     """One thing that happened to an inspection.
@@ -1607,3 +1633,157 @@ class FinishJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FinishJobResponse: _TypeAlias = FinishJobResponse  # noqa: Y015
+
+@_typing.final
+class ClaimWebhooksRequest(_message.Message):
+    """Claims due webhook deliveries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKER_FIELD_NUMBER: _builtins.int
+    MAX_DELIVERIES_FIELD_NUMBER: _builtins.int
+    LEASE_DURATION_FIELD_NUMBER: _builtins.int
+    worker: _builtins.str
+    """Required. The sending worker, for operators."""
+    max_deliveries: _builtins.int
+    """Required. At most this many, 1 to 100."""
+    @_builtins.property
+    def lease_duration(self) -> _duration_pb2.Duration:
+        """Required. How long the sender has for the attempt, 1 s to 1 h."""
+
+    def __init__(
+        self,
+        *,
+        worker: _builtins.str = ...,
+        max_deliveries: _builtins.int = ...,
+        lease_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "max_deliveries", b"max_deliveries", "worker", b"worker"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimWebhooksRequest: _TypeAlias = ClaimWebhooksRequest  # noqa: Y015
+
+@_typing.final
+class WebhookDelivery(_message.Message):
+    """One webhook delivery attempt to make."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """Required (always set). The webhook-id header, the same every attempt."""
+    url: _builtins.str
+    """Required (always set). The callback URL."""
+    attempt: _builtins.int
+    """Required (always set). 1 for the first attempt."""
+    lease_token: _builtins.str
+    """Required (always set). The lease to report with."""
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """Required (always set). The finished job, result or error included (not its request)."""
+
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        lease_token: _builtins.str = ...,
+        job: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job", b"job", "lease_token", b"lease_token", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDelivery: _TypeAlias = WebhookDelivery  # noqa: Y015
+
+@_typing.final
+class ClaimWebhooksResponse(_message.Message):
+    """The deliveries claimed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookDelivery]:
+        """Required (always set). May be empty."""
+
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___WebhookDelivery] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimWebhooksResponse: _TypeAlias = ClaimWebhooksResponse  # noqa: Y015
+
+@_typing.final
+class ReportWebhookRequest(_message.Message):
+    """Reports one attempt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """Required. As claimed."""
+    lease_token: _builtins.str
+    """Required. As claimed."""
+    outcome: Global___WebhookOutcome.ValueType
+    """Required. How it went."""
+    error: _builtins.str
+    """Optional. What a failed attempt met, e.g. "HTTP 500" (at most 500 characters)."""
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
+        outcome: Global___WebhookOutcome.ValueType = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "lease_token", b"lease_token", "outcome", b"outcome", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportWebhookRequest: _TypeAlias = ReportWebhookRequest  # noqa: Y015
+
+@_typing.final
+class ReportWebhookResponse(_message.Message):
+    """The delivery after the report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLBACK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def callback(self) -> _operations_pb2.CallbackDelivery:
+        """Required (always set). DELIVERED, PENDING (with the next attempt's time) or DEAD_LETTER."""
+
+    def __init__(
+        self,
+        *,
+        callback: _operations_pb2.CallbackDelivery | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportWebhookResponse: _TypeAlias = ReportWebhookResponse  # noqa: Y015

@@ -100,6 +100,16 @@ class PersistenceServiceStub:
                 request_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.FinishJobRequest.SerializeToString,
                 response_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.FinishJobResponse.FromString,
                 _registered_method=True)
+        self.ClaimWebhooks = channel.unary_unary(
+                '/rpi.persistence.v1.PersistenceService/ClaimWebhooks',
+                request_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ClaimWebhooksRequest.SerializeToString,
+                response_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ClaimWebhooksResponse.FromString,
+                _registered_method=True)
+        self.ReportWebhook = channel.unary_unary(
+                '/rpi.persistence.v1.PersistenceService/ReportWebhook',
+                request_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ReportWebhookRequest.SerializeToString,
+                response_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ReportWebhookResponse.FromString,
+                _registered_method=True)
 
 
 class PersistenceServiceServicer:
@@ -212,6 +222,23 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClaimWebhooks(self, request, context):
+        """Takes up to max_deliveries due webhook deliveries (their job ended; the next attempt is
+        due) for one sender under a lease, each with its finished job to render.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportWebhook(self, request, context):
+        """Reports one delivery attempt: delivered, failed (retried on WEBHOOK_RETRY_SCHEDULE_S, then
+        dead-lettered) or gone (the receiver answered 410: dead-lettered at once).
+        FAILED_PRECONDITION (reason LEASE_LOST) when the lease is no longer the caller's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersistenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -279,6 +306,16 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.FinishJob,
                     request_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.FinishJobRequest.FromString,
                     response_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.FinishJobResponse.SerializeToString,
+            ),
+            'ClaimWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimWebhooks,
+                    request_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ClaimWebhooksRequest.FromString,
+                    response_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ClaimWebhooksResponse.SerializeToString,
+            ),
+            'ReportWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportWebhook,
+                    request_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ReportWebhookRequest.FromString,
+                    response_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ReportWebhookResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -633,6 +670,60 @@ class PersistenceService:
             '/rpi.persistence.v1.PersistenceService/FinishJob',
             rpi_dot_persistence_dot_v1_dot_persistence__pb2.FinishJobRequest.SerializeToString,
             rpi_dot_persistence_dot_v1_dot_persistence__pb2.FinishJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rpi.persistence.v1.PersistenceService/ClaimWebhooks',
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.ClaimWebhooksRequest.SerializeToString,
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.ClaimWebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rpi.persistence.v1.PersistenceService/ReportWebhook',
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.ReportWebhookRequest.SerializeToString,
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.ReportWebhookResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -95,6 +95,15 @@ class PersistenceServiceStub:
     """Ends a run: succeeded, failed, cancelled, or back to the queue for another attempt.
     FAILED_PRECONDITION (reason LEASE_LOST) when the lease is no longer the caller's.
     """
+    ClaimWebhooks: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ClaimWebhooksRequest, _persistence_pb2.ClaimWebhooksResponse]
+    """Takes up to max_deliveries due webhook deliveries (their job ended; the next attempt is
+    due) for one sender under a lease, each with its finished job to render.
+    """
+    ReportWebhook: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ReportWebhookRequest, _persistence_pb2.ReportWebhookResponse]
+    """Reports one delivery attempt: delivered, failed (retried on WEBHOOK_RETRY_SCHEDULE_S, then
+    dead-lettered) or gone (the receiver answered 410: dead-lettered at once).
+    FAILED_PRECONDITION (reason LEASE_LOST) when the lease is no longer the caller's.
+    """
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -148,6 +157,15 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """
     FinishJob: _aio.UnaryUnaryMultiCallable[_persistence_pb2.FinishJobRequest, _persistence_pb2.FinishJobResponse]  # type: ignore[assignment]
     """Ends a run: succeeded, failed, cancelled, or back to the queue for another attempt.
+    FAILED_PRECONDITION (reason LEASE_LOST) when the lease is no longer the caller's.
+    """
+    ClaimWebhooks: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ClaimWebhooksRequest, _persistence_pb2.ClaimWebhooksResponse]  # type: ignore[assignment]
+    """Takes up to max_deliveries due webhook deliveries (their job ended; the next attempt is
+    due) for one sender under a lease, each with its finished job to render.
+    """
+    ReportWebhook: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ReportWebhookRequest, _persistence_pb2.ReportWebhookResponse]  # type: ignore[assignment]
+    """Reports one delivery attempt: delivered, failed (retried on WEBHOOK_RETRY_SCHEDULE_S, then
+    dead-lettered) or gone (the receiver answered 410: dead-lettered at once).
     FAILED_PRECONDITION (reason LEASE_LOST) when the lease is no longer the caller's.
     """
 
@@ -278,6 +296,27 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.FinishJobResponse, _abc.Awaitable[_persistence_pb2.FinishJobResponse]]:
         """Ends a run: succeeded, failed, cancelled, or back to the queue for another attempt.
+        FAILED_PRECONDITION (reason LEASE_LOST) when the lease is no longer the caller's.
+        """
+
+    @_abc_1.abstractmethod
+    def ClaimWebhooks(
+        self,
+        request: _persistence_pb2.ClaimWebhooksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ClaimWebhooksResponse, _abc.Awaitable[_persistence_pb2.ClaimWebhooksResponse]]:
+        """Takes up to max_deliveries due webhook deliveries (their job ended; the next attempt is
+        due) for one sender under a lease, each with its finished job to render.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportWebhook(
+        self,
+        request: _persistence_pb2.ReportWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ReportWebhookResponse, _abc.Awaitable[_persistence_pb2.ReportWebhookResponse]]:
+        """Reports one delivery attempt: delivered, failed (retried on WEBHOOK_RETRY_SCHEDULE_S, then
+        dead-lettered) or gone (the receiver answered 410: dead-lettered at once).
         FAILED_PRECONDITION (reason LEASE_LOST) when the lease is no longer the caller's.
         """
 
