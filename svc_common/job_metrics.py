@@ -22,6 +22,22 @@ WORKER_WAIT_SECONDS: Final = "rpi_inference_jobs_wait_seconds"
 WORKER_RUNS_TOTAL: Final = "rpi_inference_jobs_runs_total"
 WEBHOOKS_TOTAL: Final = "rpi_inference_webhook_attempts_total"
 
+METRIC_TYPES: Final[dict[str, str]] = {
+    QUEUED: "gauge",
+    RUNNING: "gauge",
+    OLDEST_QUEUED_SECONDS: "gauge",
+    CREATED_TOTAL: "counter",
+    CLAIMED_TOTAL: "counter",
+    LEASE_EXPIRIES_TOTAL: "counter",
+    FINISHED_TOTAL: "counter",
+    WEBHOOK_REPORTS_TOTAL: "counter",
+    WEBHOOK_DEAD_LETTERS: "gauge",
+    WORKER_RUNNING: "gauge",
+    WORKER_WAIT_SECONDS: "histogram",
+    WORKER_RUNS_TOTAL: "counter",
+    WEBHOOKS_TOTAL: "counter",
+}
+
 FINISH_STATES: Final = ("succeeded", "failed", "cancelled", "retried")
 WEBHOOK_STATES: Final = ("delivered", "pending", "dead_letter")
 RUN_OUTCOMES: Final = ("succeeded", "failed", "retry", "cancelled", "lease_lost")

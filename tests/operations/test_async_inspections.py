@@ -5,8 +5,11 @@ inspection, so a test decides when a generation may end)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -15,7 +18,7 @@ import pytest_asyncio
 import yaml
 from google.longrunning import operations_pb2_grpc as lro_grpc
 from google.longrunning import operations_proto_pb2 as lro
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, json_format
 from google.rpc import code_pb2
 from prometheus_client import CollectorRegistry
 from rpi.inspection.v1 import inspection_pb2 as pb
@@ -25,10 +28,11 @@ from rpi.inspection.v1 import operations_pb2_grpc as opb_grpc
 from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
+from clients.python.rpi_client.cli import main
 from inference_svc.app import InferenceApp
 from persistence_svc.app import PersistenceApp
 from tests.operations.support import GatedEngine, cheap_output, metadata, wait_done, wait_state
-from tests.support.e2e import inference_settings, wait_for_record
+from tests.support.e2e import ROOT, inference_settings, jpeg, wait_for_record
 from tests.support.errors import bad_request_fields, error_reason
 from tests.support.faults import cheap_request, wait_until
 
@@ -297,3 +301,93 @@ async def test_a_sync_inspect_is_answered_while_50_async_jobs_wait(
         gate.set()
     for name in names:
         assert metadata(await wait_done(ops, name)).state == opb.OPERATION_STATE_SUCCEEDED
+
+
+def _grpcurl(port: int, *args: str) -> str:
+    tool = ROOT / ".tools" / "bin" / "grpcurl"
+    command = [str(tool) if tool.exists() else "grpcurl", "-plaintext", *args[:-1]]
+    done = subprocess.run(
+        [*command, f"127.0.0.1:{port}", args[-1]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+async def test_grpcurl_submits_and_waits_through_reflection(inference: InferenceApp) -> None:
+    listed = await asyncio.to_thread(_grpcurl, inference.port, "list")
+    assert "google.longrunning.Operations" in listed.split()
+    assert "rpi.inspection.v1.AsyncInspectionService" in listed.split()
+    request = json_format.MessageToJson(_request(), preserving_proto_field_name=True)
+    submitted = json.loads(
+        await asyncio.to_thread(
+            _grpcurl,
+            inference.port,
+            "-d",
+            request,
+            "rpi.inspection.v1.AsyncInspectionService/SubmitInspection",
+        )
+    )
+    assert submitted["name"].startswith("operations/")
+    assert submitted["metadata"]["@type"].endswith("rpi.inspection.v1.InspectionOperationMetadata")
+    waited = None
+    while waited is None or not waited.get("done"):
+        waited = json.loads(
+            await asyncio.to_thread(
+                _grpcurl,
+                inference.port,
+                "-d",
+                json.dumps({"name": submitted["name"], "timeout": "30s"}),
+                "google.longrunning.Operations/WaitOperation",
+            )
+        )
+    assert waited["response"]["@type"].endswith("rpi.inspection.v1.Inspection")
+
+
+async def test_the_cli_submits_waits_lists_gets_and_cancels(
+    inference: InferenceApp,
+    engine: GatedEngine,
+    ops: lro_grpc.OperationsStub,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(jpeg((64, 64), (200, 30, 30)))
+    questions = tmp_path / "questions.yaml"
+    questions.write_text(
+        '- {type: Colour, label: "Red?", value_to_check: "Yes", mandatory: true}\n'
+    )
+    target = ["--target", f"127.0.0.1:{inference.port}"]
+
+    async def cli(*args: str) -> tuple[int, str]:
+        code = await asyncio.to_thread(main, [args[0], *target, *args[1:]])
+        return code, capsys.readouterr().out
+
+    def submit_args(inspection_id: str = "") -> list[str]:
+        return [
+            "submit", "--reference", str(image), "--pickup", str(image),
+            "--questions", str(questions), "--product-name", "mug",
+            "--shipping-id", "SHIP-CLI", "--inspection-id", inspection_id,
+        ]  # fmt: skip
+
+    code, out = await cli(*submit_args())
+    name = out.strip()
+    assert code == 0 and name.startswith("operations/")
+    code, out = await cli("wait", name)
+    assert code == 0 and json.loads(out)["done"] is True
+    code, out = await cli("operations", "list", "--state", "succeeded")
+    assert code == 0 and name in out and "SUCCEEDED" in out
+    code, out = await cli("operations", "get", name)
+    assert code == 0 and json.loads(out)["name"] == name
+
+    inspection_id, _gate = _gated(engine)
+    code, out = await cli(*submit_args(inspection_id))
+    held = out.strip()
+    await wait_state(ops, held, opb.OPERATION_STATE_RUNNING)
+    code, _ = await cli("operations", "cancel", held)
+    assert code == 0
+    code, out = await cli("wait", held)
+    assert code == 3 and json.loads(out)["error"]["code"] == code_pb2.CANCELLED

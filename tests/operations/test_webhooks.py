@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -267,3 +268,21 @@ def test_secrets_file_format(tmp_path: Path) -> None:
     path.write_text(json.dumps({"default": "not-a-secret"}))
     with pytest.raises(WebhookSecretsError):
         WebhookSecrets.load(path)
+
+
+def test_a_changed_secrets_file_is_read_again(tmp_path: Path) -> None:
+    from inference_svc.operations.webhooks import WebhookSecrets
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"default": SECRET}))
+    loaded = WebhookSecrets.load(path)
+    rotated = "whsec_" + base64.b64encode(b"r" * 32).decode()
+    path.write_text(yaml.safe_dump({"default": [rotated, SECRET]}))
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    loaded.refresh()
+    assert loaded.for_caller("anyone") == (rotated, SECRET)
+    path.write_text("default: not-a-secret\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+    loaded.refresh()  # a broken file keeps the last good secrets
+    assert loaded.for_caller("anyone") == (rotated, SECRET)

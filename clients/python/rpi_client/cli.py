@@ -15,6 +15,7 @@ Examples::
     rpi-inspect list --persistence-target localhost:50052 --shipping-id S1
     rpi-inspect health --target localhost:50051
     rpi-inspect legacy-convert old_request.json > request.json
+    name=$(rpi-inspect submit ... --request-id order-1) && rpi-inspect wait "$name"
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from rich.console import Console
 from rpi.inspection.v1 import inspection_pb2
 from rpi.persistence.v1 import persistence_pb2
 
-from clients.python.rpi_client import render
+from clients.python.rpi_client import operations_cli, render
 from clients.python.rpi_client.channel import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ChannelOptions,
@@ -209,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="service name to check ('' for the server; default %(default)s)",
     )
 
+    operations_cli.add_parsers(
+        commands, connection, os.environ.get(TARGET_ENV, DEFAULT_TARGET), target_help
+    )
     convert = commands.add_parser(
         "legacy-convert",
         help="old JSON request -> InspectRequest JSON",
@@ -357,6 +361,10 @@ def cmd_legacy_convert(args: argparse.Namespace, out: Console, err: Console) -> 
     return EXIT_OK
 
 
+def cmd_operations(args: argparse.Namespace, out: Console, err: Console) -> int:
+    return operations_cli.run(args, channel_options(args))
+
+
 def _timeout_kwargs(args: argparse.Namespace) -> dict[str, float]:
     return {"timeout": args.timeout} if args.timeout is not None else {}
 
@@ -372,6 +380,7 @@ _COMMANDS = {
     "list": cmd_list,
     "health": cmd_health,
     "legacy-convert": cmd_legacy_convert,
+    **dict.fromkeys(("submit", "wait", "operations"), cmd_operations),
 }
 
 
