@@ -53,6 +53,8 @@ class _Stop(Enum):
 class _Running:
     job: ppb.Job
     task: asyncio.Task[RunOutcome] | None = None
+    # Ends the run on the queue; held here, as the loop keeps only weak references to tasks.
+    settle: asyncio.Task[None] | None = None
     progress: opb.InspectionProgress | None = None
     stop: _Stop | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -180,7 +182,7 @@ class JobWorker:
             entry.progress = update
 
         entry.task = asyncio.create_task(self._run(job, progress), name=f"job-{job.job_id}")
-        asyncio.create_task(self._settle(entry), name=f"job-settle-{job.job_id}")  # noqa: RUF006 - kept in _running until done
+        entry.settle = asyncio.create_task(self._settle(entry), name=f"job-settle-{job.job_id}")
 
     async def _settle(self, entry: _Running) -> None:
         job = entry.job
