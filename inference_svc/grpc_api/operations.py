@@ -23,7 +23,7 @@ from inference_svc.domain.errors import FieldViolation, InspectionError, invalid
 from inference_svc.domain.validation import RequestLimits, validate_request
 from inference_svc.grpc_api.async_jobs import job_id_of, job_to_operation
 from inference_svc.grpc_api.convert import raw_request_from_proto
-from inference_svc.operations.jobs_link import JobsLink
+from inference_svc.operations.jobs_link import MAX_JOB_REQUEST_BYTES, JobsLink
 from svc_common.auth import current_caller
 from svc_common.logging import inspection_id_var
 
@@ -77,6 +77,15 @@ class AsyncInspectionServicer(opb_grpc.AsyncInspectionServiceServicer):
             raise invalid_argument(
                 "request_id is too long or holds NUL characters",
                 [FieldViolation("request_id", f"at most {MAX_REQUEST_ID_CHARS} characters")],
+            )
+        if request.inspection.ByteSize() > MAX_JOB_REQUEST_BYTES:
+            raise invalid_argument(
+                "the request is too large to queue; send the images as URLs",
+                [
+                    FieldViolation(
+                        "inspection", f"at most {MAX_JOB_REQUEST_BYTES // 2**20} MiB queued"
+                    )
+                ],
             )
         try:
             validated = validate_request(raw_request_from_proto(request.inspection), self._limits)

@@ -21,6 +21,13 @@ from inference_svc.domain.errors import ErrorKind, InspectionError, Reason, Stag
 from svc_common.tls import ClientTLS
 
 _RPC_TIMEOUT_S = 10.0
+# A stored request with inline images travels in CreateJob and ClaimJobs: one request (at most
+# MAX_JOB_REQUEST_BYTES) per message, within the persistence service's default message limit.
+MAX_JOB_REQUEST_BYTES = 32 * 1024 * 1024
+_OPTIONS = [
+    ("grpc.max_receive_message_length", 2 * MAX_JOB_REQUEST_BYTES),
+    ("grpc.max_send_message_length", 2 * MAX_JOB_REQUEST_BYTES),
+]
 
 
 def _reason(error: grpc.aio.AioRpcError) -> str:
@@ -84,9 +91,14 @@ class JobsLink:
 
     def _open(self) -> grpc.aio.Channel:
         if self._tls is None:
-            return grpc.aio.insecure_channel(self._target, interceptors=self._interceptors)
+            return grpc.aio.insecure_channel(
+                self._target, options=_OPTIONS, interceptors=self._interceptors
+            )
         return grpc.aio.secure_channel(
-            self._target, self._tls.channel_credentials(), interceptors=self._interceptors
+            self._target,
+            self._tls.channel_credentials(),
+            options=_OPTIONS,
+            interceptors=self._interceptors,
         )
 
     async def _stub_now(self) -> ppb_grpc.PersistenceServiceStub:

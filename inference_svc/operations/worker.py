@@ -141,11 +141,15 @@ class JobWorker:
         while True:
             try:
                 await self._renew()
-                if self._claiming:
-                    wanted = self._room(len(self._running))
-                    if wanted > 0:
-                        for job in await self._link.claim(self._name, wanted, self._lease_s):
-                            self._launch(job)
+                # One job per claim: a request may carry inline images of many MiB.
+                while self._claiming and self._room(len(self._running)) > 0:
+                    claimed = await self._link.claim(self._name, 1, self._lease_s)
+                    if not claimed:
+                        break
+                    self._launch(claimed[0])
+                    # Let the run take its admission slot (it does before its first await), so
+                    # the next room() counts it among the engine's rows.
+                    await asyncio.sleep(0)
                 failures = 0
             except (InspectionError, LeaseLost) as exc:
                 failures += 1

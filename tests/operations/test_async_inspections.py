@@ -162,6 +162,17 @@ async def test_invalid_submits_name_the_field(submit: opb_grpc.AsyncInspectionSe
     assert "inspection.shipping_id" in bad_request_fields(caught.value)
 
 
+async def test_a_request_too_large_to_queue_is_refused(
+    submit: opb_grpc.AsyncInspectionServiceStub,
+) -> None:
+    big = _request()
+    big.inspection.pickup_images.add(content=b"\xff" * (33 * 1024 * 1024))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await submit.SubmitInspection(big)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "inspection" in bad_request_fields(caught.value)
+
+
 @pytest.mark.parametrize(
     "url",
     [
