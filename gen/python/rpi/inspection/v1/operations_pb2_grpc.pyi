@@ -6,8 +6,13 @@ later from google.longrunning.Operations (served beside this service) or by a si
 
 A separate file and service from InspectionService so that inspection.proto keeps its
 imports: the example clients build it offline without the long-running operation protos.
-Errors are as in inspection.proto, plus ALREADY_EXISTS reason REQUEST_ID_REUSED (a request_id
-used before for another request) and INVALID_ARGUMENT reason CALLBACK_URL_FORBIDDEN.
+Errors are as in inspection.proto, plus:
+  ALREADY_EXISTS      REQUEST_ID_REUSED: the request_id was used before for another request.
+  INVALID_ARGUMENT    CALLBACK_URL_FORBIDDEN: the callback fails the image URL rules, or no
+                      webhook secret is configured for the caller; also a request over 32 MiB.
+  NOT_FOUND           OPERATION_NOT_FOUND: no such operation for this caller.
+  FAILED_PRECONDITION OPERATION_NOT_FINISHED: DeleteOperation before the operation ended.
+  UNAVAILABLE         JOBS_UNAVAILABLE: the job queue cannot be reached; retry.
 """
 
 from collections import abc as _abc
