@@ -172,6 +172,9 @@ class WebhookSender:
                 failures += 1
                 if failures in (1, 10) or failures % 100 == 0:
                     log.warning("webhook outbox unreachable: %s", exc)
+            except Exception:
+                failures += 1
+                log.exception("webhook sender fault; carrying on")
             await asyncio.sleep(self._poll_s * min(failures + 1, 10))
 
     async def _attempt(self, delivery: ppb.WebhookDelivery) -> tuple[int, str]:
@@ -206,7 +209,12 @@ class WebhookSender:
 
     async def _deliver(self, delivery: ppb.WebhookDelivery) -> None:
         started = time.monotonic()
-        outcome, error = await self._attempt(delivery)
+        try:
+            outcome, error = await self._attempt(delivery)
+        except Exception as exc:
+            # A fault here must not stop the sender: the attempt counts as failed.
+            log.exception("webhook attempt failed unexpectedly")
+            outcome, error = ppb.WEBHOOK_OUTCOME_FAILED, f"internal error: {type(exc).__name__}"
         try:
             state = await self._link.report_webhook(
                 delivery.webhook_id, delivery.lease_token, outcome, error

@@ -155,6 +155,10 @@ class JobWorker:
                 failures += 1
                 if failures in (1, 10) or failures % 100 == 0:
                     log.warning("job queue unreachable: %s", exc, extra={"failures": failures})
+            except Exception:
+                # A fault here must not stop the worker: the jobs' leases cover it.
+                failures += 1
+                log.exception("job worker fault; carrying on")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._poll_s * min(failures + 1, 10)):
