@@ -402,3 +402,28 @@ async def test_the_cli_submits_waits_lists_gets_and_cancels(
     assert code == 0
     code, out = await cli("wait", held)
     assert code == 3 and json.loads(out)["error"]["code"] == code_pb2.CANCELLED
+
+
+async def test_no_claim_while_synchronous_calls_fill_the_engine_rows(
+    submit: opb_grpc.AsyncInspectionServiceStub,
+    ops: lro_grpc.OperationsStub,
+    channel: grpc.aio.Channel,
+    engine: GatedEngine,
+) -> None:
+    held = [_gated(engine) for _ in range(ROWS)]
+    stub = pb_grpc.InspectionServiceStub(channel)
+    calls = []
+    for inspection_id, _ in held:
+        request = cheap_request("SHIP-SYNC-ROWS")
+        request.inspection_id = inspection_id
+        calls.append(asyncio.ensure_future(stub.Inspect(request, timeout=60)))
+    await wait_until(lambda: all(i in engine.started for i, _ in held), "both rows busy")
+    operation = await submit.SubmitInspection(_request())
+    # Twenty worker polls later the job is still queued: no row was free.
+    await asyncio.sleep(20 * 0.05)
+    got = await ops.GetOperation(lro.GetOperationRequest(name=operation.name))
+    assert metadata(got).state == opb.OPERATION_STATE_QUEUED
+    for _, gate in held:
+        gate.set()
+    await asyncio.gather(*calls)
+    assert metadata(await wait_done(ops, operation.name)).state == opb.OPERATION_STATE_SUCCEEDED
