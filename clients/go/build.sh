@@ -38,10 +38,10 @@ mkdir -p "$GOPATH_DIR/src/$PKG/clients/go"
 protoc \
   -I "$ROOT/protos" -I "$ROOT/protos/third_party" -I /usr/include \
   --plugin=protoc-gen-go="$PROTOC_GEN_GO" \
-  --go_out="plugins=grpc,paths=import,Mgoogle/protobuf/duration.proto=github.com/golang/protobuf/ptypes/duration,Mgoogle/protobuf/timestamp.proto=github.com/golang/protobuf/ptypes/timestamp:$GOPATH_DIR/src" \
-  "$ROOT/protos/rpi/inspection/v1/inspection.proto"
+  --go_out="plugins=grpc,paths=import,Mgoogle/protobuf/duration.proto=github.com/golang/protobuf/ptypes/duration,Mgoogle/protobuf/timestamp.proto=github.com/golang/protobuf/ptypes/timestamp,Mgoogle/longrunning/operations.proto=google.golang.org/genproto/googleapis/longrunning:$GOPATH_DIR/src" \
+  "$ROOT/protos/rpi/inspection/v1/inspection.proto" "$ROOT/protos/rpi/inspection/v1/operations.proto"
 
-cp "$HERE/main.go" "$GOPATH_DIR/src/$PKG/clients/go/main.go"
+cp "$HERE"/*.go "$GOPATH_DIR/src/$PKG/clients/go/"
 (
   cd "$GOPATH_DIR/src/$PKG/clients/go"
   GO111MODULE=off GOPROXY=off GOFLAGS= GOPATH="$GOPATH_DIR:$GOCODE" \

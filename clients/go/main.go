@@ -67,7 +67,8 @@ type options struct {
 	target, productName, productID, shippingID string
 	inspectionID, previousID                   string
 	references, pickups, questions             repeated
-	stream                                     bool
+	stream, async                              bool
+	requestID                                  string
 	timeout                                    time.Duration
 	tlsCA, tlsCert, tlsKey, token              string
 }
@@ -89,6 +90,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.previousID, "previous-inspection-id", "", "inspection this one repeats")
 	fs.Var(&o.questions, "question", `question "type|label|value_to_check|mandatory" (repeatable)`)
 	fs.BoolVar(&o.stream, "stream", false, "use InspectStream and print progress events")
+	fs.BoolVar(&o.async, "async", false, "SubmitInspection, then poll the operation (async.go)")
+	fs.StringVar(&o.requestID, "request-id", "", "with -async: idempotency key of the submit")
 	fs.DurationVar(&o.timeout, "timeout", 120*time.Second, "deadline of the call")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -314,6 +317,9 @@ func run(o *options) int {
 	defer conn.Close()
 	client := inspectionv1.NewInspectionServiceClient(conn)
 
+	if o.async {
+		return runAsync(ctx, conn, req, o.requestID)
+	}
 	if !o.stream {
 		resp, err := client.Inspect(ctx, req)
 		if err != nil {

@@ -427,3 +427,37 @@ async def test_no_claim_while_synchronous_calls_fill_the_engine_rows(
         gate.set()
     await asyncio.gather(*calls)
     assert metadata(await wait_done(ops, operation.name)).state == opb.OPERATION_STATE_SUCCEEDED
+
+
+async def test_the_go_example_submits_and_polls(inference: InferenceApp, tmp_path: Path) -> None:
+    built = tmp_path / "go"
+    built.mkdir()
+    make = await asyncio.to_thread(
+        subprocess.run,
+        ["bash", str(ROOT / "clients" / "go" / "build.sh"), str(built)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert make.returncode == 0, make.stderr
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(jpeg((64, 64), (200, 30, 30)))
+    command = [
+        make.stdout.strip().splitlines()[-1], "-async", "-request-id", f"go-{uuid.uuid4()}",
+        "-target", f"127.0.0.1:{inference.port}", "-product-name", "mug",
+        "-shipping-id", "SHIP-GO-ASYNC", "-reference", str(image), "-pickup", str(image),
+        "-question", "Colour|Red?|Yes|yes", "-timeout", "60s",
+    ]  # fmt: skip
+    done = await asyncio.to_thread(
+        subprocess.run,
+        command,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("operation: operations/")
+    assert "state: OPERATION_STATE_SUCCEEDED" in lines
+    assert any(line.startswith("decision: ") for line in lines)
