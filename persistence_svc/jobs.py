@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from uuid import UUID
 
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+
 from persistence_svc.errors import DatabaseUnavailableError, JobNotFoundError, JobStateError
 from persistence_svc.records import EventRecord, PageCursor
 from persistence_svc.repository import Repository
@@ -221,7 +223,9 @@ class JobQueue:
     async def sweep_forever(self, interval_s: float) -> None:
         while True:
             try:
-                await self.sweep_once()
+                # Housekeeping, not a request: its SQL would start a trace every interval.
+                with suppress_instrumentation():
+                    await self.sweep_once()
             except DatabaseUnavailableError as exc:
                 log.warning("job sweep skipped: %s", exc)
             await asyncio.sleep(interval_s)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import aiohttp
 import yaml
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from rpi.persistence.v1 import persistence_pb2 as ppb
 from standardwebhooks import Webhook
 
@@ -161,9 +162,10 @@ class WebhookSender:
             try:
                 if self._secrets is not None:
                     self._secrets.refresh()
-                due = await self._link.claim_webhooks(
-                    self._name, _BATCH, lease_s=self._timeout_s + 30.0
-                )
+                with suppress_instrumentation():  # polling: no trace per poll
+                    due = await self._link.claim_webhooks(
+                        self._name, _BATCH, lease_s=self._timeout_s + 30.0
+                    )
                 await asyncio.gather(*(self._deliver(d) for d in due))
                 failures = 0
                 if len(due) == _BATCH:

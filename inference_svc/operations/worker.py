@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from google.rpc import code_pb2, status_pb2
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from rpi.inspection.v1 import inspection_pb2 as pb
 from rpi.inspection.v1 import operations_pb2 as opb
 from rpi.persistence.v1 import persistence_pb2 as ppb
@@ -143,7 +144,8 @@ class JobWorker:
                 await self._renew()
                 # One job per claim: a request may carry inline images of many MiB.
                 while self._claiming and self._room(len(self._running)) > 0:
-                    claimed = await self._link.claim(self._name, 1, self._lease_s)
+                    with suppress_instrumentation():  # polling: no trace per poll
+                        claimed = await self._link.claim(self._name, 1, self._lease_s)
                     if not claimed:
                         break
                     self._launch(claimed[0])
@@ -168,9 +170,10 @@ class JobWorker:
         entries = [e for e in self._running.values() if e.stop is None]
         if not entries:
             return
-        statuses: list[int] = await self._link.renew(
-            [(e.job.job_id, e.job.lease_token, e.progress) for e in entries], self._lease_s
-        )
+        with suppress_instrumentation():
+            statuses: list[int] = await self._link.renew(
+                [(e.job.job_id, e.job.lease_token, e.progress) for e in entries], self._lease_s
+            )
         for entry, status in zip(entries, statuses, strict=True):
             if status == ppb.LEASE_STATUS_CANCEL_REQUESTED:
                 entry.halt(_Stop.CANCEL)
