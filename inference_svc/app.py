@@ -25,6 +25,7 @@ from prometheus_client import (
 )
 from rpi.inspection.v1 import inspection_pb2, inspection_pb2_grpc
 
+from inference_svc.allocator import fix_mmap_threshold
 from inference_svc.domain.policy import PolicyHolder
 from inference_svc.domain.prompt import PromptTemplate
 from inference_svc.domain.validation import RequestLimits
@@ -77,6 +78,11 @@ def engine_config(settings: InferenceSettings) -> EngineConfig:
     )
 
 
+def _init_preprocess_process(nice: int, mmap_threshold_bytes: int) -> None:
+    lower_process_priority(nice)
+    fix_mmap_threshold(mmap_threshold_bytes)
+
+
 class InferenceApp:
     """The whole service. Tests run it in-process: ``await app.start()``, ``app.port``,
     ``await app.stop()``."""
@@ -103,6 +109,7 @@ class InferenceApp:
         # Refuses to start on a contradictory security configuration (SecurityConfigError).
         self.security = server_security(settings)
         self.health_server: grpc.aio.Server | None = None
+        fix_mmap_threshold(settings.malloc_mmap_threshold_bytes)
         self.executor = ThreadPoolExecutor(
             max_workers=settings.preprocess_threads,
             thread_name_prefix="preprocess",
@@ -117,8 +124,8 @@ class InferenceApp:
                 max_workers=settings.preprocess_processes,
                 mp_context=multiprocessing.get_context("forkserver"),
                 # Image decoding is throughput work: it yields the CPU to the event loop.
-                initializer=lower_process_priority,
-                initargs=(settings.worker_nice,),
+                initializer=_init_preprocess_process,
+                initargs=(settings.worker_nice, settings.malloc_mmap_threshold_bytes),
             )
         self.engine = engine or create_engine(engine_config(settings), log_level=settings.log_level)
         if isinstance(self.engine, ProcessEngine):

@@ -197,6 +197,17 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         le=19,
     )
 
+    malloc_mmap_threshold_bytes: int = setting(
+        1024 * 1024,
+        "Allocations this large get their own memory mapping, unmapped when freed, so a "
+        "request's decoded images go back to the OS when it ends (glibc; 0 = glibc's adaptive "
+        "default, which keeps them in the worker threads' heaps).",
+        group="image intake",
+        advanced=True,
+        ge=0,
+        le=32 * 1024 * 1024,
+    )
+
     # --- model, prompt and output
     model_path: Path | None = setting(
         None,
