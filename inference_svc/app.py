@@ -41,6 +41,7 @@ from inference_svc.events.spool import EventSpool
 from inference_svc.grpc_api.admission import Admission
 from inference_svc.grpc_api.errors import ERROR_DOMAIN, error_interceptor
 from inference_svc.grpc_api.servicer import InspectionServicer
+from inference_svc.imaging.decode import PixelBudget
 from inference_svc.imaging.fetch import FetchConfig, ImageFetcher
 from inference_svc.imaging.tiling import prepare_image
 from inference_svc.observability import MetricsObserver
@@ -183,7 +184,15 @@ class InferenceApp:
             prepare_image,
             image_size=IMAGE_SIZE,
             max_pixels=settings.max_image_pixels,
-            resize=settings.image_resize,
+            mode=settings.preprocess,
+            exif=settings.exif_transpose,
+        )
+        # One per request; exact mode decodes JPEGs at full size, so they count there too.
+        self.pixel_budget = functools.partial(
+            PixelBudget,
+            settings.max_request_pixels,
+            settings.max_image_pixels,
+            full_size_jpeg=settings.preprocess == "exact",
         )
         self.pipeline = InspectionPipeline(
             fetcher=self.fetcher,
@@ -193,7 +202,7 @@ class InferenceApp:
             recorder=recorder,
             executor=self.executor,
             prepare_executor=self.prepare_executor,
-            pixel_budget=self.fetcher.pixel_budget,
+            pixel_budget=self.pixel_budget,
             config=PipelineConfig(
                 reference_max_tiles=settings.reference_max_tiles,
                 pickup_max_tiles=settings.pickup_max_tiles,

@@ -93,8 +93,8 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
     )
     max_request_pixels: int = setting(
         128_000_000,
-        "Pixels one request's PNG/WebP images may decode to in all (they decode at full size; "
-        "JPEGs decode reduced and do not count).",
+        "Pixels one request's full-size decodes may take in all: PNG/WebP, and JPEG in "
+        "PREPROCESS=exact (fast mode decodes JPEGs reduced; they do not count).",
         group="image intake",
         advanced=True,
         ge=1,
@@ -163,11 +163,18 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
     )
     reference_max_tiles: int = setting(1, "Tiles per reference image.", group="image intake", ge=1)
     pickup_max_tiles: int = setting(2, "Tiles per pickup image.", group="image intake", ge=1)
-    image_resize: Literal["torch", "pillow"] = setting(
-        "torch",
-        "Resize filter for tiles: torch's antialiased bicubic on uint8 (faster, within 3 "
-        "levels of 255 of Pillow's) or Pillow's own, which the published InternVL pipeline "
-        "uses (bit-identical tiles where no JPEG draft applies).",
+    preprocess: Literal["exact", "fast"] = setting(
+        "exact",
+        "Tile pixels: exact = the published InternVL pipeline's, bit for bit (full decode, "
+        "Pillow bicubic), what a fine-tune was trained on; fast = JPEG draft decode and "
+        "torch's resize, cheaper, within a measured tolerance (docs/preprocessing.md).",
+        group="image intake",
+        advanced=True,
+    )
+    exif_transpose: Literal["auto", "on", "off"] = setting(
+        "auto",
+        "Turn photos upright by their EXIF orientation (auto: off in exact mode, as the "
+        "published pipeline, on in fast mode).",
         group="image intake",
         advanced=True,
     )

@@ -89,6 +89,9 @@ class EngineInfo:
     # per batch, for models the slot decoder cannot drive), "" before start.
     runner: str
     max_batch_size: int
+    # How the checkpoint was loaded: "native", "converted" (original layout converted to the
+    # native model) or "remote_code" (the checkpoint's own code); "" before start.
+    model_load_path: str = ""
 
 
 @dataclass(frozen=True)

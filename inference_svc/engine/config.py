@@ -69,6 +69,8 @@ class _Model(Protocol):
     def untrained(self) -> bool: ...
     @property
     def runtime(self) -> Runtime: ...
+    @property
+    def load_path(self) -> str: ...
 
 
 def engine_info(
@@ -85,4 +87,5 @@ def engine_info(
         dtype=str(model.runtime.dtype).removeprefix("torch.") if model else config.dtype,
         runner=runner if model else "",
         max_batch_size=max_batch_size,
+        model_load_path=model.load_path if model else "",
     )

@@ -89,6 +89,7 @@ class AttemptRunner:
             revision=self._engine.info.model_revision,
             untrained=self._engine.info.untrained,
             prompt_template_version=self._template.version,
+            load_path=self._engine.info.model_load_path,
         )
 
     async def run(

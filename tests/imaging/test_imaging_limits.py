@@ -295,7 +295,7 @@ def test_header_dimensions_of_extended_webp() -> None:
     frames = [textured(120, 80, seed=i) for i in range(3)]
     animated = encode(frames[0], "WEBP", save_all=True, append_images=frames[1:])
     assert header_dimensions(animated) == (120, 80)
-    assert header_dimensions(encode(textured(50, 40), "JPEG")) is None
+    assert header_dimensions(encode(textured(50, 40), "JPEG")) == (50, 40)
 
 
 def test_a_png_whose_decoder_would_read_another_size_is_refused() -> None:

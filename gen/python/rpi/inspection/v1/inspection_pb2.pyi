@@ -491,6 +491,7 @@ class ModelInfo(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     UNTRAINED_FIELD_NUMBER: _builtins.int
     PROMPT_TEMPLATE_VERSION_FIELD_NUMBER: _builtins.int
+    LOAD_PATH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required (always set). The model's name."""
     revision: _builtins.str
@@ -501,6 +502,12 @@ class ModelInfo(_message.Message):
     """
     prompt_template_version: _builtins.str
     """Required (always set). Version of the prompt template the answers were produced with."""
+    load_path: _builtins.str
+    """Required (always set). How the service loaded the checkpoint: "native" (a
+    transformers-native checkpoint, or the demo model), "converted" (an original OpenGVLab
+    checkpoint converted to the native model at load time) or "remote_code" (the
+    checkpoint's own code, MODEL_TRUST_REMOTE_CODE).
+    """
     def __init__(
         self,
         *,
@@ -508,10 +515,11 @@ class ModelInfo(_message.Message):
         revision: _builtins.str = ...,
         untrained: _builtins.bool = ...,
         prompt_template_version: _builtins.str = ...,
+        load_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "prompt_template_version", b"prompt_template_version", "revision", b"revision", "untrained", b"untrained"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["load_path", b"load_path", "name", b"name", "prompt_template_version", b"prompt_template_version", "revision", b"revision", "untrained", b"untrained"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
