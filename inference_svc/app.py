@@ -14,7 +14,6 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import (
@@ -50,7 +49,7 @@ from inference_svc.reuse_lookup import PersistenceReuseLookup
 from inference_svc.settings import InferenceSettings
 from svc_common.grpc_metrics import GrpcServerMetricsInterceptor
 from svc_common.grpc_options import KEEPALIVE_OPTIONS
-from svc_common.health import LIVENESS_SERVICE
+from svc_common.health import LIVENESS_SERVICE, HealthServicer
 from svc_common.inference_metrics import InferenceMetrics
 from svc_common.metrics_server import MetricsServer, start_metrics_server
 from svc_common.security import AuthMetrics, server_security, start_health_port
