@@ -24,7 +24,7 @@ from prometheus_client import (
 )
 from rpi.inspection.v1 import inspection_pb2, inspection_pb2_grpc
 
-from inference_svc.domain.policy import PolicyHolder
+from inference_svc.domain.policy import DEFAULT_POLICY_NAME, PolicyHolder
 from inference_svc.domain.prompt import PromptTemplate
 from inference_svc.domain.validation import RequestLimits
 from inference_svc.engine.api import Engine
@@ -97,7 +97,11 @@ class InferenceApp:
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
         self.tracer_provider = tracer_provider
-        self.metrics = InferenceMetrics(self.registry, max_batch_size=settings.max_batch_size)
+        self.metrics = InferenceMetrics(
+            self.registry,
+            max_batch_size=settings.max_batch_size,
+            policy_names=(DEFAULT_POLICY_NAME,),
+        )
         self.health = HealthServicer()
         # Refuses to start on a contradictory security configuration (SecurityConfigError).
         self.security = server_security(settings)
