@@ -7,6 +7,7 @@ missing package-data entry.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -89,3 +90,43 @@ def test_wheel_holds_exactly_the_package_files_on_disk(wheel: Path) -> None:
     assert not missing, f"not in the wheel (add them to [tool.setuptools.package-data]): {missing}"
     extra = sorted(n for n in names - expected if PurePosixPath(n).suffix != ".pyc")
     assert not extra, f"in the wheel but not in the working tree: {extra}"
+
+
+def _smoke(pythonpath: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "MODEL_PATH"}}
+    return subprocess.run(
+        [sys.executable, "-m", "tools.image_smoke", "--timeout-s", "300"],
+        env={**env, "PYTHONPATH": pythonpath},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_installed_wheel_builds_the_demo_model_and_answers_health(
+    wheel: Path, tmp_path: Path
+) -> None:
+    """What the inference image's build runs (deploy/docker/inference.Dockerfile), here against
+    the wheel installed into a bare directory, away from the source tree: the demo model is
+    built from the wheel's own data files and the service answers SERVING."""
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index"),
+            *("--disable-pip-version-check", "--target", str(target), str(wheel)),
+        ],
+        check=True,
+        timeout=300,
+    )
+    done = _smoke(str(target), tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"installed at {target.resolve()}" in done.stdout
+    assert "health SERVING" in done.stdout
+
+
+def test_smoke_refuses_a_source_tree(tmp_path: Path) -> None:
+    done = _smoke(f"{REPO}{os.pathsep}{REPO / 'gen' / 'python'}", tmp_path)
+    assert done.returncode == 1
+    assert "not installed from a wheel" in done.stderr or "imported from" in done.stderr
