@@ -14,7 +14,6 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import (
@@ -26,7 +25,7 @@ from prometheus_client import (
 from rpi.inspection.v1 import inspection_pb2, inspection_pb2_grpc
 
 from inference_svc.allocator import fix_mmap_threshold
-from inference_svc.domain.policy import PolicyHolder
+from inference_svc.domain.policy import DEFAULT_POLICY_NAME, PolicyHolder
 from inference_svc.domain.prompt import PromptTemplate
 from inference_svc.domain.validation import RequestLimits
 from inference_svc.engine.api import Engine
@@ -52,7 +51,7 @@ from inference_svc.reuse_lookup import PersistenceReuseLookup
 from inference_svc.settings import InferenceSettings
 from svc_common.grpc_metrics import GrpcServerMetricsInterceptor
 from svc_common.grpc_options import KEEPALIVE_OPTIONS
-from svc_common.health import LIVENESS_SERVICE
+from svc_common.health import LIVENESS_SERVICE, HealthServicer
 from svc_common.inference_metrics import InferenceMetrics
 from svc_common.metrics_server import MetricsServer, start_metrics_server
 from svc_common.security import AuthMetrics, server_security, start_health_port
@@ -105,7 +104,11 @@ class InferenceApp:
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
         self.tracer_provider = tracer_provider
-        self.metrics = InferenceMetrics(self.registry, max_batch_size=settings.max_batch_size)
+        self.metrics = InferenceMetrics(
+            self.registry,
+            max_batch_size=settings.max_batch_size,
+            policy_names=(DEFAULT_POLICY_NAME,),
+        )
         self.health = HealthServicer()
         # Refuses to start on a contradictory security configuration (SecurityConfigError).
         self.security = server_security(settings)

@@ -5,7 +5,7 @@ take values from small fixed sets only (never ids).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Final, Literal
 
@@ -146,7 +146,14 @@ class InferenceMetrics:
     ``.observe()``); the methods guard label values that come from outside the code.
     """
 
-    def __init__(self, registry: CollectorRegistry, max_batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        max_batch_size: int = 64,
+        policy_names: Collection[str] = (),
+    ) -> None:
+        """``policy_names``: vendor policies whose outcome and reason series are created at
+        once (the default policy's name), so policy panels show zeros from the start."""
         self.registry = registry
         self.stage_seconds = PerLabelBucketHistogram(
             STAGE_SECONDS,
@@ -271,11 +278,23 @@ class InferenceMetrics:
         self.model_ready = Gauge(
             MODEL_READY, "1 when the model is loaded and serving, else 0.", registry=registry
         )
-        # Pre-create the labelled series so that rate() and alerts see zeros, not absences.
+        # Pre-create the labelled series so that rate(), alerts and dashboard panels see zeros,
+        # not absences ("No data" while healthy reads as a broken scrape).
         for decision in DECISIONS:
             self.decisions.labels(decision=decision)
         for reason in REJECT_REASONS:
             self.requests_rejected.labels(reason=reason)
+        for reason in FETCH_ERROR_REASONS:
+            self.image_fetch_errors.labels(reason=reason)
+        for code in GO_CODE_NAMES.values():
+            if code != "OK":
+                self.event_delivery_failures.labels(grpc_code=code)
+        for vendor in policy_names:
+            for decision in DECISIONS:
+                self.policy_outcomes.labels(vendor=vendor, outcome=decision)
+            for code in POLICY_REASON_CODES:
+                for decisive in ("true", "false"):
+                    self.policy_reasons.labels(vendor=vendor, code=code, decisive=decisive)
         for role in IMAGE_ROLES:
             self.image_sharpness.labels(role=role)
             self.image_mean_luma.labels(role=role)
