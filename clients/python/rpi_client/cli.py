@@ -118,7 +118,11 @@ def _connection_parser() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     connection = _connection_parser()
     parser = argparse.ArgumentParser(
-        prog="rpi-inspect", description="Client of the reverse-pickup inspection service."
+        prog="rpi-inspect",
+        description="Client of the reverse-pickup inspection service.",
+        epilog="Exit status: 0 ok; 1-16 the gRPC status code of the failed call (3 "
+        "INVALID_ARGUMENT, 5 NOT_FOUND, 14 UNAVAILABLE, ...); 64 usage error; 130 interrupted. "
+        "The Go and Java examples exit the same way (docs/errors.md).",
     )
     parser.add_argument(
         "--log-level", default="WARNING", help="log level on stderr (default %(default)s)"
