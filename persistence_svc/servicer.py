@@ -20,6 +20,7 @@ from persistence_svc.errors import (
 )
 from persistence_svc.records import RecordOutcome
 from persistence_svc.repository import Repository
+from svc_common.tracing import link_producers, tag_inspection
 
 # A request has at most a few pickup images; a lookup is bounded so that it stays a few index
 # probes per hash.
@@ -64,6 +65,8 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
             persistence_pb2.RecordEventsRequest, persistence_pb2.RecordEventsResponse
         ],
     ) -> persistence_pb2.RecordEventsResponse:
+        # One batch holds the events of many inspections: its span links to each one's trace.
+        link_producers((e.inspection_id, e.trace_context) for e in request.events)
         # Serialising hundreds of payloads to JSON is CPU work: keep it off the event loop.
         events = await asyncio.to_thread(conversion.events_from_proto, request, self._max_events)
         try:
@@ -92,6 +95,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         inspection_id = conversion.parse_uuid(request.inspection_id, "inspection_id", violations)
         if inspection_id is None:
             raise InvalidArgumentError("inspection_id must be a UUID", violations)
+        tag_inspection(str(inspection_id))
         detail = await self._repo().get_inspection(inspection_id)
         if detail is None:
             raise NotFoundError(f"inspection {inspection_id} not found")

@@ -127,10 +127,11 @@ POLICY_REASON_CODES: Final = (
 # Variance of the Laplacian of a 448x448 overview; the default blur limit is 15.
 _SHARPNESS_BUCKETS = (2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 200.0, 500.0)
 _LUMA_BUCKETS = (16.0, 32.0, 45.0, 64.0, 96.0, 128.0, 160.0, 192.0, 215.0, 239.0)
-# Fine-grained causes behind IMAGE_FETCH_FAILED / IMAGE_TOO_LARGE / IMAGE_URL_FORBIDDEN.
+# Fine-grained causes behind IMAGE_SOURCE_UNAVAILABLE (timeout, connection, dns, tls, http_5xx,
+# throttled) and IMAGE_FETCH_FAILED / IMAGE_TOO_LARGE / IMAGE_URL_FORBIDDEN (the rest).
 FETCH_ERROR_REASONS: Final = (
     "timeout", "connection", "dns", "tls", "http_4xx", "http_5xx", "too_large", "forbidden",
-    "redirect", "invalid_url",
+    "redirect", "invalid_url", "throttled",
 )  # fmt: skip
 # Requests refused before any work (invalid input shows as grpc_code="InvalidArgument").
 REJECT_REASONS: Final = ("OVERLOADED", "EVENT_SPOOL_FULL", "DRAINING", "MODEL_NOT_READY")

@@ -164,6 +164,7 @@ def test_alert_rules_are_complete() -> None:
     assert {r["alert"] for r in rules} - set(TARGET_ALERTS) == {
         "HighErrorRate", "QueueSaturated", "LatencyP95OverObjective", "EventBacklogGrowing",
         "ModelNotReady", "PersistenceDown", "PersistenceRefusesWriter", "PolicyReloadFailing",
+        "ImageFetchFailing",
     }  # fmt: skip
     known = _known_series() | {"up"}  # up: Prometheus' own series per scrape target
     for rule in rules:
