@@ -20,11 +20,14 @@ import yaml
 from test_k8s_manifests import (
     K8S,
     K8S_VERSIONS,
+    OVERLAYS,
     Obj,
     _kubectl,
     container,
     env_values,
     find,
+    prestop_seconds,
+    probe_budget_s,
     render,
 )
 
@@ -197,3 +200,24 @@ def test_loader_pinned_to_the_inference_node_validates(tmp_path: Path) -> None:
     (pod,) = [d for d in yaml.safe_load_all(done.stdout) if d]
     assert pod["spec"]["nodeName"] == "gpu-node-1"
     kubernetes_validate.validate(pod, K8S_VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_inference_drain_windows_agree_with_the_probes_and_the_grace(name: str) -> None:
+    deployment = find(render(name), "Deployment", "inference")
+    c = container(deployment, "inference")
+    env = env_values(c)
+    pre_stop, drain_prestop = prestop_seconds(c), float(env["DRAIN_PRESTOP_S"])
+    drain_grace = float(env["DRAIN_GRACE_S"])
+    readiness = c["readinessProbe"]
+    # The pod keeps listening (refusing DRAINING) at least until its readiness probe has seen
+    # NOT_SERVING: one full readiness window after SIGTERM, counting the preStop sleep.
+    assert pre_stop + drain_prestop >= readiness["periodSeconds"] * readiness["failureThreshold"]
+    # SIGKILL only after every phase: preStop, the DRAINING window, the in-flight grace.
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > pre_stop + drain_prestop + drain_grace
+    # Liveness never restarts a draining pod: its name stays SERVING, and its window is not
+    # shorter than a readiness window (a stall long enough to restart is also seen by readiness).
+    liveness = c["livenessProbe"]
+    assert liveness["grpc"]["service"] == "liveness"
+    assert probe_budget_s(liveness) >= probe_budget_s(readiness)
