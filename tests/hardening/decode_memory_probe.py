@@ -3,7 +3,7 @@ InferenceApp in this process and prints, as JSON, the call's status, this proces
 during it (VmHWM, reset after start-up) and its RSS once the call has ended, so the figures are
 the server's, not the test runner's.
 
-usage: decode_memory_probe.py PNG_PATH COUNT MAX_REQUEST_PIXELS WORK_DIR [MMAP_THRESHOLD]
+usage: decode_memory_probe.py PNG COUNT MAX_REQUEST_PIXELS WORK_DIR [MMAP_THRESHOLD [PREPROCESS]]
 """
 
 from __future__ import annotations
@@ -58,11 +58,18 @@ async def _inspect(port: int, request: pb.InspectRequest) -> tuple[str, str]:
 
 
 async def main(
-    png: bytes, count: int, max_request_pixels: int, work_dir: str, mmap_threshold: int | None
+    png: bytes,
+    count: int,
+    max_request_pixels: int,
+    work_dir: str,
+    mmap_threshold: int | None,
+    preprocess: str | None,
 ) -> None:
     overrides: dict[str, Any] = {"max_request_pixels": max_request_pixels}
     if mmap_threshold is not None:
         overrides["malloc_mmap_threshold_bytes"] = mmap_threshold
+    if preprocess is not None:
+        overrides["preprocess"] = preprocess
     settings = inference_settings(Path(work_dir), "", preprocess_threads=4, **overrides)
     app = InferenceApp(settings)
     await app.start()
@@ -109,4 +116,5 @@ async def main(
 if __name__ == "__main__":
     data = Path(sys.argv[1]).read_bytes()
     threshold = int(sys.argv[5]) if len(sys.argv) > 5 else None
-    asyncio.run(main(data, int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], threshold))
+    mode = sys.argv[6] if len(sys.argv) > 6 else None
+    asyncio.run(main(data, int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], threshold, mode))
