@@ -143,6 +143,7 @@ class InferenceApp:
                 settings.event_send_timeout_s,
                 interceptors=grpc_client_interceptors(tracer_provider),
                 tls=_persistence_tls(settings),
+                tracer=get_tracer(tracer_provider, "inference_svc.events"),
             )
         # A bad policy file stops the start (PolicyError): validated before serving.
         self.policies = PolicyHolder.open(settings.policy_file)

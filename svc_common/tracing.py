@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import grpc.aio
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 logger = logging.getLogger(__name__)
@@ -103,8 +106,12 @@ def configure_tracing(
     attributes: dict[str, Any] = dict(extra_resource or {})
     if not OTELResourceDetector().detect().attributes.get(SERVICE_NAME):
         attributes[SERVICE_NAME] = default_service_name
-    # Sampler: TracerProvider reads OTEL_TRACES_SAMPLER / _ARG when none is given.
-    provider = TracerProvider(resource=Resource.create(attributes))
+    # The sampler OTEL_TRACES_SAMPLER / _ARG name, as the SDK builds it for a provider given
+    # none, made to keep the record of a sampled inspection (LinkAwareSampler).
+    configured = TracerProvider(shutdown_on_exit=False).sampler
+    provider = TracerProvider(
+        resource=Resource.create(attributes), sampler=LinkAwareSampler(configured)
+    )
     exporters = _exporters()
     if not exporters:
         return None
@@ -195,6 +202,38 @@ def uninstrument_asyncpg() -> None:
         instrumentor.uninstrument()
 
 
+class LinkAwareSampler(Sampler):
+    """Samples a new trace whose first span links to a sampled span, else defers to ``base``.
+
+    Event deliveries start traces of their own (a batch mixes inspections): with a ratio
+    sampler alone, the delivery of a sampled inspection's records would itself be sampled only
+    at that ratio, and its links would mostly lead nowhere.
+    """
+
+    def __init__(self, base: Sampler) -> None:
+        self._base = base
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Any = None,
+        links: Sequence[Link] | None = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        parent = trace.get_current_span(parent_context).get_span_context()
+        if not parent.is_valid and any(link.context.trace_flags.sampled for link in links or ()):
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+        return self._base.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"LinkAware{{{self._base.get_description()}}}"
+
+
 def tag_inspection(inspection_id: str) -> None:
     """Names the inspection on the current span (the call's server span in a servicer)."""
     trace.get_current_span().set_attribute(INSPECTION_ID, inspection_id)
@@ -208,18 +247,18 @@ def current_trace_context() -> dict[str, str]:
     return carrier
 
 
-def link_producers(producers: Iterable[tuple[str, Mapping[str, str]]]) -> None:
-    """Links the current span to the spans that produced a batch's items.
+def producer_links(
+    producers: Iterable[tuple[str, Mapping[str, str]]],
+) -> tuple[list[Link], list[str]]:
+    """The links to the spans that produced a batch's items, and the batch's inspection ids.
 
     ``producers`` gives (inspection id, W3C trace context) per item. One link per producing
     span (several events of one inspection usually share it), with the inspection id as its
-    attribute; the span also gets every inspection id of the batch. Contexts that do not parse
-    are skipped: a link is a courtesy, never a reason to refuse a write.
+    attribute. Contexts that do not parse are skipped: a link is a courtesy, never a reason to
+    refuse a write.
     """
-    span = trace.get_current_span()
-    if not span.is_recording():
-        return
     seen: set[tuple[int, int]] = set()
+    links: list[Link] = []
     inspections: set[str] = set()
     for inspection_id, carrier in producers:
         inspections.add(inspection_id)
@@ -227,12 +266,23 @@ def link_producers(producers: Iterable[tuple[str, Mapping[str, str]]]) -> None:
             continue
         linked = trace.get_current_span(_W3C.extract(dict(carrier))).get_span_context()
         key = (linked.trace_id, linked.span_id)
-        if not linked.is_valid or key in seen:
-            continue
-        seen.add(key)
-        span.add_link(linked, {INSPECTION_ID: inspection_id})
+        if linked.is_valid and key not in seen:
+            seen.add(key)
+            links.append(Link(linked, {INSPECTION_ID: inspection_id}))
+    return links, sorted(inspections)
+
+
+def link_producers(producers: Iterable[tuple[str, Mapping[str, str]]]) -> None:
+    """Links the current span (a batch's server span) to the spans that produced its items
+    (:func:`producer_links`) and names every inspection of the batch on it."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    links, inspections = producer_links(producers)
+    for link in links:
+        span.add_link(link.context, link.attributes)
     if inspections:
-        span.set_attribute(INSPECTION_IDS, sorted(inspections))
+        span.set_attribute(INSPECTION_IDS, inspections)
 
 
 def record_abort(code: grpc.StatusCode, message: str) -> None:

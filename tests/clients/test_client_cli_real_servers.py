@@ -18,6 +18,9 @@ from inference_svc.app import InferenceApp
 from persistence_svc.app import PersistenceApp
 from tests.support.e2e import ROOT, ImageServer
 
+# Every test runs the CLI as a process.
+pytestmark = pytest.mark.integration
+
 QUESTIONS = '[{"type": "Colour", "label": "Is the mug red?", "value_to_check": "Yes"}]\n'
 
 

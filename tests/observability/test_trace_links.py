@@ -2,7 +2,10 @@
 service with a real Postgres): each inspection is one trace from the caller through the
 inference server span and its stages; events reach Postgres later, in batches, and the
 persistence service's span for a batch links to every inspection in it, with its SQL spans as
-children. Failed calls carry their real gRPC code and, for server-side codes, status ERROR."""
+children. Failed calls carry their real gRPC code and, for server-side codes, status ERROR.
+
+Both services sample nothing on their own here (parent-based, always off): the caller's sampled
+inspections are traced, and so are the deliveries of their records (LinkAwareSampler)."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBasedTraceIdRatio, Sampler
 from opentelemetry.trace import SpanKind, StatusCode
 from rpi.inspection.v1 import inspection_pb2 as pb
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
@@ -27,7 +31,7 @@ from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 from inference_svc.app import InferenceApp
 from persistence_svc.app import PersistenceApp
 from persistence_svc.settings import PersistenceSettings
-from svc_common.tracing import grpc_client_interceptors, uninstrument_asyncpg
+from svc_common.tracing import LinkAwareSampler, grpc_client_interceptors, uninstrument_asyncpg
 from tests.support.e2e import ImageServer, inference_settings, make_request, wait_for_record
 from tools.trace_tree import render
 
@@ -36,8 +40,12 @@ RECORD_EVENTS = "/rpi.persistence.v1.PersistenceService/RecordEvents"
 GET_INSPECTION = "/rpi.persistence.v1.PersistenceService/GetInspection"
 
 
-def provider(exporter: InMemorySpanExporter, service: str) -> TracerProvider:
-    made = TracerProvider(resource=Resource.create({"service.name": service}))
+# What a service gets from OTEL_TRACES_SAMPLER=parentbased_traceidratio, here at ratio 0.
+SERVICE_SAMPLER = LinkAwareSampler(ParentBasedTraceIdRatio(0.0))
+
+
+def provider(exporter: InMemorySpanExporter, service: str, sampler: Sampler) -> TracerProvider:
+    made = TracerProvider(resource=Resource.create({"service.name": service}), sampler=sampler)
     made.add_span_processor(SimpleSpanProcessor(exporter))
     return made
 
@@ -77,9 +85,9 @@ async def test_one_trace_per_inspection_and_batches_linked_to_them(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    caller_tracing = provider(exporter, "caller")
-    inference_tracing = provider(exporter, "inference_svc")
-    persistence_tracing = provider(exporter, "persistence_svc")
+    caller_tracing = provider(exporter, "caller", ALWAYS_ON)
+    inference_tracing = provider(exporter, "inference_svc", SERVICE_SAMPLER)
+    persistence_tracing = provider(exporter, "persistence_svc", SERVICE_SAMPLER)
     persistence = PersistenceApp(
         PersistenceSettings(database_url=database_url, grpc_listen="127.0.0.1:0", metrics_port=-1),
         tracer_provider=persistence_tracing,
@@ -124,7 +132,9 @@ async def test_one_trace_per_inspection_and_batches_linked_to_them(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 grpc.StatusCode.UNAVAILABLE,
             ]
-            async with grpc.aio.insecure_channel(persistence.target) as channel:
+            async with grpc.aio.insecure_channel(
+                persistence.target, interceptors=grpc_client_interceptors(caller_tracing)
+            ) as channel:
                 reader = ppb_grpc.PersistenceServiceStub(channel)
                 for case, inspection_id in ids.items():
                     status = ppb.INSPECTION_STATUS_COMPLETED if case == "ok" else None
@@ -189,10 +199,17 @@ async def test_one_trace_per_inspection_and_batches_linked_to_them(
     sql = [s for s in spans if attr(s, "db.system") == "postgresql"]
     for batch in batches:
         assert batch.context is not None
-        # The delivery's client span is its parent, across the wire.
-        (delivery,) = [s for s in spans if s.kind is SpanKind.CLIENT and parent_of(batch, s)]
-        assert delivery.name == RECORD_EVENTS
-        assert attr(delivery, "rpc.grpc.status_code") == 0
+        # Its parent, across the wire: the inference service's call, in a delivery span that
+        # links to the same inspections (which is why the ratio-0 sampler kept it).
+        (call,) = [s for s in spans if s.kind is SpanKind.CLIENT and parent_of(batch, s)]
+        assert call.name == RECORD_EVENTS
+        assert attr(call, "rpc.grpc.status_code") == 0
+        (delivery,) = [s for s in spans if parent_of(call, s)]
+        assert delivery.name == "deliver events" and delivery.parent is None
+        assert {(link.context.trace_id, link.context.span_id) for link in delivery.links} == {
+            (link.context.trace_id, link.context.span_id) for link in batch.links
+        }
+        assert attr(delivery, "inspection_ids") == attr(batch, "inspection_ids")
         in_batch = [s for s in sql if s.context and s.context.trace_id == batch.context.trace_id]
         assert any("INSERT" in str(attr(s, "db.statement")) for s in in_batch), in_batch
         assert all(parent_of(s, batch) for s in in_batch)
