@@ -32,6 +32,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
 from prometheus_client import CollectorRegistry
 
 from bench.baseline import ForcedLength
@@ -53,7 +54,6 @@ from bench.load import ChildProcess, drive_open_sync, drive_sync
 from bench.traffic import Inspection, RepeatCounter, Traffic, TrafficModel, images_for, request_for
 from inference_svc.app import InferenceApp
 from inference_svc.domain.models import OutputLimits
-from inference_svc.settings import InferenceSettings
 from svc_common.inference_metrics import STAGE_SECONDS
 
 # A seed-style output that is not valid JSON is answered MODEL_OUTPUT_INVALID after its one
@@ -94,39 +94,48 @@ class Level:
 
 
 def _common(args: argparse.Namespace) -> dict[str, object]:
-    return {
+    # The untrained model fills every string to its bound: these give complete answers of a
+    # few dozen tokens per question; with --tokens the bounds outlast the forced length.
+    wide = max(600, args.tokens * 16)
+    limits = (
+        OutputLimits(max_analysis_chars=wide, max_evidence_chars=wide, max_result_chars=120)
+        if args.tokens
+        else OutputLimits(max_analysis_chars=24, max_evidence_chars=16, max_result_chars=8)
+    )
+    common: dict[str, object] = {
         "torch_threads": args.torch_threads,
         "max_output_retries": 0,
         "max_batch_size": args.max_batch_size,
-        # The untrained model fills every string to its bound: these give complete answers of
-        # a few dozen tokens per question.
-        "output_limits": OutputLimits(
-            max_analysis_chars=24, max_evidence_chars=16, max_result_chars=8
-        ),
+        "output_limits": limits,
     }
+    if args.in_process:
+        common["engine_process"] = False
+    return common
 
 
 def ours_rows(args: argparse.Namespace) -> list[Row]:
-    natural = ForcedLength("local", args.model, forced=False)
-    base = {**_common(args), "constrained_decoding": True, "max_new_tokens": 1024}
-    return [
-        Row(CACHE_OFF, natural, {**base, "vision_cache_bytes": 0}),
-        Row(OURS, natural, {**base, "vision_cache_bytes": args.cache_mb << 20}),
-    ]
+    engine = ForcedLength("local", args.model, forced=bool(args.tokens))
+    base = {
+        **_common(args),
+        "constrained_decoding": True,
+        "max_new_tokens": args.tokens or 1024,
+    }
+    rows = [Row(OURS, engine, {**base, "vision_cache_bytes": args.cache_mb << 20})]
+    if not args.no_cache_off:
+        rows.insert(0, Row(CACHE_OFF, engine, {**base, "vision_cache_bytes": 0}))
+    return rows
 
 
 def seed_row(args: argparse.Namespace, tokens: int) -> Row:
-    return Row(
-        SEED,
-        ForcedLength("sequential", args.model, forced=True),
-        {
-            **_common(args),
-            "constrained_decoding": False,
-            "max_new_tokens": tokens,
-            "vision_cache_bytes": 0,
-            "engine_process": args.seed_engine_process,
-        },
-    )
+    overrides = {
+        **_common(args),
+        "constrained_decoding": False,
+        "max_new_tokens": args.tokens or tokens,
+        "vision_cache_bytes": 0,
+    }
+    if not args.in_process:
+        overrides["engine_process"] = args.seed_engine_process
+    return Row(SEED, ForcedLength("sequential", args.model, forced=True), overrides)
 
 
 def stage_sums(registry: CollectorRegistry) -> dict[str, float]:
@@ -155,6 +164,7 @@ class Bench:
         self.client: ChildProcess | None = None
         self.url = ""
         self.cache_hits: dict[str, int] = {}
+        self.seed_levels = set(args.seed_levels or args.concurrency)
 
     def requests(self, inspections: Sequence[Inspection]) -> list[bytes]:
         return [
@@ -170,6 +180,8 @@ class Bench:
         pids = {p for p in map(_engine_pid, self.apps.values()) if p is not None}
         out = []
         for name, app in self.apps.items():
+            if name == SEED and rate == 0 and concurrency not in self.seed_levels:
+                continue
             out.append(await self._measure(name, app, mode, requests, concurrency, rate, pids))
             out[-1].repeat_rate = self.repeats.rate
         return out
@@ -241,8 +253,9 @@ class Bench:
                 await self._start(stack, row)
             tokens = await self._warm_up(warm)
             await self._start(stack, seed_row(args, tokens))
-            warm_seed = self.requests(warm[: max(1, args.warmup // 4)])
-            await self.client.call(drive_sync, self._target(SEED), warm_seed, 1, len(warm_seed))
+            if not args.tokens:  # a forced-length generate would warm it for minutes on a GPU
+                warm_seed = self.requests(warm[: max(1, args.warmup // 4)])
+                await self.client.call(drive_sync, self._target(SEED), warm_seed, 1, len(warm_seed))
             print(f"ours' mean natural output length: {tokens} tokens", flush=True)
             for c, inspections in levels.items():
                 results.extend(await self.run_level(f"c={c}", inspections, c, 0.0))
@@ -250,7 +263,7 @@ class Bench:
                 mode = f"open {args.rate:g}/s"
                 results.extend(await self.run_level(mode, opened, 0, args.rate))
             for name, app in self.apps.items():
-                self.cache_hits[name] = getattr(app.engine.stats(), "vision_cache_hits", 0)
+                self.cache_hits[name] = app.engine.stats().vision_cache_hits
         return results
 
     def count(self, concurrency: int) -> int:
@@ -260,9 +273,7 @@ class Bench:
         return f"127.0.0.1:{self.apps[name].port}"
 
     async def _start(self, stack: contextlib.AsyncExitStack, row: Row) -> None:
-        known = InferenceSettings.model_fields.keys() | {"output_limits"}
-        overrides = {k: v for k, v in row.overrides.items() if k in known}
-        app = await stack.enter_async_context(serving_app(row.engine, overrides))
+        app = await stack.enter_async_context(serving_app(row.engine, dict(row.overrides)))
         self.apps[row.name] = app
         self.rows[row.name] = row
 
@@ -271,9 +282,9 @@ class Bench:
         assert self.client is not None
         self.repeats.add(warm)
         requests = self.requests(warm)
-        app = self.apps[CACHE_OFF]
+        app = self.apps[OURS]
         before = app.engine.stats()
-        for name in (CACHE_OFF, OURS):
+        for name in self.apps:
             await self.client.call(drive_sync, self._target(name), requests, 4, len(requests))
         after = app.engine.stats()
         rows = after.rows - before.rows
@@ -317,17 +328,21 @@ def report(bench: Bench, results: list[Level]) -> str:
         [r.mode, r.row, *(fmt(r.stages_ms[s], 0) for s in STAGES)] for r in results if r.row != SEED
     ]
     ratios = []
+    # Levels without a seed-style measurement (--seed-levels) take its first closed-loop one
+    # for requests/s (marked *): it serves one request at a time, whatever the concurrency.
+    first_seed = next((r for r in results if r.row == SEED and r.mode.startswith("c=")), None)
     for mode in modes:
         ours, off, seed = by.get((OURS, mode)), by.get((CACHE_OFF, mode)), by.get((SEED, mode))
-        if ours is None or off is None or seed is None:
+        if ours is None:
             continue
+        base, mark = (seed, "") if seed else (first_seed, "*")
         ratios.append(
             [
                 mode,
-                f"{ratio(ours.rps, seed.rps):.2f}x",
-                f"{ratio(seed.latency.p50_ms, ours.latency.p50_ms):.2f}x",
-                f"{ratio(ours.rps, off.rps):.2f}x",
-                f"{ratio(off.service_cpu_s, ours.service_cpu_s):.2f}x",
+                f"{ratio(ours.rps, base.rps):.2f}x{mark}" if base else "-",
+                f"{ratio(seed.latency.p50_ms, ours.latency.p50_ms):.2f}x" if seed else "-",
+                f"{ratio(ours.rps, off.rps):.2f}x" if off else "-",
+                f"{ratio(off.service_cpu_s, ours.service_cpu_s):.2f}x" if off else "-",
             ]
         )
     equal, compared = same_answers(results)
@@ -345,9 +360,17 @@ def report(bench: Bench, results: list[Level]) -> str:
             ),
             f"ours' answers with the cache on and off: {equal}/{compared} identical; vision "
             f"cache hits: {hits.get(OURS, 0)}",
+            gpu_memory(),
             "RATIOS " + " ".join(f"{row[0]}={row[1]}/{row[3]}" for row in ratios),
         ]
     )
+
+
+def gpu_memory() -> str:
+    if not torch.cuda.is_available():
+        return "GPU memory: - (no CUDA)"
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    return f"GPU memory, max allocated in the server process: {peak:.2f} GiB"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -365,6 +388,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--model", choices=["demo", "full_size"], default="demo")
     p.add_argument("--seed-engine-process", action="store_true")
+    p.add_argument(
+        "--tokens",
+        type=int,
+        default=0,
+        help="force every output to this many tokens (0: ours' natural length; the seed-style "
+        "row gets ours' mean)",
+    )
+    p.add_argument(
+        "--seed-levels",
+        type=int,
+        nargs="*",
+        default=None,
+        help="concurrencies at which the seed-style row is measured (default: all); it serves "
+        "one request at a time, so its requests/s does not depend on the concurrency",
+    )
+    p.add_argument("--no-cache-off", action="store_true", help="leave out 'ours, cache off'")
+    p.add_argument(
+        "--in-process", action="store_true", help="every row's engine in the server process"
+    )
     p.add_argument("--quick", action="store_true", help="CI-sized: c=1 2, 2 requests each")
     add_torch_threads_flag(p)
     args = p.parse_args(argv)

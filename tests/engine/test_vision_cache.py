@@ -128,3 +128,19 @@ async def test_the_engine_process_keeps_the_cache_in_the_child(model_cache: Path
         assert refused.value.indexes == (0,)
     finally:
         await engine.stop()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+async def test_cached_features_give_the_same_tokens_on_cuda(engine_factory: EngineFactory) -> None:
+    """On the GPU (bf16) too: the vision tower's output for an image does not depend on the
+    batch it was encoded in, or the cached features would change the answers."""
+    off = await engine_factory(device="auto", vision_cache_bytes=0)
+    on = await engine_factory(device="auto", vision_cache_bytes=CACHE_BYTES)
+    assert on.loaded.runtime.device.startswith("cuda") and on.info.vision_cache
+    plain, keyed, by_reference = _requests()
+    expected = await off.generate(plain, NullListener())
+    first = await on.generate(keyed, NullListener())
+    again = await on.generate(by_reference, NullListener())
+    assert [first.text, again.text] == [expected.text] * 2
+    assert on.stats().vision_cache_hits == 1
