@@ -28,11 +28,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import torch
 from prometheus_client import CollectorRegistry
 
 from bench.baseline import ForcedLength
@@ -41,17 +39,14 @@ from bench.common import (
     add_torch_threads_flag,
     apply_torch_threads,
     argument_parser,
-    fmt,
-    machine,
     quiet_logs,
-    ratio,
     serving_app,
-    table,
 )
 from bench.engine import cpu_seconds
 from bench.image_server import ImageServerProcess
 from bench.load import ChildProcess, drive_open_sync, drive_sync
 from bench.traffic import Inspection, RepeatCounter, Traffic, TrafficModel, images_for, request_for
+from bench.workload_report import CACHE_OFF, OURS, SEED, STAGES, Level, combine, report
 from inference_svc.app import InferenceApp
 from inference_svc.domain.models import OutputLimits
 from svc_common.inference_metrics import STAGE_SECONDS
@@ -59,8 +54,6 @@ from svc_common.inference_metrics import STAGE_SECONDS
 # A seed-style output that is not valid JSON is answered MODEL_OUTPUT_INVALID after its one
 # generate: the model, the parse and the reply were all done.
 COMPLETED = {("OK", ""), ("INTERNAL", "MODEL_OUTPUT_INVALID")}
-STAGES = ("fetch", "preprocess", "queue_wait", "prefill", "decode_tokens", "parse", "total")
-SEED, CACHE_OFF, OURS = "seed-style", "ours, cache off", "ours"
 
 
 @dataclass(frozen=True)
@@ -68,29 +61,6 @@ class Row:
     name: str
     engine: ForcedLength
     overrides: dict[str, object]
-
-
-@dataclass
-class Level:
-    row: str
-    mode: str  # "c=N" closed loop or "open R/s"
-    requests: int
-    completed: int
-    wall_s: float
-    latency: LatencySummary
-    cpu_s: dict[str, float]  # per inspection, by process role
-    stages_ms: dict[str, float]  # mean per request
-    answers: dict[int, str] = field(default_factory=dict)
-    failures: dict[str, int] = field(default_factory=dict)
-    repeat_rate: float = math.nan
-
-    @property
-    def rps(self) -> float:
-        return self.completed / self.wall_s if self.wall_s else 0.0
-
-    @property
-    def service_cpu_s(self) -> float:
-        return self.cpu_s.get("server", 0.0) + self.cpu_s.get("engine", 0.0)
 
 
 def _common(args: argparse.Namespace) -> dict[str, object]:
@@ -221,6 +191,7 @@ class Bench:
             completed=len(ok),
             wall_s=load.wall_s,
             latency=LatencySummary.of([o.latency_s for o in ok]),
+            latencies_s=[o.latency_s for o in ok],
             cpu_s={k: v / n for k, v in cpu.items()},
             stages_ms={
                 s: (stages.get(s, 0.0) - stages_before.get(s, 0.0)) * 1000 / n for s in STAGES
@@ -240,9 +211,12 @@ class Bench:
     async def run(self) -> list[Level]:
         args = self.args
         warm = self.traffic.stream(args.warmup)
-        levels = {c: self.traffic.stream(self.count(c)) for c in args.concurrency}
+        levels = {
+            c: [self.traffic.stream(self.count(c)) for _ in range(args.repeats)]
+            for c in args.concurrency
+        }
         opened = self.traffic.stream(args.open_requests) if args.rate > 0 else []
-        everything = [*warm, *(i for v in levels.values() for i in v), *opened]
+        everything = [*warm, *(i for v in levels.values() for run in v for i in run), *opened]
         images = images_for(everything, self.traffic.model.pickup_pool)
         results: list[Level] = []
         async with contextlib.AsyncExitStack() as stack:
@@ -257,8 +231,14 @@ class Bench:
                 warm_seed = self.requests(warm[: max(1, args.warmup // 4)])
                 await self.client.call(drive_sync, self._target(SEED), warm_seed, 1, len(warm_seed))
             print(f"ours' mean natural output length: {tokens} tokens", flush=True)
-            for c, inspections in levels.items():
-                results.extend(await self.run_level(f"c={c}", inspections, c, 0.0))
+            for c, streams in levels.items():
+                # Repeats on fresh requests, the rows in turn each time: the host's drift
+                # falls on every row alike.
+                runs = [await self.run_level(f"c={c}", stream, c, 0.0) for stream in streams]
+                for name in self.apps:
+                    mine = [level for run in runs for level in run if level.row == name]
+                    if mine:
+                        results.append(combine(mine))
             if opened:
                 mode = f"open {args.rate:g}/s"
                 results.extend(await self.run_level(mode, opened, 0, args.rate))
@@ -291,91 +271,10 @@ class Bench:
         return max(1, round((after.tokens_generated - before.tokens_generated) / max(rows, 1)))
 
 
-def same_answers(results: list[Level]) -> tuple[int, int]:
-    """(equal, compared): ours' answers with the cache on against off, request by request."""
-    by = {(r.row, r.mode): r for r in results}
-    equal = compared = 0
-    for (row, mode), level in by.items():
-        if row != OURS or (CACHE_OFF, mode) not in by:
-            continue
-        other = by[(CACHE_OFF, mode)].answers
-        for index, answer in level.answers.items():
-            if index in other:
-                compared += 1
-                equal += answer == other[index]
-    return equal, compared
-
-
-def report(bench: Bench, results: list[Level]) -> str:
-    by = {(r.row, r.mode): r for r in results}
-    modes = list(dict.fromkeys(r.mode for r in results))
-    body = []
-    for r in results:
-        body.append(
-            [
-                r.mode,
-                r.row,
-                f"{r.completed}/{r.requests}",
-                fmt(r.rps, 2),
-                fmt(r.latency.p50_ms, 0),
-                fmt(r.latency.p99_ms, 0),
-                fmt(r.service_cpu_s, 2),
-                f"{r.repeat_rate:.0%}",
-            ]
-        )
-    head = ["load", "row", "done", "req/s", "p50 ms", "p99 ms", "CPU s/insp.", "ref repeat"]
-    stage_rows = [
-        [r.mode, r.row, *(fmt(r.stages_ms[s], 0) for s in STAGES)] for r in results if r.row != SEED
-    ]
-    ratios = []
-    # Levels without a seed-style measurement (--seed-levels) take its first closed-loop one
-    # for requests/s (marked *): it serves one request at a time, whatever the concurrency.
-    first_seed = next((r for r in results if r.row == SEED and r.mode.startswith("c=")), None)
-    for mode in modes:
-        ours, off, seed = by.get((OURS, mode)), by.get((CACHE_OFF, mode)), by.get((SEED, mode))
-        if ours is None:
-            continue
-        base, mark = (seed, "") if seed else (first_seed, "*")
-        ratios.append(
-            [
-                mode,
-                f"{ratio(ours.rps, base.rps):.2f}x{mark}" if base else "-",
-                f"{ratio(seed.latency.p50_ms, ours.latency.p50_ms):.2f}x" if seed else "-",
-                f"{ratio(ours.rps, off.rps):.2f}x" if off else "-",
-                f"{ratio(off.service_cpu_s, ours.service_cpu_s):.2f}x" if off else "-",
-            ]
-        )
-    equal, compared = same_answers(results)
-    hits = bench.cache_hits
-    return "\n\n".join(
-        [
-            f"Machine: {machine()}",
-            f"Traffic: {bench.traffic.model.describe()}",
-            table(head, body),
-            "Server-side time per request by stage (ms, wall time of the stage, means):\n\n"
-            + table(["load", "row", *STAGES], stage_rows),
-            table(
-                ["load", "ours vs seed req/s", "p50 seed/ours", "cache on/off req/s", "CPU off/on"],
-                ratios,
-            ),
-            f"ours' answers with the cache on and off: {equal}/{compared} identical; vision "
-            f"cache hits: {hits.get(OURS, 0)}",
-            gpu_memory(),
-            "RATIOS " + " ".join(f"{row[0]}={row[1]}/{row[3]}" for row in ratios),
-        ]
-    )
-
-
-def gpu_memory() -> str:
-    if not torch.cuda.is_available():
-        return "GPU memory: - (no CUDA)"
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    return f"GPU memory, max allocated in the server process: {peak:.2f} GiB"
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argument_parser("workload", __doc__)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 15])
+    p.add_argument("--repeats", type=int, default=1, help="closed-loop runs per level")
     p.add_argument("--requests", type=int, default=8, help="requests per level, at least")
     p.add_argument("--rounds", type=int, default=2, help="at least concurrency x rounds")
     p.add_argument("--rate", type=float, default=3.0, help="open-loop arrivals/s (0: none)")
@@ -422,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> list[Level]:
     apply_torch_threads(args.torch_threads)
     bench = Bench(args)
     results = asyncio.run(bench.run())
-    print(report(bench, results))
+    print(report(bench.traffic.model.describe(), bench.cache_hits, results))
     return results
 
 
