@@ -5,6 +5,7 @@ hold is refused with ImagesNotCached, in process and across the engine process."
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from inference_svc.engine.api import GenerationRequest, ImagesNotCached, NullLis
 from inference_svc.engine.config import EngineConfig
 from inference_svc.engine.process_client import ProcessEngine
 from inference_svc.engine.vision_cache import VisionFeatureCache
+from inference_svc.imaging.tiling import prepare_image
+from inference_svc.pipeline.reference_reuse import ReferenceReuse, fingerprint
 
 from .conftest import EngineFactory, make_request
 
@@ -144,3 +147,23 @@ async def test_cached_features_give_the_same_tokens_on_cuda(engine_factory: Engi
     again = await on.generate(by_reference, NullListener())
     assert [first.text, again.text] == [expected.text] * 2
     assert on.stats().vision_cache_hits == 1
+
+
+def test_the_image_key_covers_content_tile_limit_and_preparer_arguments() -> None:
+    prepare = functools.partial(prepare_image, image_size=448, resize="torch")
+    tiling = fingerprint(prepare)
+    assert tiling is not None
+    reuse = ReferenceReuse(tiling)
+    key = reuse.image_key("ab" * 32, 1)
+    assert key == ReferenceReuse(tiling).image_key("ab" * 32, 1)
+    assert key != reuse.image_key("cd" * 32, 1)
+    assert key != reuse.image_key("ab" * 32, 2)
+    for other in (
+        functools.partial(prepare_image, image_size=448, resize="pillow"),
+        functools.partial(prepare_image, image_size=448, resize="torch", max_pixels=1),
+    ):
+        other_tiling = fingerprint(other)
+        assert other_tiling is not None
+        assert ReferenceReuse(other_tiling).image_key("ab" * 32, 1) != key
+    # A preparer whose configuration cannot be read is never reused.
+    assert fingerprint(lambda fetched, tiles: fetched) is None
