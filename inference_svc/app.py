@@ -52,7 +52,7 @@ from inference_svc.settings import InferenceSettings
 from svc_common.grpc_metrics import GrpcServerMetricsInterceptor
 from svc_common.grpc_options import KEEPALIVE_OPTIONS
 from svc_common.health import LIVENESS_SERVICE, HealthServicer
-from svc_common.inference_metrics import InferenceMetrics
+from svc_common.inference_metrics import InferenceMetrics, VisionCacheCounts
 from svc_common.metrics_server import MetricsServer, start_metrics_server
 from svc_common.security import AuthMetrics, server_security, start_health_port
 from svc_common.tls import ClientTLS
@@ -183,6 +183,7 @@ class InferenceApp:
         self.metrics.inflight_limit.set(settings.max_concurrent_requests)
         self.metrics.queue_capacity.set(settings.max_queue_size)
         self.metrics.queue_depth.set_function(lambda: float(self.engine.queue_depth()))
+        self.metrics.vision_cache.bind(self._vision_cache_counts)
         # A module-level function with plain arguments: it pickles to worker processes.
         self.prepare = functools.partial(
             prepare_image,
@@ -229,6 +230,15 @@ class InferenceApp:
     async def _on_link_state(self, state: LinkState) -> None:
         self.delivery_metrics.on_link_state(state)
         await self.health.set(PERSISTENCE_LINK_HEALTH_NAME, link_health_status(state))
+
+    def _vision_cache_counts(self) -> VisionCacheCounts:
+        stats = self.engine.stats()
+        return VisionCacheCounts(
+            stats.vision_cache_hits,
+            stats.vision_cache_misses,
+            stats.vision_cache_evictions,
+            stats.vision_cache_bytes,
+        )
 
     def _engine_lost(self) -> None:
         """The engine process died and cannot come back in this pod: readiness and liveness

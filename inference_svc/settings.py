@@ -288,6 +288,15 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         advanced=True,
         ge=0,
     )
+    vision_cache_bytes: int = setting(
+        defaults.VISION_CACHE_BYTES,
+        "Bytes of vision features (on the model's device) the engine keeps for repeated "
+        "reference images, least recently used evicted first; a cached image skips decode, "
+        "tiling and the vision tower; 0 = off.",
+        group="engine",
+        advanced=True,
+        ge=0,
+    )
     max_batch_size: int = setting(
         defaults.MAX_BATCH_SIZE, "Most rows generating at once.", group="engine", ge=1
     )

@@ -5,11 +5,14 @@ take values from small fixed sets only (never ids).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from svc_common._labels import GO_CODE_NAMES, bounded, go_code_name
 from svc_common.stage_histogram import PerLabelBucketHistogram
@@ -44,6 +47,9 @@ IMAGE_SHARPNESS: Final = "rpi_inference_image_sharpness"
 IMAGE_MEAN_LUMA: Final = "rpi_inference_image_mean_luma"
 POLICY_RELOAD_FAILED: Final = "rpi_inference_policy_reload_failed"
 POLICY_RELOAD_FAILURES_TOTAL: Final = "rpi_inference_policy_reload_failures_total"
+VISION_CACHE_LOOKUPS_TOTAL: Final = "rpi_inference_vision_cache_lookups_total"
+VISION_CACHE_EVICTIONS_TOTAL: Final = "rpi_inference_vision_cache_evictions_total"
+VISION_CACHE_BYTES: Final = "rpi_inference_vision_cache_bytes"
 
 # Exposed family name -> Prometheus type, for checks of dashboards and alert rules.
 METRIC_TYPES: Final[dict[str, str]] = {
@@ -75,6 +81,9 @@ METRIC_TYPES: Final[dict[str, str]] = {
     IMAGE_MEAN_LUMA: "histogram",
     POLICY_RELOAD_FAILED: "gauge",
     POLICY_RELOAD_FAILURES_TOTAL: "counter",
+    VISION_CACHE_LOOKUPS_TOTAL: "counter",
+    VISION_CACHE_EVICTIONS_TOTAL: "counter",
+    VISION_CACHE_BYTES: "gauge",
 }
 
 Stage = Literal[
@@ -299,6 +308,8 @@ class InferenceMetrics:
         for role in IMAGE_ROLES:
             self.image_sharpness.labels(role=role)
             self.image_mean_luma.labels(role=role)
+        self.vision_cache = VisionCacheCollector()
+        registry.register(self.vision_cache)
 
     # --- stages
     def observe_stage(self, stage: Stage, seconds: float) -> None:
@@ -354,6 +365,44 @@ class InferenceMetrics:
         code is used; a timeout counts as DeadlineExceeded, anything else as Unknown) or a
         code name (``"UNAVAILABLE"``). Stored Go-spelled like grpc_server_handled_total."""
         self.event_delivery_failures.labels(grpc_code=_delivery_code(error)).inc()
+
+
+@dataclass(frozen=True)
+class VisionCacheCounts:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    bytes: int = 0
+
+
+class VisionCacheCollector(Collector):
+    """The engine's vision-feature cache counters, read when scraped (the engine counts them,
+    in the engine process when there is one); zeros until :meth:`bind`."""
+
+    def __init__(self) -> None:
+        self._read: Callable[[], VisionCacheCounts] = VisionCacheCounts
+
+    def bind(self, read: Callable[[], VisionCacheCounts]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._read()
+        lookups = CounterMetricFamily(
+            VISION_CACHE_LOOKUPS_TOTAL,
+            "Lookups of a reference image's vision features, by result (hit, miss).",
+            labels=["result"],
+        )
+        lookups.add_metric(["hit"], counts.hits)
+        lookups.add_metric(["miss"], counts.misses)
+        yield lookups
+        yield CounterMetricFamily(
+            VISION_CACHE_EVICTIONS_TOTAL,
+            "Vision features evicted from the cache to make room (least recently used).",
+            value=counts.evictions,
+        )
+        yield GaugeMetricFamily(
+            VISION_CACHE_BYTES, "Bytes of vision features the cache holds.", value=counts.bytes
+        )
 
 
 def _delivery_code(error: BaseException | str) -> str:
