@@ -25,6 +25,8 @@ from prometheus_client import (
 from rpi.inspection.v1 import inspection_pb2, inspection_pb2_grpc
 
 from inference_svc.allocator import fix_mmap_threshold
+from inference_svc.async_inspections import SERVICE_NAMES as ASYNC_SERVICES
+from inference_svc.async_inspections import AsyncInspections
 from inference_svc.domain.policy import DEFAULT_POLICY_NAME, PolicyHolder
 from inference_svc.domain.prompt import PromptTemplate
 from inference_svc.domain.validation import RequestLimits
@@ -219,6 +221,26 @@ class InferenceApp:
             policies=self.policies,
             reuse_lookup=self.reuse_lookup,
         )
+        self.limits = RequestLimits(
+            max_reference_images=settings.max_reference_images,
+            max_pickup_images=settings.max_pickup_images,
+            max_questions=settings.max_questions,
+            max_text_length=settings.max_text_length,
+            max_legacy_questions_bytes=settings.max_legacy_questions_bytes,
+            allow_http=settings.allow_http,
+        )
+        self.async_inspections: AsyncInspections | None = None
+        if settings.persistence_target:
+            self.async_inspections = AsyncInspections(
+                settings,
+                pipeline=self.pipeline,
+                limits=self.limits,
+                admission=self.admission,
+                accepting=lambda: self.serving and not self.draining,
+                registry=self.registry,
+                interceptors=grpc_client_interceptors(tracer_provider),
+                tls=_persistence_tls(settings),
+            )
         self.serving = False
         self.draining = False
         self.server: grpc.aio.Server | None = None
@@ -280,14 +302,7 @@ class InferenceApp:
         inspection_pb2_grpc.add_InspectionServiceServicer_to_server(
             InspectionServicer(
                 self.pipeline,
-                RequestLimits(
-                    max_reference_images=s.max_reference_images,
-                    max_pickup_images=s.max_pickup_images,
-                    max_questions=s.max_questions,
-                    max_text_length=s.max_text_length,
-                    max_legacy_questions_bytes=s.max_legacy_questions_bytes,
-                    allow_http=s.allow_http,
-                ),
+                self.limits,
                 self.admission,
                 s.request_timeout_s,
                 lambda: self.serving,
@@ -295,11 +310,14 @@ class InferenceApp:
             ),
             self.server,
         )
+        if self.async_inspections is not None:
+            self.async_inspections.add_to_server(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if self.security.reflection:
             reflection.enable_server_reflection(
                 (
                     SERVICE_NAME,
+                    *(ASYNC_SERVICES if self.async_inspections is not None else ()),
                     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                     reflection.SERVICE_NAME,
                 ),
@@ -338,6 +356,8 @@ class InferenceApp:
         self.serving = True
         self.metrics.set_model_ready(True)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.async_inspections is not None:
+            self.async_inspections.start()
 
     async def stop(self, grace_s: float | None = None, prestop_s: float = 0.0) -> None:
         """Drain: readiness NOT_SERVING at once, liveness stays SERVING, new inspections are
@@ -357,6 +377,8 @@ class InferenceApp:
         # Still listening while in-flight work finishes: liveness answers SERVING through the
         # whole drain, so a liveness window shorter than the grace never restarts the pod.
         await self.admission.wait_idle(grace)
+        if self.async_inspections is not None:
+            await self.async_inspections.stop(max(0.0, grace - (time.monotonic() - started)))
         if self.server is not None:
             await self.server.stop(max(0.0, grace - (time.monotonic() - started)))
         await self.engine.stop()
@@ -369,6 +391,8 @@ class InferenceApp:
             await self.sender.close()
         if self.reuse_lookup is not None:
             await self.reuse_lookup.close()
+        if self.async_inspections is not None:
+            await self.async_inspections.close()
         await self.fetcher.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.prepare_executor is not self.executor:

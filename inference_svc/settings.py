@@ -378,5 +378,49 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         30.0, "Longest retry backoff.", group="events", advanced=True, gt=0
     )
 
+    # --- asynchronous inspections (docs/operations-async.md)
+    async_jobs: bool = setting(
+        True,
+        "Run queued asynchronous inspections here (SubmitInspection and the Operations service "
+        "are served whenever PERSISTENCE_TARGET is set).",
+        group="async jobs",
+        advanced=True,
+    )
+    max_async_inspections: int = setting(
+        0,
+        "Most asynchronous inspections this replica runs at once; 0 = MAX_BATCH_SIZE. They are "
+        "claimed only while the engine has a free row, so synchronous calls keep priority.",
+        group="async jobs",
+        advanced=True,
+        ge=0,
+    )
+    job_lease_s: float = setting(
+        30.0,
+        "Lease of a claimed job: another replica runs it again this long after this one stops "
+        "renewing (it renews every JOB_POLL_INTERVAL_S).",
+        group="async jobs",
+        advanced=True,
+        ge=1,
+        le=3600,
+    )
+    webhook_secrets_file: Path | None = setting(
+        None,
+        "YAML file of webhook signing secrets (whsec_...): 'default' for every caller and "
+        "'callers' per calling identity, each one secret or a list (rotation). Unset: "
+        "SubmitInspection refuses callbacks.",
+        group="async jobs",
+        advanced=True,
+    )
+    webhook_timeout_s: float = setting(
+        15.0, "Timeout of one webhook POST.", group="async jobs", advanced=True, gt=0
+    )
+    job_poll_interval_s: float = setting(
+        0.5,
+        "How often the worker claims, renews its leases and learns of cancels.",
+        group="async jobs",
+        advanced=True,
+        gt=0,
+    )
+
     # --- leaving (issue 25): the engine work removes the first five, the pipeline work moves
     # the output caps into the prompt template; app.py reads them until then.

@@ -18,6 +18,8 @@ from persistence_svc.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from persistence_svc.job_rpcs import JobRpcs
+from persistence_svc.jobs import JobQueue
 from persistence_svc.records import RecordOutcome
 from persistence_svc.repository import Repository
 from svc_common.tracing import link_producers, tag_inspection
@@ -29,7 +31,7 @@ DEFAULT_LOOKUP_LIMIT = 5
 MAX_LOOKUP_LIMIT = 50
 
 
-class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
+class PersistenceServicer(JobRpcs, persistence_pb2_grpc.PersistenceServiceServicer):
     """Serves rpi.persistence.v1.PersistenceService. Answers UNAVAILABLE until a repository is
     attached (the database is connected and migrated)."""
 
@@ -44,14 +46,21 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         on_database_state: Callable[[bool], None] | None = None,
     ) -> None:
         self._repository = repository
+        self._jobs: JobQueue | None = None
         self._on_recorded = on_recorded
         self._on_database_state = on_database_state
         self._max_events = max_events_per_call
         self._default_page_size = default_page_size
         self._max_page_size = max_page_size
 
-    def attach(self, repository: Repository | None) -> None:
+    def attach(self, repository: Repository | None, jobs: JobQueue | None = None) -> None:
         self._repository = repository
+        self._jobs = jobs
+
+    def _job_queue(self) -> JobQueue:
+        if self._jobs is None:
+            raise DatabaseUnavailableError("the persistence service is not ready")
+        return self._jobs
 
     def _repo(self) -> Repository:
         if self._repository is None:

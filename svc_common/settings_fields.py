@@ -25,6 +25,7 @@ Group = Literal[
     "engine",
     "events",
     "database",
+    "async jobs",
 ]
 
 GROUPS: tuple[Group, ...] = get_args(Group)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from svc_common import grpc_metrics, inference_metrics, persistence_metrics
+from svc_common import grpc_metrics, inference_metrics, job_metrics, persistence_metrics
 
 from .conftest import OBSERVABILITY_DIR
 
@@ -28,7 +28,7 @@ _KEYWORDS = {
 
 def _known_series() -> set[str]:
     names: set[str] = set()
-    for module in (grpc_metrics, inference_metrics, persistence_metrics):
+    for module in (grpc_metrics, inference_metrics, persistence_metrics, job_metrics):
         for name, kind in module.METRIC_TYPES.items():
             names.update(name + suffix for suffix in _SUFFIXES[kind])
     return names
@@ -164,7 +164,7 @@ def test_alert_rules_are_complete() -> None:
     assert {r["alert"] for r in rules} - set(TARGET_ALERTS) == {
         "HighErrorRate", "QueueSaturated", "LatencyP95OverObjective", "EventBacklogGrowing",
         "ModelNotReady", "PersistenceDown", "PersistenceRefusesWriter", "PolicyReloadFailing",
-        "ImageFetchFailing",
+        "ImageFetchFailing", "AsyncQueueGrowing", "WebhookDeadLetters",
     }  # fmt: skip
     known = _known_series() | {"up"}  # up: Prometheus' own series per scrape target
     for rule in rules:

@@ -56,6 +56,7 @@ TIERS: dict[str, str] = {
     "hardening/": INTEGRATION,  # both live services fuzzed; a server in a subprocess
     "persistence/": INTEGRATION,
     "native_clients/": INTEGRATION,
+    "operations/": INTEGRATION,  # the job queue on PostgreSQL, both services
     "bench/": INTEGRATION,
     "grpc_errors/": INTEGRATION,
     "security/test_secure_services.py": INTEGRATION,  # both services, Postgres, a model

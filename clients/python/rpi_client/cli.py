@@ -17,6 +17,7 @@ Examples::
     rpi-inspect list --persistence-target localhost:50052 --shipping-id S1
     rpi-inspect health --target localhost:50051
     rpi-inspect legacy-convert old_request.json > request.json
+    name=$(rpi-inspect submit ... --request-id order-1) && rpi-inspect wait "$name"
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from rich.console import Console
 from rpi.inspection.v1 import inspection_pb2
 from rpi.persistence.v1 import persistence_pb2
 
-from clients.python.rpi_client import render
+from clients.python.rpi_client import operations_cli, render
 from clients.python.rpi_client.channel import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ChannelOptions,
@@ -215,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="service name to check ('' for the server; default %(default)s)",
     )
 
+    operations_cli.add_parsers(
+        commands, connection, os.environ.get(TARGET_ENV, DEFAULT_TARGET), target_help
+    )
     convert = commands.add_parser(
         "legacy-convert",
         help="old JSON request -> InspectRequest JSON",
@@ -384,6 +388,10 @@ def _hint(args: argparse.Namespace, failure: InspectionFailed) -> str | None:
     return None
 
 
+def cmd_operations(args: argparse.Namespace, out: Console, err: Console) -> int:
+    return operations_cli.run(args, channel_options(args))
+
+
 def _timeout_kwargs(args: argparse.Namespace) -> dict[str, float]:
     return {"timeout": args.timeout} if args.timeout is not None else {}
 
@@ -399,6 +407,7 @@ _COMMANDS = {
     "list": cmd_list,
     "health": cmd_health,
     "legacy-convert": cmd_legacy_convert,
+    **dict.fromkeys(("submit", "wait", "operations"), cmd_operations),
 }
 
 
