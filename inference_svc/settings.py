@@ -93,8 +93,8 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
     )
     max_request_pixels: int = setting(
         128_000_000,
-        "Pixels one request's PNG/WebP images may decode to in all (they decode at full size; "
-        "JPEGs decode reduced and do not count).",
+        "Pixels one request's full-size decodes may take in all: PNG/WebP, and JPEG in "
+        "PREPROCESS=exact (fast mode decodes JPEGs reduced; they do not count).",
         group="image intake",
         advanced=True,
         ge=1,
@@ -163,11 +163,18 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
     )
     reference_max_tiles: int = setting(1, "Tiles per reference image.", group="image intake", ge=1)
     pickup_max_tiles: int = setting(2, "Tiles per pickup image.", group="image intake", ge=1)
-    image_resize: Literal["torch", "pillow"] = setting(
-        "torch",
-        "Resize filter for tiles: torch's antialiased bicubic on uint8 (faster, within 3 "
-        "levels of 255 of Pillow's) or Pillow's own, which the published InternVL pipeline "
-        "uses (bit-identical tiles where no JPEG draft applies).",
+    preprocess: Literal["exact", "fast"] = setting(
+        "exact",
+        "Tile pixels: exact = the published InternVL pipeline's, bit for bit (full decode, "
+        "Pillow bicubic), what a fine-tune was trained on; fast = JPEG draft decode and "
+        "torch's resize, cheaper, within a measured tolerance (docs/preprocessing.md).",
+        group="image intake",
+        advanced=True,
+    )
+    exif_transpose: Literal["auto", "on", "off"] = setting(
+        "auto",
+        "Turn photos upright by their EXIF orientation (auto: off in exact mode, as the "
+        "published pipeline, on in fast mode).",
         group="image intake",
         advanced=True,
     )
@@ -195,6 +202,17 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         advanced=True,
         ge=0,
         le=19,
+    )
+
+    malloc_mmap_threshold_bytes: int = setting(
+        1024 * 1024,
+        "Allocations this large get their own memory mapping, unmapped when freed, so a "
+        "request's decoded images go back to the OS when it ends (glibc; 0 = glibc's adaptive "
+        "default, which keeps them in the worker threads' heaps).",
+        group="image intake",
+        advanced=True,
+        ge=0,
+        le=32 * 1024 * 1024,
     )
 
     # --- model, prompt and output
@@ -266,6 +284,15 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         "ENGINE_PROCESS: MiB of shared memory (anonymous, not /dev/shm) that carries request "
         "tiles to the engine process; requests that find none free are pickled through the "
         "pipe; 0 = always pickle.",
+        group="engine",
+        advanced=True,
+        ge=0,
+    )
+    vision_cache_bytes: int = setting(
+        defaults.VISION_CACHE_BYTES,
+        "Bytes of vision features (on the model's device) the engine keeps for repeated "
+        "reference images, least recently used evicted first; a cached image skips decode, "
+        "tiling and the vision tower; 0 = off.",
         group="engine",
         advanced=True,
         ge=0,

@@ -176,6 +176,8 @@ class PersistenceApp:
     async def start(self, *, wait_ready: bool = True) -> None:
         """Binds and starts the gRPC server, then connects and migrates the database (in the
         background when ``wait_ready`` is False; see ``wait_ready()``)."""
+        # SQL spans (children of the call's span) come from patching asyncpg, process-wide.
+        instrument_asyncpg(self.tracer_provider)
         await self.health.set_serving(False)
         if self.database_url is None:
             # Before any gRPC server thread exists: pgserver forks initdb/pg_ctl, and a fork while
@@ -318,7 +320,6 @@ async def run_server(settings: PersistenceSettings, ready: asyncio.Event | None 
     """Runs until SIGTERM/SIGINT; returns the process exit status. ``ready`` is set once
     SERVING."""
     provider = configure_tracing("persistence_svc")
-    instrument_asyncpg(provider)
     try:
         return await _run(PersistenceApp(settings, tracer_provider=provider), ready)
     finally:

@@ -22,6 +22,7 @@ from persistence_svc.job_rpcs import JobRpcs
 from persistence_svc.jobs import JobQueue
 from persistence_svc.records import RecordOutcome
 from persistence_svc.repository import Repository
+from svc_common.tracing import link_producers, tag_inspection
 
 # A request has at most a few pickup images; a lookup is bounded so that it stays a few index
 # probes per hash.
@@ -73,6 +74,8 @@ class PersistenceServicer(JobRpcs, persistence_pb2_grpc.PersistenceServiceServic
             persistence_pb2.RecordEventsRequest, persistence_pb2.RecordEventsResponse
         ],
     ) -> persistence_pb2.RecordEventsResponse:
+        # One batch holds the events of many inspections: its span links to each one's trace.
+        link_producers((e.inspection_id, e.trace_context) for e in request.events)
         # Serialising hundreds of payloads to JSON is CPU work: keep it off the event loop.
         events = await asyncio.to_thread(conversion.events_from_proto, request, self._max_events)
         try:
@@ -101,6 +104,7 @@ class PersistenceServicer(JobRpcs, persistence_pb2_grpc.PersistenceServiceServic
         inspection_id = conversion.parse_uuid(request.inspection_id, "inspection_id", violations)
         if inspection_id is None:
             raise InvalidArgumentError("inspection_id must be a UUID", violations)
+        tag_inspection(str(inspection_id))
         detail = await self._repo().get_inspection(inspection_id)
         if detail is None:
             raise NotFoundError(f"inspection {inspection_id} not found")

@@ -29,6 +29,8 @@ class Reason(enum.StrEnum):
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     QUESTIONS_INVALID = "QUESTIONS_INVALID"
     IMAGE_FETCH_FAILED = "IMAGE_FETCH_FAILED"
+    # The image host failed (DNS, connection, timeout, 5xx, throttling): retry later.
+    IMAGE_SOURCE_UNAVAILABLE = "IMAGE_SOURCE_UNAVAILABLE"
     IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"
     IMAGE_UNDECODABLE = "IMAGE_UNDECODABLE"
     IMAGE_URL_FORBIDDEN = "IMAGE_URL_FORBIDDEN"
@@ -104,13 +106,21 @@ def invalid_argument(
     )
 
 
-def image_error(reason: Reason, field_path: str, message: str, stage: Stage) -> InspectionError:
+def image_error(
+    reason: Reason,
+    field_path: str,
+    message: str,
+    stage: Stage,
+    kind: ErrorKind = ErrorKind.INVALID_ARGUMENT,
+    retry_after_seconds: float | None = None,
+) -> InspectionError:
     """An image-specific failure that names the offending image (its request field path)."""
     return InspectionError(
-        ErrorKind.INVALID_ARGUMENT,
+        kind,
         reason,
         f"{field_path}: {message}",
         [FieldViolation(field_path, message)],
         metadata={"image": field_path},
         stage=stage,
+        retry_after_seconds=retry_after_seconds,
     )

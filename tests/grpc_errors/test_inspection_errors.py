@@ -25,6 +25,11 @@ EXPECTED: dict[Reason, tuple[grpc.StatusCode, str, bool]] = {
     Reason.INVALID_ARGUMENT: (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", False),
     Reason.QUESTIONS_INVALID: (grpc.StatusCode.INVALID_ARGUMENT, "QUESTIONS_INVALID", False),
     Reason.IMAGE_FETCH_FAILED: (grpc.StatusCode.INVALID_ARGUMENT, "IMAGE_FETCH_FAILED", False),
+    Reason.IMAGE_SOURCE_UNAVAILABLE: (
+        grpc.StatusCode.UNAVAILABLE,
+        "IMAGE_SOURCE_UNAVAILABLE",
+        True,
+    ),
     Reason.IMAGE_TOO_LARGE: (grpc.StatusCode.INVALID_ARGUMENT, "IMAGE_TOO_LARGE", False),
     Reason.IMAGE_UNDECODABLE: (grpc.StatusCode.INVALID_ARGUMENT, "IMAGE_UNDECODABLE", False),
     Reason.IMAGE_URL_FORBIDDEN: (grpc.StatusCode.INVALID_ARGUMENT, "IMAGE_URL_FORBIDDEN", False),

@@ -146,7 +146,7 @@ def test_promtool_check_rules(promtool: str) -> None:
         [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 10 rules found" in result.stdout
+    assert f"SUCCESS: {len(_alert_rules())} rules found" in result.stdout
 
 
 def test_promtool_alert_unit_tests(promtool: str) -> None:
@@ -161,12 +161,12 @@ def test_promtool_alert_unit_tests(promtool: str) -> None:
 
 def test_alert_rules_are_complete() -> None:
     rules = _alert_rules()
-    assert {r["alert"] for r in rules} == {
+    assert {r["alert"] for r in rules} - set(TARGET_ALERTS) == {
         "HighErrorRate", "QueueSaturated", "LatencyP95OverObjective", "EventBacklogGrowing",
         "ModelNotReady", "PersistenceDown", "PersistenceRefusesWriter", "PolicyReloadFailing",
-        "AsyncQueueGrowing", "WebhookDeadLetters",
+        "ImageFetchFailing", "AsyncQueueGrowing", "WebhookDeadLetters",
     }  # fmt: skip
-    known = _known_series()
+    known = _known_series() | {"up"}  # up: Prometheus' own series per scrape target
     for rule in rules:
         name = rule["alert"]
         assert re.fullmatch(r"\d+[smh]", rule["for"]), name
@@ -175,6 +175,40 @@ def test_alert_rules_are_complete() -> None:
         assert annotations["summary"] and annotations["description"], name
         assert annotations["runbook_url"].endswith(f"docs/operations.md#{name.lower()}"), name
         assert metric_names(rule["expr"]) <= known, name
+
+
+# Alert name -> the expression: one per failure of the scrape itself, for both services.
+TARGET_ALERTS = {
+    "ScrapeTargetDown": 'up{job=~"inference|persistence"} == 0',
+    "InferenceTargetsMissing": 'absent(up{job="inference"})',
+    "PersistenceTargetsMissing": 'absent(up{job="persistence"})',
+}
+
+
+def test_scrape_target_alerts_cover_both_services() -> None:
+    rules = {r["alert"]: r for r in _alert_rules()}
+    for name, expr in TARGET_ALERTS.items():
+        assert rules[name]["expr"].strip() == expr, name
+        assert rules[name]["labels"]["severity"] == "critical", name
+    # promtool's unit tests fire each of them (a rule without a firing test is untested).
+    tested = yaml.safe_load(ALERTS_TEST.read_text())["tests"]
+    fired = {
+        case["alertname"]
+        for test in tested
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
+    assert set(TARGET_ALERTS) <= fired
+
+
+def test_podmonitor_job_names_are_the_ones_the_alerts_use() -> None:
+    monitoring = OBSERVABILITY_DIR.parent / "k8s" / "components" / "monitoring"
+    for service in ("inference", "persistence"):
+        podmonitor = yaml.safe_load((monitoring / f"{service}-podmonitor.yaml").read_text())
+        # job = the pod's app.kubernetes.io/name label, not Prometheus Operator's default
+        # "<namespace>/<podmonitor>", which would change with the overlay's namespace.
+        assert podmonitor["spec"]["jobLabel"] == "app.kubernetes.io/name"
+        assert podmonitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == service
 
 
 @pytest.mark.parametrize("objective", [20])

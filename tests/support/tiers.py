@@ -42,6 +42,7 @@ TIERS: dict[str, str] = {
     "observability/": UNIT,
     "engine/": UNIT,  # pure engine parts; the model tests use model_cache
     "engine/test_engine_process.py": INTEGRATION,  # spawns engine processes
+    "engine/test_vision_cache_service.py": INTEGRATION,  # the service on loopback gRPC
     "pipeline/": UNIT,
     "policy/": UNIT,  # the PostgreSQL tests use pg_server
     "protos/": UNIT,

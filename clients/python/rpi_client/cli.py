@@ -1,9 +1,11 @@
 """``rpi-inspect``: command-line client of the inspection platform.
 
 Results go to stdout, progress, warnings and errors to stderr, so ``--json`` output pipes
-cleanly. Exit codes: 0 ok, 1 health check answered but not SERVING, 2 usage or unusable local
-input, 3 the RPC failed (code, reason and field violations are printed on stderr), 130
-interrupted.
+cleanly. Exit codes, the same as the Go and Java examples' (docs/errors.md, "Exit codes"): 0
+ok; 1-16 the gRPC status code of the failed call (3 INVALID_ARGUMENT, 5 NOT_FOUND, 14
+UNAVAILABLE..., with the code, reason, ErrorInfo metadata and field violations on stderr; a
+health check answered NOT_SERVING is 14 too); 64 a usage error (bad flags, a file that cannot
+be read or does not parse); 130 interrupted.
 
 Examples::
 
@@ -31,6 +33,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
 from google.protobuf import json_format
 from rich.console import Console
 from rpi.inspection.v1 import inspection_pb2
@@ -60,9 +63,8 @@ from clients.python.rpi_client.requests import (
 )
 
 EXIT_OK = 0
-EXIT_NOT_SERVING = 1
-EXIT_USAGE = 2
-EXIT_RPC_FAILED = 3
+EXIT_NOT_SERVING = int(grpc.StatusCode.UNAVAILABLE.value[0])
+EXIT_USAGE = 64  # sysexits.h EX_USAGE; 1-16 are the gRPC codes
 EXIT_INTERRUPTED = 130
 
 TARGET_ENV = "RPI_TARGET"
@@ -117,7 +119,11 @@ def _connection_parser() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     connection = _connection_parser()
     parser = argparse.ArgumentParser(
-        prog="rpi-inspect", description="Client of the reverse-pickup inspection service."
+        prog="rpi-inspect",
+        description="Client of the reverse-pickup inspection service.",
+        epilog="Exit status: 0 ok; 1-16 the gRPC status code of the failed call (3 "
+        "INVALID_ARGUMENT, 5 NOT_FOUND, 14 UNAVAILABLE, ...); 64 usage error; 130 interrupted. "
+        "The Go and Java examples exit the same way (docs/errors.md).",
     )
     parser.add_argument(
         "--log-level", default="WARNING", help="log level on stderr (default %(default)s)"
@@ -361,6 +367,27 @@ def cmd_legacy_convert(args: argparse.Namespace, out: Console, err: Console) -> 
     return EXIT_OK
 
 
+def exit_code(failure: InspectionFailed) -> int:
+    """The gRPC status code of the failed call, as a number (never 0)."""
+    code = int(failure.code.value[0])
+    return code if code != 0 else int(grpc.StatusCode.UNKNOWN.value[0])
+
+
+def _hint(args: argparse.Namespace, failure: InspectionFailed) -> str | None:
+    """What a failure without an ErrorInfo (grpc's own, before any server code ran) means."""
+    if failure.reason:
+        return None
+    target = getattr(args, "target", None) or getattr(args, "persistence_target", None)
+    if failure.code is grpc.StatusCode.UNAVAILABLE:
+        return (
+            f"cannot reach {target}: check the address, that the service is running, and "
+            "--tls/--tls-ca if it serves TLS"
+        )
+    if failure.code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer from {target} within the deadline (--timeout)"
+    return None
+
+
 def cmd_operations(args: argparse.Namespace, out: Console, err: Console) -> int:
     return operations_cli.run(args, channel_options(args))
 
@@ -389,8 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exit_:  # argparse exits 2 on bad usage, 0 for --help
-        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    except SystemExit as exit_:  # argparse exits 2 on bad usage (its message printed), 0 for --help
+        return EXIT_OK if exit_.code in (0, None) else EXIT_USAGE
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     # Consoles are made per call: sys.stdout/sys.stderr may have been replaced (tests, pipes).
     out = Console(file=sys.stdout)
@@ -405,7 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except InspectionFailed as failure:
         render.print_failure(err, failure)
-        return EXIT_RPC_FAILED
+        hint = _hint(args, failure)
+        if hint is not None:
+            err.print(f"rpi-inspect: {hint}", highlight=False, markup=False, soft_wrap=True)
+        return exit_code(failure)
     except KeyboardInterrupt:
         err.print("interrupted", highlight=False)
         return EXIT_INTERRUPTED

@@ -248,9 +248,30 @@ class Event(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     EVENT_ID_FIELD_NUMBER: _builtins.int
     INSPECTION_ID_FIELD_NUMBER: _builtins.int
     OCCUR_TIME_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     REQUEST_RECEIVED_FIELD_NUMBER: _builtins.int
     ATTEMPT_RECORDED_FIELD_NUMBER: _builtins.int
     RESULT_RECORDED_FIELD_NUMBER: _builtins.int
@@ -266,6 +287,13 @@ class Event(_message.Message):
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp:
         """Optional. When it happened at the producer; the time of recording when unset."""
+
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Optional. The W3C trace context (keys "traceparent" and "tracestate") of the inspection
+        that produced the event, empty when it was not traced: the persistence service's span for
+        the batch links to it, so each inspection's trace leads to the writes of its records.
+        """
 
     @_builtins.property
     def request_received(self) -> Global___RequestReceived:
@@ -289,6 +317,7 @@ class Event(_message.Message):
         event_id: _builtins.str = ...,
         inspection_id: _builtins.str = ...,
         occur_time: _timestamp_pb2.Timestamp | None = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         request_received: Global___RequestReceived | None = ...,
         attempt_recorded: Global___AttemptRecorded | None = ...,
         result_recorded: Global___ResultRecorded | None = ...,
@@ -296,7 +325,7 @@ class Event(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_recorded", b"attempt_recorded", "failure_recorded", b"failure_recorded", "occur_time", b"occur_time", "payload", b"payload", "request_received", b"request_received", "result_recorded", b"result_recorded"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_recorded", b"attempt_recorded", "event_id", b"event_id", "failure_recorded", b"failure_recorded", "inspection_id", b"inspection_id", "occur_time", b"occur_time", "payload", b"payload", "request_received", b"request_received", "result_recorded", b"result_recorded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_recorded", b"attempt_recorded", "event_id", b"event_id", "failure_recorded", b"failure_recorded", "inspection_id", b"inspection_id", "occur_time", b"occur_time", "payload", b"payload", "request_received", b"request_received", "result_recorded", b"result_recorded", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["request_received", "attempt_recorded", "result_recorded", "failure_recorded"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
