@@ -40,7 +40,15 @@ _ENABLING_VARS: Final = (
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
 )
 # Kubernetes probes call Check every few seconds: a trace each would drown the real ones.
-_UNTRACED_SERVICES: Final = ("grpc.health.v1.Health", "grpc.reflection.")
+_UNTRACED_SERVICES: Final = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.",
+    # The job workers' and webhook senders' polls (docs/operations-async.md): a trace each
+    # half second per replica would bury the inspections' traces.
+    "rpi.persistence.v1.PersistenceService/ClaimJobs",
+    "rpi.persistence.v1.PersistenceService/RenewJobLeases",
+    "rpi.persistence.v1.PersistenceService/ClaimWebhooks",
+)
 # The attribute naming the inspection a span (or a link) is about; the batch span of the
 # persistence service carries every inspection of its batch in INSPECTION_IDS.
 INSPECTION_ID: Final = "inspection_id"

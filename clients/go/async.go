@@ -18,11 +18,11 @@ import (
 // operation's name, polls google.longrunning.Operations/GetOperation once a second until the
 // operation is done, and prints the inspection like a synchronous call
 // (docs/operations-async.md). A failed or cancelled operation exits with its status code.
-func runAsync(ctx context.Context, conn *grpc.ClientConn, req *inspectionv1.InspectRequest, requestID string) int {
+func runAsync(ctx context.Context, conn *grpc.ClientConn, req *inspectionv1.InspectRequest, o *options) int {
 	submitted, err := inspectionv1.NewAsyncInspectionServiceClient(conn).SubmitInspection(
-		ctx, &inspectionv1.SubmitInspectionRequest{Inspection: req, RequestId: requestID})
+		ctx, &inspectionv1.SubmitInspectionRequest{Inspection: req, RequestId: o.requestID})
 	if err != nil {
-		return fail(err)
+		return fail(err, o)
 	}
 	fmt.Printf("operation: %s\n", submitted.GetName())
 	ops := longrunning.NewOperationsClient(conn)
@@ -30,7 +30,7 @@ func runAsync(ctx context.Context, conn *grpc.ClientConn, req *inspectionv1.Insp
 	for {
 		op, err := ops.GetOperation(ctx, &longrunning.GetOperationRequest{Name: submitted.GetName()})
 		if err != nil {
-			return fail(err)
+			return fail(err, o)
 		}
 		meta := &inspectionv1.InspectionOperationMetadata{}
 		if err := ptypes.UnmarshalAny(op.GetMetadata(), meta); err != nil {

@@ -343,7 +343,7 @@ func run(o *options) int {
 	client := inspectionv1.NewInspectionServiceClient(conn)
 
 	if o.async {
-		return runAsync(ctx, conn, req, o.requestID)
+		return runAsync(ctx, conn, req, o)
 	}
 	if !o.stream {
 		resp, err := client.Inspect(ctx, req)
