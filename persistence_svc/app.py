@@ -32,6 +32,7 @@ from persistence_svc.errors import ERROR_DOMAIN
 from persistence_svc.migrations import apply_migrations
 from persistence_svc.records import RecordOutcome
 from persistence_svc.repository import Repository, WriteObserver
+from persistence_svc.retention import RetentionMetrics, RetentionPolicy, RetentionSweeper
 from persistence_svc.server import SERVICE_NAME, Health, build_server
 from persistence_svc.servicer import PersistenceServicer
 from persistence_svc.settings import PersistenceSettings
@@ -132,6 +133,13 @@ class PersistenceApp:
         self._server: grpc.aio.Server | None = None
         self._bound_port: int | None = None
         self._pool: asyncpg.Pool | None = None
+        self.retention = RetentionPolicy(
+            attempt_payload_days=settings.retention_attempt_payload_days,
+            record_days=settings.retention_record_days,
+            batch_size=settings.retention_batch_size,
+        )
+        self.retention_metrics = RetentionMetrics(self.registry)
+        self._sweeper_task: asyncio.Task[None] | None = None
         self._embedded: EmbeddedPostgres | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._metrics_server: MetricsServer | None = None
@@ -225,6 +233,11 @@ class PersistenceApp:
             on_write=self._on_db_write,
         )
         self.servicer.attach(self.repository)
+        if self.retention.enabled:
+            sweeper = RetentionSweeper(pool, self.retention, self.retention_metrics)
+            self._sweeper_task = asyncio.create_task(
+                sweeper.run(settings.retention_sweep_interval_s), name="retention-sweeper"
+            )
         self.metrics.db_up.set(1)
         await self.health.set_serving(True)
         self.ready.set()
@@ -254,6 +267,10 @@ class PersistenceApp:
         if self._server is not None:
             await self._server.stop(self.settings.drain_grace_s if grace is None else grace)
         self.servicer.attach(None)
+        if self._sweeper_task is not None:
+            self._sweeper_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper_task
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), timeout=10.0)
