@@ -47,6 +47,7 @@ class _Entry:
     kind: str
     size: int
     queued_at: float
+    ready: bool = False  # its spool file is complete (reserved entries are not written yet)
 
 
 def _name(uri: BucketUri, once: bool, kind: str) -> str:
@@ -114,6 +115,7 @@ class UploadQueue:
         self._bytes += entry.size
         try:
             await asyncio.to_thread(_write_atomically, entry.path, uri, data)
+            entry.ready = True
         except OSError:
             self._forget(name)
             log.exception("upload spool write failed: object dropped", extra={"kind": kind})
@@ -136,7 +138,7 @@ class UploadQueue:
                 log.warning("unreadable upload spool file left in place", extra={"file": path.name})
                 continue
             stat = path.stat()
-            entry = _Entry(path, uri, mode == _ONCE, kind, stat.st_size, stat.st_mtime)
+            entry = _Entry(path, uri, mode == _ONCE, kind, stat.st_size, stat.st_mtime, True)
             self._entries[path.name] = entry
             self._bytes += stat.st_size
         self._task = asyncio.create_task(self._run(), name="storage-uploads")
@@ -167,7 +169,7 @@ class UploadQueue:
     async def _run(self) -> None:
         backoff = 0.0
         while True:
-            if not self._entries:
+            if not any(e.ready for e in self._entries.values()):
                 self._wake.clear()
                 await self._wake.wait()
             if backoff:
@@ -176,10 +178,14 @@ class UploadQueue:
                         await self._wake.wait()
                 self._wake.clear()
             failed = False
-            for name, entry in list(self._entries.items()):
+            down: set[tuple[str, str]] = set()
+            for name, entry in [(n, e) for n, e in self._entries.items() if e.ready]:
+                bucket = (entry.uri.scheme, entry.uri.bucket)
+                if bucket in down:
+                    continue  # that store is likely down: back off before its other objects
                 if not await self._write(name, entry):
                     failed = True
-                    break  # the store is likely down: back off before the rest
+                    down.add(bucket)
             if failed:
                 self.consecutive_failures += 1
                 backoff = min(self._max_backoff_s, 0.2 * 2 ** min(self.consecutive_failures, 8))
@@ -203,8 +209,12 @@ class UploadQueue:
             )
         except AlreadyExistsError:
             outcome = "present"
-        except BaseError:
-            log.warning("object store write failed; retrying later", extra={"kind": entry.kind})
+        except (BaseError, OSError, ValueError):  # obstore raises builtins for some failures
+            log.warning(
+                "object store write failed; retrying later",
+                extra={"kind": entry.kind},
+                exc_info=True,
+            )
             self._hooks.on_outcome(entry.kind, "failed")
             return False
         await asyncio.to_thread(entry.path.unlink, missing_ok=True)

@@ -78,6 +78,13 @@ class Storage:
         if self.queue is not None:
             await self.queue.start()
 
+    async def drained(self) -> None:
+        """Returns once every object queued so far is in its store."""
+        if self.archiving is not None:
+            await self.archiving.flush()
+        if self.queue is not None:
+            await self.queue.drained()
+
     async def stop(self, timeout_s: float) -> None:
         if self.archiving is not None:
             await self.archiving.flush()

@@ -161,7 +161,11 @@ async def running_app(
 ) -> AsyncIterator[tuple[InferenceApp, pb_grpc.InspectionServiceStub]]:
     """An inference service with the fake engine (the model is not what these tests test)."""
     target = persistence.target if persistence is not None else ""
-    values: dict[str, object] = {"storage_allow_http": True, "fetch_retries": 0}
+    values: dict[str, object] = {
+        "storage_allow_http": True,
+        "storage_spool_dir": tmp / "storage-spool",
+        "fetch_retries": 0,
+    }
     values.update(settings)
     app = InferenceApp(inference_settings(tmp, target, **values), engine=FakeEngine([VALID] * 200))
     await app.start()
