@@ -140,6 +140,7 @@ class PersistenceApp:
         )
         self.retention_metrics = RetentionMetrics(self.registry)
         self._sweeper_task: asyncio.Task[None] | None = None
+        self.sweeper: RetentionSweeper | None = None  # once connected
         self._embedded: EmbeddedPostgres | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._metrics_server: MetricsServer | None = None
@@ -233,10 +234,10 @@ class PersistenceApp:
             on_write=self._on_db_write,
         )
         self.servicer.attach(self.repository)
+        self.sweeper = RetentionSweeper(pool, self.retention, self.retention_metrics)
         if self.retention.enabled:
-            sweeper = RetentionSweeper(pool, self.retention, self.retention_metrics)
             self._sweeper_task = asyncio.create_task(
-                sweeper.run(settings.retention_sweep_interval_s), name="retention-sweeper"
+                self.sweeper.run(settings.retention_sweep_interval_s), name="retention-sweeper"
             )
         self.metrics.db_up.set(1)
         await self.health.set_serving(True)
