@@ -17,6 +17,13 @@ STORAGE_UPLOAD_BACKLOG: Final = "rpi_inference_storage_upload_backlog"
 STORAGE_UPLOAD_BACKLOG_BYTES: Final = "rpi_inference_storage_upload_backlog_bytes"
 STORAGE_UPLOAD_OLDEST_AGE: Final = "rpi_inference_storage_upload_oldest_age_seconds"
 
+METRIC_TYPES: Final[dict[str, str]] = {
+    STORAGE_UPLOADS_TOTAL: "counter",
+    STORAGE_UPLOAD_BACKLOG: "gauge",
+    STORAGE_UPLOAD_BACKLOG_BYTES: "gauge",
+    STORAGE_UPLOAD_OLDEST_AGE: "gauge",
+}
+
 UPLOAD_KINDS: Final = ("archive", "export")
 UPLOAD_OUTCOMES: Final = ("written", "present", "failed", "dropped")
 

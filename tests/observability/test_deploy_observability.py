@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from inference_svc.storage import metrics as storage_metrics
 from svc_common import grpc_metrics, inference_metrics, persistence_metrics
 
 from .conftest import OBSERVABILITY_DIR
@@ -28,7 +29,7 @@ _KEYWORDS = {
 
 def _known_series() -> set[str]:
     names: set[str] = set()
-    for module in (grpc_metrics, inference_metrics, persistence_metrics):
+    for module in (grpc_metrics, inference_metrics, persistence_metrics, storage_metrics):
         for name, kind in module.METRIC_TYPES.items():
             names.update(name + suffix for suffix in _SUFFIXES[kind])
     return names
@@ -146,7 +147,7 @@ def test_promtool_check_rules(promtool: str) -> None:
         [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 def test_promtool_alert_unit_tests(promtool: str) -> None:
@@ -164,6 +165,7 @@ def test_alert_rules_are_complete() -> None:
     assert {r["alert"] for r in rules} == {
         "HighErrorRate", "QueueSaturated", "LatencyP95OverObjective", "EventBacklogGrowing",
         "ModelNotReady", "PersistenceDown", "PersistenceRefusesWriter", "PolicyReloadFailing",
+        "StorageUploadsStuck",
     }  # fmt: skip
     known = _known_series()
     for rule in rules:

@@ -129,10 +129,20 @@ async def test_an_archive_outage_during_50_inspections_loses_nothing(
         await archiving.flush()  # the spool writes run beside the answers
         assert queue.pending == 51  # 50 pickup photos and the one reference photo
         assert queue.consecutive_failures > 0
+        assert app.registry.get_sample_value("rpi_inference_storage_upload_backlog") == 51
 
         store = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         store.start()  # back, with the bucket (moto keeps its state in the process)
         await app.storage.drained()
+        samples = {
+            outcome: app.registry.get_sample_value(
+                "rpi_inference_storage_uploads_total", {"kind": "archive", "outcome": outcome}
+            )
+            for outcome in ("failed", "written", "dropped")
+        }
+        assert app.registry.get_sample_value("rpi_inference_storage_upload_backlog") == 0
+    assert samples["failed"] and samples["failed"] > 0
+    assert (samples["written"], samples["dropped"]) == (51, 0)
     try:
         keys = sorted(
             o["Key"]
