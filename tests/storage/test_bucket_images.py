@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from aiohttp import web
 from rpi.inspection.v1 import inspection_pb2 as pb
 from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
@@ -16,6 +17,7 @@ from persistence_svc.app import PersistenceApp
 from tests.storage.conftest import S3, Azurite, request, running_app, stalled_endpoint
 from tests.support.e2e import jpeg, wait_for_record
 from tests.support.errors import details
+from tests.support.imaging import LoopbackServer
 
 REFERENCE = jpeg((64, 48), (200, 30, 30))
 PICKUP = jpeg((64, 48), (190, 40, 35))
@@ -112,6 +114,7 @@ async def test_bucket_failures_have_their_documented_code_and_reason(
 
 
 async def test_a_stalled_store_gives_a_fetch_failure_within_the_fetch_deadline(
+    s3: S3,  # the environment's credentials: the stall is the endpoint's, not a credential lookup
     tmp_path: Path,
 ) -> None:
     server, endpoint = await stalled_endpoint()
@@ -165,3 +168,49 @@ async def test_az_images_are_read_from_azure_blob(azurite: Azurite, tmp_path: Pa
             )
     assert reply.inspection.decision != pb.DECISION_UNSPECIFIED
     assert details(caught.value)[0].reason == "IMAGE_FETCH_FAILED"
+
+
+async def test_a_transient_store_error_is_retried_within_the_deadline(
+    s3: S3,  # the environment's credentials
+    tmp_path: Path,
+) -> None:
+    """A 503 from the store (an S3-compatible endpoint on loopback) is retried, as an https
+    download's would be; FETCH_RETRIES=0 gives up on it."""
+    answers: list[int] = []
+
+    async def flaky(_request: web.Request) -> web.StreamResponse:
+        answers.append(503 if not answers else 200)
+        if answers[-1] == 503:
+            return web.Response(status=503)
+        headers = {"ETag": '"1"', "Last-Modified": "Wed, 02 Dec 2026 10:00:00 GMT"}
+        return web.Response(body=REFERENCE, headers=headers)
+
+    server = LoopbackServer()
+    server.routes["/vendor-images/ref.jpg"] = flaky
+    await server.start()
+    try:
+        for retries, expected in ((1, None), (0, "IMAGE_FETCH_FAILED")):
+            answers.clear()
+            async with running_app(
+                tmp_path / str(retries),
+                None,
+                allowed_buckets=["s3://vendor-images"],
+                storage_endpoints={"s3": f"http://127.0.0.1:{server.port}"},
+                fetch_retries=retries,
+            ) as (_app, stub):
+                call = stub.Inspect(
+                    request(
+                        [pb.Image(uri="s3://vendor-images/ref.jpg")], [pb.Image(content=PICKUP)]
+                    )
+                )
+                if expected is None:
+                    reply = await call
+                    assert reply.inspection.decision != pb.DECISION_UNSPECIFIED
+                    assert answers == [503, 200]
+                else:
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await call
+                    assert details(caught.value)[0].reason == expected
+                    assert answers == [503]
+    finally:
+        await server.stop()
