@@ -136,6 +136,7 @@ class PersistenceApp:
         self.retention = RetentionPolicy(
             attempt_payload_days=settings.retention_attempt_payload_days,
             record_days=settings.retention_record_days,
+            event_key_days=settings.retention_event_key_days,
             batch_size=settings.retention_batch_size,
         )
         self.retention_metrics = RetentionMetrics(self.registry)

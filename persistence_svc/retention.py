@@ -2,7 +2,8 @@
 
 Kinds (docs/storage.md): ``attempt_payloads`` empties the prompts and raw/parsed model outputs
 of attempts (RETENTION_ATTEMPT_PAYLOAD_DAYS), the bulk of the database, while the decision
-record stays; ``records`` deletes whole inspections (RETENTION_RECORD_DAYS). 0 keeps a kind
+record stays; ``records`` deletes whole inspections (RETENTION_RECORD_DAYS); ``event_keys``
+deletes old idempotency keys of recorded events (RETENTION_EVENT_KEY_DAYS). 0 keeps a kind
 forever, the default. Archived images and exported results live in buckets, whose lifecycle
 rules (deploy/storage/) expire them.
 
@@ -29,12 +30,13 @@ log = logging.getLogger(__name__)
 
 RETENTION_REMOVED_TOTAL: Final = "rpi_persistence_retention_removed_total"
 RETENTION_SWEEPS_TOTAL: Final = "rpi_persistence_retention_sweeps_total"
-KINDS: Final = ("attempt_payloads", "records")
+KINDS: Final = ("attempt_payloads", "records", "event_keys")
 
 Batch = Callable[[DbConnection, datetime, int], Awaitable[int]]
 _BATCHES: Final[dict[str, Batch]] = {
     "attempt_payloads": sql.purge_attempt_payloads,
     "records": sql.delete_records,
+    "event_keys": sql.delete_event_keys,
 }
 
 
@@ -42,18 +44,23 @@ _BATCHES: Final[dict[str, Batch]] = {
 class RetentionPolicy:
     attempt_payload_days: float = 0.0  # 0 = keep forever
     record_days: float = 0.0
+    event_key_days: float = 0.0
     batch_size: int = 500
     # A sweep stops after this many batches per kind, so one sweep never holds a connection
     # for long; the next sweep continues.
     max_batches: int = 100
 
     def cutoffs(self, now: datetime) -> dict[str, datetime]:
-        days = {"attempt_payloads": self.attempt_payload_days, "records": self.record_days}
+        days = {
+            "attempt_payloads": self.attempt_payload_days,
+            "records": self.record_days,
+            "event_keys": self.event_key_days,
+        }
         return {kind: now - timedelta(days=d) for kind, d in days.items() if d > 0}
 
     @property
     def enabled(self) -> bool:
-        return self.attempt_payload_days > 0 or self.record_days > 0
+        return bool(self.cutoffs(datetime.now(UTC)))
 
 
 class RetentionMetrics:

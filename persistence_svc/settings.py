@@ -129,6 +129,14 @@ class PersistenceSettings(ServerSecuritySettings, BaseSettings):
         advanced=True,
         ge=0,
     )
+    retention_event_key_days: float = setting(
+        0.0,
+        "Days the idempotency keys of recorded events are kept (a redelivery older than that "
+        "would be applied again); 0 = forever.",
+        group="storage",
+        advanced=True,
+        ge=0,
+    )
     retention_sweep_interval_s: float = setting(
         3600.0, "Time between retention sweeps.", group="storage", advanced=True, gt=0
     )

@@ -37,6 +37,19 @@ WHERE r.inspection_id IN (
 """
 
 
+# Idempotency keys only guard against an event delivered twice; a producer never holds an event
+# longer than its pod lives, so old keys protect nothing.
+_DELETE_EVENT_KEYS = """
+DELETE FROM processed_events
+WHERE ctid IN (
+    SELECT ctid FROM processed_events
+    WHERE recorded_at < $1
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+"""
+
+
 def _count(status: str) -> int:
     """asyncpg's command status, e.g. "UPDATE 12" or "DELETE 0"."""
     return int(status.rsplit(" ", 1)[-1])
@@ -51,3 +64,8 @@ async def purge_attempt_payloads(conn: DbConnection, older_than: datetime, limit
 async def delete_records(conn: DbConnection, older_than: datetime, limit: int) -> int:
     """Deletes at most ``limit`` inspections created before ``older_than``; returns how many."""
     return _count(await conn.execute(_DELETE_RECORDS, older_than, limit))
+
+
+async def delete_event_keys(conn: DbConnection, older_than: datetime, limit: int) -> int:
+    """Deletes at most ``limit`` idempotency keys recorded before ``older_than``."""
+    return _count(await conn.execute(_DELETE_EVENT_KEYS, older_than, limit))

@@ -33,6 +33,7 @@ async def retention_app(postgres: PostgresForTests) -> AsyncIterator[Persistence
                 metrics_port=-1,
                 retention_attempt_payload_days=1,
                 retention_record_days=30,
+                retention_event_key_days=7,
                 retention_batch_size=7,  # several batches per sweep
             )
         )
@@ -73,10 +74,18 @@ async def test_one_sweep_removes_exactly_the_expired_parts(retention_app: Persis
     ancient, ancient_events = inspection(timedelta(days=40))  # the whole record expires
     await record(app, old_events + fresh_events + ancient_events)
     assert app.sweeper is not None and app.pool is not None
+    async with app.pool.acquire() as conn:
+        # Keys are stamped when an event arrives, not when it happened: backdated here.
+        await conn.execute(
+            "UPDATE processed_events SET recorded_at = now() - interval '10 days' "
+            "WHERE inspection_id = ANY($1::uuid[])",
+            [old, ancient],
+        )
 
     removed = await app.sweeper.sweep()
 
-    assert removed == {"attempt_payloads": 3, "records": 1}
+    # old: request, 2 attempts, result; ancient: request, attempt, result.
+    assert removed == {"attempt_payloads": 3, "records": 1, "event_keys": 7}
     async with app.pool.acquire() as conn:
         for row in await attempts_of(conn, old):
             assert (row["prompt"], row["raw_output"], row["parsed_output"]) == ("", "", None)
@@ -102,7 +111,11 @@ async def test_one_sweep_removes_exactly_the_expired_parts(retention_app: Persis
             )
             == 0
         )
-    assert await app.sweeper.sweep() == {"attempt_payloads": 0, "records": 0}
+    assert await app.sweeper.sweep() == {"attempt_payloads": 0, "records": 0, "event_keys": 0}
+    async with app.pool.acquire() as conn:
+        assert await conn.fetchval(
+            "SELECT count(*) FROM processed_events WHERE inspection_id = $1", fresh
+        ) == len(fresh_events)
     counted = app.registry.get_sample_value(
         "rpi_persistence_retention_removed_total", {"kind": "attempt_payloads"}
     )
@@ -114,6 +127,7 @@ def test_defaults_keep_everything() -> None:
     assert RetentionPolicy().cutoffs(NOW) == {}
     settings = PersistenceSettings(database_url="postgresql://unused/x")
     assert settings.retention_attempt_payload_days == settings.retention_record_days == 0
+    assert settings.retention_event_key_days == 0
 
 
 async def test_two_sweepers_at_once_remove_each_row_once(retention_app: PersistenceApp) -> None:
