@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import multiprocessing
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +43,10 @@ class Outcome:
     # Server-reported stage seconds (fetch, preprocess, queue, generate, parse, total).
     timings: dict[str, float] = field(default_factory=dict)
     completion_tokens: int = 0
+    # Which of the driven requests it answered, and a digest of the answers it got (equal
+    # digests: the same per-question answers and analysis).
+    index: int = -1
+    answer: str = ""
 
 
 @dataclass
@@ -70,11 +76,18 @@ def _timings(response: pb.InspectResponse) -> dict[str, float]:
     }
 
 
+def _answer_digest(response: pb.InspectResponse) -> str:
+    inspection = response.inspection
+    parts = [m.SerializeToString().hex() for m in (inspection.analysis, *inspection.answers)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 async def _one(
     stub: pb_grpc.InspectionServiceStub,
     request: pb.InspectRequest,
     origin: float,
     timeout_s: float,
+    index: int = -1,
 ) -> Outcome:
     started = time.perf_counter()
     try:
@@ -83,9 +96,21 @@ async def _one(
         )
     except grpc.aio.AioRpcError as error:
         return Outcome(
-            started - origin, time.perf_counter() - started, error.code().name, _reason(error)
+            started - origin,
+            time.perf_counter() - started,
+            error.code().name,
+            _reason(error),
+            index=index,
         )
-    return Outcome(started - origin, time.perf_counter() - started, "OK", "", _timings(response))
+    return Outcome(
+        started - origin,
+        time.perf_counter() - started,
+        "OK",
+        "",
+        _timings(response),
+        index=index,
+        answer=_answer_digest(response),
+    )
 
 
 async def drive(
@@ -111,7 +136,8 @@ async def drive(
 
             async def worker() -> None:
                 for i in counter:
-                    outcomes.append(await _one(stub, decoded[i % len(decoded)], origin, timeout_s))
+                    request = decoded[i % len(decoded)]
+                    outcomes.append(await _one(stub, request, origin, timeout_s, i))
 
             await asyncio.gather(*(worker() for _ in range(min(concurrency, max(count, 1)))))
             return outcomes, time.perf_counter() - origin
@@ -149,6 +175,27 @@ async def saturate_until(
         return LoadResult(outcomes, time.perf_counter() - origin, [])
 
 
+async def drive_open(
+    target: str, requests: list[bytes], rate_per_s: float, seed: int, timeout_s: float = 600.0
+) -> LoadResult:
+    """Open loop: every request of ``requests`` once, in order, sent at Poisson arrivals of
+    ``rate_per_s`` whether or not the earlier ones were answered (``seed``: the arrivals)."""
+    decoded = [pb.InspectRequest.FromString(r) for r in requests]
+    gaps = random.Random(seed)
+    async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        await channel.channel_ready()
+        stub = pb_grpc.InspectionServiceStub(channel)
+        origin = time.perf_counter()
+        at = 0.0
+        calls = []
+        for index, request in enumerate(decoded):
+            await asyncio.sleep(max(0.0, origin + at - time.perf_counter()))
+            calls.append(asyncio.create_task(_one(stub, request, origin, timeout_s, index)))
+            at += gaps.expovariate(rate_per_s)
+        outcomes = list(await asyncio.gather(*calls))
+        return LoadResult(outcomes, time.perf_counter() - origin, [])
+
+
 async def probe_health(
     target: str, interval_s: float, duration_s: float, start_delay_s: float = 0.0
 ) -> list[tuple[float, float]]:
@@ -176,6 +223,10 @@ async def probe_health(
 
 def drive_sync(*args: Any) -> LoadResult:
     return asyncio.run(drive(*args))
+
+
+def drive_open_sync(*args: Any) -> LoadResult:
+    return asyncio.run(drive_open(*args))
 
 
 def saturate_sync(*args: Any) -> LoadResult:

@@ -8,6 +8,8 @@ roughly the entropy (and so the file size and decode cost) of real 12-megapixel 
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -52,3 +54,24 @@ def photo_jpeg(size: tuple[int, int] = TWELVE_MP, seed: int = 0, quality: int = 
     buf = io.BytesIO()
     Image.fromarray(out, "RGB").save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    body = kind + payload
+    return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+
+def flat_png(width: int, height: int, shade: int = 0x80) -> bytes:
+    """The decode-amplification worst case: a valid one-colour RGB PNG that compresses to
+    almost nothing (about 200 KB at 7900 x 7900) and decodes at full size (PNG has no draft
+    mode), so its decoded pixels outweigh its bytes about a thousand to one."""
+    row = b"\x00" + bytes([shade]) * (width * 3)
+    compressor = zlib.compressobj(9)
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", body)
+        + _png_chunk(b"IEND", b"")
+    )

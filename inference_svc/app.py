@@ -14,7 +14,6 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import (
@@ -25,7 +24,10 @@ from prometheus_client import (
 )
 from rpi.inspection.v1 import inspection_pb2, inspection_pb2_grpc
 
-from inference_svc.domain.policy import PolicyHolder
+from inference_svc.allocator import fix_mmap_threshold
+from inference_svc.async_inspections import SERVICE_NAMES as ASYNC_SERVICES
+from inference_svc.async_inspections import AsyncInspections
+from inference_svc.domain.policy import DEFAULT_POLICY_NAME, PolicyHolder
 from inference_svc.domain.prompt import PromptTemplate
 from inference_svc.domain.validation import RequestLimits
 from inference_svc.engine.api import Engine
@@ -41,6 +43,7 @@ from inference_svc.grpc_api.admission import Admission
 from inference_svc.grpc_api.errors import ERROR_DOMAIN, error_interceptor
 from inference_svc.grpc_api.servicer import InspectionServicer
 from inference_svc.imaging.buckets import BucketReader
+from inference_svc.imaging.decode import PixelBudget
 from inference_svc.imaging.fetch import FetchConfig, ImageFetcher
 from inference_svc.imaging.tiling import prepare_image
 from inference_svc.observability import MetricsObserver
@@ -52,8 +55,8 @@ from inference_svc.settings import InferenceSettings
 from inference_svc.storage.wiring import Storage
 from svc_common.grpc_metrics import GrpcServerMetricsInterceptor
 from svc_common.grpc_options import KEEPALIVE_OPTIONS
-from svc_common.health import LIVENESS_SERVICE
-from svc_common.inference_metrics import InferenceMetrics
+from svc_common.health import LIVENESS_SERVICE, HealthServicer
+from svc_common.inference_metrics import InferenceMetrics, VisionCacheCounts
 from svc_common.metrics_server import MetricsServer, start_metrics_server
 from svc_common.security import AuthMetrics, server_security, start_health_port
 from svc_common.tls import ClientTLS
@@ -79,6 +82,11 @@ def engine_config(settings: InferenceSettings) -> EngineConfig:
     )
 
 
+def _init_preprocess_process(nice: int, mmap_threshold_bytes: int) -> None:
+    lower_process_priority(nice)
+    fix_mmap_threshold(mmap_threshold_bytes)
+
+
 class InferenceApp:
     """The whole service. Tests run it in-process: ``await app.start()``, ``app.port``,
     ``await app.stop()``."""
@@ -100,11 +108,16 @@ class InferenceApp:
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
         self.tracer_provider = tracer_provider
-        self.metrics = InferenceMetrics(self.registry, max_batch_size=settings.max_batch_size)
+        self.metrics = InferenceMetrics(
+            self.registry,
+            max_batch_size=settings.max_batch_size,
+            policy_names=(DEFAULT_POLICY_NAME,),
+        )
         self.health = HealthServicer()
         # Refuses to start on a contradictory security configuration (SecurityConfigError).
         self.security = server_security(settings)
         self.health_server: grpc.aio.Server | None = None
+        fix_mmap_threshold(settings.malloc_mmap_threshold_bytes)
         self.executor = ThreadPoolExecutor(
             max_workers=settings.preprocess_threads,
             thread_name_prefix="preprocess",
@@ -119,8 +132,8 @@ class InferenceApp:
                 max_workers=settings.preprocess_processes,
                 mp_context=multiprocessing.get_context("forkserver"),
                 # Image decoding is throughput work: it yields the CPU to the event loop.
-                initializer=lower_process_priority,
-                initargs=(settings.worker_nice,),
+                initializer=_init_preprocess_process,
+                initargs=(settings.worker_nice, settings.malloc_mmap_threshold_bytes),
             )
         self.engine = engine or create_engine(engine_config(settings), log_level=settings.log_level)
         if isinstance(self.engine, ProcessEngine):
@@ -140,6 +153,7 @@ class InferenceApp:
                 settings.event_send_timeout_s,
                 interceptors=grpc_client_interceptors(tracer_provider),
                 tls=_persistence_tls(settings),
+                tracer=get_tracer(tracer_provider, "inference_svc.events"),
             )
         # A bad policy file stops the start (PolicyError): validated before serving.
         self.policies = PolicyHolder.open(settings.policy_file)
@@ -181,12 +195,21 @@ class InferenceApp:
         self.metrics.inflight_limit.set(settings.max_concurrent_requests)
         self.metrics.queue_capacity.set(settings.max_queue_size)
         self.metrics.queue_depth.set_function(lambda: float(self.engine.queue_depth()))
+        self.metrics.vision_cache.bind(self._vision_cache_counts)
         # A module-level function with plain arguments: it pickles to worker processes.
         self.prepare = functools.partial(
             prepare_image,
             image_size=IMAGE_SIZE,
             max_pixels=settings.max_image_pixels,
-            resize=settings.image_resize,
+            mode=settings.preprocess,
+            exif=settings.exif_transpose,
+        )
+        # One per request; exact mode decodes JPEGs at full size, so they count there too.
+        self.pixel_budget = functools.partial(
+            PixelBudget,
+            settings.max_request_pixels,
+            settings.max_image_pixels,
+            full_size_jpeg=settings.preprocess == "exact",
         )
         self.pipeline = InspectionPipeline(
             fetcher=self.storage.fetcher(self.fetcher),
@@ -196,7 +219,7 @@ class InferenceApp:
             recorder=recorder,
             executor=self.executor,
             prepare_executor=self.prepare_executor,
-            pixel_budget=self.fetcher.pixel_budget,
+            pixel_budget=self.pixel_budget,
             config=PipelineConfig(
                 reference_max_tiles=settings.reference_max_tiles,
                 pickup_max_tiles=settings.pickup_max_tiles,
@@ -208,6 +231,27 @@ class InferenceApp:
             policies=self.policies,
             reuse_lookup=self.reuse_lookup,
         )
+        self.limits = RequestLimits(
+            max_reference_images=settings.max_reference_images,
+            max_pickup_images=settings.max_pickup_images,
+            max_questions=settings.max_questions,
+            max_text_length=settings.max_text_length,
+            max_legacy_questions_bytes=settings.max_legacy_questions_bytes,
+            allow_http=settings.allow_http,
+            bucket_schemes=Storage.bucket_schemes(settings),
+        )
+        self.async_inspections: AsyncInspections | None = None
+        if settings.persistence_target:
+            self.async_inspections = AsyncInspections(
+                settings,
+                pipeline=self.pipeline,
+                limits=self.limits,
+                admission=self.admission,
+                accepting=lambda: self.serving and not self.draining,
+                registry=self.registry,
+                interceptors=grpc_client_interceptors(tracer_provider),
+                tls=_persistence_tls(settings),
+            )
         self.serving = False
         self.draining = False
         self.server: grpc.aio.Server | None = None
@@ -219,6 +263,15 @@ class InferenceApp:
     async def _on_link_state(self, state: LinkState) -> None:
         self.delivery_metrics.on_link_state(state)
         await self.health.set(PERSISTENCE_LINK_HEALTH_NAME, link_health_status(state))
+
+    def _vision_cache_counts(self) -> VisionCacheCounts:
+        stats = self.engine.stats()
+        return VisionCacheCounts(
+            stats.vision_cache_hits,
+            stats.vision_cache_misses,
+            stats.vision_cache_evictions,
+            stats.vision_cache_bytes,
+        )
 
     def _engine_lost(self) -> None:
         """The engine process died and cannot come back in this pod: readiness and liveness
@@ -260,15 +313,7 @@ class InferenceApp:
         inspection_pb2_grpc.add_InspectionServiceServicer_to_server(
             InspectionServicer(
                 self.pipeline,
-                RequestLimits(
-                    max_reference_images=s.max_reference_images,
-                    max_pickup_images=s.max_pickup_images,
-                    max_questions=s.max_questions,
-                    max_text_length=s.max_text_length,
-                    max_legacy_questions_bytes=s.max_legacy_questions_bytes,
-                    allow_http=s.allow_http,
-                    bucket_schemes=Storage.bucket_schemes(s),
-                ),
+                self.limits,
                 self.admission,
                 s.request_timeout_s,
                 lambda: self.serving,
@@ -276,11 +321,14 @@ class InferenceApp:
             ),
             self.server,
         )
+        if self.async_inspections is not None:
+            self.async_inspections.add_to_server(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if self.security.reflection:
             reflection.enable_server_reflection(
                 (
                     SERVICE_NAME,
+                    *(ASYNC_SERVICES if self.async_inspections is not None else ()),
                     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                     reflection.SERVICE_NAME,
                 ),
@@ -320,6 +368,8 @@ class InferenceApp:
         self.serving = True
         self.metrics.set_model_ready(True)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.async_inspections is not None:
+            self.async_inspections.start()
 
     async def stop(self, grace_s: float | None = None, prestop_s: float = 0.0) -> None:
         """Drain: readiness NOT_SERVING at once, liveness stays SERVING, new inspections are
@@ -339,6 +389,8 @@ class InferenceApp:
         # Still listening while in-flight work finishes: liveness answers SERVING through the
         # whole drain, so a liveness window shorter than the grace never restarts the pod.
         await self.admission.wait_idle(grace)
+        if self.async_inspections is not None:
+            await self.async_inspections.stop(max(0.0, grace - (time.monotonic() - started)))
         if self.server is not None:
             await self.server.stop(max(0.0, grace - (time.monotonic() - started)))
         await self.engine.stop()
@@ -352,6 +404,8 @@ class InferenceApp:
             await self.sender.close()
         if self.reuse_lookup is not None:
             await self.reuse_lookup.close()
+        if self.async_inspections is not None:
+            await self.async_inspections.close()
         await self.fetcher.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.prepare_executor is not self.executor:

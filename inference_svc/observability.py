@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import get_args
 
 from inference_svc.domain.models import Inspection
+from inference_svc.domain.policy import DEFAULT_POLICY_NAME
 from inference_svc.engine.api import GenerationResult
 from svc_common.inference_metrics import InferenceMetrics, Stage
 
@@ -45,7 +46,7 @@ class MetricsObserver:
 
     def policy_outcome(self, inspection: Inspection) -> None:
         self._m.record_policy_outcome(
-            inspection.policy_name or "default",
+            inspection.policy_name or DEFAULT_POLICY_NAME,
             inspection.decision.value,
             [(r.code.value, r.decisive) for r in inspection.reasons],
         )

@@ -10,11 +10,13 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import trace
 from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
 from inference_svc.events.delivery import RejectedBatchError
 from svc_common.tls import ClientTLS, TLSConfigError
+from svc_common.tracing import INSPECTION_IDS, producer_links
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +67,10 @@ class PersistenceSender:
         interceptors: Sequence[Any] | None = None,
         probe_timeout_s: float = 2.0,
         tls: ClientTLS | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self._target = target
+        self._tracer = tracer or trace.NoOpTracer()
         self._timeout = timeout_s
         self._probe_timeout = probe_timeout_s
         self._interceptors = list(interceptors or [])
@@ -123,10 +127,18 @@ class PersistenceSender:
             ) from exc
         timeout = self._timeout if timeout_s is None else min(self._timeout, timeout_s)
         await self._follow_rotation()
+        # A batch mixes inspections: its delivery is a trace of its own, linked to each of
+        # them (a sampled inspection gets its delivery sampled: LinkAwareSampler).
+        links, inspections = producer_links((e.inspection_id, e.trace_context) for e in events)
         try:
-            await self._stub.RecordEvents(
-                ppb.RecordEventsRequest(events=events), timeout=timeout, wait_for_ready=False
-            )
+            with self._tracer.start_as_current_span(
+                "deliver events",
+                links=links,
+                attributes={INSPECTION_IDS: inspections, "events": len(events)},
+            ):
+                await self._stub.RecordEvents(
+                    ppb.RecordEventsRequest(events=events), timeout=timeout, wait_for_ready=False
+                )
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if is_rejection(code):

@@ -136,6 +136,7 @@ def inspection_to_proto(i: m.Inspection) -> pb.Inspection:
             revision=i.model.revision,
             untrained=i.model.untrained,
             prompt_template_version=i.model.prompt_template_version,
+            load_path=i.model.load_path,
         ),
         create_time=timestamp(i.created_at),
         reasons=[reason_to_proto(r) for r in i.reasons],

@@ -93,8 +93,8 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
     )
     max_request_pixels: int = setting(
         128_000_000,
-        "Pixels one request's PNG/WebP images may decode to in all (they decode at full size; "
-        "JPEGs decode reduced and do not count).",
+        "Pixels one request's full-size decodes may take in all: PNG/WebP, and JPEG in "
+        "PREPROCESS=exact (fast mode decodes JPEGs reduced; they do not count).",
         group="image intake",
         advanced=True,
         ge=1,
@@ -169,11 +169,18 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
     )
     reference_max_tiles: int = setting(1, "Tiles per reference image.", group="image intake", ge=1)
     pickup_max_tiles: int = setting(2, "Tiles per pickup image.", group="image intake", ge=1)
-    image_resize: Literal["torch", "pillow"] = setting(
-        "torch",
-        "Resize filter for tiles: torch's antialiased bicubic on uint8 (faster, within 3 "
-        "levels of 255 of Pillow's) or Pillow's own, which the published InternVL pipeline "
-        "uses (bit-identical tiles where no JPEG draft applies).",
+    preprocess: Literal["exact", "fast"] = setting(
+        "exact",
+        "Tile pixels: exact = the published InternVL pipeline's, bit for bit (full decode, "
+        "Pillow bicubic), what a fine-tune was trained on; fast = JPEG draft decode and "
+        "torch's resize, cheaper, within a measured tolerance (docs/preprocessing.md).",
+        group="image intake",
+        advanced=True,
+    )
+    exif_transpose: Literal["auto", "on", "off"] = setting(
+        "auto",
+        "Turn photos upright by their EXIF orientation (auto: off in exact mode, as the "
+        "published pipeline, on in fast mode).",
         group="image intake",
         advanced=True,
     )
@@ -201,6 +208,17 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         advanced=True,
         ge=0,
         le=19,
+    )
+
+    malloc_mmap_threshold_bytes: int = setting(
+        1024 * 1024,
+        "Allocations this large get their own memory mapping, unmapped when freed, so a "
+        "request's decoded images go back to the OS when it ends (glibc; 0 = glibc's adaptive "
+        "default, which keeps them in the worker threads' heaps).",
+        group="image intake",
+        advanced=True,
+        ge=0,
+        le=32 * 1024 * 1024,
     )
 
     # --- model, prompt and output
@@ -272,6 +290,15 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         "ENGINE_PROCESS: MiB of shared memory (anonymous, not /dev/shm) that carries request "
         "tiles to the engine process; requests that find none free are pickled through the "
         "pipe; 0 = always pickle.",
+        group="engine",
+        advanced=True,
+        ge=0,
+    )
+    vision_cache_bytes: int = setting(
+        defaults.VISION_CACHE_BYTES,
+        "Bytes of vision features (on the model's device) the engine keeps for repeated "
+        "reference images, least recently used evicted first; a cached image skips decode, "
+        "tiling and the vision tower; 0 = off.",
         group="engine",
         advanced=True,
         ge=0,
@@ -404,6 +431,50 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         group="storage",
         advanced=True,
         ge=1,
+    )
+
+    # --- asynchronous inspections (docs/operations-async.md)
+    async_jobs: bool = setting(
+        True,
+        "Run queued asynchronous inspections here (SubmitInspection and the Operations service "
+        "are served whenever PERSISTENCE_TARGET is set).",
+        group="async jobs",
+        advanced=True,
+    )
+    max_async_inspections: int = setting(
+        0,
+        "Most asynchronous inspections this replica runs at once; 0 = MAX_BATCH_SIZE. They are "
+        "claimed only while the engine has a free row, so synchronous calls keep priority.",
+        group="async jobs",
+        advanced=True,
+        ge=0,
+    )
+    job_lease_s: float = setting(
+        30.0,
+        "Lease of a claimed job: another replica runs it again this long after this one stops "
+        "renewing (it renews every JOB_POLL_INTERVAL_S).",
+        group="async jobs",
+        advanced=True,
+        ge=1,
+        le=3600,
+    )
+    webhook_secrets_file: Path | None = setting(
+        None,
+        "YAML file of webhook signing secrets (whsec_...): 'default' for every caller and "
+        "'callers' per calling identity, each one secret or a list (rotation). Unset: "
+        "SubmitInspection refuses callbacks.",
+        group="async jobs",
+        advanced=True,
+    )
+    webhook_timeout_s: float = setting(
+        15.0, "Timeout of one webhook POST.", group="async jobs", advanced=True, gt=0
+    )
+    job_poll_interval_s: float = setting(
+        0.5,
+        "How often the worker claims, renews its leases and learns of cancels.",
+        group="async jobs",
+        advanced=True,
+        gt=0,
     )
 
     # --- leaving (issue 25): the engine work removes the first five, the pipeline work moves

@@ -29,6 +29,8 @@ from prometheus_client import (
 
 from persistence_svc.database import EmbeddedPostgres, create_pool
 from persistence_svc.errors import ERROR_DOMAIN
+from persistence_svc.job_rpcs import CANCELLED_STATUS, lost_status
+from persistence_svc.jobs import JobQueue, JobQueueHooks
 from persistence_svc.migrations import apply_migrations
 from persistence_svc.records import RecordOutcome
 from persistence_svc.repository import Repository, WriteObserver
@@ -37,6 +39,7 @@ from persistence_svc.server import SERVICE_NAME, Health, build_server
 from persistence_svc.servicer import PersistenceServicer
 from persistence_svc.settings import PersistenceSettings
 from svc_common.grpc_metrics import GrpcServerMetricsInterceptor
+from svc_common.job_metrics import JobQueueMetrics
 from svc_common.metrics_server import MetricsServer, start_metrics_server
 from svc_common.persistence_metrics import PersistenceMetrics
 from svc_common.security import AuthMetrics, server_security, start_health_port
@@ -62,6 +65,18 @@ _TRANSIENT_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
 
 
 RECORD_EVENTS_METHOD = f"/{SERVICE_NAME}/RecordEvents"
+# The inference service's writes, reserved with RecordEvents to WRITER_IDENTITIES.
+WRITER_METHODS = [
+    RECORD_EVENTS_METHOD,
+    *(
+        f"/{SERVICE_NAME}/{m}"
+        for m in ("CreateJob", "GetJob", "ListJobs", "CancelJob", "DeleteJob", "ClaimJobs")
+    ),
+    *(
+        f"/{SERVICE_NAME}/{m}"
+        for m in ("RenewJobLeases", "FinishJob", "ClaimWebhooks", "ReportWebhook")
+    ),
+]
 
 
 class PersistenceApp:
@@ -115,9 +130,9 @@ class PersistenceApp:
         # call it, whatever the policy file grants others. Refuses contradictory settings.
         self.security = server_security(
             settings,
-            reserved_methods=[RECORD_EVENTS_METHOD] if settings.writer_identity_list else [],
+            reserved_methods=WRITER_METHODS if settings.writer_identity_list else [],
             certificate_callers=settings.writer_identity_list,
-            certificate_methods=[RECORD_EVENTS_METHOD],
+            certificate_methods=WRITER_METHODS,
         )
         self._interceptors = (
             GrpcServerMetricsInterceptor(self.registry),
@@ -147,6 +162,9 @@ class PersistenceApp:
         self._metrics_server: MetricsServer | None = None
         self._stopped = False
         self.repository: Repository | None = None
+        self.jobs: JobQueue | None = None
+        self.job_metrics = JobQueueMetrics(self.registry)
+        self._sweep_task: asyncio.Task[None] | None = None
         self.database_url: str | None = settings.database_url
         self.ready = asyncio.Event()
 
@@ -168,6 +186,8 @@ class PersistenceApp:
     async def start(self, *, wait_ready: bool = True) -> None:
         """Binds and starts the gRPC server, then connects and migrates the database (in the
         background when ``wait_ready`` is False; see ``wait_ready()``)."""
+        # SQL spans (children of the call's span) come from patching asyncpg, process-wide.
+        instrument_asyncpg(self.tracer_provider)
         await self.health.set_serving(False)
         if self.database_url is None:
             # Before any gRPC server thread exists: pgserver forks initdb/pg_ctl, and a fork while
@@ -234,7 +254,28 @@ class PersistenceApp:
             acquire_timeout_s=settings.db_command_timeout_s,
             on_write=self._on_db_write,
         )
-        self.servicer.attach(self.repository)
+        m = self.job_metrics
+        self.jobs = JobQueue(
+            self.repository,
+            max_attempts=settings.max_job_attempts,
+            retention_s=settings.job_retention_s,
+            cancelled_error=CANCELLED_STATUS,
+            lost_error=lost_status(settings.max_job_attempts),
+            webhook_schedule_s=tuple(settings.webhook_retry_schedule_s),
+            hooks=JobQueueHooks(
+                on_created=m.created.inc,
+                on_claimed=m.on_claimed,
+                on_finished=m.on_finished,
+                on_expired=m.lease_expiries.inc,
+                on_webhook=m.on_webhook,
+                on_dead_letters=m.dead_letters.set,
+                on_stats=lambda s: m.set_queue(s.queued, s.running, s.oldest_queued_s),
+            ),
+        )
+        self.servicer.attach(self.repository, self.jobs)
+        self._sweep_task = asyncio.create_task(
+            self.jobs.sweep_forever(settings.job_sweep_interval_s), name="job-sweep"
+        )
         self.sweeper = RetentionSweeper(pool, self.retention, self.retention_metrics)
         if self.retention.enabled:
             self._sweeper_task = asyncio.create_task(
@@ -268,6 +309,10 @@ class PersistenceApp:
                 await self._connect_task
         if self._server is not None:
             await self._server.stop(self.settings.drain_grace_s if grace is None else grace)
+        if self._sweep_task is not None:
+            self._sweep_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._sweep_task
         self.servicer.attach(None)
         if self._sweeper_task is not None:
             self._sweeper_task.cancel()
@@ -294,7 +339,6 @@ async def run_server(settings: PersistenceSettings, ready: asyncio.Event | None 
     """Runs until SIGTERM/SIGINT; returns the process exit status. ``ready`` is set once
     SERVING."""
     provider = configure_tracing("persistence_svc")
-    instrument_asyncpg(provider)
     try:
         return await _run(PersistenceApp(settings, tracer_provider=provider), ready)
     finally:

@@ -48,11 +48,31 @@ class DatabaseUnavailableError(PersistenceError):
         self.message = message
 
 
+class JobNotFoundError(NotFoundError):
+    """No job of this id for this caller."""
+
+
+class JobStateError(PersistenceError):
+    """A job call that conflicts with the job's state; ``reason`` says how (ERROR_TABLE)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
 ERROR_TABLE = ErrorTable(
     domain=ERROR_DOMAIN,
     rules={
         InvalidArgumentError: Rule(StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
         NotFoundError: Rule(StatusCode.NOT_FOUND, "INSPECTION_NOT_FOUND"),
+        JobNotFoundError: Rule(StatusCode.NOT_FOUND, "JOB_NOT_FOUND"),
+        JobStateError: {
+            "REQUEST_ID_REUSED": Rule(StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED"),
+            "INSPECTION_ID_TAKEN": Rule(StatusCode.ALREADY_EXISTS, "INSPECTION_ID_TAKEN"),
+            "LEASE_LOST": Rule(StatusCode.FAILED_PRECONDITION, "LEASE_LOST"),
+            "JOB_NOT_FINISHED": Rule(StatusCode.FAILED_PRECONDITION, "JOB_NOT_FINISHED"),
+        },
         DatabaseUnavailableError: Rule(
             StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE", retryable=True
         ),

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from rpi.persistence.v1 import persistence_pb2, persistence_pb2_grpc
@@ -14,7 +13,7 @@ from rpi.persistence.v1 import persistence_pb2, persistence_pb2_grpc
 from persistence_svc.errors import error_interceptor
 from persistence_svc.servicer import PersistenceServicer
 from svc_common.grpc_options import KEEPALIVE_OPTIONS
-from svc_common.health import LIVENESS_SERVICE
+from svc_common.health import LIVENESS_SERVICE, HealthServicer
 
 SERVICE_NAME: str = persistence_pb2.DESCRIPTOR.services_by_name["PersistenceService"].full_name
 # The overall server health ("") and the service's own entry move together.
@@ -25,8 +24,7 @@ class Health:
     """grpc.health.v1 state of the server."""
 
     def __init__(self) -> None:
-        # grpc_health's stubs predate its asyncio servicer.
-        self.servicer: Any = grpc_health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.servicer = HealthServicer()
         self._draining = False
 
     async def set_serving(self, serving: bool) -> None:

@@ -18,8 +18,11 @@ from persistence_svc.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from persistence_svc.job_rpcs import JobRpcs
+from persistence_svc.jobs import JobQueue
 from persistence_svc.records import RecordOutcome
 from persistence_svc.repository import Repository
+from svc_common.tracing import link_producers, tag_inspection
 
 # A request has at most a few pickup images; a lookup is bounded so that it stays a few index
 # probes per hash.
@@ -28,7 +31,7 @@ DEFAULT_LOOKUP_LIMIT = 5
 MAX_LOOKUP_LIMIT = 50
 
 
-class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
+class PersistenceServicer(JobRpcs, persistence_pb2_grpc.PersistenceServiceServicer):
     """Serves rpi.persistence.v1.PersistenceService. Answers UNAVAILABLE until a repository is
     attached (the database is connected and migrated)."""
 
@@ -43,14 +46,21 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         on_database_state: Callable[[bool], None] | None = None,
     ) -> None:
         self._repository = repository
+        self._jobs: JobQueue | None = None
         self._on_recorded = on_recorded
         self._on_database_state = on_database_state
         self._max_events = max_events_per_call
         self._default_page_size = default_page_size
         self._max_page_size = max_page_size
 
-    def attach(self, repository: Repository | None) -> None:
+    def attach(self, repository: Repository | None, jobs: JobQueue | None = None) -> None:
         self._repository = repository
+        self._jobs = jobs
+
+    def _job_queue(self) -> JobQueue:
+        if self._jobs is None:
+            raise DatabaseUnavailableError("the persistence service is not ready")
+        return self._jobs
 
     def _repo(self) -> Repository:
         if self._repository is None:
@@ -64,6 +74,8 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
             persistence_pb2.RecordEventsRequest, persistence_pb2.RecordEventsResponse
         ],
     ) -> persistence_pb2.RecordEventsResponse:
+        # One batch holds the events of many inspections: its span links to each one's trace.
+        link_producers((e.inspection_id, e.trace_context) for e in request.events)
         # Serialising hundreds of payloads to JSON is CPU work: keep it off the event loop.
         events = await asyncio.to_thread(conversion.events_from_proto, request, self._max_events)
         try:
@@ -92,6 +104,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         inspection_id = conversion.parse_uuid(request.inspection_id, "inspection_id", violations)
         if inspection_id is None:
             raise InvalidArgumentError("inspection_id must be a UUID", violations)
+        tag_inspection(str(inspection_id))
         detail = await self._repo().get_inspection(inspection_id)
         if detail is None:
             raise NotFoundError(f"inspection {inspection_id} not found")

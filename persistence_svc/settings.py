@@ -144,6 +144,39 @@ class PersistenceSettings(ServerSecuritySettings, BaseSettings):
         500, "Rows one retention batch removes at most.", group="storage", advanced=True, ge=1
     )
 
+    # --- asynchronous inspections (docs/operations-async.md)
+    max_job_attempts: int = setting(
+        3,
+        "Runs an asynchronous inspection gets (a lost replica or a retryable failure starts "
+        "another) before it ends failed with the last error.",
+        group="async jobs",
+        advanced=True,
+        ge=1,
+    )
+    job_retention_s: float = setting(
+        7 * 86400.0,
+        "How long a finished asynchronous inspection stays readable before the sweep deletes "
+        "it (its inspection record stays).",
+        group="async jobs",
+        advanced=True,
+        gt=0,
+    )
+    webhook_retry_schedule_s: list[float] = setting(
+        description="Delays before each retry of a failed webhook delivery, JSON list of "
+        "seconds; once spent the delivery is dead-lettered. Default: 5 s, 5 min, 30 min, 2 h, "
+        "5 h, 10 h, 10 h (eight attempts over about 28 h).",
+        group="async jobs",
+        advanced=True,
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+    )
+    job_sweep_interval_s: float = setting(
+        10.0,
+        "How often expired leases are ended, expired jobs deleted and the queue gauges updated.",
+        group="async jobs",
+        advanced=True,
+        gt=0,
+    )
+
     @model_validator(mode="after")
     def _check_ranges(self) -> PersistenceSettings:
         if self.db_pool_min > self.db_pool_max:

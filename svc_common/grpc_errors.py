@@ -32,7 +32,10 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from opentelemetry import trace
 
+from svc_common.tracing import record_abort
+
 logger = logging.getLogger(__name__)
+_CODES: Final = {code.value[0]: code for code in grpc.StatusCode}
 
 MAX_FIELD_VIOLATIONS: Final = 20
 # Reasons the interceptor itself emits, the same in every service.
@@ -314,6 +317,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             status = _simple_status(
                 self.table, grpc.StatusCode.INTERNAL, INTERNAL, _INTERNAL_MESSAGE, trace_id=trace_id
             )
+        record_abort(_CODES[status.code], status.message)
         # grpc-stubs lacks abort_with_status on the aio context; it exists at run time.
         await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
 

@@ -21,7 +21,7 @@ import grpc
 import grpc.aio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from svc_common._labels import go_code_name
+from svc_common._labels import GO_CODE_NAMES, go_code_name
 
 STARTED_TOTAL: Final = "grpc_server_started_total"
 HANDLED_TOTAL: Final = "grpc_server_handled_total"
@@ -120,6 +120,17 @@ class GrpcServerMetrics:
             MSG_SENT_TOTAL, "Total number of gRPC stream messages sent by the server.",
             base, registry=registry,
         )  # fmt: skip
+        self._initialised: set[tuple[str, str, str]] = set()
+
+    def initialise(self, labels: tuple[str, str, str]) -> None:
+        """Creates a method's handled series for every code at zero, the first time the method
+        is called (go-grpc-prometheus does it for every registered method at start): an error
+        ratio is then 0, not empty, while no call has failed."""
+        if labels in self._initialised:
+            return
+        self._initialised.add(labels)
+        for code in GO_CODE_NAMES.values():
+            self.handled.labels(*labels, code)
 
 
 class _Call:
@@ -200,6 +211,7 @@ class GrpcServerMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[
             return handler
         labels = (grpc_type, service, method)
         metrics = self.metrics
+        metrics.initialise(labels)
         factory: Callable[..., grpc.RpcMethodHandler]  # type: ignore[type-arg]
         if attr == "unary_unary":
             new: _Behavior = _unary_response(behavior, metrics, labels, streaming_request=False)

@@ -5,11 +5,14 @@ take values from small fixed sets only (never ids).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from svc_common._labels import GO_CODE_NAMES, bounded, go_code_name
 from svc_common.stage_histogram import PerLabelBucketHistogram
@@ -44,6 +47,9 @@ IMAGE_SHARPNESS: Final = "rpi_inference_image_sharpness"
 IMAGE_MEAN_LUMA: Final = "rpi_inference_image_mean_luma"
 POLICY_RELOAD_FAILED: Final = "rpi_inference_policy_reload_failed"
 POLICY_RELOAD_FAILURES_TOTAL: Final = "rpi_inference_policy_reload_failures_total"
+VISION_CACHE_LOOKUPS_TOTAL: Final = "rpi_inference_vision_cache_lookups_total"
+VISION_CACHE_EVICTIONS_TOTAL: Final = "rpi_inference_vision_cache_evictions_total"
+VISION_CACHE_BYTES: Final = "rpi_inference_vision_cache_bytes"
 
 # Exposed family name -> Prometheus type, for checks of dashboards and alert rules.
 METRIC_TYPES: Final[dict[str, str]] = {
@@ -75,6 +81,9 @@ METRIC_TYPES: Final[dict[str, str]] = {
     IMAGE_MEAN_LUMA: "histogram",
     POLICY_RELOAD_FAILED: "gauge",
     POLICY_RELOAD_FAILURES_TOTAL: "counter",
+    VISION_CACHE_LOOKUPS_TOTAL: "counter",
+    VISION_CACHE_EVICTIONS_TOTAL: "counter",
+    VISION_CACHE_BYTES: "gauge",
 }
 
 Stage = Literal[
@@ -127,10 +136,11 @@ POLICY_REASON_CODES: Final = (
 # Variance of the Laplacian of a 448x448 overview; the default blur limit is 15.
 _SHARPNESS_BUCKETS = (2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 200.0, 500.0)
 _LUMA_BUCKETS = (16.0, 32.0, 45.0, 64.0, 96.0, 128.0, 160.0, 192.0, 215.0, 239.0)
-# Fine-grained causes behind IMAGE_FETCH_FAILED / IMAGE_TOO_LARGE / IMAGE_URL_FORBIDDEN.
+# Fine-grained causes behind IMAGE_SOURCE_UNAVAILABLE (timeout, connection, dns, tls, http_5xx,
+# throttled) and IMAGE_FETCH_FAILED / IMAGE_TOO_LARGE / IMAGE_URL_FORBIDDEN (the rest).
 FETCH_ERROR_REASONS: Final = (
     "timeout", "connection", "dns", "tls", "http_4xx", "http_5xx", "too_large", "forbidden",
-    "redirect", "invalid_url",
+    "redirect", "invalid_url", "throttled",
 )  # fmt: skip
 # Requests refused before any work (invalid input shows as grpc_code="InvalidArgument").
 REJECT_REASONS: Final = ("OVERLOADED", "EVENT_SPOOL_FULL", "DRAINING", "MODEL_NOT_READY")
@@ -146,7 +156,14 @@ class InferenceMetrics:
     ``.observe()``); the methods guard label values that come from outside the code.
     """
 
-    def __init__(self, registry: CollectorRegistry, max_batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        max_batch_size: int = 64,
+        policy_names: Collection[str] = (),
+    ) -> None:
+        """``policy_names``: vendor policies whose outcome and reason series are created at
+        once (the default policy's name), so policy panels show zeros from the start."""
         self.registry = registry
         self.stage_seconds = PerLabelBucketHistogram(
             STAGE_SECONDS,
@@ -271,14 +288,28 @@ class InferenceMetrics:
         self.model_ready = Gauge(
             MODEL_READY, "1 when the model is loaded and serving, else 0.", registry=registry
         )
-        # Pre-create the labelled series so that rate() and alerts see zeros, not absences.
+        # Pre-create the labelled series so that rate(), alerts and dashboard panels see zeros,
+        # not absences ("No data" while healthy reads as a broken scrape).
         for decision in DECISIONS:
             self.decisions.labels(decision=decision)
         for reason in REJECT_REASONS:
             self.requests_rejected.labels(reason=reason)
+        for reason in FETCH_ERROR_REASONS:
+            self.image_fetch_errors.labels(reason=reason)
+        for code in GO_CODE_NAMES.values():
+            if code != "OK":
+                self.event_delivery_failures.labels(grpc_code=code)
+        for vendor in policy_names:
+            for decision in DECISIONS:
+                self.policy_outcomes.labels(vendor=vendor, outcome=decision)
+            for code in POLICY_REASON_CODES:
+                for decisive in ("true", "false"):
+                    self.policy_reasons.labels(vendor=vendor, code=code, decisive=decisive)
         for role in IMAGE_ROLES:
             self.image_sharpness.labels(role=role)
             self.image_mean_luma.labels(role=role)
+        self.vision_cache = VisionCacheCollector()
+        registry.register(self.vision_cache)
 
     # --- stages
     def observe_stage(self, stage: Stage, seconds: float) -> None:
@@ -334,6 +365,44 @@ class InferenceMetrics:
         code is used; a timeout counts as DeadlineExceeded, anything else as Unknown) or a
         code name (``"UNAVAILABLE"``). Stored Go-spelled like grpc_server_handled_total."""
         self.event_delivery_failures.labels(grpc_code=_delivery_code(error)).inc()
+
+
+@dataclass(frozen=True)
+class VisionCacheCounts:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    bytes: int = 0
+
+
+class VisionCacheCollector(Collector):
+    """The engine's vision-feature cache counters, read when scraped (the engine counts them,
+    in the engine process when there is one); zeros until :meth:`bind`."""
+
+    def __init__(self) -> None:
+        self._read: Callable[[], VisionCacheCounts] = VisionCacheCounts
+
+    def bind(self, read: Callable[[], VisionCacheCounts]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._read()
+        lookups = CounterMetricFamily(
+            VISION_CACHE_LOOKUPS_TOTAL,
+            "Lookups of a reference image's vision features, by result (hit, miss).",
+            labels=["result"],
+        )
+        lookups.add_metric(["hit"], counts.hits)
+        lookups.add_metric(["miss"], counts.misses)
+        yield lookups
+        yield CounterMetricFamily(
+            VISION_CACHE_EVICTIONS_TOTAL,
+            "Vision features evicted from the cache to make room (least recently used).",
+            value=counts.evictions,
+        )
+        yield GaugeMetricFamily(
+            VISION_CACHE_BYTES, "Bytes of vision features the cache holds.", value=counts.bytes
+        )
 
 
 def _delivery_code(error: BaseException | str) -> str:

@@ -15,11 +15,11 @@ from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from prometheus_client import CollectorRegistry, Counter
 
 from svc_common.auth import ApiKeys, Authenticator, Caller, JwtRules, JwtVerifier, Policy
 from svc_common.auth_interceptor import HEALTH_METHODS, REFLECTION_METHODS, AuthInterceptor
+from svc_common.health import HealthServicer
 from svc_common.tls import ServerTLS, server_credentials
 
 log = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ Group = Literal[
     "events",
     "storage",
     "database",
+    "async jobs",
 ]
 
 GROUPS: tuple[Group, ...] = get_args(Group)

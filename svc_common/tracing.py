@@ -2,9 +2,13 @@
 
 Off unless one of ``OTEL_TRACES_EXPORTER`` (``otlp``, ``console``, comma-separated),
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set, and off when
-``OTEL_SDK_DISABLED=true`` or ``OTEL_TRACES_EXPORTER=none``. The SDK itself reads
-``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER(_ARG)``,
-``OTEL_EXPORTER_OTLP_*`` (endpoint, headers, insecure, timeout...) and ``OTEL_BSP_*``.
+``OTEL_SDK_DISABLED=true`` or ``OTEL_TRACES_EXPORTER=none``; that on/off rule is the only
+variable this module reads. Everything else is the SDK's own configuration: its exporter
+selection (``OTEL_TRACES_EXPORTER``, with ``otlp`` meaning OTLP/gRPC or OTLP/HTTP after
+``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`` = ``grpc`` | ``http/protobuf``), the exporters'
+``OTEL_EXPORTER_OTLP_*`` (endpoint, headers, certificates, timeout...), the resource
+(``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES``), the sampler
+(``OTEL_TRACES_SAMPLER(_ARG)``) and the batch processor (``OTEL_BSP_*``).
 
 Every helper takes the TracerProvider explicitly instead of reading the global one, so two
 services (or tests) in one process can each have their own; the global provider is set only
@@ -15,18 +19,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import grpc.aio
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SpanExporter,
-)
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 logger = logging.getLogger(__name__)
 
@@ -37,48 +41,50 @@ _ENABLING_VARS: Final = (
 )
 # Kubernetes probes call Check every few seconds: a trace each would drown the real ones.
 _UNTRACED_SERVICES: Final = ("grpc.health.v1.Health", "grpc.reflection.")
+# The attribute naming the inspection a span (or a link) is about; the batch span of the
+# persistence service carries every inspection of its batch in INSPECTION_IDS.
+INSPECTION_ID: Final = "inspection_id"
+INSPECTION_IDS: Final = "inspection_ids"
+RPC_GRPC_STATUS_CODE: Final = "rpc.grpc.status_code"
+# W3C trace context only (traceparent, tracestate): baggage is the caller's to send, and an
+# event in the spool or a database must not carry arbitrary caller data.
+_W3C: Final = TraceContextTextMapPropagator()
 
 
 def tracing_requested() -> bool:
     env = os.environ
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
-    exporters = _exporter_names(env)
-    if exporters == ["none"]:
+    if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
         return False
     return any(env.get(name, "").strip() for name in _ENABLING_VARS)
 
 
-def _exporter_names(env: Mapping[str, str]) -> list[str]:
-    raw = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    names = [n.strip() for n in raw.split(",") if n.strip()]
-    return names or ["otlp"]
+class TracingConfigError(ValueError):
+    """The OTEL_* variables ask for an exporter or protocol that is not installed."""
 
 
-def _make_exporter(name: str, env: Mapping[str, str]) -> SpanExporter | None:
-    if name == "console":
-        return ConsoleSpanExporter()
-    if name == "otlp":
-        protocol = (
-            env.get(
-                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-            )
-            .strip()
-            .lower()
-        )
-        if protocol not in ("", "grpc"):
-            logger.warning(
-                "OTLP protocol %s is not installed; exporting with OTLP/gRPC instead", protocol
-            )
-        # Imported here: loading the gRPC exporter is wasted work when tracing is off.
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
-            OTLPSpanExporter,
-        )
+def _exporters() -> list[SpanExporter]:
+    """The span exporters the environment asks for, resolved and built by the SDK (the same
+    entry points ``opentelemetry-instrument`` uses)."""
+    # Imported here: the SDK's configuration module loads the metrics and logs SDKs too.
+    from opentelemetry.sdk._configuration import (  # noqa: PLC0415
+        _get_exporter_entry_point,
+        _get_exporter_names,
+        _import_exporters,
+    )
 
-        return OTLPSpanExporter()
-    if name != "none":
-        logger.warning("unsupported OTEL_TRACES_EXPORTER entry %s ignored", name)
-    return None
+    try:
+        if os.environ.get("OTEL_TRACES_EXPORTER", "").strip():
+            names = _get_exporter_names("traces")
+        else:
+            # Only an endpoint was set: the specification's default exporter, otlp, whose
+            # protocol the SDK resolves.
+            names = [_get_exporter_entry_point("otlp", "traces")]
+        classes, _, _ = _import_exporters(names, [], [])
+    except RuntimeError as exc:  # an unknown exporter or protocol
+        raise TracingConfigError(f"tracing configuration (OTEL_* variables): {exc}") from exc
+    return [exporter() for exporter in classes.values()]
 
 
 def configure_tracing(
@@ -91,17 +97,22 @@ def configure_tracing(
 
     ``default_service_name`` is used unless OTEL_SERVICE_NAME (or ``service.name`` in
     OTEL_RESOURCE_ATTRIBUTES) names the service. With ``set_global`` the provider also becomes
-    the process-wide one (allowed once per process).
+    the process-wide one (allowed once per process). Raises TracingConfigError when the
+    variables name an exporter or protocol that is not installed: a service that was asked to
+    trace must not start silently untraced.
     """
-    env = os.environ
     if not tracing_requested():
         return None
     attributes: dict[str, Any] = dict(extra_resource or {})
     if not OTELResourceDetector().detect().attributes.get(SERVICE_NAME):
         attributes[SERVICE_NAME] = default_service_name
-    # Sampler: TracerProvider reads OTEL_TRACES_SAMPLER / _ARG when none is given.
-    provider = TracerProvider(resource=Resource.create(attributes))
-    exporters = [e for n in _exporter_names(env) if (e := _make_exporter(n, env)) is not None]
+    # The sampler OTEL_TRACES_SAMPLER / _ARG name, as the SDK builds it for a provider given
+    # none, made to keep the record of a sampled inspection (LinkAwareSampler).
+    configured = TracerProvider(shutdown_on_exit=False).sampler
+    provider = TracerProvider(
+        resource=Resource.create(attributes), sampler=LinkAwareSampler(configured)
+    )
+    exporters = _exporters()
     if not exporters:
         return None
     for exporter in exporters:
@@ -189,3 +200,103 @@ def uninstrument_asyncpg() -> None:
     instrumentor = AsyncPGInstrumentor()  # type: ignore[no-untyped-call]
     if instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.uninstrument()
+
+
+class LinkAwareSampler(Sampler):
+    """Samples a new trace whose first span links to a sampled span, else defers to ``base``.
+
+    Event deliveries start traces of their own (a batch mixes inspections): with a ratio
+    sampler alone, the delivery of a sampled inspection's records would itself be sampled only
+    at that ratio, and its links would mostly lead nowhere.
+    """
+
+    def __init__(self, base: Sampler) -> None:
+        self._base = base
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Any = None,
+        links: Sequence[Link] | None = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        parent = trace.get_current_span(parent_context).get_span_context()
+        if not parent.is_valid and any(link.context.trace_flags.sampled for link in links or ()):
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+        return self._base.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"LinkAware{{{self._base.get_description()}}}"
+
+
+def tag_inspection(inspection_id: str) -> None:
+    """Names the inspection on the current span (the call's server span in a servicer)."""
+    trace.get_current_span().set_attribute(INSPECTION_ID, inspection_id)
+
+
+def current_trace_context() -> dict[str, str]:
+    """The current span's W3C trace context (``traceparent``, ``tracestate``), to travel with
+    work that is finished elsewhere (a spooled event); empty when nothing is traced."""
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier)
+    return carrier
+
+
+def producer_links(
+    producers: Iterable[tuple[str, Mapping[str, str]]],
+) -> tuple[list[Link], list[str]]:
+    """The links to the spans that produced a batch's items, and the batch's inspection ids.
+
+    ``producers`` gives (inspection id, W3C trace context) per item. One link per producing
+    span (several events of one inspection usually share it), with the inspection id as its
+    attribute. Contexts that do not parse are skipped: a link is a courtesy, never a reason to
+    refuse a write.
+    """
+    seen: set[tuple[int, int]] = set()
+    links: list[Link] = []
+    inspections: set[str] = set()
+    for inspection_id, carrier in producers:
+        inspections.add(inspection_id)
+        if not carrier:
+            continue
+        linked = trace.get_current_span(_W3C.extract(dict(carrier))).get_span_context()
+        key = (linked.trace_id, linked.span_id)
+        if linked.is_valid and key not in seen:
+            seen.add(key)
+            links.append(Link(linked, {INSPECTION_ID: inspection_id}))
+    return links, sorted(inspections)
+
+
+def link_producers(producers: Iterable[tuple[str, Mapping[str, str]]]) -> None:
+    """Links the current span (a batch's server span) to the spans that produced its items
+    (:func:`producer_links`) and names every inspection of the batch on it."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    links, inspections = producer_links(producers)
+    for link in links:
+        span.add_link(link.context, link.attributes)
+    if inspections:
+        span.set_attribute(INSPECTION_IDS, inspections)
+
+
+def record_abort(code: grpc.StatusCode, message: str) -> None:
+    """Marks the current (server) span with the status code a call is about to end with.
+
+    The gRPC instrumentation does this for ``context.abort`` but not for
+    ``abort_with_status``, which the error interceptor uses (its status carries details):
+    without this the span would say OK. The span status follows the instrumentation's own rule
+    (ERROR for the server-side codes, as the semantic conventions say), applied by its code.
+    """
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    from opentelemetry.instrumentation.grpc._utilities import _server_status  # noqa: PLC0415
+
+    span.set_attribute(RPC_GRPC_STATUS_CODE, code.value[0])
+    span.set_status(_server_status(code, message))  # type: ignore[no-untyped-call]

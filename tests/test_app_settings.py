@@ -17,20 +17,23 @@ from tests.support.e2e import inference_settings
 from tests.support.imaging import encode, textured
 
 
-@pytest.mark.parametrize("method", ["torch", "pillow"])
-def test_app_prepares_tiles_with_the_configured_resize(tmp_path: Path, method: str) -> None:
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_app_prepares_tiles_with_the_configured_preprocessing(tmp_path: Path, mode: str) -> None:
     data = encode(textured(1000, 700), "PNG", compress_level=1)
     fetched = FetchedImage(ImageSource(ImageRole.PICKUP, 0, uri="inline"), data, "inline")
-    app = InferenceApp(inference_settings(tmp_path, "", image_resize=method))
+    app = InferenceApp(inference_settings(tmp_path, "", preprocess=mode))
     try:
         tiles = app.prepare(fetched, 2).tiles
+        budget = app.pixel_budget()
     finally:
         app.executor.shutdown()
         app.prepare_executor.shutdown()
-    other = "pillow" if method == "torch" else "torch"
+    other = "exact" if mode == "fast" else "fast"
     assert isinstance(tiles, np.ndarray)
-    assert np.array_equal(tiles, prepare_image(fetched, 2, resize=method).tiles)  # type: ignore[arg-type]
-    assert not np.array_equal(tiles, prepare_image(fetched, 2, resize=other).tiles)  # type: ignore[arg-type]
+    assert np.array_equal(tiles, prepare_image(fetched, 2, mode=mode).tiles)  # type: ignore[arg-type]
+    assert not np.array_equal(tiles, prepare_image(fetched, 2, mode=other).tiles)  # type: ignore[arg-type]
+    # Exact mode decodes JPEGs at full size, so the request's pixel budget counts them.
+    assert budget.full_size_jpeg is (mode == "exact")
 
 
 def test_engine_settings_reach_the_engine_config(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@
 // with current stubs from buf instead.
 //
 // Exit status: 0 on success, the numeric gRPC status code (1-16) when the call fails, 64 on a
-// usage error.
+// usage error: the same as the Python CLI and the Java example (docs/errors.md).
 package main
 
 import (
@@ -18,6 +18,7 @@ import (
 	"io"
 	"io/ioutil"
 	"os"
+	"sort"
 	"strings"
 	"time"
 
@@ -109,7 +110,8 @@ func image(ref string) (*inspectionv1.Image, error) {
 	}
 	data, err := ioutil.ReadFile(ref)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("cannot read image %q (not an http(s) URL, so read as a local file): %v",
+			ref, err)
 	}
 	return &inspectionv1.Image{Source: &inspectionv1.Image_Content{Content: data}}, nil
 }
@@ -176,9 +178,11 @@ func printEvent(ev *inspectionv1.InspectStreamResponse) {
 		fmt.Printf("event generation_progress: attempt=%d tokens=%d/%d\n",
 			g.Attempt, g.TokensGenerated, g.MaxNewTokens)
 	case *inspectionv1.InspectStreamResponse_AnswerReady:
+		// The model's answer as generated; the final one (after the decision rules) comes
+		// with the inspection and can differ.
 		a := e.AnswerReady
-		fmt.Printf("event answer_ready: attempt=%d label=%q result=%q confidence=%d retake=%t\n",
-			a.Attempt, a.Label, a.Result, a.Confidence, a.RetakeImage)
+		fmt.Printf("event answer_ready: model's raw answer attempt=%d label=%q result=%q "+
+			"confidence=%d retake=%t\n", a.Attempt, a.Label, a.Result, a.Confidence, a.RetakeImage)
 	case *inspectionv1.InspectStreamResponse_Inspection:
 		fmt.Println("event inspection")
 	default:
@@ -218,6 +222,9 @@ func printInspection(in *inspectionv1.Inspection) {
 			seconds(t.Fetch), seconds(t.Preprocess), seconds(t.Queue), seconds(t.Generate),
 			seconds(t.Total))
 	}
+	if len(in.Answers) > 0 {
+		fmt.Println("final answers, after the decision rules:")
+	}
 	for _, a := range in.Answers {
 		mandatory := "optional"
 		if a.Mandatory {
@@ -233,7 +240,7 @@ func printInspection(in *inspectionv1.Inspection) {
 }
 
 // fail prints the status with its google.rpc details and returns the exit status.
-func fail(err error) int {
+func fail(err error, o *options) int {
 	st, ok := status.FromError(err)
 	if !ok {
 		fmt.Fprintf(os.Stderr, "rpc failed: %v\n", err)
@@ -244,10 +251,20 @@ func fail(err error) int {
 		name = st.Code().String()
 	}
 	fmt.Fprintf(os.Stderr, "rpc failed: %s: %s\n", name, st.Message())
+	explained := false
 	for _, d := range st.Details() {
 		switch info := d.(type) {
 		case *errdetails.ErrorInfo:
+			explained = true
 			fmt.Fprintf(os.Stderr, "  reason: %s (domain %s)\n", info.Reason, info.Domain)
+			keys := make([]string, 0, len(info.Metadata))
+			for k := range info.Metadata {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			for _, k := range keys {
+				fmt.Fprintf(os.Stderr, "  metadata %s=%s\n", k, info.Metadata[k])
+			}
 		case *errdetails.BadRequest:
 			for _, v := range info.FieldViolations {
 				fmt.Fprintf(os.Stderr, "  field %s: %s\n", v.Field, v.Description)
@@ -255,6 +272,14 @@ func fail(err error) int {
 		case *errdetails.RetryInfo:
 			fmt.Fprintf(os.Stderr, "  retry after: %.1fs\n", seconds(info.RetryDelay))
 		}
+	}
+	// No ErrorInfo: grpc itself ended the call before any server code answered.
+	if !explained && st.Code() == codes.Unavailable {
+		fmt.Fprintf(os.Stderr, "cannot reach %s: check the address, that the service is running, "+
+			"and -tls-ca if it serves TLS\n", o.target)
+	}
+	if !explained && st.Code() == codes.DeadlineExceeded {
+		fmt.Fprintf(os.Stderr, "no answer from %s within -timeout %v\n", o.target, o.timeout)
 	}
 	if st.Code() == codes.OK {
 		return int(codes.Unknown)
@@ -317,14 +342,14 @@ func run(o *options) int {
 	if !o.stream {
 		resp, err := client.Inspect(ctx, req)
 		if err != nil {
-			return fail(err)
+			return fail(err, o)
 		}
 		printInspection(resp.Inspection)
 		return 0
 	}
 	stream, err := client.InspectStream(ctx, req)
 	if err != nil {
-		return fail(err)
+		return fail(err, o)
 	}
 	var final *inspectionv1.Inspection
 	for {
@@ -333,7 +358,7 @@ func run(o *options) int {
 			break
 		}
 		if err != nil {
-			return fail(err)
+			return fail(err, o)
 		}
 		printEvent(ev)
 		if in := ev.GetInspection(); in != nil {
@@ -354,6 +379,7 @@ func main() {
 		os.Exit(0)
 	}
 	if err != nil {
+		fmt.Fprintln(os.Stderr, "inspect-client: run with -h for the flags")
 		os.Exit(exitUsage)
 	}
 	os.Exit(run(o))

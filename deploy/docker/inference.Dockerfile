@@ -17,14 +17,16 @@ COPY --from=uv /uv /usr/local/bin/uv
 RUN uv python install 3.11.13 \
  && uv venv --python 3.11.13 --seed /opt/venv
 # torch first, from PyTorch's index for the CUDA line of the base image (its wheel brings
-# cuBLAS/cuDNN as nvidia-* packages); `pip install .` then finds torch>=2.4,<3 satisfied.
+# cuBLAS/cuDNN as nvidia-* packages); `pip install .[inference]` then finds torch>=2.4,<3
+# satisfied.
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
 RUN /opt/venv/bin/pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 WORKDIR /src
 COPY . .
-# Every other dependency at the versions the test suite last passed with.
-RUN /opt/venv/bin/pip install --constraint deploy/docker/constraints.txt . \
+# Every other dependency at the versions the test suite last passed with (constraints.txt is
+# generated from that environment: python -m tools.constraints --write).
+RUN /opt/venv/bin/pip install --constraint deploy/docker/constraints.txt ".[inference]" \
  && /opt/venv/bin/python -c "import inference_svc, rpi.inspection.v1.inspection_pb2"
 
 FROM nvidia/cuda:13.0.2-runtime-ubuntu24.04
@@ -45,6 +47,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     MODEL_CACHE_DIR=/var/lib/rpi/models
 WORKDIR /var/lib/rpi
 USER 10001:10001
+# Smoke step, in the image as shipped (its user, its read-only-friendly paths, no source tree:
+# the working directory holds none): the installed wheel builds the demo model from its own
+# data files and the service answers grpc.health.v1 SERVING, then exits cleanly on SIGTERM.
+# Everything it writes is in a temporary directory it removes.
+RUN python -m tools.image_smoke --timeout-s 600
 # gRPC (GRPC_LISTEN) and Prometheus (METRICS_PORT).
 EXPOSE 50051 9095
 # Exec form: Python is PID 1 and receives SIGTERM itself, which starts the drain.

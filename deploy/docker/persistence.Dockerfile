@@ -7,14 +7,13 @@ FROM python:3.11.13-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
-# The project has one dependency list, which includes torch: take the small CPU build first so
-# `pip install .` finds torch>=2.4,<3 satisfied instead of pulling the CUDA build.
-ARG TORCH_VERSION=2.13.0
-RUN /opt/venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
 WORKDIR /src
 COPY . .
+# `.` without the `inference` extra: the base dependencies only, so no torch or transformers
+# (the last command fails the build if one slipped in). Versions as the tests last passed with.
 RUN /opt/venv/bin/pip install --constraint deploy/docker/constraints.txt . \
- && /opt/venv/bin/python -c "import persistence_svc, rpi.persistence.v1.persistence_pb2"
+ && /opt/venv/bin/python -c "import persistence_svc, rpi.persistence.v1.persistence_pb2" \
+ && /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('torch', 'transformers')))"
 
 FROM python:3.11.13-slim-bookworm
 RUN groupadd --gid 10001 rpi \

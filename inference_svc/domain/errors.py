@@ -19,6 +19,8 @@ class ErrorKind(enum.Enum):
     CANCELLED = "CANCELLED"
     INTERNAL = "INTERNAL"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
 
 
 class Reason(enum.StrEnum):
@@ -27,6 +29,8 @@ class Reason(enum.StrEnum):
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     QUESTIONS_INVALID = "QUESTIONS_INVALID"
     IMAGE_FETCH_FAILED = "IMAGE_FETCH_FAILED"
+    # The image host failed (DNS, connection, timeout, 5xx, throttling): retry later.
+    IMAGE_SOURCE_UNAVAILABLE = "IMAGE_SOURCE_UNAVAILABLE"
     IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"
     IMAGE_UNDECODABLE = "IMAGE_UNDECODABLE"
     IMAGE_URL_FORBIDDEN = "IMAGE_URL_FORBIDDEN"
@@ -38,6 +42,12 @@ class Reason(enum.StrEnum):
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     CANCELLED = "CANCELLED"
     INTERNAL = "INTERNAL"
+    # Asynchronous inspections (docs/operations-async.md).
+    OPERATION_NOT_FOUND = "OPERATION_NOT_FOUND"
+    OPERATION_NOT_FINISHED = "OPERATION_NOT_FINISHED"
+    REQUEST_ID_REUSED = "REQUEST_ID_REUSED"
+    CALLBACK_URL_FORBIDDEN = "CALLBACK_URL_FORBIDDEN"
+    JOBS_UNAVAILABLE = "JOBS_UNAVAILABLE"
 
 
 class Stage(enum.StrEnum):
@@ -96,13 +106,21 @@ def invalid_argument(
     )
 
 
-def image_error(reason: Reason, field_path: str, message: str, stage: Stage) -> InspectionError:
+def image_error(
+    reason: Reason,
+    field_path: str,
+    message: str,
+    stage: Stage,
+    kind: ErrorKind = ErrorKind.INVALID_ARGUMENT,
+    retry_after_seconds: float | None = None,
+) -> InspectionError:
     """An image-specific failure that names the offending image (its request field path)."""
     return InspectionError(
-        ErrorKind.INVALID_ARGUMENT,
+        kind,
         reason,
         f"{field_path}: {message}",
         [FieldViolation(field_path, message)],
         metadata={"image": field_path},
         stage=stage,
+        retry_after_seconds=retry_after_seconds,
     )

@@ -233,6 +233,8 @@ class ModelInfo:
     revision: str
     untrained: bool
     prompt_template_version: str = ""
+    # "native", "converted" or "remote_code" (engine.api.EngineInfo.model_load_path).
+    load_path: str = ""
 
 
 @dataclass

@@ -35,6 +35,12 @@ class GenerationRequest:
     json_schema: dict[str, Any] | None = None
     # Monotonic deadline (time.monotonic()) after which the request is abandoned.
     deadline: float | None = None
+    # Vision-feature cache (vision_cache.py). Empty, or one key per image in placeholder order:
+    # the key under which the engine may keep that image's features ("": never cached).
+    image_keys: tuple[str, ...] = ()
+    # Indexes of images sent by reference: their tiles are not in pixel_values, the engine
+    # uses the features it holds under their key or raises ImagesNotCached.
+    by_reference: tuple[int, ...] = ()
 
 
 class FinishReason(StrEnum):
@@ -89,6 +95,11 @@ class EngineInfo:
     # per batch, for models the slot decoder cannot drive), "" before start.
     runner: str
     max_batch_size: int
+    # How the checkpoint was loaded: "native", "converted" (original layout converted to the
+    # native model) or "remote_code" (the checkpoint's own code); "" before start.
+    model_load_path: str = ""
+    # Whether the engine keeps vision features (GenerationRequest.image_keys are used).
+    vision_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,6 +123,13 @@ class EngineStats:
     tiles_shared: int = 0
     tiles_pickled: int = 0
     slab_bytes: int = 0
+    # Vision-feature cache: lookups that found / did not find an image's features, entries
+    # evicted to make room, and what it holds now.
+    vision_cache_hits: int = 0
+    vision_cache_misses: int = 0
+    vision_cache_evictions: int = 0
+    vision_cache_bytes: int = 0
+    vision_cache_entries: int = 0
 
 
 class GenerationListener(Protocol):
@@ -140,6 +158,18 @@ class NullListener:
 
 class EngineOverloaded(Exception):
     """The engine's queue is full."""
+
+
+class ImagesNotCached(Exception):
+    """Images sent by reference whose features the engine does not hold (never cached, or
+    evicted meanwhile): the caller sends them again as pixels."""
+
+    def __init__(self, indexes: tuple[int, ...]) -> None:
+        super().__init__(indexes)
+        self.indexes = indexes
+
+    def __str__(self) -> str:
+        return f"features of images {list(self.indexes)} are not cached"
 
 
 class EngineNotReady(Exception):

@@ -56,6 +56,8 @@ class EngineConfig:
     # ENGINE_PROCESS: shared memory for request tiles on their way to the engine process
     # (pixel_slabs.py), in MiB; 0 pickles them through the pipe.
     pixel_buffer_mb: int = defaults.PIXEL_BUFFER_MB
+    # Vision-feature cache (vision_cache.py) bound in bytes; 0 turns it off.
+    vision_cache_bytes: int = defaults.VISION_CACHE_BYTES
 
 
 class _Model(Protocol):
@@ -69,6 +71,8 @@ class _Model(Protocol):
     def untrained(self) -> bool: ...
     @property
     def runtime(self) -> Runtime: ...
+    @property
+    def load_path(self) -> str: ...
 
 
 def engine_info(
@@ -85,4 +89,8 @@ def engine_info(
         dtype=str(model.runtime.dtype).removeprefix("torch.") if model else config.dtype,
         runner=runner if model else "",
         max_batch_size=max_batch_size,
+        model_load_path=model.load_path if model else "",
+        # The slot runner encodes images per request; the generate runner batches them into
+        # generate() and keeps nothing.
+        vision_cache=config.vision_cache_bytes > 0 and runner == "slot" and model is not None,
     )

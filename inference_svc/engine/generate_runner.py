@@ -153,7 +153,7 @@ class GenerateRunner:
             eos_token_id=loaded.eos_token_id,
             ll_vocab_size=loaded.vocab_size,
             prompt_offset=loaded.prompt_offset(ids),
-            decode=lambda t: str(loaded.tokenizer.decode(t, skip_special_tokens=True)),
+            decode=loaded.answer_text,
             progress=sink,
         )
         try:

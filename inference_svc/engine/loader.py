@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from transformers import (
-    AutoModel,
     AutoTokenizer,
     GenerationConfig,
     InternVLForConditionalGeneration,
@@ -19,16 +19,17 @@ from transformers import (
 )
 from transformers.initialization import no_init_weights
 
-from . import original_layout
+from . import original_layout, remote_code
 from .devices import Runtime
 from .model_builder import MODEL_INFO_FILE
-from .prompting import IM_END, IMG_CONTEXT, tokens_per_tile
-
-ENDOFTEXT = "<|endoftext|>"
+from .prompting import IM_END, IMG_CONTEXT, answer_text, tokens_per_tile
 
 logger = logging.getLogger(__name__)
 
 Layout = Literal["auto", "native", "original"]
+# How a checkpoint was loaded: a native checkpoint (or the demo model), an original-layout one
+# converted to the native model, or an original-layout one running its own remote code.
+LoadPath = Literal["native", "converted", "remote_code"]
 
 
 @dataclass
@@ -55,6 +56,12 @@ class LoadedModel:
     # "dynamic" or "static" (see resolve_kv_cache); only the native model honours it.
     kv_cache: str = "dynamic"
 
+    @property
+    def load_path(self) -> LoadPath:
+        if self.kind == "remote_code":
+            return "remote_code"
+        return "converted" if self.source_layout == "original" else "native"
+
     def generation_config(self, max_new_tokens: int) -> GenerationConfig:
         config_cls: Any = GenerationConfig
         extra: dict[str, Any] = {}
@@ -73,6 +80,16 @@ class LoadedModel:
             use_cache=True,
             **extra,
         )
+
+    def answer_text(self, token_ids: Sequence[int]) -> str:
+        """The text of generated tokens up to the first stop token, post-processed as
+        ``chat()`` does."""
+        ids = list(token_ids)
+        for i, token in enumerate(ids):
+            if token in self.stop_token_ids:
+                del ids[i:]
+                break
+        return answer_text(str(self.tokenizer.decode(ids, skip_special_tokens=True)))
 
     def prompt_offset(self, input_ids: torch.Tensor) -> int:
         """Where generated tokens start in the ids the generation hooks see: the remote-code
@@ -214,13 +231,7 @@ def load_model(
         config = model.config
     elif trust_remote_code and has_remote_code(path):
         kind = "remote_code"
-        model = AutoModel.from_pretrained(
-            str(path),
-            dtype=runtime.dtype,
-            trust_remote_code=True,
-            low_cpu_mem_usage=True,
-            use_flash_attn=runtime.attn_implementation == "flash_attention_2",
-        )
+        model = remote_code.load_remote_code_model(path, runtime)
         # The documented contract of InternVLChatModel.generate().
         model.img_context_token_id = image_token_id
         config = model.config
@@ -228,13 +239,38 @@ def load_model(
         model, config = _load_converted(path, image_token_id, runtime)
 
     model = model.to(runtime.device).eval()
+    name = name or str(info.get("name") or path.name)
+    revision = revision or _default_revision(path, info)
+    loaded = _wrap(model, config, tokenizer, kind, resolved, info, name, revision, runtime)
     if kind == "native":
         _maybe_compile(model, runtime, torch_compile)
+    logger.info(
+        "loaded %s (%s layout) on the %s path",
+        path,
+        resolved,
+        loaded.load_path,
+        extra={"model_load_path": loaded.load_path},
+    )
+    return loaded
+
+
+def _wrap(
+    model: Any,
+    config: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    kind: Literal["native", "remote_code"],
+    resolved: Literal["native", "original"],
+    info: dict[str, Any],
+    name: str,
+    revision: str,
+    runtime: Runtime,
+) -> LoadedModel:
+    if kind == "native":
         return wrap_native_model(
             model,
             tokenizer,
-            name=name or str(info.get("name") or path.name),
-            revision=revision or _default_revision(path, info),
+            name=name,
+            revision=revision,
             untrained=bool(info.get("untrained", False)),
             runtime=runtime,
             source_layout=resolved,
@@ -247,8 +283,8 @@ def load_model(
         tokenizer,
         kind="remote_code",
         source_layout=resolved,
-        name=name or str(info.get("name") or path.name),
-        revision=revision or _default_revision(path, info),
+        name=name,
+        revision=revision,
         untrained=bool(info.get("untrained", False)),
         per_tile=per_tile,
         image_size=image_size,
@@ -306,12 +342,10 @@ def _describe(
     # even one that runs outside an inference-mode block.
     model.requires_grad_(False)
     tokenizer.padding_side = "left"
+    # chat() stops at the template separator only (its eos_token_id), whatever the
+    # tokenizer's own eos token is: a model that emits <|endoftext|> mid-answer goes on.
     eos_id = _token_id(tokenizer, IM_END)
     stop_ids = [eos_id]
-    for extra in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(ENDOFTEXT)):
-        usable = isinstance(extra, int) and extra >= 0 and extra != tokenizer.unk_token_id
-        if usable and extra not in stop_ids:
-            stop_ids.append(int(extra))  # type: ignore[arg-type]
     pad_id = tokenizer.pad_token_id
     size = image_size[0] if isinstance(image_size, list | tuple) else image_size
     return LoadedModel(

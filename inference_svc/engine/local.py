@@ -41,6 +41,7 @@ from .runner import Host, Runner
 from .scheduler import Job, Prepared, Scheduler
 from .slot_decoder import supports
 from .slot_runner import SlotRunner
+from .vision_cache import VisionFeatureCache, plan_request
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,12 @@ class LocalEngine:
         )
 
     def stats(self) -> EngineStats:
-        return EngineStats(**self._host.counters, running_rows=self.running_rows())
+        cache = self._host.vision_cache
+        return EngineStats(
+            **self._host.counters,
+            **(cache.counters() if cache is not None else {}),
+            running_rows=self.running_rows(),
+        )
 
     def cancel(self, request_id: str) -> None:
         job = self._jobs.get(request_id)
@@ -207,7 +213,10 @@ class LocalEngine:
         loaded = self.loaded
         tiles = tuple(int(t) for t in request.tiles_per_image)
         pixels = request.pixel_values
-        total = sum(tiles)
+        if any(not 0 <= i < len(tiles) for i in request.by_reference):
+            raise ValueError(f"by_reference {request.by_reference} names no image")
+        # Images sent by reference have no tiles in pixel_values.
+        total = sum(tiles) - sum(tiles[i] for i in set(request.by_reference))
         size = loaded.image_size
         if total:
             if pixels.ndim != 4 or pixels.shape[0] != total or pixels.shape[1:] != (3, size, size):
@@ -216,12 +225,19 @@ class LocalEngine:
                     f"3x{size}x{size}"
                 )
             check_dtype(pixels)
+        elif pixels.size:
+            raise ValueError("pixel_values given without images in tiles_per_image")
+        vision, encode = plan_request(self._host.vision_cache, request, tiles)
+        pixel_tensor: torch.Tensor | None = None
+        chosen = [s for s in encode if s.stop > s.start]
+        if total and chosen:
+            parts = (
+                pixels[chosen[0]]
+                if len(chosen) == 1
+                else np.concatenate([pixels[s] for s in chosen])
+            )
             # Bytes stay bytes until they reach the model's device (pixels.PixelStaging).
-            pixel_tensor: torch.Tensor | None = torch.from_numpy(np.ascontiguousarray(pixels))
-        else:
-            if pixels.size:
-                raise ValueError("pixel_values given without images in tiles_per_image")
-            pixel_tensor = None
+            pixel_tensor = torch.from_numpy(np.ascontiguousarray(parts))
         text = build_prompt(
             request.prompt, tiles, loaded.tokens_per_tile, self.config.system_message
         )
@@ -232,7 +248,7 @@ class LocalEngine:
         if request.json_schema is not None and self.config.constrained_decoding:
             grammar = constrained.compile_json_schema(request.json_schema)
             matcher = constrained.new_matcher(self._ll_tokenizer(), grammar)
-        return Prepared(input_ids, pixel_tensor, max_new, min_new, grammar, matcher)
+        return Prepared(input_ids, pixel_tensor, max_new, min_new, grammar, matcher, vision)
 
     def _ll_tokenizer(self) -> Any:
         loaded = self.loaded
@@ -248,6 +264,10 @@ class LocalEngine:
         loaded.kv_cache = resolve_kv_cache(self.kv_cache, loaded.runtime)
         self._host.loaded = loaded
         self._runner = self._choose_runner(loaded)
+        if self.config.vision_cache_bytes > 0 and isinstance(self._runner, SlotRunner):
+            runtime = loaded.runtime
+            identity = f"{loaded.name}@{loaded.revision}/{runtime.device}/{runtime.dtype}"
+            self._host.vision_cache = VisionFeatureCache(self.config.vision_cache_bytes, identity)
         return loaded
 
     def _choose_runner(self, loaded: LoadedModel) -> Runner:
@@ -271,6 +291,7 @@ class LocalEngine:
         if self._runner is not None:
             self._runner.release()
         self._host.loaded = None
+        self._host.vision_cache = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

@@ -39,6 +39,7 @@ class RemoteModel:
     runtime: Runtime
     runner: str
     tokenizer_dir: str
+    load_path: str = ""
 
 
 # --- server -> engine ----------------------------------------------------------------------

@@ -111,6 +111,7 @@ async def _serve(engine: LocalEngine, conn: Connection) -> None:
         runtime=loaded.runtime,
         runner=info.runner,
         tokenizer_dir=tokenizer_dir,
+        load_path=info.model_load_path,
     )
     conn.send(Ready(model, engine.stats()))
     loop = asyncio.get_running_loop()

@@ -79,6 +79,12 @@ def chat_prompt(user_content: str, system_message: str | None) -> str:
     return "".join(parts)
 
 
+def answer_text(decoded: str) -> str:
+    """The answer as ``InternVLChatModel.chat()`` returns it: the decoded text up to the
+    template separator, stripped (the model's leading newline or space is not part of it)."""
+    return decoded.split(IM_END, maxsplit=1)[0].strip()
+
+
 def build_prompt(
     user_text: str,
     tiles_per_image: Sequence[int],

@@ -18,6 +18,7 @@ from .api import EngineNotReady, GenerationResult
 from .config import EngineConfig
 from .loader import LoadedModel
 from .scheduler import Job, Scheduler, safe
+from .vision_cache import VisionFeatureCache
 
 # Counter names (EngineStats fields) the runners write, on their model threads only.
 COUNTERS = (
@@ -46,6 +47,8 @@ class Host:
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.stopping = False
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        # The slot runner's vision-feature cache (None: off, or the generate runner).
+        self.vision_cache: VisionFeatureCache | None = None
 
     @property
     def model(self) -> LoadedModel:

@@ -17,11 +17,14 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .api import EngineOverloaded, GenerationListener, GenerationRequest, GenerationResult
+
+if TYPE_CHECKING:
+    from .vision_cache import VisionPlan
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,9 @@ class Prepared:
     min_new_tokens: int
     grammar: str | None
     matcher: Any | None
+    # With the vision-feature cache: the features held for its images (pixel_values then
+    # holds only the tiles still to encode).
+    vision: VisionPlan | None = None
 
 
 @dataclass(eq=False)

@@ -50,6 +50,7 @@ import torch
 from transformers import DynamicCache
 
 from .pixels import PixelStaging
+from .vision_cache import VisionFeatureCache, VisionPlan, encoder_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -297,15 +298,22 @@ class SlotDecoder:
         input_ids: Sequence[int],
         pixel_values: torch.Tensor | None,
         pixels: PixelStaging | None = None,
+        vision: VisionPlan | None = None,
+        vision_cache: VisionFeatureCache | None = None,
     ) -> Prefilled:
         """Run one row's prompt without touching the slot cache, so another thread may do
         it while steps run; :meth:`install` puts the result in a slot. ``pixels`` is the
-        calling thread's staging buffer (default: the decoder's own)."""
+        calling thread's staging buffer (default: the decoder's own). With a ``vision`` plan
+        the images' features are the ones it holds and ``pixel_values`` (the other images'
+        tiles) through the vision tower, stored in ``vision_cache``."""
         ids = torch.tensor([list(input_ids)], dtype=torch.long, device=self.device)
         kwargs: dict[str, Any] = {}
-        if pixel_values is not None:
-            staging = pixels if pixels is not None else self.pixels
-            kwargs["pixel_values"] = staging.stage([pixel_values], self.dtype)
+        staging = pixels if pixels is not None else self.pixels
+        staged = None if pixel_values is None else staging.stage([pixel_values], self.dtype)
+        if vision is not None:
+            kwargs["mm_encoder_outputs"] = encoder_outputs(self.model, vision_cache, vision, staged)
+        elif staged is not None:
+            kwargs["pixel_values"] = staged
         cache = DynamicCache(config=self.language_model.config)
         out = self.model.model(input_ids=ids, past_key_values=cache, use_cache=True, **kwargs)
         layers = [_layer_kv(cache, index) for index in range(len(self.layers))]

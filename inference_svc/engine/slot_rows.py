@@ -190,8 +190,7 @@ class SlotRules:
         self._host.post_progress(row.job, len(row.tokens), text)
 
     def _text(self, row: Row) -> str:
-        ids = [t for t in row.tokens if t not in self._stop_ids]
-        return str(self._host.model.tokenizer.decode(ids, skip_special_tokens=True))
+        return self._host.model.answer_text(row.tokens)
 
     def _result(self, row: Row) -> GenerationResult | BaseException:
         if row.finish_reason == "cancelled":

@@ -191,7 +191,11 @@ class SlotRunner:
         outcome: Prefilled | Exception
         try:
             outcome = decoder.prefill_detached(
-                job.prepared.input_ids, job.prepared.pixel_values, staging
+                job.prepared.input_ids,
+                job.prepared.pixel_values,
+                staging,
+                job.prepared.vision,
+                self._host.vision_cache,
             )
         except Exception as exc:
             logger.exception("prefill failed for %s", job.request.request_id)

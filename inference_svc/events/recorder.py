@@ -1,7 +1,9 @@
 """The Recorder port implemented over the durable event spool.
 
-Each record becomes a persistence ``Event`` with a fresh UUID (the idempotency key), serialized
-and spooled before the call returns; delivery happens in the background.
+Each record becomes a persistence ``Event`` with a fresh UUID (the idempotency key) and the
+W3C trace context of the inspection's current span, serialized and spooled before the call
+returns; delivery happens in the background, in batches of many inspections, so the persistence
+service links its span for a batch to each of them instead of continuing one trace.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from inference_svc.proto_convert import (
     question_to_proto,
     timestamp,
 )
+from svc_common.tracing import current_trace_context
 
 _ROLE = {ImageRole.REFERENCE: ppb.IMAGE_ROLE_REFERENCE, ImageRole.PICKUP: ppb.IMAGE_ROLE_PICKUP}
 # The enum fields beside the old strings: "fetch" -> FAILURE_STAGE_FETCH, and so on.
@@ -61,6 +64,7 @@ class SpoolingRecorder:
             event_id=str(uuid.uuid4()),
             inspection_id=inspection_id,
             occur_time=timestamp(datetime.now(UTC)),
+            trace_context=current_trace_context(),
             **payload,  # type: ignore[arg-type]
         )
         await self._delivery.append([(event.event_id, event.SerializeToString())])

@@ -25,6 +25,7 @@ from inference_svc.grpc_api.convert import (
 from inference_svc.pipeline import InspectionPipeline
 from svc_common.auth import current_caller
 from svc_common.logging import inspection_id_var
+from svc_common.tracing import tag_inspection
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
             caller=current_caller().name,
         )
         inspection_id_var.set(domain_request.inspection_id)
+        tag_inspection(domain_request.inspection_id)
         with self._admission.slot():
             inspection = await self._pipeline.run(
                 domain_request,

@@ -3,7 +3,9 @@
 The same limits and reasons as an https download: the byte cap (checked against the object's
 size before any body byte is read, and again while streaming), one deadline for every attempt
 and backoff (FETCH_TIMEOUT_S), the rate floor, retries for transient failures only, and
-IMAGE_URL_FORBIDDEN / IMAGE_FETCH_FAILED / IMAGE_TOO_LARGE. Only buckets in ALLOWED_BUCKETS are
+the reasons of imaging.fetch_errors: IMAGE_URL_FORBIDDEN, IMAGE_FETCH_FAILED (a missing object,
+denied access: the caller's to fix), IMAGE_SOURCE_UNAVAILABLE (the store down, slow or failing:
+worth retrying) and IMAGE_TOO_LARGE. Only buckets in ALLOWED_BUCKETS are
 read, so a caller cannot make the service read other buckets its credentials reach.
 """
 
@@ -19,6 +21,7 @@ from obstore.exceptions import BaseError, PermissionDeniedError, Unauthenticated
 
 from inference_svc.domain.errors import InspectionError, Reason, Stage, image_error
 from inference_svc.domain.models import FetchedImage, ImageSource
+from inference_svc.imaging.fetch_errors import failed, too_large, unavailable, with_cause
 from inference_svc.imaging.transfer import RateFloor
 from inference_svc.storage.stores import (
     BadBucketUri,
@@ -42,10 +45,9 @@ class _TransientError(Exception):
     """Worth another attempt (connection trouble, a 5xx from the store)."""
 
 
-def _error(reason: Reason, source: ImageSource, message: str, cause: str) -> InspectionError:
-    error = image_error(reason, source.field_path, message, stage=_STAGE)
-    error.metadata["fetch_error"] = cause  # the low-cardinality label of the fetch metric
-    return error
+def _forbidden(source: ImageSource, message: str, cause: str) -> InspectionError:
+    error = image_error(Reason.IMAGE_URL_FORBIDDEN, source.field_path, message, stage=_STAGE)
+    return with_cause(error, cause)
 
 
 class BucketReader:
@@ -82,9 +84,8 @@ class BucketReader:
                     data = await self._read(source, uri)
                 return FetchedImage(source=source, data=data, fetched_uri=uri.geturl())
             except TimeoutError:
-                raise _error(
-                    Reason.IMAGE_FETCH_FAILED,
-                    source,
+                raise unavailable(
+                    source.field_path,
                     f"read of {uri.geturl()} timed out after {total:g} s ({attempt} attempt(s))",
                     "timeout",
                 ) from None
@@ -92,9 +93,8 @@ class BucketReader:
                 delay = self._config.backoff_s * 2 ** (attempt - 1)
                 delay += random.uniform(0, self._config.backoff_s / 2)
                 if attempt == attempts or loop.time() + delay >= deadline:
-                    raise _error(
-                        Reason.IMAGE_FETCH_FAILED,
-                        source,
+                    raise unavailable(
+                        source.field_path,
                         f"read of {uri.geturl()} failed after {attempt} attempt(s): {exc}",
                         "connection",
                     ) from None
@@ -106,15 +106,10 @@ class BucketReader:
         try:
             uri = parse_bucket_uri(raw)
         except BadBucketUri as exc:
-            raise _error(
-                Reason.IMAGE_URL_FORBIDDEN, source, f"image URI refused: {exc}", "invalid_url"
-            ) from None
+            raise _forbidden(source, f"image URI refused: {exc}", "invalid_url") from None
         if not bucket_allowed(uri, self._allowed):
-            raise _error(
-                Reason.IMAGE_URL_FORBIDDEN,
-                source,
-                f"bucket {uri.bucket_ref!r} is not in the allowlist",
-                "forbidden",
+            raise _forbidden(
+                source, f"bucket {uri.bucket_ref!r} is not in the allowlist", "forbidden"
             )
         return uri
 
@@ -128,13 +123,10 @@ class BucketReader:
         except TimeoutError:
             raise self._too_slow(source, uri, 0) from None
         except FileNotFoundError:
-            raise _error(
-                Reason.IMAGE_FETCH_FAILED, source, f"{uri.geturl()} does not exist", "http_4xx"
-            ) from None
+            raise failed(source.field_path, f"{uri.geturl()} does not exist", "http_4xx") from None
         except (PermissionDeniedError, UnauthenticatedError):
-            raise _error(
-                Reason.IMAGE_FETCH_FAILED,
-                source,
+            raise failed(
+                source.field_path,
                 f"{uri.geturl()}: access denied to the service's credentials",
                 "http_4xx",
             ) from None
@@ -142,12 +134,7 @@ class BucketReader:
             raise _TransientError("the object store could not be reached or failed") from exc
         size = int(result.meta["size"])
         if size > cap:
-            raise _error(
-                Reason.IMAGE_TOO_LARGE,
-                source,
-                f"image is {size} bytes, over the limit of {cap} bytes",
-                "too_large",
-            )
+            raise too_large(source.field_path, size, cap)
         chunks: list[bytes] = []
         received = 0
         stream = result.stream(min_chunk_size=_CHUNK)
@@ -163,18 +150,12 @@ class BucketReader:
                 return b"".join(chunks)
             received += len(chunk)
             if received > cap:  # the object grew since its size was read
-                raise _error(
-                    Reason.IMAGE_TOO_LARGE,
-                    source,
-                    f"image is over the limit of {cap} bytes",
-                    "too_large",
-                )
+                raise too_large(source.field_path, None, cap)
             chunks.append(chunk)
 
     def _too_slow(self, source: ImageSource, uri: BucketUri, received: int) -> InspectionError:
-        return _error(
-            Reason.IMAGE_FETCH_FAILED,
-            source,
+        return unavailable(
+            source.field_path,
             f"read of {uri.geturl()} abandoned: slower than {self._config.min_bytes_per_s} "
             f"bytes/s after {self._config.rate_grace_s:g} s ({received} bytes received)",
             "timeout",

@@ -1,4 +1,4 @@
-"""Decoding untrusted image bytes with Pillow into an upright RGB image.
+"""Decoding untrusted image bytes with Pillow into an RGB image (upright when asked to be).
 
 Safe to call from several threads at once: nothing here changes Pillow's global settings
 (``Image.MAX_IMAGE_PIXELS``, ``ImageFile.LOAD_TRUNCATED_IMAGES``, warning filters), so the pixel
@@ -56,12 +56,50 @@ def sniff_format(data: bytes) -> str | None:
 _REDUCIBLE_FORMATS = frozenset({"JPEG"})
 
 
+# JPEG start-of-frame markers (the frame's size); C4, C8 and CC are other segments.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_SOS = 0xDA
+# Real files have a few dozen segments before the first scan; the cap keeps a file of tiny
+# segments from holding the event loop.
+_JPEG_MAX_SEGMENTS = 256
+
+
+def jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as stored in a JPEG's frame header, found by walking the segments up to
+    the first scan (an EXIF thumbnail inside APP1 is skipped with its segment). The last frame
+    header before the scan counts, as in Pillow. None when there is none or the walk breaks."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    pos, size = 2, None
+    for _ in range(_JPEG_MAX_SEGMENTS):
+        if pos + 4 > len(data):
+            return None
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == _JPEG_SOS:
+            return size
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if length < 2:
+            return None
+        if marker in _JPEG_SOF and pos + 9 <= len(data):
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            size = (int(width), int(height))
+        pos += 2 + length
+    return None
+
+
 def header_dimensions(data: bytes) -> tuple[int, int] | None:
-    """(width, height) as stored, read from a PNG or WebP header without Pillow; None for
-    other formats or a header too short to say. Cheap enough for the event loop."""
+    """(width, height) as stored, read from a PNG, WebP or JPEG header without Pillow; None
+    for other formats or a header too short to say. Cheap enough for the event loop."""
     if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and len(data) >= 24:
         width, height = struct.unpack(">II", data[16:24])
         return int(width), int(height)
+    if data.startswith(b"\xff\xd8\xff"):
+        return jpeg_dimensions(data)
     if sniff_format(data) != "WEBP" or len(data) < 30:
         return None
     chunk = data[12:16]
@@ -89,21 +127,25 @@ class PixelBudget:
     """The pixels one request may decode at full size, charged from each image's header
     before it is decoded, so ten huge PNGs cannot each take their full-size memory at once.
 
-    JPEGs are not charged: they decode at the reduced size the tiler needs (draft mode), and
-    the per-image limit still bounds them. Not thread-safe: charge from the event loop.
+    JPEGs are charged only with ``full_size_jpeg`` (``PREPROCESS=exact``, which decodes them
+    at full size as the published pipeline does); otherwise they decode at the reduced size
+    the tiler needs (draft mode) and the per-image limit bounds them. Not thread-safe: charge
+    from the event loop.
     """
 
-    def __init__(self, request_limit: int, image_limit: int) -> None:
+    def __init__(self, request_limit: int, image_limit: int, full_size_jpeg: bool = False) -> None:
         self.request_limit = request_limit
         self.image_limit = image_limit
+        self.full_size_jpeg = full_size_jpeg
         self.used = 0
 
     def charge(self, fetched: FetchedImage) -> None:
         """Count ``fetched``'s pixels or raise IMAGE_TOO_LARGE (nothing is counted then)."""
         fmt = sniff_format(fetched.data)
         dims = header_dimensions(fetched.data)
-        if fmt is None or fmt in _REDUCIBLE_FORMATS or dims is None:
-            return  # the decode refuses what it cannot read; JPEG is bounded per image
+        reduced = fmt in _REDUCIBLE_FORMATS and not self.full_size_jpeg
+        if fmt is None or reduced or dims is None:
+            return  # the decode refuses what it cannot read; a draft JPEG is bounded per image
         width, height = dims
         field_path = fetched.source.field_path
         if width * height > self.image_limit:
@@ -113,8 +155,8 @@ class PixelBudget:
                 Reason.IMAGE_TOO_LARGE,
                 field_path,
                 f"image is {width}x{height} = {width * height} pixels; with the request's other "
-                f"full-size ({fmt}) images that is over the limit of {self.request_limit} "
-                "pixels per request (JPEG images do not count)",
+                f"full-size images that is over the limit of {self.request_limit} "
+                "pixels per request",
                 stage=_STAGE,
             )
         self.used += width * height
@@ -126,8 +168,8 @@ class ProbedImage:
 
     image: Image.Image
     format: str  # one of ALLOWED_FORMATS
-    orientation: int  # EXIF orientation, 1 when absent or unreadable
-    width: int  # upright size (after the EXIF orientation is applied)
+    orientation: int  # EXIF orientation applied; 1 when absent, unreadable or ignored
+    width: int  # size after the orientation is applied
     height: int
 
 
@@ -135,8 +177,12 @@ def _undecodable(field_path: str, message: str) -> InspectionError:
     return image_error(Reason.IMAGE_UNDECODABLE, field_path, message, stage=_STAGE)
 
 
-def probe_image(data: bytes, field_path: str, max_pixels: int) -> ProbedImage:
-    """Check magic bytes, format and pixel count from the header, without decoding pixels."""
+def probe_image(
+    data: bytes, field_path: str, max_pixels: int, exif_transpose: bool = True
+) -> ProbedImage:
+    """Check magic bytes, format and pixel count from the header, without decoding pixels.
+    ``exif_transpose``: the image will be turned upright by its EXIF orientation (False: kept
+    as stored, as the published InternVL pipeline keeps it)."""
     sniffed = sniff_format(data)
     if sniffed is None:
         raise _undecodable(field_path, "not a JPEG, PNG or WebP image (unrecognised file header)")
@@ -165,11 +211,14 @@ def probe_image(data: bytes, field_path: str, max_pixels: int) -> ProbedImage:
         raise _undecodable(field_path, "image has no pixels")
     if width * height > max_pixels:
         raise _too_many_pixels(field_path, width, height, max_pixels)
-    if fmt not in _REDUCIBLE_FORMATS and header_dimensions(data) != (width, height):
+    header = header_dimensions(data)
+    # A JPEG whose segments the walk cannot follow is not charged (PixelBudget) and is bounded
+    # by the per-image limit alone; every other format must have a readable header.
+    if header != (width, height) and not (fmt == "JPEG" and header is None):
         # The request's pixel budget was charged from this header: a file whose decoder
         # reads another size (a second IHDR, say) would slip past it.
         raise _undecodable(field_path, f"inconsistent {fmt} header")
-    orientation = _orientation(image)
+    orientation = _orientation(image) if exif_transpose else 1
     if orientation in _SWAPS_AXES:
         width, height = height, width
     return ProbedImage(image, fmt, orientation, width, height)
@@ -185,12 +234,17 @@ def _orientation(image: Image.Image) -> int:
 
 
 def load_rgb(
-    probed: ProbedImage, field_path: str, draft_size: tuple[int, int] | None = None
+    probed: ProbedImage,
+    field_path: str,
+    draft_size: tuple[int, int] | None = None,
+    plain_convert: bool = False,
 ) -> Image.Image:
-    """Decode the first frame, upright, as 8-bit RGB.
+    """Decode the first frame, turned by ``probed.orientation``, as 8-bit RGB.
 
     ``draft_size`` (upright width, height) lets a JPEG be decoded at a reduced DCT scale, never
-    below that size.
+    below that size. ``plain_convert``: Pillow's own ``convert("RGB")`` for every mode, as the
+    published pipeline does (16-bit values clip at 255); otherwise 16-bit and float images are
+    rescaled to 8 bits.
     """
     image = probed.image
     try:
@@ -202,13 +256,20 @@ def load_rgb(
         image.load()
         transpose = _TRANSPOSE.get(probed.orientation)
         upright = image.transpose(transpose) if transpose is not None else image
-        return _to_rgb(upright)
+        return _plain_rgb(upright) if plain_convert else _to_rgb(upright)
     except Exception:
         # Pillow's text names its own internals (limits, plugin names): logged, not returned.
         logger.debug("undecodable %s data", probed.format, exc_info=True)
         raise _undecodable(
             field_path, f"cannot decode the {probed.format} data (truncated or corrupt)"
         ) from None
+
+
+def _plain_rgb(image: Image.Image) -> Image.Image:
+    try:
+        return image if image.mode == "RGB" else image.convert("RGB")
+    except ValueError:  # a mode Pillow cannot convert directly (the published code fails)
+        return _to_rgb(image)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

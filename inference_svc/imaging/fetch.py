@@ -22,6 +22,13 @@ from inference_svc.domain.models import FetchedImage, ImageSource
 from inference_svc.imaging.addresses import AddressPolicy
 from inference_svc.imaging.decode import PixelBudget
 from inference_svc.imaging.fetch_config import FetchConfig
+from inference_svc.imaging.fetch_errors import TransientFetchError as _TransientFetchError
+from inference_svc.imaging.fetch_errors import check_status
+from inference_svc.imaging.fetch_errors import describe as _describe
+from inference_svc.imaging.fetch_errors import failed as _failed
+from inference_svc.imaging.fetch_errors import too_large as _too_large
+from inference_svc.imaging.fetch_errors import unavailable as _unavailable
+from inference_svc.imaging.fetch_errors import with_cause as _with_cause
 from inference_svc.imaging.resolver import ForbiddenAddressError, PolicyResolver
 from inference_svc.imaging.transfer import RateFloor, TooLarge, TooSlow, read_body
 from inference_svc.imaging.urls import (
@@ -43,55 +50,7 @@ __all__ = ["FetchConfig", "ImageFetcher"]
 logger = logging.getLogger(__name__)
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_TRANSIENT_STATUSES = frozenset({408, 429, 502, 503, 504})
 _STAGE = Stage.FETCH
-
-
-class _TransientFetchError(Exception):
-    """A failure worth retrying (connection trouble, 429/502/503/504)."""
-
-    def __init__(self, message: str, cause: str = "connection") -> None:
-        super().__init__(message)
-        # Low-cardinality cause for metrics (svc_common FETCH_ERROR_REASONS).
-        self.cause = cause
-
-
-# What a client error means, in words: messages never carry exception class names.
-_CLIENT_ERRORS: tuple[tuple[type[aiohttp.ClientError], str], ...] = (
-    (aiohttp.ServerDisconnectedError, "the server closed the connection"),
-    (aiohttp.ClientPayloadError, "the body arrived incomplete or malformed"),
-    (aiohttp.ClientResponseError, "the server's response was malformed"),
-    (aiohttp.ClientConnectorError, "cannot connect"),
-    (aiohttp.ClientOSError, "the connection failed"),
-)
-
-
-def _describe(exc: aiohttp.ClientError) -> str:
-    return next((text for kind, text in _CLIENT_ERRORS if isinstance(exc, kind)), "failed")
-
-
-def _with_cause(error: InspectionError, cause: str) -> InspectionError:
-    """Tags an error with its fetch-failure cause (metadata ``fetch_error``) for metrics."""
-    error.metadata["fetch_error"] = cause
-    return error
-
-
-def _too_large(field_path: str, size: int | None, cap: int) -> InspectionError:
-    """The same reason, field and wording whether the image came inline or by URL."""
-    message = (
-        f"image is {size} bytes, over the limit of {cap} bytes"
-        if size is not None
-        else f"image is over the limit of {cap} bytes"
-    )
-    return _with_cause(
-        image_error(Reason.IMAGE_TOO_LARGE, field_path, message, stage=_STAGE), "too_large"
-    )
-
-
-def _failed(field_path: str, message: str, cause: str) -> InspectionError:
-    return _with_cause(
-        image_error(Reason.IMAGE_FETCH_FAILED, field_path, message, stage=_STAGE), cause
-    )
 
 
 class ImageFetcher:
@@ -217,7 +176,7 @@ class ImageFetcher:
                     data, final = await self._download(source, url)
                 return FetchedImage(source=source, data=data, fetched_uri=final.geturl())
             except TimeoutError:
-                raise _failed(
+                raise _unavailable(
                     source.field_path,
                     f"download of {url.redacted()} timed out after {total:g} s "
                     f"({attempt} attempt(s))",
@@ -226,10 +185,11 @@ class ImageFetcher:
             except _TransientFetchError as exc:
                 delay = self._backoff(attempt)
                 if attempt == attempts or loop.time() + delay >= deadline:
-                    raise _failed(
+                    raise _unavailable(
                         source.field_path,
                         f"download of {url.redacted()} failed after {attempt} attempt(s): {exc}",
                         exc.cause,
+                        exc.retry_after_s,
                     ) from None
                 logger.warning(
                     "retrying image download from %s (attempt %d): %s", url.host, attempt, exc
@@ -272,7 +232,12 @@ class ImageFetcher:
                 if resp.status in _REDIRECT_STATUSES:
                     current = await self._redirect_target(source, current, resp, hop, origin_port)
                     continue
-                self._check_status(source, current, resp.status)
+                check_status(
+                    source.field_path,
+                    current.redacted(),
+                    resp.status,
+                    resp.headers.get(aiohttp.hdrs.RETRY_AFTER),
+                )
                 try:
                     body = await read_body(resp, self._config.max_bytes, self._floor, started)
                 except TooLarge as exc:
@@ -290,21 +255,13 @@ class ImageFetcher:
 
     def _too_slow(self, source: ImageSource, url: ImageUrl, received: int) -> InspectionError:
         # Not retried: a server this slow would hold the slot again for the next attempt.
-        return _failed(
+        return _unavailable(
             source.field_path,
             f"download of {url.redacted()} abandoned: slower than "
             f"{self._config.min_bytes_per_s} bytes/s after {self._config.rate_grace_s:g} s "
             f"({received} bytes received)",
             "timeout",
         )
-
-    @staticmethod
-    def _check_status(source: ImageSource, url: ImageUrl, status: int) -> None:
-        cause = "http_5xx" if status >= 500 else "http_4xx"
-        if status in _TRANSIENT_STATUSES:
-            raise _TransientFetchError(f"server answered HTTP {status}", cause)
-        if status != 200:
-            raise _failed(source.field_path, f"{url.redacted()} answered HTTP {status}", cause)
 
     async def _redirect_target(
         self,

@@ -1,14 +1,20 @@
 """InternVL dynamic preprocessing: grid choice, 448 px tiles, thumbnail.
 
 The grid choice reproduces InternVL's published ``dynamic_preprocess`` exactly (candidate order
-and tie rule included). The fast path differs from the published one only in how pixels are
-produced: a JPEG is decoded at a reduced DCT scale that stays at or above the grid size, the
-image is resized once and tiles are sliced out of one array. The resize is torch's
-antialiased bicubic on uint8 (``resize="torch"``, the default): a vectorised port of
-Pillow's filter, much cheaper than ``Image.resize`` and close to it on photo-sized images
-(the tests bound the difference; ``bench.preprocess`` measures the cost).
-``resize="pillow"`` keeps Pillow's own resize, which the published pipeline runs:
-with it, tiles of images that need no JPEG draft equal the published ones bit for bit.
+and tie rule included) in both modes (``PREPROCESS``):
+
+- ``exact``: the published pipeline's pixels, for a model fine-tuned on them: the image is
+  decoded at full size as stored (``Image.open(...).convert("RGB")``), resized with Pillow's
+  bicubic filter to the grid and to the thumbnail; slicing the resized array is the published
+  ``crop``. With the engine's normalisation the tiles equal ``build_transform``'s bit for bit.
+- ``fast``: a JPEG is decoded at a reduced DCT scale that stays at or above the grid size, the
+  image is turned upright by its EXIF orientation, and the resize is torch's antialiased
+  bicubic on uint8, a vectorised port of Pillow's filter that is much cheaper than
+  ``Image.resize``. The tests bound its difference from ``exact``; ``bench.preprocess``
+  measures the cost of both.
+
+EXIF orientation is a separate choice (``EXIF_TRANSPOSE``): by default ``exact`` ignores it, as
+the published pipeline does, and ``fast`` applies it.
 
 Tiles leave here as uint8 bytes; the engine applies the ImageNet normalisation on its own
 device (``engine.pixels``), with the same float32 operations as the published transform.
@@ -37,6 +43,18 @@ TileBytes = npt.NDArray[np.uint8]
 
 ResizeMethod = Literal["torch", "pillow"]
 RESIZE_METHODS: tuple[str, ...] = get_args(ResizeMethod)
+PreprocessMode = Literal["exact", "fast"]
+PREPROCESS_MODES: tuple[str, ...] = get_args(PreprocessMode)
+# EXIF_TRANSPOSE: "auto" = the mode's default (see applies_exif).
+ExifChoice = Literal["auto", "on", "off"]
+
+
+def applies_exif(mode: PreprocessMode, exif: ExifChoice = "auto") -> bool:
+    """Whether photos are turned upright by their EXIF orientation. By default ``exact`` does
+    not (the published pipeline never reads EXIF) and ``fast`` does."""
+    if exif == "auto":
+        return mode == "fast"
+    return exif == "on"
 
 
 def resize_planar(image: Image.Image, size: tuple[int, int], method: ResizeMethod) -> TileBytes:
@@ -166,17 +184,26 @@ def prepare_image(
     max_tiles: int,
     image_size: int = DEFAULT_IMAGE_SIZE,
     max_pixels: int = 64_000_000,
-    resize: ResizeMethod = "torch",
+    mode: PreprocessMode = "exact",
+    exif: ExifChoice = "auto",
 ) -> PreparedImage:
     """Decode and tile one image (CPU-bound and synchronous: run it in a worker thread).
 
-    The grid is chosen from the full upright size, as InternVL does on the full image; the
-    JPEG draft only changes how the pixels for that grid are produced.
+    ``mode``: see the module docstring; ``exif``: :func:`applies_exif`. The grid is chosen
+    from the full size (upright when the EXIF orientation is applied), as InternVL does on the
+    full image; in ``fast`` mode the JPEG draft only changes how the pixels for that grid are
+    produced.
     """
+    if mode not in PREPROCESS_MODES:
+        raise ValueError(f"preprocessing mode {mode!r} is not one of {PREPROCESS_MODES}")
+    exact = mode == "exact"
+    upright = applies_exif(mode, exif)
     field_path = fetched.source.field_path
-    probed = probe_image(fetched.data, field_path, max_pixels)
+    probed = probe_image(fetched.data, field_path, max_pixels, exif_transpose=upright)
     grid = choose_grid(probed.width, probed.height, 1, max_tiles, image_size)
-    image = load_rgb(probed, field_path, draft_size=(grid[0] * image_size, grid[1] * image_size))
+    draft = None if exact else (grid[0] * image_size, grid[1] * image_size)
+    image = load_rgb(probed, field_path, draft_size=draft, plain_convert=exact)
+    resize: ResizeMethod = "pillow" if exact else "torch"
     tiles = tiles_for_grid(image, grid, image_size, use_thumbnail=True, resize=resize)
     return PreparedImage(
         source=fetched.source,

@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +34,7 @@ from inference_svc.engine.api import (
     EngineOverloaded,
     GenerationRequest,
     GenerationResult,
+    ImagesNotCached,
 )
 from inference_svc.pipeline.config import PipelineConfig
 from inference_svc.pipeline.images import ModelImages
@@ -43,6 +44,8 @@ from inference_svc.pipeline.stream import StreamListener
 log = logging.getLogger(__name__)
 
 Emit = Callable[[ProgressEvent], None]
+# The request's images again with those at the given indexes as pixels (ImageIntake).
+Resend = Callable[[tuple[int, ...]], Awaitable[ModelImages]]
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class AttemptRunner:
             revision=self._engine.info.model_revision,
             untrained=self._engine.info.untrained,
             prompt_template_version=self._template.version,
+            load_path=self._engine.info.model_load_path,
         )
 
     async def run(
@@ -101,6 +105,7 @@ class AttemptRunner:
         tracker: StageTracker,
         deadline: float | None,
         streaming: bool,
+        resend: Resend | None = None,
     ) -> AttemptsOutcome:
         schema = (
             constrained_schema(request.questions, self._template.limits)
@@ -126,9 +131,20 @@ class AttemptRunner:
                 tracker=tracker,
             )
             request_id = f"{request.inspection_id}/{number}"
-            generated = await self._generate(
-                request_id, prompt, images, schema, deadline, listener, timings, number
-            )
+            try:
+                generated = await self._generate(
+                    request_id, prompt, images, schema, deadline, listener, timings, number
+                )
+            except ImagesNotCached:
+                # The engine evicted a reference image since the intake chose to send it by
+                # reference: every such image goes as pixels now (no second refusal possible).
+                if resend is None:
+                    raise
+                log.info("reference images not cached any more; sending their pixels")
+                images = await resend(images.by_reference)
+                generated = await self._generate(
+                    request_id, prompt, images, schema, deadline, listener, timings, number
+                )
             tracker.enter(Stage.PARSE)
             outcome = await self._parse(generated.result.text, timings)
             await self._record(request.inspection_id, number, generated, outcome)
@@ -171,6 +187,8 @@ class AttemptRunner:
             max_new_tokens=self._config.max_new_tokens,
             json_schema=schema,
             deadline=deadline,
+            image_keys=images.image_keys,
+            by_reference=images.by_reference,
         )
         started = time.monotonic()
         attributes = {"attempt": number, "constrained": schema is not None}

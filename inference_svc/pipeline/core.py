@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 from opentelemetry import trace
 
@@ -106,6 +107,8 @@ class InspectionPipeline:
             observer=self._observer,
             tracer=tracer,
             pixel_budget=pixel_budget,
+            # Reference images seen before go by reference when the engine caches features.
+            engine_caches=lambda: engine.info.vision_cache,
         )
         self._attempts = AttemptRunner(
             engine=engine,
@@ -204,6 +207,7 @@ class InspectionPipeline:
                     tracker=run.tracker,
                     deadline=deadline,
                     streaming=streaming,
+                    resend=partial(self._intake.with_pixels, run.states),
                 )
             except BaseException:
                 if reuse is not None:

@@ -1,9 +1,12 @@
 """Image intake: fetch every image of a request concurrently, decode and tile each in a worker
-(never on the event loop), and stack the tiles for the model."""
+(never on the event loop), and stack the tiles for the model. With an engine that caches
+vision features, a reference image seen before is sent by reference instead
+(:mod:`.reference_reuse`): fetched (its content decides its key) but not decoded or tiled."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +33,7 @@ from inference_svc.domain.models import (
 )
 from inference_svc.domain.recording import ImageInfo
 from inference_svc.pipeline.observer import PipelineObserver, StageTracker
+from inference_svc.pipeline.reference_reuse import ReferenceReuse, fingerprint, rebind
 
 Emit = Callable[[ProgressEvent], None]
 
@@ -63,6 +67,10 @@ class ImageState:
     prepared: PreparedImage | None = None
     # The decision policy's measures of it (hash, quality), taken beside tiling.
     signal: ImageSignal | None = None
+    # The engine's feature-cache key ("" = not cached) and whether it goes by reference
+    # (no tiles: the engine holds its features).
+    image_key: str = ""
+    by_reference: bool = False
 
     def info(self) -> ImageInfo:
         p, f = self.prepared, self.fetched
@@ -91,14 +99,18 @@ def image_states(request: InspectionRequest) -> list[ImageState]:
 
 @dataclass(frozen=True)
 class ModelImages:
-    """All tiles of a request, stacked in image order, and how many belong to each image."""
+    """All tiles of a request, stacked in image order, and how many belong to each image;
+    with the engine's feature cache, each image's key and those sent by reference (whose tiles
+    are not in ``pixel_values``)."""
 
     pixel_values: NDArray[np.uint8]
     tiles_per_image: tuple[int, ...]
+    image_keys: tuple[str, ...] = ()
+    by_reference: tuple[int, ...] = ()
 
     @property
     def tiles(self) -> int:
-        return int(self.pixel_values.shape[0])
+        return sum(self.tiles_per_image)
 
 
 async def _first_error(tasks: Sequence[asyncio.Task[None]]) -> None:
@@ -124,8 +136,14 @@ class ImageIntake:
         observer: PipelineObserver,
         tracer: trace.Tracer,
         pixel_budget: Callable[[], PixelBudget] | None = None,
+        engine_caches: Callable[[], bool] | None = None,
     ) -> None:
         self._fetcher = fetcher
+        # Reference reuse needs an engine that caches features and a preparer whose
+        # configuration is known (it is part of the key).
+        tiling = fingerprint(prepare)
+        self._engine_caches = engine_caches
+        self._reuse = ReferenceReuse(tiling) if engine_caches and tiling else None
         self._pixel_budget = pixel_budget
         self._prepare = prepare
         self._executor = executor
@@ -162,11 +180,37 @@ class ImageIntake:
         timings.preprocess = time.monotonic() - progress.done_at
         self._observer.stage("fetch", timings.fetch)
         self._observer.stage("preprocess", timings.preprocess)
+        return await self._stack(states)
+
+    async def with_pixels(self, states: list[ImageState], indexes: Sequence[int]) -> ModelImages:
+        """The request's images again, those at ``indexes`` (sent by reference, which the
+        engine no longer holds) decoded and tiled from their fetched bytes this time."""
+        loop = asyncio.get_running_loop()
+        for index in indexes:
+            state = states[index]
+            assert state.fetched is not None and state.by_reference
+            state.prepared = await loop.run_in_executor(
+                self._prepare_executor,
+                self._prepare,
+                state.fetched,
+                self._max_tiles[state.source.role],
+            )
+            state.by_reference = False
+        return await self._stack(states)
+
+    async def _stack(self, states: list[ImageState]) -> ModelImages:
         prepared = [s.prepared for s in states if s.prepared is not None]
-        pixel_values: NDArray[np.uint8] = await self._in_thread(
-            np.concatenate, [p.tiles for p in prepared]
+        sent = [s.prepared.tiles for s in states if s.prepared is not None and not s.by_reference]
+        pixel_values: NDArray[np.uint8] = (
+            await self._in_thread(np.concatenate, sent) if sent else _NO_TILES
         )
-        return ModelImages(pixel_values, tuple(p.num_tiles for p in prepared))
+        caching = any(s.image_key for s in states)
+        return ModelImages(
+            pixel_values,
+            tuple(p.num_tiles for p in prepared),
+            tuple(s.image_key for s in states) if caching else (),
+            tuple(i for i, s in enumerate(states) if s.by_reference),
+        )
 
     async def _one(
         self,
@@ -186,11 +230,37 @@ class ImageIntake:
             raise
         state.fetched = fetched
         self._observer.image_bytes(state.source.role.value, len(fetched.data))
-        if budget is not None:
+        max_tiles = self._max_tiles[state.source.role]
+        reuse = self._reuse if state.source.role is ImageRole.REFERENCE else None
+        analysis = fingerprint(analyse)
+        if reuse is not None and analysis is not None and self._caching():
+            if not fetched.sha256:
+                digest = await self._in_thread(_sha256, fetched.data)
+                state.fetched = fetched = dataclasses.replace(fetched, sha256=digest)
+            state.image_key = reuse.image_key(fetched.sha256, max_tiles)
+            sketch = reuse.get(state.image_key, analysis)
+        else:
+            reuse = sketch = None
+        if sketch is None and budget is not None:
             budget.charge(fetched)
         if progress.fetched_one():
             tracker.enter(Stage.PREPROCESS)
         emit(ImagesFetched(fetched=progress.fetched, total=progress.total))
+        if sketch is not None:
+            state.prepared = PreparedImage(
+                source=state.source,
+                tiles=_NO_TILES,
+                num_tiles=sketch.num_tiles,
+                width=sketch.width,
+                height=sketch.height,
+                format=sketch.format,
+                size_bytes=len(fetched.data),
+                sha256=fetched.sha256,
+                fetched_uri=fetched.fetched_uri,
+            )
+            state.signal = rebind(sketch, state.source)
+            state.by_reference = True
+            return
         with self._tracer.start_as_current_span("preprocess", attributes=attributes):
             state.prepared, state.signal = await asyncio.get_running_loop().run_in_executor(
                 self._prepare_executor,
@@ -198,11 +268,24 @@ class ImageIntake:
                 self._prepare,
                 analyse,
                 fetched,
-                self._max_tiles[state.source.role],
+                max_tiles,
             )
+        if reuse is not None and analysis is not None and state.prepared is not None:
+            reuse.put(state.image_key, analysis, state.prepared, state.signal)
+
+    def _caching(self) -> bool:
+        return self._engine_caches is not None and self._engine_caches()
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+# A by-reference image's tiles: none (the engine holds its features).
+_NO_TILES = np.zeros((0, 3, 0, 0), dtype=np.uint8)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _prepare_and_analyse(

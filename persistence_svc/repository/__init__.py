@@ -96,6 +96,13 @@ class Repository:
                 await asyncio.sleep(0.05 * 2**attempt)
             attempt += 1
 
+    async def transact(
+        self, work: Callable[[DbConnection], Awaitable[_T]], *, readonly: bool = False
+    ) -> _T:
+        """Runs ``work`` in one transaction with the retries of every call here (the job
+        queue's statements are in repository/jobs.py)."""
+        return await self._run(work, readonly=readonly)
+
     # --- writes
 
     async def record_events(self, events: list[EventRecord]) -> RecordOutcome:

@@ -76,10 +76,13 @@ def test_preprocess_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
     assert [c.role for c in cases] == ["reference", "pickup"]
     assert [c.tiles for c in cases] == [1, 3]  # landscape reference; portrait pickup 1x2 + thumb
     for case in cases:
-        assert len(case.seed_ms) == len(case.ours_ms) == 1
-        assert _finite_positive(case.speedup)
-        assert 0.0 <= case.mean_abs <= case.max_abs
-    assert "RATIOS seed-style/ours time: reference" in out
+        assert set(case.modes) == {"exact", "fast"}
+        for mode, result in case.modes.items():
+            assert len(case.seed_ms) == len(result.ms) == 1
+            assert _finite_positive(case.speedup(mode))
+            assert 0.0 <= result.mean_abs <= result.max_abs
+        assert case.modes["exact"].max_abs == 0.0  # exact is the seed-style pipeline's tiles
+    assert "RATIOS seed-style/ours time: reference exact" in out
     assert "| reference (max_tiles=1) |" in out
 
 

@@ -85,7 +85,8 @@ def test_inspect_stream_table_shows_progress_answers_and_decision(
     code = main(inspect_args(server.target, inputs, "not-pick"))
     out, err = capsys.readouterr()
     assert code == 0
-    assert "answer Is the mug blue?: Yes (confidence 90%)" in err
+    assert "model's raw answer Is the mug blue?: Yes (confidence 90%)" in err
+    assert "Answers (final, after the decision rules)" in out
     assert "done" in err
     assert "NOT PICK" in out
     assert "Is the mug blue?" in out
@@ -116,7 +117,7 @@ def test_inspect_legacy_json_output(
 
 
 @pytest.mark.parametrize("style", ["--stream", "--unary"])
-def test_inspect_rpc_failure_exits_3_with_reason(
+def test_inspect_rpc_failure_exits_with_the_grpc_code_and_reason(
     server: CannedServer,
     inputs: dict[str, Path],
     capsys: pytest.CaptureFixture[str],
@@ -124,28 +125,30 @@ def test_inspect_rpc_failure_exits_3_with_reason(
 ) -> None:
     code = main([*inspect_args(server.target, inputs, "too-large"), style, "--json"])
     out, err = capsys.readouterr()
-    assert code == 3
+    assert code == 3  # INVALID_ARGUMENT
     assert out == ""
     assert "INVALID_ARGUMENT IMAGE_TOO_LARGE pickup_images[1]: image is 12.0 MB" in err
     assert "violation pickup_images[1]: image is 12.0 MB, limit 10 MB" in err
 
 
-def test_inspect_stream_failure_midway_exits_3(
+def test_inspect_stream_failure_midway_exits_with_its_code(
     server: CannedServer, inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(inspect_args(server.target, inputs, "fail-midway"))
     _, err = capsys.readouterr()
-    assert code == 3
+    assert code == 13  # INTERNAL
     assert "INTERNAL MODEL_OUTPUT_INVALID" in err
 
 
-def test_inspect_unreachable_server_exits_3(
+def test_inspect_unreachable_server_exits_14_and_says_so(
     inputs: dict[str, Path], capsys: pytest.CaptureFixture[str], unused_tcp_port: int
 ) -> None:
-    code = main([*inspect_args(f"127.0.0.1:{unused_tcp_port}", inputs, "ok"), "--unary"])
+    target = f"127.0.0.1:{unused_tcp_port}"
+    code = main([*inspect_args(target, inputs, "ok"), "--unary"])
     _, err = capsys.readouterr()
-    assert code == 3
+    assert code == 14  # UNAVAILABLE
     assert "UNAVAILABLE" in err
+    assert f"rpi-inspect: cannot reach {target}: check the address" in err
 
 
 @pytest.mark.parametrize(
@@ -155,7 +158,7 @@ def test_inspect_unreachable_server_exits_3(
         (["--pickup", "/nonexistent/p.jpg"], "cannot read image"),
     ],
 )
-def test_inspect_bad_local_input_exits_2(
+def test_inspect_bad_local_input_is_a_usage_error(
     server: CannedServer,
     inputs: dict[str, Path],
     capsys: pytest.CaptureFixture[str],
@@ -164,7 +167,7 @@ def test_inspect_bad_local_input_exits_2(
 ) -> None:
     code = main([*inspect_args(server.target, inputs, "ok"), *change])
     _, err = capsys.readouterr()
-    assert code == 2
+    assert code == 64
     assert message in err
     assert server.inspection.requests == []
 
@@ -193,11 +196,11 @@ def test_inspect_bad_local_input_exits_2(
         ],
     ],
 )
-def test_usage_errors_exit_2(
+def test_usage_errors_exit_64(
     argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("RPI_PERSISTENCE_TARGET", raising=False)
-    assert main(argv) == 2
+    assert main(argv) == 64
     assert capsys.readouterr().err
 
 
@@ -210,10 +213,10 @@ def test_get_prints_record_json(server: CannedServer, capsys: pytest.CaptureFixt
     assert record["status"] == "INSPECTION_STATUS_COMPLETED"
 
 
-def test_get_missing_exits_3(server: CannedServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_get_missing_exits_5(server: CannedServer, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["get", "--persistence-target", server.target, "nope"])
     _, err = capsys.readouterr()
-    assert code == 3
+    assert code == 5  # NOT_FOUND
     assert "NOT_FOUND" in err
 
 
@@ -237,7 +240,8 @@ def test_list_json_and_table(
 def test_health(server: CannedServer, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["health", "--target", server.target]) == 0
     assert capsys.readouterr().out.strip() == "SERVING"
-    assert main(["health", "--target", server.target, "--service", "draining"]) == 1
+    # NOT_SERVING: as unavailable as a server that does not answer.
+    assert main(["health", "--target", server.target, "--service", "draining"]) == 14
     assert capsys.readouterr().out.strip() == "NOT_SERVING"
 
 
@@ -279,12 +283,12 @@ def test_legacy_convert_inspection_to_old_response(
     )
 
 
-def test_legacy_convert_bad_input_exits_2(
+def test_legacy_convert_bad_input_is_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "old.json"
     path.write_text(json.dumps({"productname": "x"}))
-    assert main(["legacy-convert", str(path)]) == 2
+    assert main(["legacy-convert", str(path)]) == 64
     assert "missing required fields" in capsys.readouterr().err
 
 
@@ -330,7 +334,7 @@ def test_stream_progress_stage_line_follows_events() -> None:
         ("attempt 2: tokens 40/500", 40, 500),
         ("done", 1, 1),
     ]
-    assert "answer Sealed?: No (confidence 55%) [retake photo]" in buffer.getvalue()
+    assert "model's raw answer Sealed?: No (confidence 55%) [retake photo]" in buffer.getvalue()
 
 
 def test_runs_as_module_reading_stdin() -> None:
@@ -366,8 +370,8 @@ def test_runs_as_module_reading_stdin() -> None:
         (["--max-message-mb", "0"], "--max-message-mb must be positive"),
     ],
 )
-def test_bad_connection_options_exit_2(
+def test_bad_connection_options_are_usage_errors(
     server: CannedServer, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
-    assert main(["health", "--target", server.target, *extra]) == 2
+    assert main(["health", "--target", server.target, *extra]) == 64
     assert message in capsys.readouterr().err

@@ -31,7 +31,7 @@ Obj = dict[str, Any]
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
-OVERLAYS = ("dev-cpu", "prod-gpu")
+OVERLAYS = ("dev-cpu", "prod-gpu-core", "prod-gpu")
 # 1.30: oldest supported cluster (native preStop `sleep` is on by default from 1.30; native
 # gRPC probes are GA since 1.27). 1.32: the kubectl/kustomize CI renders with.
 K8S_VERSIONS = ("1.30.0", "1.32.0")

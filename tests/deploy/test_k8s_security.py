@@ -338,7 +338,9 @@ def test_certificates_rotate_before_expiry_with_new_keys() -> None:
     assert set(certs) == {"inference-tls", "persistence-tls"}
     issuers = {yaml.safe_dump(c["spec"]["issuerRef"]) for c in certs.values()}
     assert len(issuers) == 1, "one issuer for both, set in one place"
-    patch = yaml.safe_load((K8S / "overlays" / "prod-gpu" / "certificate-issuer.yaml").read_text())
+    patch = yaml.safe_load(
+        (K8S / "overlays" / "prod-gpu-core" / "certificate-issuer.yaml").read_text()
+    )
     for cert in certs.values():
         spec = cert["spec"]
         assert cert["apiVersion"] == "cert-manager.io/v1"

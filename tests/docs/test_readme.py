@@ -94,6 +94,7 @@ def test_readme_is_short() -> None:
         "docs/architecture.md",
         "docs/configuration.md",
         "docs/operations.md",
+        "docs/preprocessing.md",
     ],
 )
 def test_relative_links_lead_to_files_that_exist(document: str) -> None:

@@ -41,6 +41,7 @@ def test_converted_original_matches_native(demo_model_dir: Path, original_dir: P
     converted = load_model(original_dir, layout="auto", runtime=CPU)
     assert converted.kind == "native"
     assert converted.source_layout == "original"
+    assert (native.load_path, converted.load_path) == ("native", "converted")
     assert converted.tokens_per_tile == native.tokens_per_tile == 64
 
     prompt = "<|im_start|>user\n<img>" + "<IMG_CONTEXT>" * 64 + "</img>\nSeal?<|im_end|>\n"

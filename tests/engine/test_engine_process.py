@@ -56,6 +56,7 @@ async def test_answers_equal_the_in_process_engine(
 ) -> None:
     assert engine.ready and engine.info.untrained
     assert engine.info.model_name == "internvl-demo-tiny" and engine.info.runner == "slot"
+    assert engine.info.model_load_path == "native"
     # Bulk work: the child runs at a lower priority than the server that started it.
     assert engine.pid is not None and engine.pid != os.getpid()
     assert psutil.Process(engine.pid).nice() == min(19, os.nice(0) + 3)

@@ -25,6 +25,11 @@ EXPECTED: dict[Reason, tuple[grpc.StatusCode, str, bool]] = {
     Reason.INVALID_ARGUMENT: (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", False),
     Reason.QUESTIONS_INVALID: (grpc.StatusCode.INVALID_ARGUMENT, "QUESTIONS_INVALID", False),
     Reason.IMAGE_FETCH_FAILED: (grpc.StatusCode.INVALID_ARGUMENT, "IMAGE_FETCH_FAILED", False),
+    Reason.IMAGE_SOURCE_UNAVAILABLE: (
+        grpc.StatusCode.UNAVAILABLE,
+        "IMAGE_SOURCE_UNAVAILABLE",
+        True,
+    ),
     Reason.IMAGE_TOO_LARGE: (grpc.StatusCode.INVALID_ARGUMENT, "IMAGE_TOO_LARGE", False),
     Reason.IMAGE_UNDECODABLE: (grpc.StatusCode.INVALID_ARGUMENT, "IMAGE_UNDECODABLE", False),
     Reason.IMAGE_URL_FORBIDDEN: (grpc.StatusCode.INVALID_ARGUMENT, "IMAGE_URL_FORBIDDEN", False),
@@ -36,6 +41,19 @@ EXPECTED: dict[Reason, tuple[grpc.StatusCode, str, bool]] = {
     Reason.DEADLINE_EXCEEDED: (grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", False),
     Reason.CANCELLED: (grpc.StatusCode.CANCELLED, "CANCELLED", False),
     Reason.INTERNAL: (grpc.StatusCode.INTERNAL, "INTERNAL", False),
+    Reason.OPERATION_NOT_FOUND: (grpc.StatusCode.NOT_FOUND, "OPERATION_NOT_FOUND", False),
+    Reason.OPERATION_NOT_FINISHED: (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "OPERATION_NOT_FINISHED",
+        False,
+    ),
+    Reason.REQUEST_ID_REUSED: (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED", False),
+    Reason.CALLBACK_URL_FORBIDDEN: (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "CALLBACK_URL_FORBIDDEN",
+        False,
+    ),
+    Reason.JOBS_UNAVAILABLE: (grpc.StatusCode.UNAVAILABLE, "JOBS_UNAVAILABLE", True),
 }
 _KIND = {
     grpc.StatusCode.INVALID_ARGUMENT: ErrorKind.INVALID_ARGUMENT,
@@ -44,6 +62,9 @@ _KIND = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ErrorKind.RESOURCE_EXHAUSTED,
     grpc.StatusCode.DEADLINE_EXCEEDED: ErrorKind.DEADLINE_EXCEEDED,
     grpc.StatusCode.CANCELLED: ErrorKind.CANCELLED,
+    grpc.StatusCode.NOT_FOUND: ErrorKind.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION: ErrorKind.FAILED_PRECONDITION,
+    grpc.StatusCode.ALREADY_EXISTS: ErrorKind.ALREADY_EXISTS,
 }
 ID = str(uuid.uuid4())
 

@@ -12,6 +12,7 @@ from aiohttp import web
 from inference_svc.domain.errors import ErrorKind, InspectionError, Reason
 from inference_svc.domain.models import ImageRole, ImageSource
 from inference_svc.imaging.fetch import FetchConfig, ImageFetcher
+from inference_svc.imaging.fetch_errors import UNAVAILABLE_CAUSES
 from tests.support.imaging import Handler, LoopbackServer, StaticResolver
 
 MakeFetcher = Callable[..., ImageFetcher]
@@ -27,11 +28,15 @@ def reference(uri: str, index: int = 0) -> ImageSource:
 
 
 async def failure(fetcher: ImageFetcher, src: ImageSource, reason: Reason) -> InspectionError:
+    """The error ``src`` fails with; the image host's failures are UNAVAILABLE (the caller may
+    retry), everything else INVALID_ARGUMENT."""
     with pytest.raises(InspectionError) as info:
         await fetcher.fetch(src)
     err = info.value
     assert err.reason is reason, str(err)
-    assert err.kind is ErrorKind.INVALID_ARGUMENT
+    unavailable = reason is Reason.IMAGE_SOURCE_UNAVAILABLE
+    assert err.kind is (ErrorKind.UNAVAILABLE if unavailable else ErrorKind.INVALID_ARGUMENT)
+    assert (err.metadata["fetch_error"] in UNAVAILABLE_CAUSES) is unavailable
     assert err.metadata["image"] == src.field_path
     assert err.violations[0].field == src.field_path
     return err
@@ -151,7 +156,7 @@ async def test_total_timeout(
         err = await failure(
             make_fetcher(total_timeout_s=0.3),
             source(server.url("/slow")),
-            Reason.IMAGE_FETCH_FAILED,
+            Reason.IMAGE_SOURCE_UNAVAILABLE,
         )
     finally:
         release.set()
@@ -196,7 +201,7 @@ async def test_one_deadline_covers_every_attempt(
         err = await failure(
             make_fetcher(retries=3, total_timeout_s=0.3, min_bytes_per_s=0),
             source(server.url("/hangs")),
-            Reason.IMAGE_FETCH_FAILED,
+            Reason.IMAGE_SOURCE_UNAVAILABLE,
         )
     finally:
         release.set()
@@ -213,32 +218,68 @@ async def test_retries_stop_at_the_deadline(
     err = await failure(
         make_fetcher(retries=5, backoff_s=0.5, total_timeout_s=1.2),
         source(server.url("/down")),
-        Reason.IMAGE_FETCH_FAILED,
+        Reason.IMAGE_SOURCE_UNAVAILABLE,
     )
     # Backoffs of at least 0.5 s and 1 s: the third attempt would start after the deadline.
     assert server.hits["/down"] == 2
     assert "2 attempt(s)" in err.message and "503" in err.message
 
 
-async def test_retries_give_up(make_fetcher: MakeFetcher, server: LoopbackServer) -> None:
-    server.routes["/down"] = flaky([503] * 10, BODY)
+@pytest.mark.parametrize(
+    ("status", "cause"),
+    [(503, "http_5xx"), (502, "http_5xx"), (429, "throttled"), (408, "timeout")],
+)
+async def test_retries_give_up(
+    make_fetcher: MakeFetcher, server: LoopbackServer, status: int, cause: str
+) -> None:
+    server.routes["/down"] = flaky([status] * 10, BODY)
     err = await failure(
-        make_fetcher(retries=2), source(server.url("/down")), Reason.IMAGE_FETCH_FAILED
+        make_fetcher(retries=2), source(server.url("/down")), Reason.IMAGE_SOURCE_UNAVAILABLE
     )
     assert server.hits["/down"] == 3
-    assert "3 attempt(s)" in err.message and "503" in err.message
+    assert "3 attempt(s)" in err.message and str(status) in err.message
+    assert err.metadata["fetch_error"] == cause
+    assert err.retry_after_seconds is None  # the service's default delay applies
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 500])
+@pytest.mark.parametrize(("header", "expected"), [("7", 7.0), ("86400", 60.0), ("soon", None)])
+async def test_a_hosts_retry_after_is_passed_on_bounded(
+    make_fetcher: MakeFetcher, server: LoopbackServer, header: str, expected: float | None
+) -> None:
+    async def throttled(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=429, headers={"Retry-After": header})
+
+    server.routes["/busy"] = throttled
+    err = await failure(
+        make_fetcher(retries=0), source(server.url("/busy")), Reason.IMAGE_SOURCE_UNAVAILABLE
+    )
+    assert err.retry_after_seconds == expected
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 500, 501])
 async def test_permanent_statuses_are_not_retried(
     make_fetcher: MakeFetcher, server: LoopbackServer, status: int
 ) -> None:
+    # A 4xx is the caller's to fix; a 500 is the host's fault (UNAVAILABLE) but rarely heals
+    # within one request's deadline.
     server.routes["/nope"] = flaky([status] * 5, BODY)
-    err = await failure(
-        make_fetcher(retries=3), source(server.url("/nope")), Reason.IMAGE_FETCH_FAILED
-    )
+    reason = Reason.IMAGE_SOURCE_UNAVAILABLE if status >= 500 else Reason.IMAGE_FETCH_FAILED
+    err = await failure(make_fetcher(retries=3), source(server.url("/nope")), reason)
     assert server.hits["/nope"] == 1
     assert str(status) in err.message
+    assert err.metadata["fetch_error"] == ("http_5xx" if status >= 500 else "http_4xx")
+
+
+async def test_an_unresolvable_name_is_unavailable(make_fetcher: MakeFetcher) -> None:
+    dns = StaticResolver({})  # answers no name, as a resolver does for a name that does not exist
+    err = await failure(
+        make_fetcher(resolver=dns, retries=1),
+        source("http://images.example.com/a.jpg"),
+        Reason.IMAGE_SOURCE_UNAVAILABLE,
+    )
+    assert dns.lookups == ["images.example.com"] * 2  # retried: DNS failures are often brief
+    assert err.metadata["fetch_error"] == "dns"
+    assert "cannot resolve images.example.com" in err.message
 
 
 async def test_too_large_is_not_retried(make_fetcher: MakeFetcher, server: LoopbackServer) -> None:
@@ -254,8 +295,9 @@ async def test_connection_refused_fails_cleanly(make_fetcher: MakeFetcher) -> No
     await closed.start()
     url = closed.url("/gone.jpg")
     await closed.stop()
-    err = await failure(make_fetcher(retries=1), source(url), Reason.IMAGE_FETCH_FAILED)
+    err = await failure(make_fetcher(retries=1), source(url), Reason.IMAGE_SOURCE_UNAVAILABLE)
     assert "2 attempt(s)" in err.message
+    assert err.metadata["fetch_error"] == "connection"
 
 
 async def test_query_string_is_not_echoed(

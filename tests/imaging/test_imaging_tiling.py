@@ -1,9 +1,5 @@
-"""Tiling against an independent transcription of InternVL's published preprocessing.
-
-The reference below follows the published ``dynamic_preprocess`` / ``find_closest_aspect_ratio``
-/ ``build_transform`` code line by line (with torch standing in for torchvision's ToTensor and
-Normalize), and shares no code with the module under test.
-"""
+"""Tiling against an independent transcription of InternVL's published preprocessing
+(``tests/imaging/published.py``)."""
 
 from __future__ import annotations
 
@@ -13,7 +9,6 @@ import random
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from bench.seed_style import seed_style_prepare, seed_style_tiles
@@ -28,92 +23,8 @@ from inference_svc.imaging.tiling import (
     target_ratios,
 )
 from inference_svc.model_inputs import IMAGENET_MEAN, IMAGENET_STD
+from tests.imaging.published import ref_grid, ref_load, ref_target_ratios
 from tests.support.imaging import encode, textured
-
-# ---------------------------------------------------------------- published algorithm
-
-
-def ref_find_closest_aspect_ratio(
-    aspect_ratio: float,
-    target_ratios: list[tuple[int, int]],
-    width: int,
-    height: int,
-    image_size: int,
-) -> tuple[int, int]:
-    best_ratio_diff = float("inf")
-    best_ratio = (1, 1)
-    area = width * height
-    for ratio in target_ratios:
-        target_aspect_ratio = ratio[0] / ratio[1]
-        ratio_diff = abs(aspect_ratio - target_aspect_ratio)
-        if ratio_diff < best_ratio_diff:
-            best_ratio_diff = ratio_diff
-            best_ratio = ratio
-        elif ratio_diff == best_ratio_diff:  # noqa: SIM102 - kept as published
-            if area > 0.5 * image_size * image_size * ratio[0] * ratio[1]:
-                best_ratio = ratio
-    return best_ratio
-
-
-def ref_target_ratios(min_num: int, max_num: int) -> list[tuple[int, int]]:
-    ratios = set(
-        (i, j)
-        for n in range(min_num, max_num + 1)
-        for i in range(1, n + 1)
-        for j in range(1, n + 1)
-        if i * j <= max_num and i * j >= min_num
-    )
-    return sorted(ratios, key=lambda x: x[0] * x[1])
-
-
-def ref_grid(width: int, height: int, max_num: int, image_size: int) -> tuple[int, int]:
-    aspect_ratio = width / height
-    return ref_find_closest_aspect_ratio(
-        aspect_ratio, ref_target_ratios(1, max_num), width, height, image_size
-    )
-
-
-def ref_dynamic_preprocess(
-    image: Image.Image, min_num: int, max_num: int, image_size: int, use_thumbnail: bool
-) -> list[Image.Image]:
-    orig_width, orig_height = image.size
-    aspect_ratio = orig_width / orig_height
-    target_ratios = ref_target_ratios(min_num, max_num)
-    target_aspect_ratio = ref_find_closest_aspect_ratio(
-        aspect_ratio, target_ratios, orig_width, orig_height, image_size
-    )
-    target_width = image_size * target_aspect_ratio[0]
-    target_height = image_size * target_aspect_ratio[1]
-    blocks = target_aspect_ratio[0] * target_aspect_ratio[1]
-    resized_img = image.resize((target_width, target_height))
-    processed_images = []
-    for i in range(blocks):
-        box = (
-            (i % (target_width // image_size)) * image_size,
-            (i // (target_width // image_size)) * image_size,
-            ((i % (target_width // image_size)) + 1) * image_size,
-            ((i // (target_width // image_size)) + 1) * image_size,
-        )
-        processed_images.append(resized_img.crop(box))
-    assert len(processed_images) == blocks
-    if use_thumbnail and len(processed_images) != 1:
-        processed_images.append(image.resize((image_size, image_size)))
-    return processed_images
-
-
-def ref_transform(tile: Image.Image, image_size: int) -> torch.Tensor:
-    tile = tile.convert("RGB").resize((image_size, image_size), Image.Resampling.BICUBIC)
-    t = torch.from_numpy(np.array(tile, copy=True)).permute(2, 0, 1).contiguous()
-    t = t.to(dtype=torch.float32).div(255)
-    mean = torch.as_tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None, None]
-    std = torch.as_tensor(IMAGENET_STD, dtype=torch.float32)[:, None, None]
-    return t.sub_(mean).div_(std)
-
-
-def ref_load(image: Image.Image, max_num: int, image_size: int) -> np.ndarray:
-    tiles = ref_dynamic_preprocess(image, 1, max_num, image_size, use_thumbnail=True)
-    return torch.stack([ref_transform(t, image_size) for t in tiles]).numpy()
-
 
 # ---------------------------------------------------------------- size table
 
@@ -360,7 +271,9 @@ def test_prepare_uses_upright_size_for_the_grid() -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # stored landscape, shown portrait
     data = encode(textured(1000, 500), "JPEG", exif=exif.tobytes())
-    prepared = prepare_image(fetched(data), max_tiles=2, image_size=448, max_pixels=64_000_000)
+    prepared = prepare_image(
+        fetched(data), max_tiles=2, image_size=448, max_pixels=64_000_000, exif="on"
+    )
     assert (prepared.width, prepared.height) == (500, 1000)
     assert prepared.num_tiles == 3  # (1, 2) grid: portrait + thumbnail
 
@@ -375,7 +288,7 @@ def test_prepare_rejects_undecodable() -> None:
 def test_prepare_png_equals_seed_path_exactly() -> None:
     data = encode(textured(1500, 700), "PNG", compress_level=1)
     prepared = prepare_image(
-        fetched(data), max_tiles=2, image_size=448, max_pixels=64_000_000, resize="pillow"
+        fetched(data), max_tiles=2, image_size=448, max_pixels=64_000_000, mode="exact"
     )
     assert isinstance(prepared.tiles, np.ndarray) and prepared.tiles.dtype == np.uint8
     assert np.array_equal(normalise_array(prepared.tiles), seed_style_prepare(data, 2))
@@ -396,7 +309,7 @@ def test_fast_path_matches_seed_path_within_tolerance(
     size: tuple[int, int], max_tiles: int
 ) -> None:
     data = encode(textured(*size, seed=size[0]), "JPEG", quality=90)
-    raw = prepare_image(fetched(data), max_tiles, 448, 64_000_000).tiles
+    raw = prepare_image(fetched(data), max_tiles, 448, 64_000_000, mode="fast").tiles
     assert isinstance(raw, np.ndarray)
     fast = normalise_array(raw)
     seed = seed_style_prepare(data, max_tiles)

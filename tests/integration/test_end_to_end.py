@@ -43,6 +43,7 @@ async def test_inspect_unary_returns_full_inspection_and_records_it(
     assert inspection.attempts == 1
     assert inspection.model.untrained is True
     assert inspection.model.prompt_template_version
+    assert inspection.model.load_path == "native"  # the demo model
     assert inspection.timings.total.ToNanoseconds() > 0
     assert inspection.timings.generate.ToNanoseconds() > 0
     assert inspection.create_time.seconds > 0

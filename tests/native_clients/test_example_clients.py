@@ -161,8 +161,13 @@ async def test_streaming_call_prints_events_in_order_then_the_result(
     labels = {q[1] for q in QUESTIONS}
     for line in events:
         if line.startswith("event answer_ready: "):
+            # Labelled as what the model said: the final answers come after the decision rules.
+            assert line.startswith("event answer_ready: model's raw answer attempt="), line
             label = re.search(r'label="([^"]*)"', line)
             assert label is not None and label[1] in labels, line
+    assert lines.index("final answers, after the decision rules:") < min(
+        i for i, line in enumerate(lines) if line.startswith("answer: ")
+    )
     # The result is printed after the last event.
     assert lines.index(events[-1]) < lines.index(f"inspection_id: {call.inspection_id}")
     assert_inspection_printed(result.stdout, call.inspection_id, call.shipping_id)
@@ -187,5 +192,75 @@ async def test_invalid_request_exits_with_the_grpc_code(
     assert "rpc failed: INVALID_ARGUMENT: " in result.stderr
     # The google.rpc details travel with the status: ErrorInfo and the BadRequest violation.
     assert "  reason: INVALID_ARGUMENT (domain inspection.rpi.v1)" in result.stderr.splitlines()
+    assert "  metadata stage=validate" in result.stderr.splitlines(), result.stderr
     assert re.search(r"^  field shipping_id: ", result.stderr, re.MULTILINE), result.stderr
     assert "decision:" not in result.stdout
+
+
+async def test_image_host_failure_exits_14_with_the_error_info(
+    client: str,
+    example_clients: dict[str, list[str] | str],
+    run: Run,
+    inference_app: InferenceApp,
+    image_server: ImageServer,
+) -> None:
+    argv = example_clients[client]
+    assert isinstance(argv, list)
+    args = [
+        "-target", f"127.0.0.1:{inference_app.port}",
+        "-product-name", "ACME mug, red", "-shipping-id", "SHIP-NATIVE-DNS",
+        "-reference", image_server.url("ref.jpg"),
+        # .invalid never resolves (RFC 6761): the image host is unavailable, retry later.
+        "-pickup", "http://images.invalid/p.jpg",
+        "-question", "Colour|Is the colour red?|Yes|yes",
+    ]  # fmt: skip
+    result = await run(*argv, *args)
+    assert result.returncode == 14, result.stderr  # UNAVAILABLE
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("rpc failed: UNAVAILABLE: pickup_images[0]: ") for line in lines)
+    assert "  reason: IMAGE_SOURCE_UNAVAILABLE (domain inspection.rpi.v1)" in lines
+    assert {
+        "  metadata fetch_error=dns",
+        "  metadata image=pickup_images[0]",
+        "  metadata stage=fetch",
+    } <= set(lines), result.stderr
+    assert any(line.startswith("  metadata inspection_id=") for line in lines)
+    assert any(line.startswith("  retry after: ") for line in lines)
+    assert "cannot reach" not in result.stderr  # the server answered: no transport hint
+
+
+async def test_unreachable_server_exits_14_and_names_it(
+    client: str, example_clients: dict[str, list[str] | str], run: Run, unused_tcp_port: int
+) -> None:
+    argv = example_clients[client]
+    assert isinstance(argv, list)
+    target = f"127.0.0.1:{unused_tcp_port}"
+    result = await run(*argv, "-target", target, "-pickup", "https://cdn.example.com/p.jpg")
+    assert result.returncode == 14, result.stderr
+    assert f"cannot reach {target}: check the address" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-bogus"], "flag provided but not defined: -bogus"),
+        (["-timeout"], "flag needs an argument: -timeout"),
+        (["-pickup", "/nonexistent/p.jpg"], 'cannot read image "/nonexistent/p.jpg"'),
+        (["-question", "only|three|parts"], "want type|label|value_to_check|mandatory"),
+    ],
+    ids=["unknown-flag", "missing-value", "missing-file", "bad-question"],
+)
+async def test_usage_errors_exit_64_with_a_clear_message(
+    client: str,
+    example_clients: dict[str, list[str] | str],
+    run: Run,
+    args: list[str],
+    message: str,
+) -> None:
+    argv = example_clients[client]
+    assert isinstance(argv, list)
+    # Nothing listens there: a usage error must be reported before any connection.
+    result = await run(*argv, "-target", "127.0.0.1:9", *args)
+    assert result.returncode == 64, result.stderr
+    assert message in result.stderr
+    assert "rpc failed" not in result.stderr

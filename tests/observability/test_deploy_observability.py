@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from inference_svc.storage import metrics as storage_metrics
-from svc_common import grpc_metrics, inference_metrics, persistence_metrics
+from svc_common import grpc_metrics, inference_metrics, job_metrics, persistence_metrics
 
 from .conftest import OBSERVABILITY_DIR
 
@@ -29,7 +29,13 @@ _KEYWORDS = {
 
 def _known_series() -> set[str]:
     names: set[str] = set()
-    for module in (grpc_metrics, inference_metrics, persistence_metrics, storage_metrics):
+    for module in (
+        grpc_metrics,
+        inference_metrics,
+        persistence_metrics,
+        job_metrics,
+        storage_metrics,
+    ):
         for name, kind in module.METRIC_TYPES.items():
             names.update(name + suffix for suffix in _SUFFIXES[kind])
     return names
@@ -147,7 +153,7 @@ def test_promtool_check_rules(promtool: str) -> None:
         [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert f"SUCCESS: {len(_alert_rules())} rules found" in result.stdout
 
 
 def test_promtool_alert_unit_tests(promtool: str) -> None:
@@ -162,12 +168,13 @@ def test_promtool_alert_unit_tests(promtool: str) -> None:
 
 def test_alert_rules_are_complete() -> None:
     rules = _alert_rules()
-    assert {r["alert"] for r in rules} == {
+    assert {r["alert"] for r in rules} - set(TARGET_ALERTS) == {
         "HighErrorRate", "QueueSaturated", "LatencyP95OverObjective", "EventBacklogGrowing",
         "ModelNotReady", "PersistenceDown", "PersistenceRefusesWriter", "PolicyReloadFailing",
+        "ImageFetchFailing", "AsyncQueueGrowing", "WebhookDeadLetters",
         "StorageUploadsStuck",
     }  # fmt: skip
-    known = _known_series()
+    known = _known_series() | {"up"}  # up: Prometheus' own series per scrape target
     for rule in rules:
         name = rule["alert"]
         assert re.fullmatch(r"\d+[smh]", rule["for"]), name
@@ -176,6 +183,40 @@ def test_alert_rules_are_complete() -> None:
         assert annotations["summary"] and annotations["description"], name
         assert annotations["runbook_url"].endswith(f"docs/operations.md#{name.lower()}"), name
         assert metric_names(rule["expr"]) <= known, name
+
+
+# Alert name -> the expression: one per failure of the scrape itself, for both services.
+TARGET_ALERTS = {
+    "ScrapeTargetDown": 'up{job=~"inference|persistence"} == 0',
+    "InferenceTargetsMissing": 'absent(up{job="inference"})',
+    "PersistenceTargetsMissing": 'absent(up{job="persistence"})',
+}
+
+
+def test_scrape_target_alerts_cover_both_services() -> None:
+    rules = {r["alert"]: r for r in _alert_rules()}
+    for name, expr in TARGET_ALERTS.items():
+        assert rules[name]["expr"].strip() == expr, name
+        assert rules[name]["labels"]["severity"] == "critical", name
+    # promtool's unit tests fire each of them (a rule without a firing test is untested).
+    tested = yaml.safe_load(ALERTS_TEST.read_text())["tests"]
+    fired = {
+        case["alertname"]
+        for test in tested
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
+    assert set(TARGET_ALERTS) <= fired
+
+
+def test_podmonitor_job_names_are_the_ones_the_alerts_use() -> None:
+    monitoring = OBSERVABILITY_DIR.parent / "k8s" / "components" / "monitoring"
+    for service in ("inference", "persistence"):
+        podmonitor = yaml.safe_load((monitoring / f"{service}-podmonitor.yaml").read_text())
+        # job = the pod's app.kubernetes.io/name label, not Prometheus Operator's default
+        # "<namespace>/<podmonitor>", which would change with the overlay's namespace.
+        assert podmonitor["spec"]["jobLabel"] == "app.kubernetes.io/name"
+        assert podmonitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == service
 
 
 @pytest.mark.parametrize("objective", [20])

@@ -31,16 +31,14 @@ from tests.support.e2e import QUESTIONS, ImageServer, inference_settings, make_r
 from tests.support.postgres import PostgresForTests
 from tests.support.prometheus import PrometheusServer, find_prometheus
 
+from .test_deploy_observability import _dashboard_exprs
+
 INSPECTION_SERVICE = "rpi.inspection.v1.InspectionService"
 PERSISTENCE_SERVICE = "rpi.persistence.v1.PersistenceService"
 JOBS = ["inference", "persistence"]
 UNARY_CALLS = 1
 STREAM_CALLS = 1
 SUCCESSFUL = UNARY_CALLS + STREAM_CALLS
-
-# Labelled by a failure cause and so absent until the first such failure (the persistence link
-# never fails here); every other family must be scraped.
-APPEARS_ON_FAILURE = {inference_metrics.EVENT_DELIVERY_FAILURES_TOTAL}
 
 
 @dataclass
@@ -57,6 +55,8 @@ class Scraped:
     prometheus: PrometheusServer
     metrics_ports: dict[str, int]
     calls: Calls
+    # A time after two scrapes of the successful calls and before the failing ones.
+    healthy_at: float
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -102,11 +102,19 @@ async def scraped(
             }
             prometheus = PrometheusServer(binary, tmp, ports)
             await prometheus.start(scrape_interval_s=1.0)
-            calls = await _run_inspections(inference.port, image_server)
-            await _wait_recorded(persistence.target, calls.inspection_ids)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{inference.port}") as channel:
+                stub = pb_grpc.InspectionServiceStub(channel)
+                inspection_ids = await _run_successful(stub, image_server)
+                await _wait_recorded(persistence.target, inspection_ids)
+                await _wait_delivered(inference)
+                # Two scrapes of the healthy state, so rate() has two samples of every series.
+                for _ in range(2):
+                    await prometheus.wait_scraped_after(time.time(), JOBS, timeout_s=30)
+                healthy_at = time.time()
+                calls = Calls(inspection_ids, await _run_failing(stub, image_server))
             await _wait_delivered(inference)
             await prometheus.wait_scraped_after(time.time(), JOBS, timeout_s=30)
-            yield Scraped(prometheus, ports, calls)
+            yield Scraped(prometheus, ports, calls, healthy_at)
         finally:
             if prometheus is not None:
                 await prometheus.stop()
@@ -115,45 +123,50 @@ async def scraped(
             await persistence.stop(0)
 
 
-async def _run_inspections(port: int, image_server: ImageServer) -> Calls:
-    """Successful unary and streamed inspections, run concurrently, then two failing calls:
-    invalid input, and a pickup image that is not found."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = pb_grpc.InspectionServiceStub(channel)
+def _request(image_server: ImageServer) -> pb.InspectRequest:
+    # One question keeps the (random) model's output, and so the test, short.
+    return make_request(image_server, inspection_id=str(uuid.uuid4()), questions=QUESTIONS[:1])
 
-        def request() -> pb.InspectRequest:
-            # One question keeps the (random) model's output, and so the test, short.
-            return make_request(
-                image_server, inspection_id=str(uuid.uuid4()), questions=QUESTIONS[:1]
-            )
 
-        async def unary() -> str:
-            reply = await stub.Inspect(request(), timeout=120)
-            return reply.inspection.inspection_id
+async def _run_successful(
+    stub: pb_grpc.InspectionServiceStub, image_server: ImageServer
+) -> list[str]:
+    """Successful unary and streamed inspections, run concurrently; their ids."""
 
-        async def streamed() -> str:
-            last = pb.InspectStreamResponse()
-            async for message in stub.InspectStream(request(), timeout=120):
-                last = message
-            assert last.WhichOneof("event") == "inspection"
-            return last.inspection.inspection_id
+    async def unary() -> str:
+        reply = await stub.Inspect(_request(image_server), timeout=120)
+        return reply.inspection.inspection_id
 
-        # Concurrent, as in production: they share generate batches.
-        ids = await asyncio.gather(
-            *(unary() for _ in range(UNARY_CALLS)), *(streamed() for _ in range(STREAM_CALLS))
-        )
-        failed: Counter[str] = Counter()
-        with pytest.raises(grpc.aio.AioRpcError) as invalid:
-            await stub.Inspect(make_request(image_server, shipping_id=""), timeout=30)
-        assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        failed[go_code_name(invalid.value.code().name)] += 1
-        missing = make_request(
-            image_server, pickup_images=[pb.Image(uri=image_server.url("missing.jpg"))]
-        )
-        with pytest.raises(grpc.aio.AioRpcError) as not_found:
-            await stub.Inspect(missing, timeout=30)
-        failed[go_code_name(not_found.value.code().name)] += 1
-    return Calls(list(ids), failed)
+    async def streamed() -> str:
+        last = pb.InspectStreamResponse()
+        async for message in stub.InspectStream(_request(image_server), timeout=120):
+            last = message
+        assert last.WhichOneof("event") == "inspection"
+        return last.inspection.inspection_id
+
+    # Concurrent, as in production: they share generate batches.
+    ids = await asyncio.gather(
+        *(unary() for _ in range(UNARY_CALLS)), *(streamed() for _ in range(STREAM_CALLS))
+    )
+    return list(ids)
+
+
+async def _run_failing(
+    stub: pb_grpc.InspectionServiceStub, image_server: ImageServer
+) -> Counter[str]:
+    """Two failing calls (invalid input, and a pickup image that is not found); their codes."""
+    failed: Counter[str] = Counter()
+    with pytest.raises(grpc.aio.AioRpcError) as invalid:
+        await stub.Inspect(make_request(image_server, shipping_id=""), timeout=30)
+    assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    failed[go_code_name(invalid.value.code().name)] += 1
+    missing = make_request(
+        image_server, pickup_images=[pb.Image(uri=image_server.url("missing.jpg"))]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as not_found:
+        await stub.Inspect(missing, timeout=30)
+    failed[go_code_name(not_found.value.code().name)] += 1
+    return failed
 
 
 async def _wait_recorded(persistence_target: str, inspection_ids: list[str]) -> None:
@@ -329,11 +342,8 @@ async def test_every_exported_family_is_scraped(
         s.labels["__name__"]
         for s in await scraped.prometheus.query(f'group by (__name__) ({{job="{job}"}})')
     }
-    expected = {
-        _series_name(family, kind)
-        for family, kind in families.items()
-        if family not in APPEARS_ON_FAILURE
-    }
+    # Every family, those labelled by a failure cause included (their series exist at zero).
+    expected = {_series_name(family, kind) for family, kind in families.items()}
     assert not expected - present, f"not scraped from {job}: {sorted(expected - present)}"
 
 
@@ -356,3 +366,24 @@ async def test_promtool_check_metrics_on_live_output(
     assert result.returncode == 0, result.stdout + result.stderr
     # promtool prints lint findings (naming, units, _total...) even when it exits 0.
     assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout
+
+
+def _concrete(expr: str) -> str:
+    """A dashboard query as Grafana sends it for these two jobs."""
+    return (
+        expr.replace("$__rate_interval", "1m")
+        .replace("$inference_job", "inference")
+        .replace("$persistence_job", "persistence")
+    )
+
+
+async def test_every_dashboard_query_has_data_while_healthy(scraped: Scraped) -> None:
+    """Right after successful inspections only (no error of any kind yet), each dashboard
+    query returns a series: a panel shows 0 errors, not "No data", which looks like a broken
+    scrape."""
+    empty = [
+        f"{title}: {expr}"
+        for title, expr in _dashboard_exprs()
+        if not await scraped.prometheus.query(_concrete(expr), at=scraped.healthy_at)
+    ]
+    assert not empty, "\n".join(empty)

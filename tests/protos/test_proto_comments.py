@@ -38,6 +38,8 @@ def fields_of(path: Path) -> list[Field]:
             continue
         if (block := _BLOCK.match(line)) is not None:
             stack.append(block.group(1))
+        elif line.endswith("{"):  # an rpc's options, an option's message literal
+            stack.append("other")
         elif line.startswith("}"):
             stack.pop()
         elif stack and stack[-1] in ("message", "oneof") and (field := _FIELD.match(line)):

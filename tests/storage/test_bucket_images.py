@@ -136,9 +136,11 @@ async def test_a_stalled_store_gives_a_fetch_failure_within_the_fetch_deadline(
                 )
     finally:
         server.close()
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # The store's failure, not the caller's: retryable, as an https host's would be.
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     info, _ = details(caught.value)
-    assert info.reason == "IMAGE_FETCH_FAILED"
+    assert info.reason == "IMAGE_SOURCE_UNAVAILABLE"
+    assert info.metadata["fetch_error"] == "timeout"
     assert "timed out after 1 s" in (caught.value.details() or "")
 
 
@@ -189,7 +191,7 @@ async def test_a_transient_store_error_is_retried_within_the_deadline(
     server.routes["/vendor-images/ref.jpg"] = flaky
     await server.start()
     try:
-        for retries, expected in ((1, None), (0, "IMAGE_FETCH_FAILED")):
+        for retries, expected in ((1, None), (0, "IMAGE_SOURCE_UNAVAILABLE")):
             answers.clear()
             async with running_app(
                 tmp_path / str(retries),
@@ -210,6 +212,7 @@ async def test_a_transient_store_error_is_retried_within_the_deadline(
                 else:
                     with pytest.raises(grpc.aio.AioRpcError) as caught:
                         await call
+                    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
                     assert details(caught.value)[0].reason == expected
                     assert answers == [503]
     finally:

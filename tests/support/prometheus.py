@@ -143,9 +143,11 @@ class PrometheusServer:
             raise PrometheusError(f"{path} {dict(params)}: {body}")
         return body["data"]
 
-    async def query(self, expr: str) -> list[Sample]:
-        """An instant query at the current time; the samples of its vector result."""
-        data = await self._api("/api/v1/query", {"query": expr})
+    async def query(self, expr: str, at: float | None = None) -> list[Sample]:
+        """An instant query at ``at`` (Unix time; default now); the samples of its vector
+        result."""
+        params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+        data = await self._api("/api/v1/query", params)
         if data["resultType"] != "vector":
             raise PrometheusError(f"{expr}: a {data['resultType']}, not a vector")
         return [Sample(dict(r["metric"]), float(r["value"][1])) for r in data["result"]]

@@ -42,6 +42,7 @@ TIERS: dict[str, str] = {
     "observability/": UNIT,
     "engine/": UNIT,  # pure engine parts; the model tests use model_cache
     "engine/test_engine_process.py": INTEGRATION,  # spawns engine processes
+    "engine/test_vision_cache_service.py": INTEGRATION,  # the service on loopback gRPC
     "pipeline/": UNIT,
     "policy/": UNIT,  # the PostgreSQL tests use pg_server
     "protos/": UNIT,
@@ -56,6 +57,7 @@ TIERS: dict[str, str] = {
     "hardening/": INTEGRATION,  # both live services fuzzed; a server in a subprocess
     "persistence/": INTEGRATION,
     "native_clients/": INTEGRATION,
+    "operations/": INTEGRATION,  # the job queue on PostgreSQL, both services
     "bench/": INTEGRATION,
     "grpc_errors/": INTEGRATION,
     "storage/": INTEGRATION,  # moto's S3 server, azurite, PostgreSQL

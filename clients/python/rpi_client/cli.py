@@ -1,9 +1,11 @@
 """``rpi-inspect``: command-line client of the inspection platform.
 
 Results go to stdout, progress, warnings and errors to stderr, so ``--json`` output pipes
-cleanly. Exit codes: 0 ok, 1 health check answered but not SERVING, 2 usage or unusable local
-input, 3 the RPC failed (code, reason and field violations are printed on stderr), 130
-interrupted.
+cleanly. Exit codes, the same as the Go and Java examples' (docs/errors.md, "Exit codes"): 0
+ok; 1-16 the gRPC status code of the failed call (3 INVALID_ARGUMENT, 5 NOT_FOUND, 14
+UNAVAILABLE..., with the code, reason, ErrorInfo metadata and field violations on stderr; a
+health check answered NOT_SERVING is 14 too); 64 a usage error (bad flags, a file that cannot
+be read or does not parse); 130 interrupted.
 
 Examples::
 
@@ -15,6 +17,7 @@ Examples::
     rpi-inspect list --persistence-target localhost:50052 --shipping-id S1
     rpi-inspect health --target localhost:50051
     rpi-inspect legacy-convert old_request.json > request.json
+    name=$(rpi-inspect submit ... --request-id order-1) && rpi-inspect wait "$name"
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
 from google.protobuf import json_format
 from rich.console import Console
 from rpi.inspection.v1 import inspection_pb2
 from rpi.persistence.v1 import persistence_pb2
 
-from clients.python.rpi_client import render
+from clients.python.rpi_client import operations_cli, render
 from clients.python.rpi_client.channel import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ChannelOptions,
@@ -59,9 +63,8 @@ from clients.python.rpi_client.requests import (
 )
 
 EXIT_OK = 0
-EXIT_NOT_SERVING = 1
-EXIT_USAGE = 2
-EXIT_RPC_FAILED = 3
+EXIT_NOT_SERVING = int(grpc.StatusCode.UNAVAILABLE.value[0])
+EXIT_USAGE = 64  # sysexits.h EX_USAGE; 1-16 are the gRPC codes
 EXIT_INTERRUPTED = 130
 
 TARGET_ENV = "RPI_TARGET"
@@ -116,7 +119,11 @@ def _connection_parser() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     connection = _connection_parser()
     parser = argparse.ArgumentParser(
-        prog="rpi-inspect", description="Client of the reverse-pickup inspection service."
+        prog="rpi-inspect",
+        description="Client of the reverse-pickup inspection service.",
+        epilog="Exit status: 0 ok; 1-16 the gRPC status code of the failed call (3 "
+        "INVALID_ARGUMENT, 5 NOT_FOUND, 14 UNAVAILABLE, ...); 64 usage error; 130 interrupted. "
+        "The Go and Java examples exit the same way (docs/errors.md).",
     )
     parser.add_argument(
         "--log-level", default="WARNING", help="log level on stderr (default %(default)s)"
@@ -209,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="service name to check ('' for the server; default %(default)s)",
     )
 
+    operations_cli.add_parsers(
+        commands, connection, os.environ.get(TARGET_ENV, DEFAULT_TARGET), target_help
+    )
     convert = commands.add_parser(
         "legacy-convert",
         help="old JSON request -> InspectRequest JSON",
@@ -357,6 +367,31 @@ def cmd_legacy_convert(args: argparse.Namespace, out: Console, err: Console) -> 
     return EXIT_OK
 
 
+def exit_code(failure: InspectionFailed) -> int:
+    """The gRPC status code of the failed call, as a number (never 0)."""
+    code = int(failure.code.value[0])
+    return code if code != 0 else int(grpc.StatusCode.UNKNOWN.value[0])
+
+
+def _hint(args: argparse.Namespace, failure: InspectionFailed) -> str | None:
+    """What a failure without an ErrorInfo (grpc's own, before any server code ran) means."""
+    if failure.reason:
+        return None
+    target = getattr(args, "target", None) or getattr(args, "persistence_target", None)
+    if failure.code is grpc.StatusCode.UNAVAILABLE:
+        return (
+            f"cannot reach {target}: check the address, that the service is running, and "
+            "--tls/--tls-ca if it serves TLS"
+        )
+    if failure.code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer from {target} within the deadline (--timeout)"
+    return None
+
+
+def cmd_operations(args: argparse.Namespace, out: Console, err: Console) -> int:
+    return operations_cli.run(args, channel_options(args))
+
+
 def _timeout_kwargs(args: argparse.Namespace) -> dict[str, float]:
     return {"timeout": args.timeout} if args.timeout is not None else {}
 
@@ -372,6 +407,7 @@ _COMMANDS = {
     "list": cmd_list,
     "health": cmd_health,
     "legacy-convert": cmd_legacy_convert,
+    **dict.fromkeys(("submit", "wait", "operations"), cmd_operations),
 }
 
 
@@ -380,8 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exit_:  # argparse exits 2 on bad usage, 0 for --help
-        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    except SystemExit as exit_:  # argparse exits 2 on bad usage (its message printed), 0 for --help
+        return EXIT_OK if exit_.code in (0, None) else EXIT_USAGE
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     # Consoles are made per call: sys.stdout/sys.stderr may have been replaced (tests, pipes).
     out = Console(file=sys.stdout)
@@ -396,7 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except InspectionFailed as failure:
         render.print_failure(err, failure)
-        return EXIT_RPC_FAILED
+        hint = _hint(args, failure)
+        if hint is not None:
+            err.print(f"rpi-inspect: {hint}", highlight=False, markup=False, soft_wrap=True)
+        return exit_code(failure)
     except KeyboardInterrupt:
         err.print("interrupted", highlight=False)
         return EXIT_INTERRUPTED

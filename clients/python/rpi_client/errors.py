@@ -71,9 +71,12 @@ class InspectionFailed(Exception):  # noqa: N818  # the public name callers catc
         return " ".join(parts)
 
     def describe(self) -> list[str]:
-        """Lines for a human: the summary, then each violation, metadata and retry hint."""
+        """Lines for a human: the summary, then each violation, the ErrorInfo domain and
+        metadata, and the retry hint."""
         lines = [str(self)]
         lines += [f"  violation {v}" for v in self.violations]
+        if self.domain:
+            lines.append(f"  domain {self.domain}")
         lines += [f"  {key}={value}" for key, value in sorted(self.metadata.items())]
         if self.retry_delay_s is not None:
             lines.append(f"  retry after {self.retry_delay_s:g} s")

@@ -107,8 +107,10 @@ class StreamProgress:
         elif kind == "answer_ready":
             ready = event.answer_ready
             retake = " [retake photo]" if ready.retake_image else ""
+            # The model's own answer as generated: the final one, after the decision rules,
+            # is in the Inspection and may differ (a low confidence, a policy rule).
             line = Text.assemble(
-                ("answer ", "dim"),
+                ("model's raw answer ", "dim"),
                 (ready.label, "bold"),
                 f": {ready.result} (confidence {ready.confidence}%){retake}",
             )
@@ -184,7 +186,9 @@ def inspection_summary(inspection: inspection_pb2.Inspection) -> Text:
 
 def answers_table(inspection: inspection_pb2.Inspection) -> Table:
     """One row per question: final answer against the expected value, with evidence."""
-    table = Table(title="Answers", title_justify="left", expand=True)
+    table = Table(
+        title="Answers (final, after the decision rules)", title_justify="left", expand=True
+    )
     table.add_column("Question", overflow="fold", ratio=3, min_width=16)
     table.add_column("Answer", overflow="fold", ratio=1, min_width=8)
     table.add_column("Expected", overflow="fold", ratio=1, min_width=8)

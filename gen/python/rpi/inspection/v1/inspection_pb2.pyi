@@ -12,10 +12,14 @@ Errors are gRPC status codes carrying google.rpc error details: exactly one Erro
 a BadRequest with field violations when fields are at fault (at most 20, then one
 "and N more"), and a RetryInfo when the call may be retried after the given delay.
   INVALID_ARGUMENT   reasons INVALID_ARGUMENT (the request as a whole, including bytes that
-                     do not decode), QUESTIONS_INVALID, IMAGE_FETCH_FAILED, IMAGE_TOO_LARGE,
-                     IMAGE_UNDECODABLE, IMAGE_URL_FORBIDDEN: do not retry unchanged.
+                     do not decode), QUESTIONS_INVALID, IMAGE_FETCH_FAILED (the image host
+                     answered 4xx other than 408/429, or a redirect that is not followed),
+                     IMAGE_TOO_LARGE, IMAGE_UNDECODABLE, IMAGE_URL_FORBIDDEN: do not retry
+                     unchanged.
   RESOURCE_EXHAUSTED OVERLOADED (queue full), EVENT_SPOOL_FULL: retry after RetryInfo.
-  UNAVAILABLE        MODEL_NOT_READY (loading), DRAINING: retry, ideally another replica.
+  UNAVAILABLE        MODEL_NOT_READY (loading), DRAINING: retry, ideally another replica;
+                     IMAGE_SOURCE_UNAVAILABLE (an image host failed: DNS, connection, TLS,
+                     timeout, 5xx, 408/429 after retries): retry after RetryInfo.
   DEADLINE_EXCEEDED  DEADLINE_EXCEEDED; CANCELLED: work for an abandoned call stops.
   INTERNAL           MODEL_OUTPUT_INVALID (no valid answer after the retry), INTERNAL (an
                      unexpected fault; ErrorInfo.metadata trace_id names it in the logs).
@@ -491,6 +495,7 @@ class ModelInfo(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     UNTRAINED_FIELD_NUMBER: _builtins.int
     PROMPT_TEMPLATE_VERSION_FIELD_NUMBER: _builtins.int
+    LOAD_PATH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required (always set). The model's name."""
     revision: _builtins.str
@@ -501,6 +506,12 @@ class ModelInfo(_message.Message):
     """
     prompt_template_version: _builtins.str
     """Required (always set). Version of the prompt template the answers were produced with."""
+    load_path: _builtins.str
+    """Required (always set). How the service loaded the checkpoint: "native" (a
+    transformers-native checkpoint, or the demo model), "converted" (an original OpenGVLab
+    checkpoint converted to the native model at load time) or "remote_code" (the
+    checkpoint's own code, MODEL_TRUST_REMOTE_CODE).
+    """
     def __init__(
         self,
         *,
@@ -508,10 +519,11 @@ class ModelInfo(_message.Message):
         revision: _builtins.str = ...,
         untrained: _builtins.bool = ...,
         prompt_template_version: _builtins.str = ...,
+        load_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "prompt_template_version", b"prompt_template_version", "revision", b"revision", "untrained", b"untrained"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["load_path", b"load_path", "name", b"name", "prompt_template_version", b"prompt_template_version", "revision", b"revision", "untrained", b"untrained"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,10 +12,14 @@ Errors are gRPC status codes carrying google.rpc error details: exactly one Erro
 a BadRequest with field violations when fields are at fault (at most 20, then one
 "and N more"), and a RetryInfo when the call may be retried after the given delay.
   INVALID_ARGUMENT   reasons INVALID_ARGUMENT (the request as a whole, including bytes that
-                     do not decode), QUESTIONS_INVALID, IMAGE_FETCH_FAILED, IMAGE_TOO_LARGE,
-                     IMAGE_UNDECODABLE, IMAGE_URL_FORBIDDEN: do not retry unchanged.
+                     do not decode), QUESTIONS_INVALID, IMAGE_FETCH_FAILED (the image host
+                     answered 4xx other than 408/429, or a redirect that is not followed),
+                     IMAGE_TOO_LARGE, IMAGE_UNDECODABLE, IMAGE_URL_FORBIDDEN: do not retry
+                     unchanged.
   RESOURCE_EXHAUSTED OVERLOADED (queue full), EVENT_SPOOL_FULL: retry after RetryInfo.
-  UNAVAILABLE        MODEL_NOT_READY (loading), DRAINING: retry, ideally another replica.
+  UNAVAILABLE        MODEL_NOT_READY (loading), DRAINING: retry, ideally another replica;
+                     IMAGE_SOURCE_UNAVAILABLE (an image host failed: DNS, connection, TLS,
+                     timeout, 5xx, 408/429 after retries): retry after RetryInfo.
   DEADLINE_EXCEEDED  DEADLINE_EXCEEDED; CANCELLED: work for an abandoned call stops.
   INTERNAL           MODEL_OUTPUT_INVALID (no valid answer after the retry), INTERNAL (an
                      unexpected fault; ErrorInfo.metadata trace_id names it in the logs).

@@ -7,7 +7,9 @@ and operators read the records back. Only the persistence service writes to Post
 Errors carry exactly one google.rpc.ErrorInfo (domain "persistence.rpi.v1"):
   INVALID_ARGUMENT reason INVALID_ARGUMENT, with a BadRequest naming the fields (at most 20,
                    then one "and N more"); the whole batch is rejected: do not retry it.
-  NOT_FOUND        reason INSPECTION_NOT_FOUND.
+  NOT_FOUND        reason INSPECTION_NOT_FOUND; JOB_NOT_FOUND for the job calls.
+  ALREADY_EXISTS   reasons REQUEST_ID_REUSED, INSPECTION_ID_TAKEN (CreateJob).
+  FAILED_PRECONDITION reasons LEASE_LOST (FinishJob), JOB_NOT_FINISHED (DeleteJob).
   UNAVAILABLE      reason DATABASE_UNAVAILABLE, with RetryInfo: retry the same call.
   INTERNAL         reason INTERNAL, an unexpected fault; metadata trace_id names it in logs.
 Field comments say Required or Optional: a Required field that is missing or empty makes
@@ -22,7 +24,9 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 from rpi.inspection.v1 import inspection_pb2 as _inspection_pb2
+from rpi.inspection.v1 import operations_pb2 as _operations_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -150,6 +154,92 @@ INSPECTION_STATUS_COMPLETED: InspectionStatus.ValueType  # 2
 INSPECTION_STATUS_FAILED: InspectionStatus.ValueType  # 3
 Global___InspectionStatus: _TypeAlias = InspectionStatus  # noqa: Y015
 
+class _LeaseStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LeaseStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LeaseStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LEASE_STATUS_UNSPECIFIED: _LeaseStatus.ValueType  # 0
+    LEASE_STATUS_HELD: _LeaseStatus.ValueType  # 1
+    """Renewed; carry on."""
+    LEASE_STATUS_CANCEL_REQUESTED: _LeaseStatus.ValueType  # 2
+    """Renewed, but a cancel was asked for: stop the run and finish it cancelled."""
+    LEASE_STATUS_LOST: _LeaseStatus.ValueType  # 3
+    """No longer this worker's (expired and claimed again, or the job ended): stop, report nothing."""
+
+class LeaseStatus(_LeaseStatus, metaclass=_LeaseStatusEnumTypeWrapper):
+    """What became of a lease."""
+
+LEASE_STATUS_UNSPECIFIED: LeaseStatus.ValueType  # 0
+LEASE_STATUS_HELD: LeaseStatus.ValueType  # 1
+"""Renewed; carry on."""
+LEASE_STATUS_CANCEL_REQUESTED: LeaseStatus.ValueType  # 2
+"""Renewed, but a cancel was asked for: stop the run and finish it cancelled."""
+LEASE_STATUS_LOST: LeaseStatus.ValueType  # 3
+"""No longer this worker's (expired and claimed again, or the job ended): stop, report nothing."""
+Global___LeaseStatus: _TypeAlias = LeaseStatus  # noqa: Y015
+
+class _JobOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_OUTCOME_UNSPECIFIED: _JobOutcome.ValueType  # 0
+    JOB_OUTCOME_SUCCEEDED: _JobOutcome.ValueType  # 1
+    """The inspection result is in FinishJobRequest.result."""
+    JOB_OUTCOME_FAILED: _JobOutcome.ValueType  # 2
+    """Failed for good (error set)."""
+    JOB_OUTCOME_RETRY: _JobOutcome.ValueType  # 3
+    """Failed in a way another run may not (error set): queued again unless the job has had
+    MAX_JOB_ATTEMPTS runs, then failed with this error.
+    """
+    JOB_OUTCOME_CANCELLED: _JobOutcome.ValueType  # 4
+    """Stopped after a cancel."""
+
+class JobOutcome(_JobOutcome, metaclass=_JobOutcomeEnumTypeWrapper):
+    """How a run ended."""
+
+JOB_OUTCOME_UNSPECIFIED: JobOutcome.ValueType  # 0
+JOB_OUTCOME_SUCCEEDED: JobOutcome.ValueType  # 1
+"""The inspection result is in FinishJobRequest.result."""
+JOB_OUTCOME_FAILED: JobOutcome.ValueType  # 2
+"""Failed for good (error set)."""
+JOB_OUTCOME_RETRY: JobOutcome.ValueType  # 3
+"""Failed in a way another run may not (error set): queued again unless the job has had
+MAX_JOB_ATTEMPTS runs, then failed with this error.
+"""
+JOB_OUTCOME_CANCELLED: JobOutcome.ValueType  # 4
+"""Stopped after a cancel."""
+Global___JobOutcome: _TypeAlias = JobOutcome  # noqa: Y015
+
+class _WebhookOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WebhookOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WebhookOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WEBHOOK_OUTCOME_UNSPECIFIED: _WebhookOutcome.ValueType  # 0
+    WEBHOOK_OUTCOME_DELIVERED: _WebhookOutcome.ValueType  # 1
+    """The receiver answered 2xx."""
+    WEBHOOK_OUTCOME_FAILED: _WebhookOutcome.ValueType  # 2
+    """Any other answer, a redirect, a timeout or no connection: try again later."""
+    WEBHOOK_OUTCOME_GONE: _WebhookOutcome.ValueType  # 3
+    """The receiver answered 410 Gone: never again."""
+
+class WebhookOutcome(_WebhookOutcome, metaclass=_WebhookOutcomeEnumTypeWrapper):
+    """How a delivery attempt went."""
+
+WEBHOOK_OUTCOME_UNSPECIFIED: WebhookOutcome.ValueType  # 0
+WEBHOOK_OUTCOME_DELIVERED: WebhookOutcome.ValueType  # 1
+"""The receiver answered 2xx."""
+WEBHOOK_OUTCOME_FAILED: WebhookOutcome.ValueType  # 2
+"""Any other answer, a redirect, a timeout or no connection: try again later."""
+WEBHOOK_OUTCOME_GONE: WebhookOutcome.ValueType  # 3
+"""The receiver answered 410 Gone: never again."""
+Global___WebhookOutcome: _TypeAlias = WebhookOutcome  # noqa: Y015
+
 @_typing.final
 class Event(_message.Message):
     """One thing that happened to an inspection.
@@ -158,9 +248,30 @@ class Event(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     EVENT_ID_FIELD_NUMBER: _builtins.int
     INSPECTION_ID_FIELD_NUMBER: _builtins.int
     OCCUR_TIME_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     REQUEST_RECEIVED_FIELD_NUMBER: _builtins.int
     ATTEMPT_RECORDED_FIELD_NUMBER: _builtins.int
     RESULT_RECORDED_FIELD_NUMBER: _builtins.int
@@ -176,6 +287,13 @@ class Event(_message.Message):
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp:
         """Optional. When it happened at the producer; the time of recording when unset."""
+
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Optional. The W3C trace context (keys "traceparent" and "tracestate") of the inspection
+        that produced the event, empty when it was not traced: the persistence service's span for
+        the batch links to it, so each inspection's trace leads to the writes of its records.
+        """
 
     @_builtins.property
     def request_received(self) -> Global___RequestReceived:
@@ -199,6 +317,7 @@ class Event(_message.Message):
         event_id: _builtins.str = ...,
         inspection_id: _builtins.str = ...,
         occur_time: _timestamp_pb2.Timestamp | None = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         request_received: Global___RequestReceived | None = ...,
         attempt_recorded: Global___AttemptRecorded | None = ...,
         result_recorded: Global___ResultRecorded | None = ...,
@@ -206,7 +325,7 @@ class Event(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_recorded", b"attempt_recorded", "failure_recorded", b"failure_recorded", "occur_time", b"occur_time", "payload", b"payload", "request_received", b"request_received", "result_recorded", b"result_recorded"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_recorded", b"attempt_recorded", "event_id", b"event_id", "failure_recorded", b"failure_recorded", "inspection_id", b"inspection_id", "occur_time", b"occur_time", "payload", b"payload", "request_received", b"request_received", "result_recorded", b"result_recorded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_recorded", b"attempt_recorded", "event_id", b"event_id", "failure_recorded", b"failure_recorded", "inspection_id", b"inspection_id", "occur_time", b"occur_time", "payload", b"payload", "request_received", b"request_received", "result_recorded", b"result_recorded", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["request_received", "attempt_recorded", "result_recorded", "failure_recorded"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
@@ -967,3 +1086,752 @@ class ListInspectionsByTimeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListInspectionsByTimeResponse: _TypeAlias = ListInspectionsByTimeResponse  # noqa: Y015
+
+@_typing.final
+class Job(_message.Message):
+    """An asynchronous inspection job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSPECTION_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    QUEUE_POSITION_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    CALLBACK_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """Required (always set). The job's id (UUID); the operation is named operations/{job_id}."""
+    caller: _builtins.str
+    """Required (always set). The caller who submitted it."""
+    request_id: _builtins.str
+    """Optional. The submit's idempotency key."""
+    inspection_id: _builtins.str
+    """Required (always set). The inspection's id, fixed at submit."""
+    state: _operations_pb2.OperationState.ValueType
+    """Required (always set). Where the job stands."""
+    attempts: _builtins.int
+    """Required (always set). Runs started so far."""
+    cancel_requested: _builtins.bool
+    """Required (always set). A cancel was asked for while it ran."""
+    queue_position: _builtins.int
+    """Optional. While queued: queued jobs ahead of it."""
+    lease_token: _builtins.str
+    """Optional. Only in ClaimJobs responses: the lease to renew and finish with."""
+    @_builtins.property
+    def request(self) -> _inspection_pb2.InspectRequest:
+        """Required (always set). The validated request (its inspection_id set)."""
+
+    @_builtins.property
+    def progress(self) -> _operations_pb2.InspectionProgress:
+        """Optional. The running attempt's last progress."""
+
+    @_builtins.property
+    def result(self) -> _inspection_pb2.Inspection:
+        """Optional. Set when it succeeded."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Optional. Set when it failed or was cancelled."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """Required (always set)."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional. When the first run started."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """Required (always set)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional. When it ended."""
+
+    @_builtins.property
+    def callback(self) -> _operations_pb2.CallbackDelivery:
+        """Required (always set). The callback's delivery (state NONE without a callback)."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        caller: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        inspection_id: _builtins.str = ...,
+        request: _inspection_pb2.InspectRequest | None = ...,
+        state: _operations_pb2.OperationState.ValueType = ...,
+        attempts: _builtins.int = ...,
+        cancel_requested: _builtins.bool = ...,
+        progress: _operations_pb2.InspectionProgress | None = ...,
+        result: _inspection_pb2.Inspection | None = ...,
+        error: _status_pb2.Status | None = ...,
+        queue_position: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        callback: _operations_pb2.CallbackDelivery | None = ...,
+        lease_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "progress", b"progress", "request", b"request", "result", b"result", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "callback", b"callback", "caller", b"caller", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "inspection_id", b"inspection_id", "job_id", b"job_id", "lease_token", b"lease_token", "progress", b"progress", "queue_position", b"queue_position", "request", b"request", "request_id", b"request_id", "result", b"result", "start_time", b"start_time", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class CreateJobRequest(_message.Message):
+    """Queues a job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_SHA256_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    CALLBACK_URL_FIELD_NUMBER: _builtins.int
+    caller: _builtins.str
+    """Required. The submitting caller (the inference service's authenticated caller)."""
+    request_id: _builtins.str
+    """Optional. Idempotency key, at most 128 characters."""
+    request_sha256: _builtins.bytes
+    """Required. SHA-256 of the submitted request as the caller sent it: what a second submit
+    under the same request_id is compared with.
+    """
+    callback_url: _builtins.str
+    """Optional. The callback URL, already checked by the inference service."""
+    @_builtins.property
+    def request(self) -> _inspection_pb2.InspectRequest:
+        """Required. The validated request; its inspection_id (a UUID) is the job's inspection."""
+
+    def __init__(
+        self,
+        *,
+        caller: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        request_sha256: _builtins.bytes = ...,
+        request: _inspection_pb2.InspectRequest | None = ...,
+        callback_url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_url", b"callback_url", "caller", b"caller", "request", b"request", "request_id", b"request_id", "request_sha256", b"request_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateJobRequest: _TypeAlias = CreateJobRequest  # noqa: Y015
+
+@_typing.final
+class CreateJobResponse(_message.Message):
+    """The job queued (or found under the request_id)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """Required (always set). False when the request_id named an existing job."""
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """Required (always set)."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateJobResponse: _TypeAlias = CreateJobResponse  # noqa: Y015
+
+@_typing.final
+class GetJobRequest(_message.Message):
+    """Reads one job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    caller: _builtins.str
+    """Required. The caller the job must belong to."""
+    job_id: _builtins.str
+    """Required. The job's id (UUID)."""
+    def __init__(
+        self,
+        *,
+        caller: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobRequest: _TypeAlias = GetJobRequest  # noqa: Y015
+
+@_typing.final
+class GetJobResponse(_message.Message):
+    """The job read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """Required (always set)."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobResponse: _TypeAlias = GetJobResponse  # noqa: Y015
+
+@_typing.final
+class ListJobsRequest(_message.Message):
+    """Lists a caller's jobs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    caller: _builtins.str
+    """Required. Whose jobs."""
+    page_size: _builtins.int
+    """Optional. At most this many (default 50, maximum 500)."""
+    page_token: _builtins.str
+    """Optional. From a previous response; the other fields must be unchanged."""
+    state: _operations_pb2.OperationState.ValueType
+    """Optional. Only jobs in this state; UNSPECIFIED lists all."""
+    def __init__(
+        self,
+        *,
+        caller: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        state: _operations_pb2.OperationState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobsRequest: _TypeAlias = ListJobsRequest  # noqa: Y015
+
+@_typing.final
+class ListJobsResponse(_message.Message):
+    """One page of jobs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Optional. Empty on the last page."""
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
+        """Required (always set). Newest first; requests and results are omitted (use GetJob)."""
+
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___Job] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobsResponse: _TypeAlias = ListJobsResponse  # noqa: Y015
+
+@_typing.final
+class CancelJobRequest(_message.Message):
+    """Cancels a job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    caller: _builtins.str
+    """Required. The caller the job must belong to."""
+    job_id: _builtins.str
+    """Required. The job's id (UUID)."""
+    def __init__(
+        self,
+        *,
+        caller: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelJobRequest: _TypeAlias = CancelJobRequest  # noqa: Y015
+
+@_typing.final
+class CancelJobResponse(_message.Message):
+    """The job after the cancel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """Required (always set)."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelJobResponse: _TypeAlias = CancelJobResponse  # noqa: Y015
+
+@_typing.final
+class DeleteJobRequest(_message.Message):
+    """Forgets a finished job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    caller: _builtins.str
+    """Required. The caller the job must belong to."""
+    job_id: _builtins.str
+    """Required. The job's id (UUID)."""
+    def __init__(
+        self,
+        *,
+        caller: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteJobRequest: _TypeAlias = DeleteJobRequest  # noqa: Y015
+
+@_typing.final
+class DeleteJobResponse(_message.Message):
+    """Nothing: the job is gone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteJobResponse: _TypeAlias = DeleteJobResponse  # noqa: Y015
+
+@_typing.final
+class ClaimJobsRequest(_message.Message):
+    """Claims jobs for one worker."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKER_FIELD_NUMBER: _builtins.int
+    MAX_JOBS_FIELD_NUMBER: _builtins.int
+    LEASE_DURATION_FIELD_NUMBER: _builtins.int
+    worker: _builtins.str
+    """Required. The claiming worker (pod name and process), for operators."""
+    max_jobs: _builtins.int
+    """Required. At most this many jobs, 1 to 100."""
+    @_builtins.property
+    def lease_duration(self) -> _duration_pb2.Duration:
+        """Required. How long the lease lasts unless renewed, 1 s to 1 h."""
+
+    def __init__(
+        self,
+        *,
+        worker: _builtins.str = ...,
+        max_jobs: _builtins.int = ...,
+        lease_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "max_jobs", b"max_jobs", "worker", b"worker"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimJobsRequest: _TypeAlias = ClaimJobsRequest  # noqa: Y015
+
+@_typing.final
+class ClaimJobsResponse(_message.Message):
+    """The jobs claimed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    RECLAIMED_FIELD_NUMBER: _builtins.int
+    reclaimed: _builtins.int
+    """Required (always set). How many of them were taken back from a lost lease."""
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
+        """Required (always set). Each with its request and lease_token; may be empty."""
+
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___Job] | None = ...,
+        reclaimed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "reclaimed", b"reclaimed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimJobsResponse: _TypeAlias = ClaimJobsResponse  # noqa: Y015
+
+@_typing.final
+class JobLease(_message.Message):
+    """One lease to renew."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """Required. The job's id."""
+    lease_token: _builtins.str
+    """Required. The token ClaimJobs gave."""
+    @_builtins.property
+    def progress(self) -> _operations_pb2.InspectionProgress:
+        """Optional. The run's progress, stored for GetJob."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
+        progress: _operations_pb2.InspectionProgress | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "lease_token", b"lease_token", "progress", b"progress"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobLease: _TypeAlias = JobLease  # noqa: Y015
+
+@_typing.final
+class RenewJobLeasesRequest(_message.Message):
+    """Renews a worker's leases."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASES_FIELD_NUMBER: _builtins.int
+    LEASE_DURATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobLease]:
+        """Required. 1 to 100 leases."""
+
+    @_builtins.property
+    def lease_duration(self) -> _duration_pb2.Duration:
+        """Required. The new lease runs this long from now, 1 s to 1 h."""
+
+    def __init__(
+        self,
+        *,
+        leases: _abc.Iterable[Global___JobLease] | None = ...,
+        lease_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "leases", b"leases"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewJobLeasesRequest: _TypeAlias = RenewJobLeasesRequest  # noqa: Y015
+
+@_typing.final
+class RenewJobLeasesResponse(_message.Message):
+    """Per lease, in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___LeaseStatus.ValueType]:
+        """Required (always set). One per requested lease, same order."""
+
+    def __init__(
+        self,
+        *,
+        statuses: _abc.Iterable[Global___LeaseStatus.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["statuses", b"statuses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewJobLeasesResponse: _TypeAlias = RenewJobLeasesResponse  # noqa: Y015
+
+@_typing.final
+class FinishJobRequest(_message.Message):
+    """Ends a run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """Required. The job's id."""
+    lease_token: _builtins.str
+    """Required. The token ClaimJobs gave."""
+    outcome: Global___JobOutcome.ValueType
+    """Required. How the run ended."""
+    @_builtins.property
+    def result(self) -> _inspection_pb2.Inspection:
+        """Optional. Required with SUCCEEDED."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Optional. Required with FAILED and RETRY."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
+        outcome: Global___JobOutcome.ValueType = ...,
+        result: _inspection_pb2.Inspection | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "job_id", b"job_id", "lease_token", b"lease_token", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FinishJobRequest: _TypeAlias = FinishJobRequest  # noqa: Y015
+
+@_typing.final
+class FinishJobResponse(_message.Message):
+    """The job after the run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """Required (always set). Its state is QUEUED again after a retried run."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FinishJobResponse: _TypeAlias = FinishJobResponse  # noqa: Y015
+
+@_typing.final
+class ClaimWebhooksRequest(_message.Message):
+    """Claims due webhook deliveries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKER_FIELD_NUMBER: _builtins.int
+    MAX_DELIVERIES_FIELD_NUMBER: _builtins.int
+    LEASE_DURATION_FIELD_NUMBER: _builtins.int
+    worker: _builtins.str
+    """Required. The sending worker, for operators."""
+    max_deliveries: _builtins.int
+    """Required. At most this many, 1 to 100."""
+    @_builtins.property
+    def lease_duration(self) -> _duration_pb2.Duration:
+        """Required. How long the sender has for the attempt, 1 s to 1 h."""
+
+    def __init__(
+        self,
+        *,
+        worker: _builtins.str = ...,
+        max_deliveries: _builtins.int = ...,
+        lease_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "max_deliveries", b"max_deliveries", "worker", b"worker"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimWebhooksRequest: _TypeAlias = ClaimWebhooksRequest  # noqa: Y015
+
+@_typing.final
+class WebhookDelivery(_message.Message):
+    """One webhook delivery attempt to make."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """Required (always set). The webhook-id header, the same every attempt."""
+    url: _builtins.str
+    """Required (always set). The callback URL."""
+    attempt: _builtins.int
+    """Required (always set). 1 for the first attempt."""
+    lease_token: _builtins.str
+    """Required (always set). The lease to report with."""
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """Required (always set). The finished job, result or error included (not its request)."""
+
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        lease_token: _builtins.str = ...,
+        job: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job", b"job", "lease_token", b"lease_token", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDelivery: _TypeAlias = WebhookDelivery  # noqa: Y015
+
+@_typing.final
+class ClaimWebhooksResponse(_message.Message):
+    """The deliveries claimed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookDelivery]:
+        """Required (always set). May be empty."""
+
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___WebhookDelivery] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimWebhooksResponse: _TypeAlias = ClaimWebhooksResponse  # noqa: Y015
+
+@_typing.final
+class ReportWebhookRequest(_message.Message):
+    """Reports one attempt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """Required. As claimed."""
+    lease_token: _builtins.str
+    """Required. As claimed."""
+    outcome: Global___WebhookOutcome.ValueType
+    """Required. How it went."""
+    error: _builtins.str
+    """Optional. What a failed attempt met, e.g. "HTTP 500" (at most 500 characters)."""
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
+        outcome: Global___WebhookOutcome.ValueType = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "lease_token", b"lease_token", "outcome", b"outcome", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportWebhookRequest: _TypeAlias = ReportWebhookRequest  # noqa: Y015
+
+@_typing.final
+class ReportWebhookResponse(_message.Message):
+    """The delivery after the report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLBACK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def callback(self) -> _operations_pb2.CallbackDelivery:
+        """Required (always set). DELIVERED, PENDING (with the next attempt's time) or DEAD_LETTER."""
+
+    def __init__(
+        self,
+        *,
+        callback: _operations_pb2.CallbackDelivery | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportWebhookResponse: _TypeAlias = ReportWebhookResponse  # noqa: Y015

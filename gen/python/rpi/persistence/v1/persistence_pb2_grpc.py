@@ -60,6 +60,56 @@ class PersistenceServiceStub:
                 request_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListInspectionsByTimeRequest.SerializeToString,
                 response_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListInspectionsByTimeResponse.FromString,
                 _registered_method=True)
+        self.CreateJob = channel.unary_unary(
+                '/rpi.persistence.v1.PersistenceService/CreateJob',
+                request_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.CreateJobRequest.SerializeToString,
+                response_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.CreateJobResponse.FromString,
+                _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/rpi.persistence.v1.PersistenceService/GetJob',
+                request_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.GetJobResponse.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/rpi.persistence.v1.PersistenceService/ListJobs',
+                request_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/rpi.persistence.v1.PersistenceService/CancelJob',
+                request_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.CancelJobResponse.FromString,
+                _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/rpi.persistence.v1.PersistenceService/DeleteJob',
+                request_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.DeleteJobResponse.FromString,
+                _registered_method=True)
+        self.ClaimJobs = channel.unary_unary(
+                '/rpi.persistence.v1.PersistenceService/ClaimJobs',
+                request_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ClaimJobsRequest.SerializeToString,
+                response_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ClaimJobsResponse.FromString,
+                _registered_method=True)
+        self.RenewJobLeases = channel.unary_unary(
+                '/rpi.persistence.v1.PersistenceService/RenewJobLeases',
+                request_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.RenewJobLeasesRequest.SerializeToString,
+                response_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.RenewJobLeasesResponse.FromString,
+                _registered_method=True)
+        self.FinishJob = channel.unary_unary(
+                '/rpi.persistence.v1.PersistenceService/FinishJob',
+                request_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.FinishJobRequest.SerializeToString,
+                response_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.FinishJobResponse.FromString,
+                _registered_method=True)
+        self.ClaimWebhooks = channel.unary_unary(
+                '/rpi.persistence.v1.PersistenceService/ClaimWebhooks',
+                request_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ClaimWebhooksRequest.SerializeToString,
+                response_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ClaimWebhooksResponse.FromString,
+                _registered_method=True)
+        self.ReportWebhook = channel.unary_unary(
+                '/rpi.persistence.v1.PersistenceService/ReportWebhook',
+                request_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ReportWebhookRequest.SerializeToString,
+                response_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ReportWebhookResponse.FromString,
+                _registered_method=True)
 
 
 class PersistenceServiceServicer:
@@ -106,6 +156,89 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateJob(self, request, context):
+        """The asynchronous inspections' job queue (docs/operations-async.md). Jobs are scoped to
+        their caller: another caller's job is NOT_FOUND. Writes, like RecordEvents, are reserved
+        to WRITER_IDENTITIES when they are configured.
+
+        Queues a job, committed before the call answers. The same (caller, request_id) returns
+        the existing job (created false); a different request under it is ALREADY_EXISTS, reason
+        REQUEST_ID_REUSED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJob(self, request, context):
+        """Reads one job. NOT_FOUND (reason JOB_NOT_FOUND) when there is none for the caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """Lists a caller's jobs, newest first, with AIP-158 pagination.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """A queued job ends CANCELLED and never runs; a running one is flagged, and its worker learns
+        it at its next lease renewal. A finished job is left as it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteJob(self, request, context):
+        """Forgets a finished job; FAILED_PRECONDITION (reason JOB_NOT_FINISHED) while it is not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimJobs(self, request, context):
+        """Takes up to max_jobs queued jobs (oldest first), or running ones whose lease expired, for
+        one worker under a lease. Concurrent claimers never get the same job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewJobLeases(self, request, context):
+        """Extends the leases of running jobs and stores their progress; says per job whether the
+        lease is still held and whether a cancel was asked for.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishJob(self, request, context):
+        """Ends a run: succeeded, failed, cancelled, or back to the queue for another attempt.
+        FAILED_PRECONDITION (reason LEASE_LOST) when the lease is no longer the caller's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimWebhooks(self, request, context):
+        """Takes up to max_deliveries due webhook deliveries (their job ended; the next attempt is
+        due) for one sender under a lease, each with its finished job to render.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportWebhook(self, request, context):
+        """Reports one delivery attempt: delivered, failed (retried on WEBHOOK_RETRY_SCHEDULE_S, then
+        dead-lettered) or gone (the receiver answered 410: dead-lettered at once).
+        FAILED_PRECONDITION (reason LEASE_LOST) when the lease is no longer the caller's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersistenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -133,6 +266,56 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.ListInspectionsByTime,
                     request_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListInspectionsByTimeRequest.FromString,
                     response_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListInspectionsByTimeResponse.SerializeToString,
+            ),
+            'CreateJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateJob,
+                    request_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.CreateJobRequest.FromString,
+                    response_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.CreateJobResponse.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.GetJobRequest.FromString,
+                    response_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.GetJobResponse.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListJobsRequest.FromString,
+                    response_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.CancelJobRequest.FromString,
+                    response_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.DeleteJobRequest.FromString,
+                    response_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.DeleteJobResponse.SerializeToString,
+            ),
+            'ClaimJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimJobs,
+                    request_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ClaimJobsRequest.FromString,
+                    response_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ClaimJobsResponse.SerializeToString,
+            ),
+            'RenewJobLeases': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewJobLeases,
+                    request_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.RenewJobLeasesRequest.FromString,
+                    response_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.RenewJobLeasesResponse.SerializeToString,
+            ),
+            'FinishJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishJob,
+                    request_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.FinishJobRequest.FromString,
+                    response_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.FinishJobResponse.SerializeToString,
+            ),
+            'ClaimWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimWebhooks,
+                    request_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ClaimWebhooksRequest.FromString,
+                    response_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ClaimWebhooksResponse.SerializeToString,
+            ),
+            'ReportWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportWebhook,
+                    request_deserializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ReportWebhookRequest.FromString,
+                    response_serializer=rpi_dot_persistence_dot_v1_dot_persistence__pb2.ReportWebhookResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +454,276 @@ class PersistenceService:
             '/rpi.persistence.v1.PersistenceService/ListInspectionsByTime',
             rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListInspectionsByTimeRequest.SerializeToString,
             rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListInspectionsByTimeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rpi.persistence.v1.PersistenceService/CreateJob',
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.CreateJobRequest.SerializeToString,
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.CreateJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rpi.persistence.v1.PersistenceService/GetJob',
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.GetJobRequest.SerializeToString,
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.GetJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rpi.persistence.v1.PersistenceService/ListJobs',
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListJobsRequest.SerializeToString,
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rpi.persistence.v1.PersistenceService/CancelJob',
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.CancelJobRequest.SerializeToString,
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rpi.persistence.v1.PersistenceService/DeleteJob',
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.DeleteJobRequest.SerializeToString,
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.DeleteJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rpi.persistence.v1.PersistenceService/ClaimJobs',
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.ClaimJobsRequest.SerializeToString,
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.ClaimJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewJobLeases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rpi.persistence.v1.PersistenceService/RenewJobLeases',
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.RenewJobLeasesRequest.SerializeToString,
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.RenewJobLeasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rpi.persistence.v1.PersistenceService/FinishJob',
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.FinishJobRequest.SerializeToString,
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.FinishJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rpi.persistence.v1.PersistenceService/ClaimWebhooks',
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.ClaimWebhooksRequest.SerializeToString,
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.ClaimWebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rpi.persistence.v1.PersistenceService/ReportWebhook',
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.ReportWebhookRequest.SerializeToString,
+            rpi_dot_persistence_dot_v1_dot_persistence__pb2.ReportWebhookResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,7 +7,9 @@ and operators read the records back. Only the persistence service writes to Post
 Errors carry exactly one google.rpc.ErrorInfo (domain "persistence.rpi.v1"):
   INVALID_ARGUMENT reason INVALID_ARGUMENT, with a BadRequest naming the fields (at most 20,
                    then one "and N more"); the whole batch is rejected: do not retry it.
-  NOT_FOUND        reason INSPECTION_NOT_FOUND.
+  NOT_FOUND        reason INSPECTION_NOT_FOUND; JOB_NOT_FOUND for the job calls.
+  ALREADY_EXISTS   reasons REQUEST_ID_REUSED, INSPECTION_ID_TAKEN (CreateJob).
+  FAILED_PRECONDITION reasons LEASE_LOST (FinishJob), JOB_NOT_FINISHED (DeleteJob).
   UNAVAILABLE      reason DATABASE_UNAVAILABLE, with RetryInfo: retry the same call.
   INTERNAL         reason INTERNAL, an unexpected fault; metadata trace_id names it in logs.
 Field comments say Required or Optional: a Required field that is missing or empty makes
@@ -62,6 +64,46 @@ class PersistenceServiceStub:
     """Lists the inspections created in a period, newest first, with AIP-158 pagination (what a
     replay of stored decisions reads, docs/policy.md).
     """
+    CreateJob: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.CreateJobRequest, _persistence_pb2.CreateJobResponse]
+    """The asynchronous inspections' job queue (docs/operations-async.md). Jobs are scoped to
+    their caller: another caller's job is NOT_FOUND. Writes, like RecordEvents, are reserved
+    to WRITER_IDENTITIES when they are configured.
+
+    Queues a job, committed before the call answers. The same (caller, request_id) returns
+    the existing job (created false); a different request under it is ALREADY_EXISTS, reason
+    REQUEST_ID_REUSED.
+    """
+    GetJob: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetJobRequest, _persistence_pb2.GetJobResponse]
+    """Reads one job. NOT_FOUND (reason JOB_NOT_FOUND) when there is none for the caller."""
+    ListJobs: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListJobsRequest, _persistence_pb2.ListJobsResponse]
+    """Lists a caller's jobs, newest first, with AIP-158 pagination."""
+    CancelJob: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.CancelJobRequest, _persistence_pb2.CancelJobResponse]
+    """A queued job ends CANCELLED and never runs; a running one is flagged, and its worker learns
+    it at its next lease renewal. A finished job is left as it is.
+    """
+    DeleteJob: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.DeleteJobRequest, _persistence_pb2.DeleteJobResponse]
+    """Forgets a finished job; FAILED_PRECONDITION (reason JOB_NOT_FINISHED) while it is not."""
+    ClaimJobs: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ClaimJobsRequest, _persistence_pb2.ClaimJobsResponse]
+    """Takes up to max_jobs queued jobs (oldest first), or running ones whose lease expired, for
+    one worker under a lease. Concurrent claimers never get the same job.
+    """
+    RenewJobLeases: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.RenewJobLeasesRequest, _persistence_pb2.RenewJobLeasesResponse]
+    """Extends the leases of running jobs and stores their progress; says per job whether the
+    lease is still held and whether a cancel was asked for.
+    """
+    FinishJob: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.FinishJobRequest, _persistence_pb2.FinishJobResponse]
+    """Ends a run: succeeded, failed, cancelled, or back to the queue for another attempt.
+    FAILED_PRECONDITION (reason LEASE_LOST) when the lease is no longer the caller's.
+    """
+    ClaimWebhooks: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ClaimWebhooksRequest, _persistence_pb2.ClaimWebhooksResponse]
+    """Takes up to max_deliveries due webhook deliveries (their job ended; the next attempt is
+    due) for one sender under a lease, each with its finished job to render.
+    """
+    ReportWebhook: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ReportWebhookRequest, _persistence_pb2.ReportWebhookResponse]
+    """Reports one delivery attempt: delivered, failed (retried on WEBHOOK_RETRY_SCHEDULE_S, then
+    dead-lettered) or gone (the receiver answered 410: dead-lettered at once).
+    FAILED_PRECONDITION (reason LEASE_LOST) when the lease is no longer the caller's.
+    """
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -85,6 +127,46 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     ListInspectionsByTime: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListInspectionsByTimeRequest, _persistence_pb2.ListInspectionsByTimeResponse]  # type: ignore[assignment]
     """Lists the inspections created in a period, newest first, with AIP-158 pagination (what a
     replay of stored decisions reads, docs/policy.md).
+    """
+    CreateJob: _aio.UnaryUnaryMultiCallable[_persistence_pb2.CreateJobRequest, _persistence_pb2.CreateJobResponse]  # type: ignore[assignment]
+    """The asynchronous inspections' job queue (docs/operations-async.md). Jobs are scoped to
+    their caller: another caller's job is NOT_FOUND. Writes, like RecordEvents, are reserved
+    to WRITER_IDENTITIES when they are configured.
+
+    Queues a job, committed before the call answers. The same (caller, request_id) returns
+    the existing job (created false); a different request under it is ALREADY_EXISTS, reason
+    REQUEST_ID_REUSED.
+    """
+    GetJob: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetJobRequest, _persistence_pb2.GetJobResponse]  # type: ignore[assignment]
+    """Reads one job. NOT_FOUND (reason JOB_NOT_FOUND) when there is none for the caller."""
+    ListJobs: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListJobsRequest, _persistence_pb2.ListJobsResponse]  # type: ignore[assignment]
+    """Lists a caller's jobs, newest first, with AIP-158 pagination."""
+    CancelJob: _aio.UnaryUnaryMultiCallable[_persistence_pb2.CancelJobRequest, _persistence_pb2.CancelJobResponse]  # type: ignore[assignment]
+    """A queued job ends CANCELLED and never runs; a running one is flagged, and its worker learns
+    it at its next lease renewal. A finished job is left as it is.
+    """
+    DeleteJob: _aio.UnaryUnaryMultiCallable[_persistence_pb2.DeleteJobRequest, _persistence_pb2.DeleteJobResponse]  # type: ignore[assignment]
+    """Forgets a finished job; FAILED_PRECONDITION (reason JOB_NOT_FINISHED) while it is not."""
+    ClaimJobs: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ClaimJobsRequest, _persistence_pb2.ClaimJobsResponse]  # type: ignore[assignment]
+    """Takes up to max_jobs queued jobs (oldest first), or running ones whose lease expired, for
+    one worker under a lease. Concurrent claimers never get the same job.
+    """
+    RenewJobLeases: _aio.UnaryUnaryMultiCallable[_persistence_pb2.RenewJobLeasesRequest, _persistence_pb2.RenewJobLeasesResponse]  # type: ignore[assignment]
+    """Extends the leases of running jobs and stores their progress; says per job whether the
+    lease is still held and whether a cancel was asked for.
+    """
+    FinishJob: _aio.UnaryUnaryMultiCallable[_persistence_pb2.FinishJobRequest, _persistence_pb2.FinishJobResponse]  # type: ignore[assignment]
+    """Ends a run: succeeded, failed, cancelled, or back to the queue for another attempt.
+    FAILED_PRECONDITION (reason LEASE_LOST) when the lease is no longer the caller's.
+    """
+    ClaimWebhooks: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ClaimWebhooksRequest, _persistence_pb2.ClaimWebhooksResponse]  # type: ignore[assignment]
+    """Takes up to max_deliveries due webhook deliveries (their job ended; the next attempt is
+    due) for one sender under a lease, each with its finished job to render.
+    """
+    ReportWebhook: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ReportWebhookRequest, _persistence_pb2.ReportWebhookResponse]  # type: ignore[assignment]
+    """Reports one delivery attempt: delivered, failed (retried on WEBHOOK_RETRY_SCHEDULE_S, then
+    dead-lettered) or gone (the receiver answered 410: dead-lettered at once).
+    FAILED_PRECONDITION (reason LEASE_LOST) when the lease is no longer the caller's.
     """
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -136,6 +218,106 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_persistence_pb2.ListInspectionsByTimeResponse, _abc.Awaitable[_persistence_pb2.ListInspectionsByTimeResponse]]:
         """Lists the inspections created in a period, newest first, with AIP-158 pagination (what a
         replay of stored decisions reads, docs/policy.md).
+        """
+
+    @_abc_1.abstractmethod
+    def CreateJob(
+        self,
+        request: _persistence_pb2.CreateJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.CreateJobResponse, _abc.Awaitable[_persistence_pb2.CreateJobResponse]]:
+        """The asynchronous inspections' job queue (docs/operations-async.md). Jobs are scoped to
+        their caller: another caller's job is NOT_FOUND. Writes, like RecordEvents, are reserved
+        to WRITER_IDENTITIES when they are configured.
+
+        Queues a job, committed before the call answers. The same (caller, request_id) returns
+        the existing job (created false); a different request under it is ALREADY_EXISTS, reason
+        REQUEST_ID_REUSED.
+        """
+
+    @_abc_1.abstractmethod
+    def GetJob(
+        self,
+        request: _persistence_pb2.GetJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.GetJobResponse, _abc.Awaitable[_persistence_pb2.GetJobResponse]]:
+        """Reads one job. NOT_FOUND (reason JOB_NOT_FOUND) when there is none for the caller."""
+
+    @_abc_1.abstractmethod
+    def ListJobs(
+        self,
+        request: _persistence_pb2.ListJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ListJobsResponse, _abc.Awaitable[_persistence_pb2.ListJobsResponse]]:
+        """Lists a caller's jobs, newest first, with AIP-158 pagination."""
+
+    @_abc_1.abstractmethod
+    def CancelJob(
+        self,
+        request: _persistence_pb2.CancelJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.CancelJobResponse, _abc.Awaitable[_persistence_pb2.CancelJobResponse]]:
+        """A queued job ends CANCELLED and never runs; a running one is flagged, and its worker learns
+        it at its next lease renewal. A finished job is left as it is.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteJob(
+        self,
+        request: _persistence_pb2.DeleteJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.DeleteJobResponse, _abc.Awaitable[_persistence_pb2.DeleteJobResponse]]:
+        """Forgets a finished job; FAILED_PRECONDITION (reason JOB_NOT_FINISHED) while it is not."""
+
+    @_abc_1.abstractmethod
+    def ClaimJobs(
+        self,
+        request: _persistence_pb2.ClaimJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ClaimJobsResponse, _abc.Awaitable[_persistence_pb2.ClaimJobsResponse]]:
+        """Takes up to max_jobs queued jobs (oldest first), or running ones whose lease expired, for
+        one worker under a lease. Concurrent claimers never get the same job.
+        """
+
+    @_abc_1.abstractmethod
+    def RenewJobLeases(
+        self,
+        request: _persistence_pb2.RenewJobLeasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.RenewJobLeasesResponse, _abc.Awaitable[_persistence_pb2.RenewJobLeasesResponse]]:
+        """Extends the leases of running jobs and stores their progress; says per job whether the
+        lease is still held and whether a cancel was asked for.
+        """
+
+    @_abc_1.abstractmethod
+    def FinishJob(
+        self,
+        request: _persistence_pb2.FinishJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.FinishJobResponse, _abc.Awaitable[_persistence_pb2.FinishJobResponse]]:
+        """Ends a run: succeeded, failed, cancelled, or back to the queue for another attempt.
+        FAILED_PRECONDITION (reason LEASE_LOST) when the lease is no longer the caller's.
+        """
+
+    @_abc_1.abstractmethod
+    def ClaimWebhooks(
+        self,
+        request: _persistence_pb2.ClaimWebhooksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ClaimWebhooksResponse, _abc.Awaitable[_persistence_pb2.ClaimWebhooksResponse]]:
+        """Takes up to max_deliveries due webhook deliveries (their job ended; the next attempt is
+        due) for one sender under a lease, each with its finished job to render.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportWebhook(
+        self,
+        request: _persistence_pb2.ReportWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ReportWebhookResponse, _abc.Awaitable[_persistence_pb2.ReportWebhookResponse]]:
+        """Reports one delivery attempt: delivered, failed (retried on WEBHOOK_RETRY_SCHEDULE_S, then
+        dead-lettered) or gone (the receiver answered 410: dead-lettered at once).
+        FAILED_PRECONDITION (reason LEASE_LOST) when the lease is no longer the caller's.
         """
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,12 +23,16 @@ import java.io.File;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import java.io.IOException;
+import java.nio.file.AccessDeniedException;
 import java.nio.file.Files;
+import java.nio.file.NoSuchFileException;
 import java.nio.file.Paths;
 import java.util.ArrayList;
 import java.util.Iterator;
 import java.util.List;
 import java.util.Locale;
+import java.util.Set;
+import java.util.TreeMap;
 import java.util.concurrent.TimeUnit;
 
 /**
@@ -36,7 +40,7 @@ import java.util.concurrent.TimeUnit;
  * events, the decision and the per-question answers, in the same format as the Go example.
  *
  * <p>Exit status: 0 on success, the numeric gRPC status code (1-16) when the call fails, 64 on
- * a usage error.
+ * a usage error: the same as the Python CLI and the Go example (docs/errors.md).
  */
 public final class InspectClient {
   private static final int EXIT_USAGE = 64;
@@ -82,6 +86,11 @@ public final class InspectClient {
           + "  -tls-ca FILE (turns TLS on)  -tls-cert FILE -tls-key FILE (mutual TLS, PKCS#8 key)\n"
           + "  -token KEY_OR_JWT (default $RPI_TOKEN)";
 
+  private static final Set<String> VALUE_FLAGS = Set.of(
+      "target", "tls-ca", "tls-cert", "tls-key", "token", "reference", "pickup", "product-name",
+      "product-id", "shipping-id", "inspection-id", "previous-inspection-id", "question",
+      "timeout");
+
   /** Accepts the Go client's flag syntax: -name value, --name value, -name=value. */
   private void parse(String[] args) {
     for (int i = 0; i < args.length; i++) {
@@ -103,6 +112,9 @@ public final class InspectClient {
       if (name.equals("h") || name.equals("help")) {
         System.out.println(USAGE);
         System.exit(0);
+      }
+      if (!VALUE_FLAGS.contains(name)) {
+        throw new IllegalArgumentException("flag provided but not defined: -" + name);
       }
       if (value == null) {
         if (i + 1 >= args.length) {
@@ -151,8 +163,25 @@ public final class InspectClient {
     if (ref.startsWith("https://") || ref.startsWith("http://")) {
       return Image.newBuilder().setUri(ref).build();
     }
-    return Image.newBuilder().setContent(ByteString.copyFrom(Files.readAllBytes(Paths.get(ref))))
-        .build();
+    byte[] data;
+    try {
+      data = Files.readAllBytes(Paths.get(ref));
+    } catch (IOException e) {
+      throw new IOException("cannot read image " + quote(ref)
+          + " (not an http(s) URL, so read as a local file): " + why(e), e);
+    }
+    return Image.newBuilder().setContent(ByteString.copyFrom(data)).build();
+  }
+
+  /** An I/O error in words: NIO's own messages are often just the path. */
+  private static String why(IOException e) {
+    if (e instanceof NoSuchFileException) {
+      return "no such file";
+    }
+    if (e instanceof AccessDeniedException) {
+      return "permission denied";
+    }
+    return e.getMessage() == null ? e.getClass().getSimpleName() : e.getMessage();
   }
 
   private static Question question(String spec) {
@@ -215,7 +244,10 @@ public final class InspectClient {
     ManagedChannel channel;
     try {
       channel = Grpc.newChannelBuilder(target, channelCredentials()).build();
-    } catch (IOException | IllegalArgumentException e) {
+    } catch (IOException e) {
+      System.err.println("TLS: cannot read the certificate files: " + why(e));
+      return EXIT_USAGE;
+    } catch (IllegalArgumentException e) {
       System.err.println("TLS: " + e.getMessage());
       return EXIT_USAGE;
     }
@@ -249,7 +281,7 @@ public final class InspectClient {
       printInspection(last);
       return 0;
     } catch (StatusRuntimeException e) {
-      return fail(e);
+      return fail(e, target, timeoutMillis);
     } finally {
       channel.shutdownNow();
     }
@@ -278,9 +310,11 @@ public final class InspectClient {
             g.getAttempt(), g.getTokensGenerated(), g.getMaxNewTokens());
         break;
       case ANSWER_READY:
+        // The model's answer as generated; the final one (after the decision rules) comes with
+        // the inspection and can differ.
         AnswerReady a = event.getAnswerReady();
-        System.out.printf(Locale.ROOT,
-            "event answer_ready: attempt=%d label=%s result=%s confidence=%d retake=%b%n",
+        System.out.printf(Locale.ROOT, "event answer_ready: model's raw answer "
+            + "attempt=%d label=%s result=%s confidence=%d retake=%b%n",
             a.getAttempt(), quote(a.getLabel()), quote(a.getResult()), a.getConfidence(),
             a.getRetakeImage());
         break;
@@ -321,6 +355,9 @@ public final class InspectClient {
           seconds(in.getTimings().getQueue()), seconds(in.getTimings().getGenerate()),
           seconds(in.getTimings().getTotal()));
     }
+    if (in.getAnswersCount() > 0) {
+      System.out.println("final answers, after the decision rules:");
+    }
     for (com.rpiplatform.rpi.inspection.v1.Answer a : in.getAnswersList()) {
       System.out.printf(Locale.ROOT,
           "answer: %s = %s (expected %s, %s, confidence %d%%, source %s, retake=%b)%n",
@@ -334,17 +371,31 @@ public final class InspectClient {
   }
 
   /** Prints the status with its google.rpc details and returns the exit status. */
-  private static int fail(StatusRuntimeException e) {
+  private static int fail(StatusRuntimeException e, String target, long timeoutMillis) {
     Status status = e.getStatus();
     System.err.println("rpc failed: " + status.getCode().name() + ": " + status.getDescription());
+    if (status.getCause() != null && status.getCause().getMessage() != null) {
+      // grpc-java's description of a transport failure is "io exception": the cause says which.
+      System.err.println("  cause: " + status.getCause().getMessage());
+    }
     Metadata trailers = e.getTrailers();
     byte[] details = trailers == null ? null : trailers.get(STATUS_DETAILS);
+    boolean explained = false;
     if (details != null) {
       try {
-        printDetails(details);
+        explained = printDetails(details);
       } catch (InvalidProtocolBufferException ignored) {
         // The code and message above are what matters; details are a courtesy.
       }
+    }
+    // No ErrorInfo: grpc itself ended the call before any server code answered.
+    if (!explained && status.getCode() == Status.Code.UNAVAILABLE) {
+      System.err.println("cannot reach " + target + ": check the address, that the service is "
+          + "running, and -tls-ca if it serves TLS");
+    }
+    if (!explained && status.getCode() == Status.Code.DEADLINE_EXCEEDED) {
+      System.err.printf(Locale.ROOT, "no answer from %s within -timeout %dms%n", target,
+          timeoutMillis);
     }
     return status.getCode() == Status.Code.OK ? Status.Code.UNKNOWN.value() : status.getCode().value();
   }
@@ -353,17 +404,28 @@ public final class InspectClient {
    * Decodes google.rpc.Status details by field number: Debian ships no Java classes for the
    * google.rpc protos, and three small messages do not justify generating them.
    */
-  private static void printDetails(byte[] statusBytes) throws InvalidProtocolBufferException {
+  private static boolean printDetails(byte[] statusBytes) throws InvalidProtocolBufferException {
     UnknownFieldSet status = UnknownFieldSet.parseFrom(statusBytes);
     if (!status.hasField(3)) {
-      return;
+      return false;
     }
+    boolean errorInfo = false;
     for (ByteString raw : status.getField(3).getLengthDelimitedList()) {
       Any detail = Any.parseFrom(raw);
       UnknownFieldSet fields = UnknownFieldSet.parseFrom(detail.getValue());
       switch (detail.getTypeUrl().replaceFirst("^.*/", "")) {
         case "google.rpc.ErrorInfo":
+          errorInfo = true;
           System.err.printf("  reason: %s (domain %s)%n", text(fields, 1), text(fields, 2));
+          // metadata (field 3) is a map: repeated entries of key (1) and value (2).
+          TreeMap<String, String> metadata = new TreeMap<>();
+          if (fields.hasField(3)) {
+            for (ByteString entry : fields.getField(3).getLengthDelimitedList()) {
+              UnknownFieldSet pair = UnknownFieldSet.parseFrom(entry);
+              metadata.put(text(pair, 1), text(pair, 2));
+            }
+          }
+          metadata.forEach((k, v) -> System.err.printf("  metadata %s=%s%n", k, v));
           break;
         case "google.rpc.BadRequest":
           if (fields.hasField(1)) {
@@ -384,6 +446,7 @@ public final class InspectClient {
           break;
       }
     }
+    return errorInfo;
   }
 
   private static String text(UnknownFieldSet fields, int number) {
