@@ -168,7 +168,11 @@ async def running_app(
     }
     values.update(settings)
     app = InferenceApp(inference_settings(tmp, target, **values), engine=FakeEngine([VALID] * 200))
-    await app.start()
+    try:
+        await app.start()
+    except BaseException:
+        await app.stop(0)  # as the service's own entry point does after a failed start
+        raise
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             yield app, pb_grpc.InspectionServiceStub(channel)

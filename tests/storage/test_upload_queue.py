@@ -7,9 +7,11 @@ import asyncio
 import socket
 from pathlib import Path
 
+import pytest
+
 from inference_svc.storage.stores import StoreCache, StoreConfig, parse_bucket_uri
 from inference_svc.storage.uploads import UploadHooks, UploadQueue
-from tests.storage.conftest import S3
+from tests.storage.conftest import S3, running_app
 
 
 def stores(endpoint: str) -> StoreCache:
@@ -57,3 +59,18 @@ async def test_a_full_spool_drops_and_counts(s3: S3, tmp_path: Path) -> None:
     await queue.stop(0)
     assert queue.pending == 1
     assert ("archive", "dropped") in outcomes
+
+
+async def test_the_service_does_not_start_without_a_usable_spool_directory(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    await asyncio.to_thread(blocker.write_bytes, b"")
+    with pytest.raises(OSError):
+        async with running_app(
+            tmp_path,
+            None,
+            image_archive_uri="s3://evidence/images",
+            storage_spool_dir=blocker / "uploads",
+        ):
+            pass
