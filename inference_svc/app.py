@@ -42,6 +42,7 @@ from inference_svc.events.spool import EventSpool
 from inference_svc.grpc_api.admission import Admission
 from inference_svc.grpc_api.errors import ERROR_DOMAIN, error_interceptor
 from inference_svc.grpc_api.servicer import InspectionServicer
+from inference_svc.imaging.buckets import BucketReader
 from inference_svc.imaging.decode import PixelBudget
 from inference_svc.imaging.fetch import FetchConfig, ImageFetcher
 from inference_svc.imaging.tiling import prepare_image
@@ -51,6 +52,7 @@ from inference_svc.pipeline import InspectionPipeline, PipelineConfig
 from inference_svc.priority import lower_process_priority, lower_thread_priority
 from inference_svc.reuse_lookup import PersistenceReuseLookup
 from inference_svc.settings import InferenceSettings
+from inference_svc.storage.wiring import Storage
 from svc_common.grpc_metrics import GrpcServerMetricsInterceptor
 from svc_common.grpc_options import KEEPALIVE_OPTIONS
 from svc_common.health import LIVENESS_SERVICE, HealthServicer
@@ -136,7 +138,13 @@ class InferenceApp:
         self.engine = engine or create_engine(engine_config(settings), log_level=settings.log_level)
         if isinstance(self.engine, ProcessEngine):
             self.engine.on_exit = self._engine_lost
-        self.fetcher = ImageFetcher(FetchConfig.from_settings(settings))
+        # Bucket reads, the evidence archive and the result export (docs/storage.md).
+        self.storage = Storage.from_settings(settings, self.registry)
+        fetch_config = FetchConfig.from_settings(settings)
+        self.fetcher = ImageFetcher(
+            fetch_config,
+            buckets=BucketReader.from_settings(settings, fetch_config, self.storage.stores),
+        )
         self.template = PromptTemplate.load(settings.prompt_template_path)
         self.sender: PersistenceSender | None = None
         if settings.persistence_target:
@@ -175,7 +183,9 @@ class InferenceApp:
             ),
         )
         self.delivery_metrics.bind(self.delivery, self.metrics)
-        recorder = SpoolingRecorder(self.delivery) if self.sender else NullRecorder()
+        recorder = self.storage.recorder(
+            SpoolingRecorder(self.delivery) if self.sender else NullRecorder()
+        )
         self.admission = Admission(
             settings.max_concurrent_requests,
             engine_capacity=settings.max_queue_size + settings.max_batch_size,
@@ -202,7 +212,7 @@ class InferenceApp:
             full_size_jpeg=settings.preprocess == "exact",
         )
         self.pipeline = InspectionPipeline(
-            fetcher=self.fetcher,
+            fetcher=self.storage.fetcher(self.fetcher),
             prepare=self.prepare,
             engine=self.engine,
             template=self.template,
@@ -228,6 +238,7 @@ class InferenceApp:
             max_text_length=settings.max_text_length,
             max_legacy_questions_bytes=settings.max_legacy_questions_bytes,
             allow_http=settings.allow_http,
+            bucket_schemes=Storage.bucket_schemes(settings),
         )
         self.async_inspections: AsyncInspections | None = None
         if settings.persistence_target:
@@ -337,6 +348,7 @@ class InferenceApp:
             )
         log.info("inference gRPC server listening", extra={"port": self.port})
         await self.delivery.start()
+        await self.storage.start()
         if self.policies.path is not None:
             self._policy_task = asyncio.create_task(
                 self.policies.watch(on_failures=self.metrics.policy_reload_failures.inc)
@@ -385,6 +397,7 @@ class InferenceApp:
         remaining = max(1.0, grace - (time.monotonic() - started))
         flushed = await self.delivery.stop(remaining)
         log.info("drained", extra={"events_flushed": flushed})
+        await self.storage.stop(max(1.0, grace - (time.monotonic() - started)))
         if self._policy_task is not None:
             self._policy_task.cancel()
         if self.sender is not None:

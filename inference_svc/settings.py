@@ -161,6 +161,12 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         advanced=True,
         default_factory=dict,
     )
+    host_rewrite_roles: list[Literal["reference", "pickup"]] = setting(
+        description='Image roles HOST_REWRITES applies to, JSON: ["reference", "pickup"].',
+        group="image intake",
+        advanced=True,
+        default_factory=lambda: ["reference"],
+    )
     reference_max_tiles: int = setting(1, "Tiles per reference image.", group="image intake", ge=1)
     pickup_max_tiles: int = setting(2, "Tiles per pickup image.", group="image intake", ge=1)
     preprocess: Literal["exact", "fast"] = setting(
@@ -376,6 +382,55 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
     )
     event_retry_max_backoff_s: float = setting(
         30.0, "Longest retry backoff.", group="events", advanced=True, gt=0
+    )
+
+    # --- object storage (docs/storage.md)
+    allowed_buckets: list[str] = setting(
+        description='Buckets s3:// gs:// az:// image URIs may read, JSON: ["s3://vendor-images", '
+        '"az://pickups"]; empty = bucket URIs refused.',
+        group="storage",
+        advanced=True,
+        default_factory=list,
+    )
+    storage_endpoints: dict[str, str] = setting(
+        description='Endpoint per scheme for S3-compatible stores or emulators, JSON: {"s3": '
+        '"https://minio.internal:9000"}; unset = the cloud\'s own.',
+        group="storage",
+        advanced=True,
+        default_factory=dict,
+    )
+    storage_allow_http: bool = setting(
+        False,
+        "Allow plain http to STORAGE_ENDPOINTS (emulators on loopback only).",
+        group="storage",
+        advanced=True,
+    )
+    image_archive_uri: str = setting(
+        "",
+        "Evidence archive prefix, e.g. s3://evidence/images: every image kept once under its "
+        "SHA-256; empty = off.",
+        group="storage",
+        advanced=True,
+    )
+    result_export_uri: str = setting(
+        "",
+        "Result export prefix: each inspection as JSON at <prefix>/<shipping_id>/"
+        "<inspection_id>.json; empty = off.",
+        group="storage",
+        advanced=True,
+    )
+    storage_spool_dir: Path = setting(
+        Path("var/storage-spool"),
+        "Durable queue of archive and export uploads not yet written.",
+        group="storage",
+        advanced=True,
+    )
+    storage_spool_max_bytes: int = setting(
+        4 * 1024 * 1024 * 1024,
+        "Upload queue bound; beyond it uploads are dropped and counted (records are kept).",
+        group="storage",
+        advanced=True,
+        ge=1,
     )
 
     # --- asynchronous inspections (docs/operations-async.md)

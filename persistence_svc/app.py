@@ -34,6 +34,7 @@ from persistence_svc.jobs import JobQueue, JobQueueHooks
 from persistence_svc.migrations import apply_migrations
 from persistence_svc.records import RecordOutcome
 from persistence_svc.repository import Repository, WriteObserver
+from persistence_svc.retention import RetentionMetrics, RetentionPolicy, RetentionSweeper
 from persistence_svc.server import SERVICE_NAME, Health, build_server
 from persistence_svc.servicer import PersistenceServicer
 from persistence_svc.settings import PersistenceSettings
@@ -147,6 +148,15 @@ class PersistenceApp:
         self._server: grpc.aio.Server | None = None
         self._bound_port: int | None = None
         self._pool: asyncpg.Pool | None = None
+        self.retention = RetentionPolicy(
+            attempt_payload_days=settings.retention_attempt_payload_days,
+            record_days=settings.retention_record_days,
+            event_key_days=settings.retention_event_key_days,
+            batch_size=settings.retention_batch_size,
+        )
+        self.retention_metrics = RetentionMetrics(self.registry)
+        self._sweeper_task: asyncio.Task[None] | None = None
+        self.sweeper: RetentionSweeper | None = None  # once connected
         self._embedded: EmbeddedPostgres | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._metrics_server: MetricsServer | None = None
@@ -266,6 +276,11 @@ class PersistenceApp:
         self._sweep_task = asyncio.create_task(
             self.jobs.sweep_forever(settings.job_sweep_interval_s), name="job-sweep"
         )
+        self.sweeper = RetentionSweeper(pool, self.retention, self.retention_metrics)
+        if self.retention.enabled:
+            self._sweeper_task = asyncio.create_task(
+                self.sweeper.run(settings.retention_sweep_interval_s), name="retention-sweeper"
+            )
         self.metrics.db_up.set(1)
         await self.health.set_serving(True)
         self.ready.set()
@@ -299,6 +314,10 @@ class PersistenceApp:
             with contextlib.suppress(BaseException):
                 await self._sweep_task
         self.servicer.attach(None)
+        if self._sweeper_task is not None:
+            self._sweeper_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper_task
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), timeout=10.0)

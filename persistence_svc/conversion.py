@@ -290,4 +290,5 @@ def _result_from_proto(
         recommendation=_enum_name(inspection_pb2.Recommendation, insp.model_recommendation),
         match_score=score,
         payload_json=message_to_json(insp),
+        export_uri=clean_text(result.export_uri),
     )

@@ -72,6 +72,7 @@ class ResultData:
     recommendation: str
     match_score: float
     payload_json: str
+    export_uri: str = ""  # where the result export wrote it (RESULT_EXPORT_URI)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ class InspectionRow:
     # The most recent failure, if any.
     failure: FailureData | None
     vendor_id: str = ""
+    export_uri: str = ""
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,7 @@ def record_to_proto(
         create_time=_timestamp(row.created_at),
         update_time=_timestamp(row.updated_at),
         caller=row.caller,
+        export_uri=row.export_uri,
     )
     if row.request_recorded:
         record.request.CopyFrom(_request_to_proto(row))

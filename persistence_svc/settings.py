@@ -113,6 +113,37 @@ class PersistenceSettings(ServerSecuritySettings, BaseSettings):
         500, "Largest ListInspections page; larger requests are reduced.", group="limits", ge=1
     )
 
+    # --- retention (docs/storage.md); 0 keeps data forever
+    retention_attempt_payload_days: float = setting(
+        0.0,
+        "Days attempts keep their prompt and raw/parsed model output (the decision record "
+        "stays); 0 = forever.",
+        group="storage",
+        advanced=True,
+        ge=0,
+    )
+    retention_record_days: float = setting(
+        0.0,
+        "Days whole inspection records are kept; 0 = forever.",
+        group="storage",
+        advanced=True,
+        ge=0,
+    )
+    retention_event_key_days: float = setting(
+        0.0,
+        "Days the idempotency keys of recorded events are kept (a redelivery older than that "
+        "would be applied again); 0 = forever.",
+        group="storage",
+        advanced=True,
+        ge=0,
+    )
+    retention_sweep_interval_s: float = setting(
+        3600.0, "Time between retention sweeps.", group="storage", advanced=True, gt=0
+    )
+    retention_batch_size: int = setting(
+        500, "Rows one retention batch removes at most.", group="storage", advanced=True, ge=1
+    )
+
     # --- asynchronous inspections (docs/operations-async.md)
     max_job_attempts: int = setting(
         3,

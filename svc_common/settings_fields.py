@@ -24,6 +24,7 @@ Group = Literal[
     "model",
     "engine",
     "events",
+    "storage",
     "database",
     "async jobs",
 ]

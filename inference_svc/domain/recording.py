@@ -35,6 +35,7 @@ class ImageInfo:
     format: str = ""
     tiles: int = 0
     perceptual_hash: int | None = None  # 64-bit dHash (the decision policy's fraud checks)
+    archived_uri: str = ""  # where the evidence archive keeps it (IMAGE_ARCHIVE_URI)
 
 
 class Recorder(Protocol):
@@ -50,7 +51,8 @@ class Recorder(Protocol):
         self, inspection_id: str, attempt: AttemptRecord, model: ModelInfo
     ) -> None: ...
 
-    async def result(self, inspection: Inspection) -> None: ...
+    async def result(self, inspection: Inspection, export_uri: str = "") -> None:
+        """``export_uri``: where the result export writes the inspection (empty: nowhere)."""
 
     async def failure(
         self, inspection_id: str, stage: Stage, reason: str, message: str, status_code: str

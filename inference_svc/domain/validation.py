@@ -25,6 +25,8 @@ class RequestLimits:
     max_legacy_questions_bytes: int = 65536
     max_uri_length: int = 4096
     allow_http: bool = False
+    # Object-store schemes (s3, gs, az) allowed for image URIs: those ALLOWED_BUCKETS names.
+    bucket_schemes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,8 @@ def _check_images(
         violations.append(FieldViolation(name, f"at least 1 image is required (at most {maximum})"))
     elif len(images) > maximum:
         violations.append(FieldViolation(name, f"{len(images)} images given, at most {maximum}"))
-    schemes = ("https", "http") if limits.allow_http else ("https",)
+    schemes: tuple[str, ...] = ("https", "http") if limits.allow_http else ("https",)
+    schemes += limits.bucket_schemes
     sources: list[ImageSource] = []
     for i, image in enumerate(images):
         path = f"{name}[{i}]"

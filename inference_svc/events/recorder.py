@@ -94,6 +94,7 @@ class SpoolingRecorder:
                         height=i.height,
                         format=i.format,
                         tiles=i.tiles,
+                        archived_uri=i.archived_uri,
                         # A oneof member: left out, not None, when there is no hash.
                         **(
                             {"perceptual_hash": i.perceptual_hash}
@@ -139,10 +140,12 @@ class SpoolingRecorder:
             ),
         )
 
-    async def result(self, inspection: Inspection) -> None:
+    async def result(self, inspection: Inspection, export_uri: str = "") -> None:
         await self._record(
             inspection.inspection_id,
-            result_recorded=ppb.ResultRecorded(inspection=inspection_to_proto(inspection)),
+            result_recorded=ppb.ResultRecorded(
+                inspection=inspection_to_proto(inspection), export_uri=export_uri
+            ),
         )
 
     async def failure(
@@ -174,7 +177,7 @@ class NullRecorder:
     async def attempt(self, inspection_id: str, attempt: AttemptRecord, model: ModelInfo) -> None:
         pass
 
-    async def result(self, inspection: Inspection) -> None:
+    async def result(self, inspection: Inspection, export_uri: str = "") -> None:
         pass
 
     async def failure(

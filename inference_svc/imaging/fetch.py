@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 import urllib.parse
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
@@ -39,6 +40,10 @@ from inference_svc.imaging.urls import (
     parse_authority,
     parse_image_url,
 )
+from inference_svc.storage.stores import is_bucket_uri
+
+if TYPE_CHECKING:
+    from inference_svc.imaging.buckets import BucketReader
 
 __all__ = ["FetchConfig", "ImageFetcher"]
 
@@ -55,8 +60,14 @@ class ImageFetcher:
     a name resolve to an internal address); the policy applies to whatever it returns.
     """
 
-    def __init__(self, config: FetchConfig, resolver: AbstractResolver | None = None) -> None:
+    def __init__(
+        self,
+        config: FetchConfig,
+        resolver: AbstractResolver | None = None,
+        buckets: BucketReader | None = None,
+    ) -> None:
         self._config = config
+        self._buckets = buckets  # s3:// gs:// az:// images (imaging.buckets); None = refused
         self._policy = AddressPolicy.build(config.allow_private_addresses, config.allowed_networks)
         self._rewrites = {k.lower().rstrip("."): v for k, v in config.host_rewrites.items()}
         # Rewrite targets are the operator's own names: internal ones are allowed there.
@@ -84,6 +95,12 @@ class ImageFetcher:
                 f"{source.field_path}: exactly one of uri and content must be set", stage=_STAGE
             )
         async with self._semaphore:
+            if is_bucket_uri(source.uri):
+                if self._buckets is None:
+                    raise self._forbidden(
+                        source, "bucket URI schemes are not enabled (ALLOWED_BUCKETS is empty)"
+                    )
+                return await self._buckets.fetch(source, source.uri)
             return await self._fetch_uri(source, source.uri)
 
     async def close(self) -> None:

@@ -60,6 +60,7 @@ class FetchConfig:
             retries=settings.fetch_retries,
             backoff_s=settings.fetch_backoff_s,
             host_rewrites=dict(settings.host_rewrites),
+            host_rewrite_roles=frozenset(ImageRole(r) for r in settings.host_rewrite_roles),
             concurrency=settings.fetch_concurrency,
             max_request_pixels=settings.max_request_pixels,
             max_image_pixels=settings.max_image_pixels,

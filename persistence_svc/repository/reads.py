@@ -49,6 +49,7 @@ def row_to_inspection(row: asyncpg.Record) -> InspectionRow:
         result_payload_json=row["result_payload"],
         failure=failure,
         vendor_id=row["vendor_id"],
+        export_uri=row["export_uri"],
     )
 
 

@@ -100,14 +100,15 @@ ON CONFLICT (inspection_id, attempt_number) DO UPDATE SET
 
 UPSERT_RESULT = """
 INSERT INTO inspection_results (
-    inspection_id, decision, recommendation, match_score, payload, created_at)
-VALUES ($1, $2, $3, $4, $5::jsonb, COALESCE($6::timestamptz, now()))
+    inspection_id, decision, recommendation, match_score, payload, created_at, export_uri)
+VALUES ($1, $2, $3, $4, $5::jsonb, COALESCE($6::timestamptz, now()), $7)
 ON CONFLICT (inspection_id) DO UPDATE SET
     decision = EXCLUDED.decision,
     recommendation = EXCLUDED.recommendation,
     match_score = EXCLUDED.match_score,
     payload = EXCLUDED.payload,
-    created_at = EXCLUDED.created_at
+    created_at = EXCLUDED.created_at,
+    export_uri = EXCLUDED.export_uri
 """
 
 INSERT_FAILURE = """
@@ -121,7 +122,7 @@ SELECT_RECORDS = """
 SELECT r.inspection_id, r.shipping_id, r.product_id, r.product_name, r.previous_inspection_id,
        r.method, r.caller, r.legacy_questions, r.questions, r.images, r.request_recorded,
        r.is_latest, r.vendor_id, r.status, r.created_at, r.updated_at,
-       res.payload AS result_payload,
+       res.payload AS result_payload, COALESCE(res.export_uri, '') AS export_uri,
        f.stage AS failure_stage, f.reason AS failure_reason, f.message AS failure_message,
        f.status_code AS failure_status_code
 FROM inspection_requests r

@@ -142,6 +142,7 @@ async def _apply_event(conn: DbConnection, event: EventRecord) -> None:
             payload.match_score,
             payload.payload_json,
             when,
+            payload.export_uri,
         )
     else:
         await _touch(conn, iid, when, InspectionStatus.FAILED)

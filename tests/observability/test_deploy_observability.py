@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from inference_svc.storage import metrics as storage_metrics
 from svc_common import grpc_metrics, inference_metrics, job_metrics, persistence_metrics
 
 from .conftest import OBSERVABILITY_DIR
@@ -28,7 +29,13 @@ _KEYWORDS = {
 
 def _known_series() -> set[str]:
     names: set[str] = set()
-    for module in (grpc_metrics, inference_metrics, persistence_metrics, job_metrics):
+    for module in (
+        grpc_metrics,
+        inference_metrics,
+        persistence_metrics,
+        job_metrics,
+        storage_metrics,
+    ):
         for name, kind in module.METRIC_TYPES.items():
             names.update(name + suffix for suffix in _SUFFIXES[kind])
     return names
@@ -165,6 +172,7 @@ def test_alert_rules_are_complete() -> None:
         "HighErrorRate", "QueueSaturated", "LatencyP95OverObjective", "EventBacklogGrowing",
         "ModelNotReady", "PersistenceDown", "PersistenceRefusesWriter", "PolicyReloadFailing",
         "ImageFetchFailing", "AsyncQueueGrowing", "WebhookDeadLetters",
+        "StorageUploadsStuck",
     }  # fmt: skip
     known = _known_series() | {"up"}  # up: Prometheus' own series per scrape target
     for rule in rules:

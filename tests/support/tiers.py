@@ -60,6 +60,7 @@ TIERS: dict[str, str] = {
     "operations/": INTEGRATION,  # the job queue on PostgreSQL, both services
     "bench/": INTEGRATION,
     "grpc_errors/": INTEGRATION,
+    "storage/": INTEGRATION,  # moto's S3 server, azurite, PostgreSQL
     "security/test_secure_services.py": INTEGRATION,  # both services, Postgres, a model
     "docs/test_demo.py": INTEGRATION,  # the whole system as subprocesses
     "observability/test_prometheus_scrape.py": INTEGRATION,  # a Prometheus server

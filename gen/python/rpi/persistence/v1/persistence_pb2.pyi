@@ -351,6 +351,7 @@ class ImageRecord(_message.Message):
     FORMAT_FIELD_NUMBER: _builtins.int
     TILES_FIELD_NUMBER: _builtins.int
     PERCEPTUAL_HASH_FIELD_NUMBER: _builtins.int
+    ARCHIVED_URI_FIELD_NUMBER: _builtins.int
     role: Global___ImageRole.ValueType
     """Required. Whether it is a reference or a pickup image."""
     index: _builtins.int
@@ -375,6 +376,11 @@ class ImageRecord(_message.Message):
     """Optional. Tiles the image was cut into; 0 when not preprocessed."""
     perceptual_hash: _builtins.int
     """Optional. As in rpi.inspection.v1.ImageCheck (a oneof for older code generators)."""
+    archived_uri: _builtins.str
+    """Optional. Where the evidence archive keeps the image (IMAGE_ARCHIVE_URI/<sha256>, e.g.
+    s3://evidence/images/<sha256>); empty when the archive is off or the image was never
+    obtained. The upload is asynchronous: the object appears once the store has taken it.
+    """
     def __init__(
         self,
         *,
@@ -390,10 +396,11 @@ class ImageRecord(_message.Message):
         format: _builtins.str = ...,
         tiles: _builtins.int = ...,
         perceptual_hash: _builtins.int = ...,
+        archived_uri: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["perceptual_hash", b"perceptual_hash", "perceptual_hash_set", b"perceptual_hash_set"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fetched_uri", b"fetched_uri", "format", b"format", "height", b"height", "index", b"index", "inline", b"inline", "perceptual_hash", b"perceptual_hash", "perceptual_hash_set", b"perceptual_hash_set", "role", b"role", "sha256", b"sha256", "size_bytes", b"size_bytes", "tiles", b"tiles", "uri", b"uri", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived_uri", b"archived_uri", "fetched_uri", b"fetched_uri", "format", b"format", "height", b"height", "index", b"index", "inline", b"inline", "perceptual_hash", b"perceptual_hash", "perceptual_hash_set", b"perceptual_hash_set", "role", b"role", "sha256", b"sha256", "size_bytes", b"size_bytes", "tiles", b"tiles", "uri", b"uri", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_perceptual_hash_set: _TypeAlias = _typing.Literal["perceptual_hash"]  # noqa: Y015
     _WhichOneofArgType_perceptual_hash_set: _TypeAlias = _typing.Literal["perceptual_hash_set", b"perceptual_hash_set"]  # noqa: Y015
@@ -569,6 +576,11 @@ class ResultRecorded(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INSPECTION_FIELD_NUMBER: _builtins.int
+    EXPORT_URI_FIELD_NUMBER: _builtins.int
+    export_uri: _builtins.str
+    """Optional. Where the result export writes the inspection as JSON
+    (RESULT_EXPORT_URI/<shipping_id>/<inspection_id>.json); empty when the export is off.
+    """
     @_builtins.property
     def inspection(self) -> _inspection_pb2.Inspection:
         """Required. The complete inspection; its inspection_id equals the event's."""
@@ -577,10 +589,11 @@ class ResultRecorded(_message.Message):
         self,
         *,
         inspection: _inspection_pb2.Inspection | None = ...,
+        export_uri: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["inspection", b"inspection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inspection", b"inspection"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["export_uri", b"export_uri", "inspection", b"inspection"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -700,6 +713,7 @@ class InspectionRecord(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     CALLER_FIELD_NUMBER: _builtins.int
+    EXPORT_URI_FIELD_NUMBER: _builtins.int
     inspection_id: _builtins.str
     """Required (always set). The inspection's id (UUID)."""
     shipping_id: _builtins.str
@@ -719,6 +733,10 @@ class InspectionRecord(_message.Message):
     caller: _builtins.str
     """Optional. The authenticated caller who asked for the inspection (as in request.caller);
     empty until the request is recorded, and for records made before callers were recorded.
+    """
+    export_uri: _builtins.str
+    """Optional. Where the result export wrote the inspection (as in ResultRecorded.export_uri);
+    empty when it was not exported.
     """
     @_builtins.property
     def request(self) -> Global___RequestReceived:
@@ -761,10 +779,11 @@ class InspectionRecord(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         caller: _builtins.str = ...,
+        export_uri: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "failure", b"failure", "request", b"request", "result", b"result", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "caller", b"caller", "create_time", b"create_time", "failure", b"failure", "inspection_id", b"inspection_id", "is_latest", b"is_latest", "previous_inspection_id", b"previous_inspection_id", "product_id", b"product_id", "product_name", b"product_name", "request", b"request", "result", b"result", "shipping_id", b"shipping_id", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "caller", b"caller", "create_time", b"create_time", "export_uri", b"export_uri", "failure", b"failure", "inspection_id", b"inspection_id", "is_latest", b"is_latest", "previous_inspection_id", b"previous_inspection_id", "product_id", b"product_id", "product_name", b"product_name", "request", b"request", "result", b"result", "shipping_id", b"shipping_id", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
