@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
-import multiprocessing
 import signal
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -24,7 +21,6 @@ from prometheus_client import (
 )
 from rpi.inspection.v1 import inspection_pb2, inspection_pb2_grpc
 
-from inference_svc.allocator import fix_mmap_threshold
 from inference_svc.async_inspections import SERVICE_NAMES as ASYNC_SERVICES
 from inference_svc.async_inspections import AsyncInspections
 from inference_svc.domain.policy import DEFAULT_POLICY_NAME, PolicyHolder
@@ -43,13 +39,11 @@ from inference_svc.grpc_api.admission import Admission
 from inference_svc.grpc_api.errors import ERROR_DOMAIN, error_interceptor
 from inference_svc.grpc_api.servicer import InspectionServicer
 from inference_svc.imaging.buckets import BucketReader
-from inference_svc.imaging.decode import PixelBudget
 from inference_svc.imaging.fetch import FetchConfig, ImageFetcher
-from inference_svc.imaging.tiling import prepare_image
+from inference_svc.intake import pixel_budget, preparer, worker_pools
 from inference_svc.observability import MetricsObserver
 from inference_svc.persistence_link import PersistenceSender
 from inference_svc.pipeline import InspectionPipeline, PipelineConfig
-from inference_svc.priority import lower_process_priority, lower_thread_priority
 from inference_svc.reuse_lookup import PersistenceReuseLookup
 from inference_svc.settings import InferenceSettings
 from inference_svc.storage.wiring import Storage
@@ -71,7 +65,6 @@ from svc_common.tracing import (
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = inspection_pb2.DESCRIPTOR.services_by_name["InspectionService"].full_name
-IMAGE_SIZE = 448
 
 
 def engine_config(settings: InferenceSettings) -> EngineConfig:
@@ -80,11 +73,6 @@ def engine_config(settings: InferenceSettings) -> EngineConfig:
     return EngineConfig(
         **{f.name: values[f.name] for f in dataclasses.fields(EngineConfig) if f.name in values}
     )
-
-
-def _init_preprocess_process(nice: int, mmap_threshold_bytes: int) -> None:
-    lower_process_priority(nice)
-    fix_mmap_threshold(mmap_threshold_bytes)
 
 
 class InferenceApp:
@@ -117,24 +105,7 @@ class InferenceApp:
         # Refuses to start on a contradictory security configuration (SecurityConfigError).
         self.security = server_security(settings)
         self.health_server: grpc.aio.Server | None = None
-        fix_mmap_threshold(settings.malloc_mmap_threshold_bytes)
-        self.executor = ThreadPoolExecutor(
-            max_workers=settings.preprocess_threads,
-            thread_name_prefix="preprocess",
-            initializer=lower_thread_priority,
-            initargs=(settings.worker_nice,),
-        )
-        self.prepare_executor: Executor = self.executor
-        if settings.preprocess_processes > 0:
-            # forkserver: never fork this process, whose gRPC and torch threads a fork would
-            # copy in an undefined state.
-            self.prepare_executor = ProcessPoolExecutor(
-                max_workers=settings.preprocess_processes,
-                mp_context=multiprocessing.get_context("forkserver"),
-                # Image decoding is throughput work: it yields the CPU to the event loop.
-                initializer=_init_preprocess_process,
-                initargs=(settings.worker_nice, settings.malloc_mmap_threshold_bytes),
-            )
+        self.executor, self.prepare_executor = worker_pools(settings)
         self.engine = engine or create_engine(engine_config(settings), log_level=settings.log_level)
         if isinstance(self.engine, ProcessEngine):
             self.engine.on_exit = self._engine_lost
@@ -196,21 +167,8 @@ class InferenceApp:
         self.metrics.queue_capacity.set(settings.max_queue_size)
         self.metrics.queue_depth.set_function(lambda: float(self.engine.queue_depth()))
         self.metrics.vision_cache.bind(self._vision_cache_counts)
-        # A module-level function with plain arguments: it pickles to worker processes.
-        self.prepare = functools.partial(
-            prepare_image,
-            image_size=IMAGE_SIZE,
-            max_pixels=settings.max_image_pixels,
-            mode=settings.preprocess,
-            exif=settings.exif_transpose,
-        )
-        # One per request; exact mode decodes JPEGs at full size, so they count there too.
-        self.pixel_budget = functools.partial(
-            PixelBudget,
-            settings.max_request_pixels,
-            settings.max_image_pixels,
-            full_size_jpeg=settings.preprocess == "exact",
-        )
+        self.prepare = preparer(settings)
+        self.pixel_budget = pixel_budget(settings)
         self.pipeline = InspectionPipeline(
             fetcher=self.storage.fetcher(self.fetcher),
             prepare=self.prepare,
