@@ -42,15 +42,24 @@ CLASSPATH_JARS=$(IFS=:; echo "${cp[*]}")
 
 rm -rf "$BUILD_DIR/gen" "$BUILD_DIR/classes"
 mkdir -p "$BUILD_DIR/gen" "$BUILD_DIR/classes"
-# google/api/field_behavior.proto (vendored in protos/third_party) is compiled with the stubs:
-# inspection.proto's descriptor refers to it. third_party comes first so that protoc names it
-# google/api/field_behavior.proto, as the import does.
+# The vendored protos (protos/third_party) that ours import are compiled with the stubs: their
+# descriptors refer to them. Debian's protobuf and grpc jars carry no com.google.longrunning,
+# com.google.rpc or com.google.api classes, so generating them duplicates nothing.
+# google/longrunning/operations.proto (the Operations service that -async polls) brings
+# google/rpc/status.proto and the google/api annotations it uses. third_party comes first so
+# that protoc names them as the imports do.
+THIRD_PARTY="$ROOT/protos/third_party"
 protoc \
-  -I "$ROOT/protos/third_party" -I "$ROOT/protos" -I /usr/include \
+  -I "$THIRD_PARTY" -I "$ROOT/protos" -I /usr/include \
   --plugin=protoc-gen-grpc-java="$GRPC_JAVA_PLUGIN" \
   --java_out="$BUILD_DIR/gen" --grpc-java_out="$BUILD_DIR/gen" \
   "$ROOT/protos/rpi/inspection/v1/inspection.proto" \
-  "$ROOT/protos/third_party/google/api/field_behavior.proto"
+  "$ROOT/protos/rpi/inspection/v1/operations.proto" \
+  "$THIRD_PARTY/google/longrunning/operations.proto" \
+  "$THIRD_PARTY/google/rpc/status.proto" \
+  "$THIRD_PARTY/google/api/annotations.proto" "$THIRD_PARTY/google/api/client.proto" \
+  "$THIRD_PARTY/google/api/field_behavior.proto" "$THIRD_PARTY/google/api/http.proto" \
+  "$THIRD_PARTY/google/api/launch_stage.proto"
 
 find "$BUILD_DIR/gen" "$HERE/src/main/java" -name '*.java' > "$BUILD_DIR/sources.txt"
 javac -nowarn -encoding UTF-8 -d "$BUILD_DIR/classes" -cp "$CLASSPATH_JARS" @"$BUILD_DIR/sources.txt"

@@ -36,8 +36,11 @@ CERT_MANAGER_KEYS = {"tls.crt", "tls.key", "ca.crt"}
 # The out-of-band auth Secret's keys (docs/security.md): the API-key file and the JWKS.
 AUTH_SECRET = "rpi-auth"
 AUTH_SECRET_KEYS = {"tokens.yaml", "jwks.json"}
+# The out-of-band webhook signing Secret's key (docs/operations-async.md, "Webhooks").
+WEBHOOK_SECRET = "rpi-webhooks"
+WEBHOOK_SECRET_KEYS = {"webhook-secrets.yaml"}
 # Settings that name a file the pod must be able to read.
-FILE_SETTINGS = re.compile(r"^(PERSISTENCE_)?(TLS|AUTH)_\w+_FILE$")
+FILE_SETTINGS = re.compile(r"^((PERSISTENCE_)?(TLS|AUTH)_\w+_FILE|WEBHOOK_SECRETS_FILE)$")
 PUBLIC_IMAGE_HOST = "93.184.215.14"  # An address on the public internet.
 INTERNAL_ADDRESSES = (
     "10.96.0.10",  # A typical Service CIDR address (kube-dns on kubeadm).
@@ -403,6 +406,8 @@ def _keys_of(objs: list[Obj], volume: Obj) -> set[str]:
         secret = volume["secret"]["secretName"]
         if secret in certificates(objs):
             return CERT_MANAGER_KEYS
+        if secret == WEBHOOK_SECRET:
+            return WEBHOOK_SECRET_KEYS
         assert secret == AUTH_SECRET, f"unknown secret {secret}"
         return AUTH_SECRET_KEYS
     config_map = find(objs, "ConfigMap", volume["configMap"]["name"])
@@ -451,6 +456,21 @@ def test_tls_and_auth_settings_point_at_mounted_files(name: str) -> None:
     assert cert_volume is key_volume
     cert = certificates(objs)[cert_volume["secret"]["secretName"]]
     assert cert["spec"]["dnsNames"][0].split(".")[0] == name
+
+
+@pytest.mark.parametrize("overlay", ["prod-gpu-core", "prod-gpu"])
+def test_prod_mounts_the_webhook_secrets_file_where_the_setting_points(overlay: str) -> None:
+    # Without the file every callback is refused at submit.
+    objs = render(overlay)
+    files = _assert_file_settings_are_mounted(objs, "inference")
+    assert "WEBHOOK_SECRETS_FILE" in files, "callbacks need the webhook signing secrets"
+    deployment = find(objs, "Deployment", "inference")
+    mount, volume = _mounted_file(
+        deployment, container(deployment, "inference"), files["WEBHOOK_SECRETS_FILE"]
+    )
+    assert mount["readOnly"] is True
+    assert volume["secret"]["secretName"] == WEBHOOK_SECRET
+    assert volume["secret"].get("optional") is False, "a missing file would fail the start"
 
 
 def test_inference_uses_mutual_tls_towards_persistence() -> None:

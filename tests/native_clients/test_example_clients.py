@@ -1,5 +1,5 @@
 """The Go and Java example clients, built from protos/ with Debian's packages, call the live
-inference service (unary and streaming) and print what it answered."""
+inference service (unary, streaming and -async submit-and-poll) and print what it answered."""
 
 from __future__ import annotations
 
@@ -12,8 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import pytest_asyncio
+from google.longrunning import operations_pb2_grpc as lro_grpc
+from google.longrunning import operations_proto_pb2 as lro
+from rpi.inspection.v1 import inspection_pb2 as pb
 
 from inference_svc.app import InferenceApp
 from tests.support.e2e import ImageServer
@@ -264,3 +268,89 @@ async def test_usage_errors_exit_64_with_a_clear_message(
     assert result.returncode == 64, result.stderr
     assert message in result.stderr
     assert "rpc failed" not in result.stderr
+
+
+async def test_async_submits_and_polls_the_operation_to_its_inspection(
+    client: str,
+    example_clients: dict[str, list[str] | str],
+    run: Run,
+    inference_app: InferenceApp,
+    image_server: ImageServer,
+    pickup_file: Path,
+) -> None:
+    argv = example_clients[client]
+    assert isinstance(argv, list)
+    inspection_id = str(uuid.uuid4())
+    shipping_id = f"SHIP-{client.upper()}-ASYNC"
+    result = await run(
+        *argv,
+        *request_args(image_server, f"127.0.0.1:{inference_app.port}", pickup_file),
+        "-shipping-id", shipping_id,
+        "-inspection-id", inspection_id,
+        "-async", "-request-id", f"{client}-{uuid.uuid4()}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("operation: operations/"), result.stdout
+    assert "state: OPERATION_STATE_SUCCEEDED" in lines
+    assert_inspection_printed(result.stdout, inspection_id, shipping_id)
+    # The service agrees: the operation it printed is done with that inspection.
+    name = lines[0].removeprefix("operation: ")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{inference_app.port}") as channel:
+        operation = await lro_grpc.OperationsStub(channel).GetOperation(
+            lro.GetOperationRequest(name=name)
+        )
+    assert operation.done and operation.HasField("response")
+    inspection = pb.Inspection()
+    assert operation.response.Unpack(inspection)
+    assert inspection.inspection_id == inspection_id
+
+
+@pytest.fixture
+def java(example_clients: dict[str, list[str] | str]) -> list[str]:
+    built = example_clients["java"]
+    if isinstance(built, str):
+        pytest.skip(built)
+    return built
+
+
+async def test_java_async_failed_operation_prints_its_error_info_and_exits_with_its_code(
+    java: list[str], run: Run, inference_app: InferenceApp, image_server: ImageServer
+) -> None:
+    result = await run(
+        *java,
+        "-target", f"127.0.0.1:{inference_app.port}", "-async",
+        "-product-name", "ACME mug, red", "-shipping-id", "SHIP-JAVA-ASYNC-DNS",
+        "-reference", image_server.url("ref.jpg"),
+        # .invalid never resolves (RFC 6761): the job fails fetching it.
+        "-pickup", "http://images.invalid/p.jpg",
+        "-question", "Colour|Is the colour red?|Yes|yes",
+    )  # fmt: skip
+    assert result.returncode == 14, result.stderr  # UNAVAILABLE, the operation's error code
+    assert result.stdout.splitlines()[0].startswith("operation: operations/"), result.stdout
+    assert "state: OPERATION_STATE_FAILED" in result.stdout.splitlines()
+    lines = result.stderr.splitlines()
+    failed = "operation failed: UNAVAILABLE: pickup_images[0]: "
+    assert any(line.startswith(failed) for line in lines), result.stderr
+    assert "  reason: IMAGE_SOURCE_UNAVAILABLE (domain inspection.rpi.v1)" in lines
+    assert "  metadata fetch_error=dns" in lines, result.stderr
+    assert "decision:" not in result.stdout
+
+
+async def test_java_async_callback_is_sent_and_refused_without_a_webhook_secret(
+    java: list[str], run: Run, inference_app: InferenceApp, image_server: ImageServer
+) -> None:
+    # The shared inference service has no WEBHOOK_SECRETS_FILE: a callback is refused at submit.
+    result = await run(
+        *java,
+        "-target", f"127.0.0.1:{inference_app.port}", "-async",
+        "-callback", "https://hooks.example.com/rpi",
+        "-product-name", "ACME mug, red", "-shipping-id", "SHIP-JAVA-ASYNC-CALLBACK",
+        "-reference", image_server.url("ref.jpg"), "-pickup", image_server.url("pickup.jpg"),
+        "-question", "Colour|Is the colour red?|Yes|yes",
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr  # INVALID_ARGUMENT
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("rpc failed: INVALID_ARGUMENT: ") for line in lines), lines
+    assert "  reason: CALLBACK_URL_FORBIDDEN (domain inspection.rpi.v1)" in lines
+    assert "operation:" not in result.stdout

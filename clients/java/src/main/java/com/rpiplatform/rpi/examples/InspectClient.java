@@ -13,6 +13,7 @@ import com.rpiplatform.rpi.inspection.v1.Inspection;
 import com.rpiplatform.rpi.inspection.v1.InspectionServiceGrpc;
 import com.rpiplatform.rpi.inspection.v1.Question;
 import io.grpc.ChannelCredentials;
+import io.grpc.ClientInterceptor;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
@@ -57,6 +58,9 @@ public final class InspectClient {
   private final List<String> pickups = new ArrayList<>();
   private final List<String> questions = new ArrayList<>();
   private boolean stream;
+  private boolean async;
+  private String requestId = "";
+  private String callbackUrl = "";
   private long timeoutMillis = 120_000;
   private String tlsCa = "";
   private String tlsCert = "";
@@ -79,6 +83,7 @@ public final class InspectClient {
 
   private static final String USAGE =
       "usage: InspectClient [-target host:port] [-stream] [-timeout 120s]\n"
+          + "  -async (SubmitInspection, then poll the operation)  -request-id ID  -callback URL\n"
           + "  -reference URL|FILE (repeatable)  -pickup URL|FILE (repeatable)\n"
           + "  -product-name NAME  -product-id ID  -shipping-id ID\n"
           + "  -inspection-id UUID  -previous-inspection-id UUID\n"
@@ -89,7 +94,7 @@ public final class InspectClient {
   private static final Set<String> VALUE_FLAGS = Set.of(
       "target", "tls-ca", "tls-cert", "tls-key", "token", "reference", "pickup", "product-name",
       "product-id", "shipping-id", "inspection-id", "previous-inspection-id", "question",
-      "timeout");
+      "timeout", "request-id", "callback");
 
   /** Accepts the Go client's flag syntax: -name value, --name value, -name=value. */
   private void parse(String[] args) {
@@ -107,6 +112,10 @@ public final class InspectClient {
       }
       if (name.equals("stream")) {
         stream = value == null || Boolean.parseBoolean(value);
+        continue;
+      }
+      if (name.equals("async")) {
+        async = value == null || Boolean.parseBoolean(value);
         continue;
       }
       if (name.equals("h") || name.equals("help")) {
@@ -137,6 +146,8 @@ public final class InspectClient {
         case "previous-inspection-id": previousId = value; break;
         case "question": questions.add(value); break;
         case "timeout": timeoutMillis = parseDuration(value); break;
+        case "request-id": requestId = value; break;
+        case "callback": callbackUrl = value; break;
         default: throw new IllegalArgumentException("flag provided but not defined: -" + name);
       }
     }
@@ -252,15 +263,21 @@ public final class InspectClient {
       return EXIT_USAGE;
     }
     try {
-      InspectionServiceGrpc.InspectionServiceBlockingStub stub =
-          InspectionServiceGrpc.newBlockingStub(channel)
-              .withDeadlineAfter(timeoutMillis, TimeUnit.MILLISECONDS);
+      ClientInterceptor[] interceptors = {};
       if (!token.isEmpty()) {
         Metadata headers = new Metadata();
         headers.put(
             Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER), "Bearer " + token);
-        stub = stub.withInterceptors(MetadataUtils.newAttachHeadersInterceptor(headers));
+        interceptors = new ClientInterceptor[] {MetadataUtils.newAttachHeadersInterceptor(headers)};
       }
+      if (async) {
+        return AsyncInspect.run(
+            channel, interceptors, request, requestId, callbackUrl, timeoutMillis);
+      }
+      InspectionServiceGrpc.InspectionServiceBlockingStub stub =
+          InspectionServiceGrpc.newBlockingStub(channel)
+              .withDeadlineAfter(timeoutMillis, TimeUnit.MILLISECONDS)
+              .withInterceptors(interceptors);
       if (!stream) {
         printInspection(stub.inspect(request).getInspection());
         return 0;
@@ -282,6 +299,10 @@ public final class InspectClient {
       return 0;
     } catch (StatusRuntimeException e) {
       return fail(e, target, timeoutMillis);
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      System.err.println("rpc failed: CANCELLED: interrupted while polling the operation");
+      return Status.Code.CANCELLED.value();
     } finally {
       channel.shutdownNow();
     }
@@ -331,7 +352,7 @@ public final class InspectClient {
     return d.getSeconds() + d.getNanos() / 1e9;
   }
 
-  private static void printInspection(Inspection in) {
+  static void printInspection(Inspection in) {
     System.out.println("inspection_id: " + in.getInspectionId());
     System.out.println("shipping_id: " + in.getShippingId());
     System.out.println("decision: " + in.getDecision().name().replaceFirst("^DECISION_", ""));
@@ -404,7 +425,7 @@ public final class InspectClient {
    * Decodes google.rpc.Status details by field number: Debian ships no Java classes for the
    * google.rpc protos, and three small messages do not justify generating them.
    */
-  private static boolean printDetails(byte[] statusBytes) throws InvalidProtocolBufferException {
+  static boolean printDetails(byte[] statusBytes) throws InvalidProtocolBufferException {
     UnknownFieldSet status = UnknownFieldSet.parseFrom(statusBytes);
     if (!status.hasField(3)) {
       return false;
