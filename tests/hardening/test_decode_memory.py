@@ -93,8 +93,8 @@ def test_memory_of_decoded_images_is_returned_when_the_request_ends(
     )
     assert fixed["code"] == "OK", fixed
     # Six decodes peak at about four images' worth per thread; what stays is small change
-    # (the allocator's small-block arenas), well under one image's pixels.
-    assert _held_mib(fixed) < 0.75 * ONE_IMAGE_MIB, fixed
+    # (small blocks in the threads' arenas, 30-100 MiB seen), under one image's pixels.
+    assert _held_mib(fixed) < ONE_IMAGE_MIB, fixed
 
 
 @pytest.mark.slow
@@ -106,8 +106,8 @@ def test_without_the_setting_the_memory_stays(tmp_path: Path) -> None:
     count = 6
     adaptive = run_probe(tmp_path, flat_png(SIDE, SIDE), count, count * SIDE * SIDE, 0, "fast")
     assert adaptive["code"] == "OK", adaptive
-    # Seen here: two to three images' worth kept; more than one is the line.
-    assert _held_mib(adaptive) > ONE_IMAGE_MIB, adaptive
+    # Seen here: two to three images' worth kept (340-530 MiB).
+    assert _held_mib(adaptive) > 1.5 * ONE_IMAGE_MIB, adaptive
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting applies to glibc")
