@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 _M_MMAP_THRESHOLD = -3
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
@@ -47,3 +49,15 @@ def fix_mmap_threshold(threshold_bytes: int) -> bool:
     if not applied:
         logger.warning("glibc refused an mmap threshold of %d bytes", threshold_bytes)
     return applied
+
+
+def release_free_memory() -> None:
+    """Hand the free pages of every heap arena back to the OS (glibc's malloc_trim).
+
+    The fixed threshold sends big blocks straight back, but a full-size decode also leaves
+    many small blocks in the decoding thread's arena, and an arena only shrinks from its top.
+    Called after each big image, in the thread (or process) that decoded it.
+    """
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(ctypes.c_size_t(0))

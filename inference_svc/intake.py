@@ -7,8 +7,9 @@ import functools
 import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any
 
-from inference_svc.allocator import fix_mmap_threshold
+from inference_svc.allocator import fix_mmap_threshold, release_free_memory
 from inference_svc.domain.models import FetchedImage, PreparedImage
 from inference_svc.imaging.decode import PixelBudget
 from inference_svc.imaging.tiling import prepare_image
@@ -16,6 +17,9 @@ from inference_svc.priority import lower_process_priority, lower_thread_priority
 from inference_svc.settings import InferenceSettings
 
 IMAGE_SIZE = 448
+# Images at least this large (full size, in pixels) leave enough behind in the decoding thread's
+# heap to be worth a trim afterwards; the trim costs far less than such a decode.
+RELEASE_AFTER_PIXELS = 16_000_000
 
 
 def _init_preprocess_process(nice: int, mmap_threshold_bytes: int) -> None:
@@ -47,11 +51,23 @@ def worker_pools(settings: InferenceSettings) -> tuple[ThreadPoolExecutor, Execu
     return threads, processes
 
 
+def prepare_releasing(
+    fetched: FetchedImage, max_tiles: int, *, release_after_pixels: int, **options: Any
+) -> PreparedImage:
+    """``prepare_image``, then, after a big image, the freed memory back to the OS."""
+    prepared = prepare_image(fetched, max_tiles, **options)
+    if release_after_pixels and prepared.width * prepared.height >= release_after_pixels:
+        release_free_memory()
+    return prepared
+
+
 def preparer(settings: InferenceSettings) -> Callable[[FetchedImage, int], PreparedImage]:
     """The image preparer: a module-level function with plain arguments, so it pickles to
-    worker processes (and its bound arguments fingerprint the tiling for the caches)."""
+    worker processes (and its bound arguments fingerprint the tiling for the caches).
+    MALLOC_MMAP_THRESHOLD_BYTES=0 leaves the allocator alone, the trim included."""
     return functools.partial(
-        prepare_image,
+        prepare_releasing,
+        release_after_pixels=RELEASE_AFTER_PIXELS if settings.malloc_mmap_threshold_bytes else 0,
         image_size=IMAGE_SIZE,
         max_pixels=settings.max_image_pixels,
         mode=settings.preprocess,

@@ -212,9 +212,10 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
 
     malloc_mmap_threshold_bytes: int = setting(
         1024 * 1024,
-        "Allocations this large get their own memory mapping, unmapped when freed, so a "
-        "request's decoded images go back to the OS when it ends (glibc; 0 = glibc's adaptive "
-        "default, which keeps them in the worker threads' heaps).",
+        "Allocations this large get their own memory mapping, unmapped when freed, and the "
+        "heaps are trimmed after each image over 16 MP, so a request's decoded images go back "
+        "to the OS when it ends (glibc; 0 = glibc's adaptive default and no trim, which keep "
+        "them in the worker threads' heaps).",
         group="image intake",
         advanced=True,
         ge=0,

@@ -46,7 +46,12 @@ class SmokeFailedError(RuntimeError):
 def check_installed_from_wheel() -> Path:
     """The installed package directory; SmokeFailedError unless it is the wheel's own files."""
     dist = metadata.distribution(DISTRIBUTION)
-    recorded = {str(f) for f in dist.files or []}
+    # An installer's RECORD, not dist.files: that falls back to an egg-info's SOURCES.txt, and
+    # `pip install -e .` leaves an rpi_platform.egg-info in the source tree that lists them all.
+    record = dist.read_text("RECORD")
+    if record is None:
+        raise SmokeFailedError(f"{DISTRIBUTION} has no RECORD: not installed from a wheel")
+    recorded = {line.split(",", 1)[0] for line in record.splitlines()}
     missing = [
         name for name in ("inference_svc/__init__.py", *REQUIRED_DATA) if name not in recorded
     ]
