@@ -4,7 +4,8 @@ Archive (IMAGE_ARCHIVE_URI): every image an inspection obtained, inline or fetch
 ``<prefix>/<sha256>``, the digest the record already holds, so the same photo sent twice is
 stored once and the record's ``archived_uri`` is known before the upload happens.
 Export (RESULT_EXPORT_URI): the final inspection, as the proto's canonical JSON mapping, goes to
-``<prefix>/<shipping_id>/<inspection_id>.json`` and the result record carries that URI.
+``<prefix>/<shipping_id>/<inspection_id>.json`` and the result record carries that URI; an
+asynchronous job's own target (storage.exports, fixed at submit) replaces the setting's.
 Both only enqueue on the durable upload queue: no inspection waits on a store.
 """
 
