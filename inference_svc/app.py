@@ -209,6 +209,7 @@ class InferenceApp:
                 registry=self.registry,
                 interceptors=grpc_client_interceptors(tracer_provider),
                 tls=_persistence_tls(settings),
+                export_target=self.storage.export_targets.target,
             )
         self.serving = False
         self.draining = False

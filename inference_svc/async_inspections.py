@@ -19,7 +19,11 @@ from rpi.inspection.v1 import operations_pb2, operations_pb2_grpc
 from inference_svc.domain.validation import RequestLimits
 from inference_svc.grpc_api.admission import Admission
 from inference_svc.grpc_api.async_jobs import JobRunner, webhook_body
-from inference_svc.grpc_api.operations import AsyncInspectionServicer, OperationsServicer
+from inference_svc.grpc_api.operations import (
+    AsyncInspectionServicer,
+    ExportTarget,
+    OperationsServicer,
+)
 from inference_svc.imaging.fetch_config import FetchConfig
 from inference_svc.operations.callbacks import CallbackGuard, forbidden
 from inference_svc.operations.jobs_link import JobsLink
@@ -48,12 +52,14 @@ class AsyncInspections:
         registry: CollectorRegistry,
         interceptors: Sequence[Any],
         tls: ClientTLS | None,
+        export_target: ExportTarget,
     ) -> None:
         """``accepting()``: whether this replica takes work now (serving, not draining)."""
         s = settings
         self.link = JobsLink(s.persistence_target, interceptors, tls)
         self.callbacks = CallbackGuard.from_fetch_config(FetchConfig.from_settings(s))
         self.limits = limits
+        self.export_target = export_target
         self.max_wait_s = s.request_timeout_s
         # A bad secrets file stops the start (WebhookSecretsError).
         self.secrets: WebhookSecrets | None = None
@@ -99,6 +105,7 @@ class AsyncInspections:
                 self.link,
                 self.limits,
                 self.check_callback,
+                self.export_target,
                 worker.wake if worker is not None else lambda: None,
             ),
             server,

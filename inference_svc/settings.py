@@ -420,6 +420,13 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         group="storage",
         advanced=True,
     )
+    allowed_export_buckets: list[str] = setting(
+        description="Buckets a SubmitInspection's result_export_uri may write, JSON: "
+        '["s3://partner-results"]; empty = per-request export refused.',
+        group="storage",
+        advanced=True,
+        default_factory=list,
+    )
     storage_spool_dir: Path = setting(
         Path("var/storage-spool"),
         "Durable queue of archive and export uploads not yet written.",

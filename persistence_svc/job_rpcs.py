@@ -95,6 +95,7 @@ def job_to_proto(row: JobRow, *, with_request: bool = True) -> ppb.Job:
         start_time=_ts(row.started_at),
         update_time=_ts(row.updated_at),
         end_time=_ts(row.ended_at),
+        export_uri=row.export_uri,
         callback=opb.CallbackDelivery(
             state=_CALLBACK_STATES[row.webhook_state],
             url=row.webhook_url,
@@ -165,7 +166,10 @@ class JobRpcs:
             violations.append(FieldViolation("caller", "is required"))
         if len(request.request_id) > MAX_REQUEST_ID_CHARS:
             violations.append(FieldViolation("request_id", f"at most {MAX_REQUEST_ID_CHARS}"))
-        if "\x00" in request.request_id + request.caller + request.callback_url:
+        if (
+            "\x00"
+            in request.request_id + request.caller + request.callback_url + request.export_uri
+        ):
             violations.append(FieldViolation("request_id", "must not contain NUL characters"))
         if len(request.request_sha256) != 32:
             violations.append(FieldViolation("request_sha256", "must be 32 bytes"))
@@ -180,6 +184,7 @@ class JobRpcs:
             inspection_id=inspection_id,
             request=request.request.SerializeToString(deterministic=True),
             callback_url=request.callback_url,
+            export_uri=request.export_uri,
         )
         return ppb.CreateJobResponse(job=job_to_proto(row, with_request=False), created=created)
 

@@ -71,6 +71,7 @@ class JobQueue:
         inspection_id: UUID,
         request: bytes,
         callback_url: str,
+        export_uri: str = "",
     ) -> tuple[JobRow, bool]:
         job_id = uuid.uuid4()
         try:
@@ -84,6 +85,7 @@ class JobQueue:
                     inspection_id=inspection_id,
                     request=request,
                     callback_url=callback_url,
+                    export_uri=export_uri,
                 )
             )
         except RequestIdReusedError:

@@ -57,6 +57,9 @@ class InspectionRequest:
     # Who asked (the authenticated caller's name; recorded, never a credential).
     caller: str = ""
     vendor_id: str = ""  # selects the decision policy; empty: the default
+    # The object the result export writes (an async job's, fixed at submit); empty: the
+    # service's RESULT_EXPORT_URI applies.
+    export_uri: str = ""
 
 
 @dataclass

@@ -93,6 +93,7 @@ class JobRunner:
             request = dataclasses.replace(
                 validate_request(raw_request_from_proto(job.request), self.limits),
                 caller=job.caller,
+                export_uri=job.export_uri,
             )
             with self.admission.slot():
                 inspection = await self.pipeline.run(
@@ -124,6 +125,8 @@ def job_metadata(job: ppb.Job) -> opb.InspectionOperationMetadata:
         create_time=job.create_time,
         update_time=job.update_time,
         callback=job.callback,
+        # Known from submit, but only an object once the run succeeded.
+        export_uri=job.export_uri if job.state == opb.OPERATION_STATE_SUCCEEDED else "",
     )
     for name in ("progress", "start_time", "end_time"):
         if job.HasField(name):

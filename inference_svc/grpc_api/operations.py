@@ -39,6 +39,9 @@ _PAGE_MAX = 500
 
 # (url, caller): raises CALLBACK_URL_FORBIDDEN when the caller may not name this destination.
 CallbackCheck = Callable[[str, str], Awaitable[None]]
+# (prefix, shipping_id, inspection_id) -> the export object's URI ('' for none); raises
+# EXPORT_URI_FORBIDDEN for a prefix the service may not write.
+ExportTarget = Callable[[str, str, str], str]
 
 
 def _caller() -> str:
@@ -59,11 +62,13 @@ class AsyncInspectionServicer(opb_grpc.AsyncInspectionServiceServicer):
         link: JobsLink,
         limits: RequestLimits,
         check_callback: CallbackCheck,
+        export_target: ExportTarget,
         on_submitted: Callable[[], None] = lambda: None,
     ) -> None:
         self._link = link
         self._limits = limits
         self._check_callback = check_callback
+        self._export_target = export_target
         self._on_submitted = on_submitted
 
     async def SubmitInspection(  # noqa: N802 - gRPC method name
@@ -98,11 +103,14 @@ class AsyncInspectionServicer(opb_grpc.AsyncInspectionServiceServicer):
         url = request.callback.url if request.HasField("callback") else ""
         if request.HasField("callback"):
             await self._check_callback(url, _caller())
+        export_uri = self._export_target(
+            request.result_export_uri, validated.shipping_id, validated.inspection_id
+        )
         stored = pb.InspectRequest()
         stored.CopyFrom(request.inspection)
         stored.inspection_id = validated.inspection_id
         job, _ = await self._link.create(
-            _caller(), request.request_id, _request_digest(request), stored, url
+            _caller(), request.request_id, _request_digest(request), stored, url, export_uri
         )
         self._on_submitted()
         return job_to_operation(job)

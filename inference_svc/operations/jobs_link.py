@@ -129,6 +129,7 @@ class JobsLink:
         request_sha256: bytes,
         request: pb.InspectRequest,
         callback_url: str,
+        export_uri: str = "",
     ) -> tuple[ppb.Job, bool]:
         reply = await self._call(
             "CreateJob",
@@ -138,6 +139,7 @@ class JobsLink:
                 request_sha256=request_sha256,
                 request=request,
                 callback_url=callback_url,
+                export_uri=export_uri,
             ),
         )
         return reply.job, reply.created

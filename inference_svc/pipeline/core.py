@@ -219,7 +219,7 @@ class InspectionPipeline:
         self._observer.policy_outcome(inspection)
         run.tracker.enter(Stage.RECORD)
         with timed(self._observer, "persist_enqueue"):
-            await self._recorder.result(inspection)
+            await self._recorder.result(inspection, run.request.export_uri)
         self._observer.decision(inspection.decision.value)
         emit(Completed(inspection))
         return inspection

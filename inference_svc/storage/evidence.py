@@ -4,7 +4,8 @@ Archive (IMAGE_ARCHIVE_URI): every image an inspection obtained, inline or fetch
 ``<prefix>/<sha256>``, the digest the record already holds, so the same photo sent twice is
 stored once and the record's ``archived_uri`` is known before the upload happens.
 Export (RESULT_EXPORT_URI): the final inspection, as the proto's canonical JSON mapping, goes to
-``<prefix>/<shipping_id>/<inspection_id>.json`` and the result record carries that URI.
+``<prefix>/<shipping_id>/<inspection_id>.json`` and the result record carries that URI; an
+asynchronous job's own target (storage.exports, fixed at submit) replaces the setting's.
 Both only enqueue on the durable upload queue: no inspection waits on a store.
 """
 
@@ -30,7 +31,7 @@ from inference_svc.domain.models import (
 )
 from inference_svc.domain.recording import ImageInfo, Recorder
 from inference_svc.proto_convert import inspection_to_proto
-from inference_svc.storage.stores import BucketUri
+from inference_svc.storage.stores import BucketUri, parse_bucket_uri
 from inference_svc.storage.uploads import UploadQueue
 
 # Digests enqueued recently: a photo seen again is not spooled again (put-if-not-exists at the
@@ -130,8 +131,11 @@ class StorageRecorder:
         await self._inner.attempt(inspection_id, attempt, model)
 
     async def result(self, inspection: Inspection, export_uri: str = "") -> None:
-        if self._export is not None:
+        # ``export_uri``: an async job's own target (checked at submit) wins over the setting's.
+        target = parse_bucket_uri(export_uri) if export_uri else None
+        if target is None and self._export is not None:
             target = export_target(self._export, inspection.shipping_id, inspection.inspection_id)
+        if target is not None:
             await self._queue.enqueue(
                 target, inspection_json(inspection), once=False, kind="export"
             )

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 from inference_svc.domain.recording import Recorder
 from inference_svc.settings import InferenceSettings
 from inference_svc.storage.evidence import ArchivingFetcher, ImageSourceFetcher, StorageRecorder
+from inference_svc.storage.exports import ExportTargets
 from inference_svc.storage.metrics import StorageMetrics
 from inference_svc.storage.stores import (
     BUCKET_SCHEMES,
@@ -27,6 +28,7 @@ class Storage:
     queue: UploadQueue | None
     archive: BucketUri | None
     export: BucketUri | None
+    export_targets: ExportTargets
     archiving: ArchivingFetcher | None = None
 
     @classmethod
@@ -46,8 +48,9 @@ class Storage:
         # Bad prefixes stop the start (BadBucketUri, a ValueError), not the first upload.
         archive = parse_bucket_uri(s.image_archive_uri) if s.image_archive_uri else None
         export = parse_bucket_uri(s.result_export_uri) if s.result_export_uri else None
+        targets = ExportTargets(export, tuple(s.allowed_export_buckets))
         queue = None
-        if archive is not None or export is not None:
+        if archive is not None or export is not None or s.allowed_export_buckets:
             metrics = StorageMetrics(registry)
             queue = UploadQueue(
                 s.storage_spool_dir,
@@ -56,7 +59,7 @@ class Storage:
                 hooks=UploadHooks(on_outcome=metrics.on_outcome),
             )
             metrics.bind(queue)
-        return cls(stores, queue, archive, export)
+        return cls(stores, queue, archive, export, targets)
 
     @staticmethod
     def bucket_schemes(s: InferenceSettings) -> tuple[str, ...]:

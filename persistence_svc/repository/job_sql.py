@@ -6,7 +6,7 @@ from __future__ import annotations
 COLUMNS = """
     j.job_id, j.caller, j.request_id, j.inspection_id, j.state, j.attempts, j.cancel_requested,
     j.created_at, j.updated_at, j.started_at, j.ended_at, j.progress, j.result, j.error,
-    j.request_sha256, j.lease_token,
+    j.request_sha256, j.lease_token, j.export_uri,
     coalesce(w.state, '') AS webhook_state, coalesce(w.url, '') AS webhook_url,
     coalesce(w.webhook_id, '') AS webhook_id, coalesce(w.attempts, 0) AS webhook_attempts,
     coalesce(w.last_error, '') AS webhook_last_error, w.next_attempt_at AS webhook_next_attempt_at
@@ -27,8 +27,9 @@ WHERE j.job_id = $1 AND j.caller = $2
 """  # noqa: S608
 
 INSERT = """
-INSERT INTO inspection_jobs (job_id, caller, request_id, request_sha256, inspection_id, request)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO inspection_jobs
+    (job_id, caller, request_id, request_sha256, inspection_id, request, export_uri)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT DO NOTHING
 RETURNING job_id
 """

@@ -73,6 +73,7 @@ class JobRow:
     request_sha256: bytes = b""
     queue_position: int = 0
     lease_token: UUID | None = None
+    export_uri: str = ""
     # The outbox row; webhook_state is '' without a callback.
     webhook_state: str = ""
     webhook_url: str = ""
@@ -110,6 +111,7 @@ def _row(record: asyncpg.Record) -> JobRow:
         request_sha256=record["request_sha256"],
         queue_position=int(record["queue_position"]),
         lease_token=record["lease_token"],
+        export_uri=record["export_uri"],
         webhook_state=record["webhook_state"],
         webhook_url=record["webhook_url"],
         webhook_id=record["webhook_id"],
@@ -145,10 +147,11 @@ async def create(
     inspection_id: UUID,
     request: bytes,
     callback_url: str,
+    export_uri: str = "",
 ) -> tuple[JobRow, bool]:
     """The job queued, or the one already under (caller, request_id); (row, created)."""
     inserted = await conn.fetchval(
-        sql.INSERT, job_id, caller, request_id, request_sha256, inspection_id, request
+        sql.INSERT, job_id, caller, request_id, request_sha256, inspection_id, request, export_uri
     )
     if inserted is None:
         existing = None

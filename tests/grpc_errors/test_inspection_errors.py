@@ -53,6 +53,7 @@ EXPECTED: dict[Reason, tuple[grpc.StatusCode, str, bool]] = {
         "CALLBACK_URL_FORBIDDEN",
         False,
     ),
+    Reason.EXPORT_URI_FORBIDDEN: (grpc.StatusCode.INVALID_ARGUMENT, "EXPORT_URI_FORBIDDEN", False),
     Reason.JOBS_UNAVAILABLE: (grpc.StatusCode.UNAVAILABLE, "JOBS_UNAVAILABLE", True),
 }
 _KIND = {

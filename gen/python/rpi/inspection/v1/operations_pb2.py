@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from rpi.inspection.v1 import inspection_pb2 as rpi_dot_inspection_dot_v1_dot_inspection__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"rpi/inspection/v1/operations.proto\x12\x11rpi.inspection.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a#google/longrunning/operations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"rpi/inspection/v1/inspection.proto\"\xa5\x01\n\x17SubmitInspectionRequest\x12;\n\ninspection\x18\x01 \x01(\x0b\x32!.rpi.inspection.v1.InspectRequestB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x33\n\x08\x63\x61llback\x18\x03 \x01(\x0b\x32\x1b.rpi.inspection.v1.CallbackB\x04\xe2\x41\x01\x01\"\x1d\n\x08\x43\x61llback\x12\x11\n\x03url\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x96\x02\n\x12InspectionProgress\x12\x38\n\x0eimages_fetched\x18\x01 \x01(\x0b\x32 .rpi.inspection.v1.ImagesFetched\x12@\n\x12preprocessing_done\x18\x02 \x01(\x0b\x32$.rpi.inspection.v1.PreprocessingDone\x12)\n\x06queued\x18\x03 \x01(\x0b\x32\x19.rpi.inspection.v1.Queued\x12\x42\n\x13generation_progress\x18\x04 \x01(\x0b\x32%.rpi.inspection.v1.GenerationProgress\x12\x15\n\ranswers_ready\x18\x05 \x01(\x05\"\xc1\x01\n\x10\x43\x61llbackDelivery\x12/\n\x05state\x18\x01 \x01(\x0e\x32 .rpi.inspection.v1.CallbackState\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x12\n\nwebhook_id\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x35\n\x11next_attempt_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd4\x03\n\x1bInspectionOperationMetadata\x12\x30\n\x05state\x18\x01 \x01(\x0e\x32!.rpi.inspection.v1.OperationState\x12\x15\n\rinspection_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x37\n\x08progress\x18\x04 \x01(\x0b\x32%.rpi.inspection.v1.InspectionProgress\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12\x16\n\x0equeue_position\x18\x06 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x08\x63\x61llback\x18\x0b \x01(\x0b\x32#.rpi.inspection.v1.CallbackDelivery*\xc4\x01\n\x0eOperationState\x12\x1f\n\x1bOPERATION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16OPERATION_STATE_QUEUED\x10\x01\x12\x1b\n\x17OPERATION_STATE_RUNNING\x10\x02\x12\x1d\n\x19OPERATION_STATE_SUCCEEDED\x10\x03\x12\x1a\n\x16OPERATION_STATE_FAILED\x10\x04\x12\x1d\n\x19OPERATION_STATE_CANCELLED\x10\x05*\xa2\x01\n\rCallbackState\x12\x1e\n\x1a\x43\x41LLBACK_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41LLBACK_STATE_NONE\x10\x01\x12\x1a\n\x16\x43\x41LLBACK_STATE_PENDING\x10\x02\x12\x1c\n\x18\x43\x41LLBACK_STATE_DELIVERED\x10\x03\x12\x1e\n\x1a\x43\x41LLBACK_STATE_DEAD_LETTER\x10\x04\x32\xa6\x01\n\x16\x41syncInspectionService\x12\x8b\x01\n\x10SubmitInspection\x12*.rpi.inspection.v1.SubmitInspectionRequest\x1a\x1d.google.longrunning.Operation\",\xca\x41)\n\nInspection\x12\x1bInspectionOperationMetadataBy\n!com.rpiplatform.rpi.inspection.v1B\x0fOperationsProtoP\x01ZAgithub.com/rpi-platform/rpi/gen/go/rpi/inspection/v1;inspectionv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"rpi/inspection/v1/operations.proto\x12\x11rpi.inspection.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a#google/longrunning/operations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"rpi/inspection/v1/inspection.proto\"\xc6\x01\n\x17SubmitInspectionRequest\x12;\n\ninspection\x18\x01 \x01(\x0b\x32!.rpi.inspection.v1.InspectRequestB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x33\n\x08\x63\x61llback\x18\x03 \x01(\x0b\x32\x1b.rpi.inspection.v1.CallbackB\x04\xe2\x41\x01\x01\x12\x1f\n\x11result_export_uri\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"\x1d\n\x08\x43\x61llback\x12\x11\n\x03url\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x96\x02\n\x12InspectionProgress\x12\x38\n\x0eimages_fetched\x18\x01 \x01(\x0b\x32 .rpi.inspection.v1.ImagesFetched\x12@\n\x12preprocessing_done\x18\x02 \x01(\x0b\x32$.rpi.inspection.v1.PreprocessingDone\x12)\n\x06queued\x18\x03 \x01(\x0b\x32\x19.rpi.inspection.v1.Queued\x12\x42\n\x13generation_progress\x18\x04 \x01(\x0b\x32%.rpi.inspection.v1.GenerationProgress\x12\x15\n\ranswers_ready\x18\x05 \x01(\x05\"\xc1\x01\n\x10\x43\x61llbackDelivery\x12/\n\x05state\x18\x01 \x01(\x0e\x32 .rpi.inspection.v1.CallbackState\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x12\n\nwebhook_id\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x35\n\x11next_attempt_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe8\x03\n\x1bInspectionOperationMetadata\x12\x30\n\x05state\x18\x01 \x01(\x0e\x32!.rpi.inspection.v1.OperationState\x12\x15\n\rinspection_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x37\n\x08progress\x18\x04 \x01(\x0b\x32%.rpi.inspection.v1.InspectionProgress\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12\x16\n\x0equeue_position\x18\x06 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x08\x63\x61llback\x18\x0b \x01(\x0b\x32#.rpi.inspection.v1.CallbackDelivery\x12\x12\n\nexport_uri\x18\x0c \x01(\t*\xc4\x01\n\x0eOperationState\x12\x1f\n\x1bOPERATION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16OPERATION_STATE_QUEUED\x10\x01\x12\x1b\n\x17OPERATION_STATE_RUNNING\x10\x02\x12\x1d\n\x19OPERATION_STATE_SUCCEEDED\x10\x03\x12\x1a\n\x16OPERATION_STATE_FAILED\x10\x04\x12\x1d\n\x19OPERATION_STATE_CANCELLED\x10\x05*\xa2\x01\n\rCallbackState\x12\x1e\n\x1a\x43\x41LLBACK_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41LLBACK_STATE_NONE\x10\x01\x12\x1a\n\x16\x43\x41LLBACK_STATE_PENDING\x10\x02\x12\x1c\n\x18\x43\x41LLBACK_STATE_DELIVERED\x10\x03\x12\x1e\n\x1a\x43\x41LLBACK_STATE_DEAD_LETTER\x10\x04\x32\xa6\x01\n\x16\x41syncInspectionService\x12\x8b\x01\n\x10SubmitInspection\x12*.rpi.inspection.v1.SubmitInspectionRequest\x1a\x1d.google.longrunning.Operation\",\xca\x41)\n\nInspection\x12\x1bInspectionOperationMetadataBy\n!com.rpiplatform.rpi.inspection.v1B\x0fOperationsProtoP\x01ZAgithub.com/rpi-platform/rpi/gen/go/rpi/inspection/v1;inspectionv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,24 +42,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITINSPECTIONREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
   _globals['_SUBMITINSPECTIONREQUEST'].fields_by_name['callback']._loaded_options = None
   _globals['_SUBMITINSPECTIONREQUEST'].fields_by_name['callback']._serialized_options = b'\342A\001\001'
+  _globals['_SUBMITINSPECTIONREQUEST'].fields_by_name['result_export_uri']._loaded_options = None
+  _globals['_SUBMITINSPECTIONREQUEST'].fields_by_name['result_export_uri']._serialized_options = b'\342A\001\001'
   _globals['_CALLBACK'].fields_by_name['url']._loaded_options = None
   _globals['_CALLBACK'].fields_by_name['url']._serialized_options = b'\342A\001\002'
   _globals['_ASYNCINSPECTIONSERVICE'].methods_by_name['SubmitInspection']._loaded_options = None
   _globals['_ASYNCINSPECTIONSERVICE'].methods_by_name['SubmitInspection']._serialized_options = b'\312A)\n\nInspection\022\033InspectionOperationMetadata'
-  _globals['_OPERATIONSTATE']._serialized_start=1344
-  _globals['_OPERATIONSTATE']._serialized_end=1540
-  _globals['_CALLBACKSTATE']._serialized_start=1543
-  _globals['_CALLBACKSTATE']._serialized_end=1705
+  _globals['_OPERATIONSTATE']._serialized_start=1397
+  _globals['_OPERATIONSTATE']._serialized_end=1593
+  _globals['_CALLBACKSTATE']._serialized_start=1596
+  _globals['_CALLBACKSTATE']._serialized_end=1758
   _globals['_SUBMITINSPECTIONREQUEST']._serialized_start=197
-  _globals['_SUBMITINSPECTIONREQUEST']._serialized_end=362
-  _globals['_CALLBACK']._serialized_start=364
-  _globals['_CALLBACK']._serialized_end=393
-  _globals['_INSPECTIONPROGRESS']._serialized_start=396
-  _globals['_INSPECTIONPROGRESS']._serialized_end=674
-  _globals['_CALLBACKDELIVERY']._serialized_start=677
-  _globals['_CALLBACKDELIVERY']._serialized_end=870
-  _globals['_INSPECTIONOPERATIONMETADATA']._serialized_start=873
-  _globals['_INSPECTIONOPERATIONMETADATA']._serialized_end=1341
-  _globals['_ASYNCINSPECTIONSERVICE']._serialized_start=1708
-  _globals['_ASYNCINSPECTIONSERVICE']._serialized_end=1874
+  _globals['_SUBMITINSPECTIONREQUEST']._serialized_end=395
+  _globals['_CALLBACK']._serialized_start=397
+  _globals['_CALLBACK']._serialized_end=426
+  _globals['_INSPECTIONPROGRESS']._serialized_start=429
+  _globals['_INSPECTIONPROGRESS']._serialized_end=707
+  _globals['_CALLBACKDELIVERY']._serialized_start=710
+  _globals['_CALLBACKDELIVERY']._serialized_end=903
+  _globals['_INSPECTIONOPERATIONMETADATA']._serialized_start=906
+  _globals['_INSPECTIONOPERATIONMETADATA']._serialized_end=1394
+  _globals['_ASYNCINSPECTIONSERVICE']._serialized_start=1761
+  _globals['_ASYNCINSPECTIONSERVICE']._serialized_end=1927
 # @@protoc_insertion_point(module_scope)

@@ -104,10 +104,16 @@ class SubmitInspectionRequest(_message.Message):
     INSPECTION_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     CALLBACK_FIELD_NUMBER: _builtins.int
+    RESULT_EXPORT_URI_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Optional. Idempotency key (AIP-155), at most 128 characters, unique per caller: a retry
     with the same key gets the same operation; a different request under it is
     ALREADY_EXISTS. Without one every call queues a new job.
+    """
+    result_export_uri: _builtins.str
+    """Optional. Bucket URI prefix the result is exported to as JSON, at
+    <prefix>/<shipping_id>/<inspection_id>.json, instead of the service's RESULT_EXPORT_URI
+    (docs/storage.md). Its bucket must be in ALLOWED_EXPORT_BUCKETS; checked at submit.
     """
     @_builtins.property
     def inspection(self) -> _inspection_pb2.InspectRequest:
@@ -123,10 +129,11 @@ class SubmitInspectionRequest(_message.Message):
         inspection: _inspection_pb2.InspectRequest | None = ...,
         request_id: _builtins.str = ...,
         callback: Global___Callback | None = ...,
+        result_export_uri: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "inspection", b"inspection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "inspection", b"inspection", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "inspection", b"inspection", "request_id", b"request_id", "result_export_uri", b"result_export_uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -261,6 +268,7 @@ class InspectionOperationMetadata(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     CALLBACK_FIELD_NUMBER: _builtins.int
+    EXPORT_URI_FIELD_NUMBER: _builtins.int
     state: Global___OperationState.ValueType
     """Required (always set)."""
     inspection_id: _builtins.str
@@ -275,6 +283,10 @@ class InspectionOperationMetadata(_message.Message):
     """
     queue_position: _builtins.int
     """Optional. While queued: jobs ahead of this one."""
+    export_uri: _builtins.str
+    """Optional. Once the operation succeeded: the object the result export writes the
+    inspection's JSON to (the record's export_uri); empty when nothing is exported.
+    """
     @_builtins.property
     def progress(self) -> Global___InspectionProgress:
         """Optional. Progress of the running attempt."""
@@ -313,10 +325,11 @@ class InspectionOperationMetadata(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         callback: Global___CallbackDelivery | None = ...,
+        export_uri: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "create_time", b"create_time", "end_time", b"end_time", "progress", b"progress", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "callback", b"callback", "create_time", b"create_time", "end_time", b"end_time", "inspection_id", b"inspection_id", "progress", b"progress", "queue_position", b"queue_position", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "callback", b"callback", "create_time", b"create_time", "end_time", b"end_time", "export_uri", b"export_uri", "inspection_id", b"inspection_id", "progress", b"progress", "queue_position", b"queue_position", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

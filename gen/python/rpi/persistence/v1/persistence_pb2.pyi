@@ -1111,6 +1111,7 @@ class Job(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     CALLBACK_FIELD_NUMBER: _builtins.int
     LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    EXPORT_URI_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Required (always set). The job's id (UUID); the operation is named operations/{job_id}."""
     caller: _builtins.str
@@ -1129,6 +1130,8 @@ class Job(_message.Message):
     """Optional. While queued: queued jobs ahead of it."""
     lease_token: _builtins.str
     """Optional. Only in ClaimJobs responses: the lease to renew and finish with."""
+    export_uri: _builtins.str
+    """Optional. The object the result export writes the inspection to, fixed at submit."""
     @_builtins.property
     def request(self) -> _inspection_pb2.InspectRequest:
         """Required (always set). The validated request (its inspection_id set)."""
@@ -1186,10 +1189,11 @@ class Job(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         callback: _operations_pb2.CallbackDelivery | None = ...,
         lease_token: _builtins.str = ...,
+        export_uri: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "progress", b"progress", "request", b"request", "result", b"result", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "callback", b"callback", "caller", b"caller", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "inspection_id", b"inspection_id", "job_id", b"job_id", "lease_token", b"lease_token", "progress", b"progress", "queue_position", b"queue_position", "request", b"request", "request_id", b"request_id", "result", b"result", "start_time", b"start_time", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "callback", b"callback", "caller", b"caller", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "export_uri", b"export_uri", "inspection_id", b"inspection_id", "job_id", b"job_id", "lease_token", b"lease_token", "progress", b"progress", "queue_position", b"queue_position", "request", b"request", "request_id", b"request_id", "result", b"result", "start_time", b"start_time", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1206,6 +1210,7 @@ class CreateJobRequest(_message.Message):
     REQUEST_SHA256_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
     CALLBACK_URL_FIELD_NUMBER: _builtins.int
+    EXPORT_URI_FIELD_NUMBER: _builtins.int
     caller: _builtins.str
     """Required. The submitting caller (the inference service's authenticated caller)."""
     request_id: _builtins.str
@@ -1216,6 +1221,8 @@ class CreateJobRequest(_message.Message):
     """
     callback_url: _builtins.str
     """Optional. The callback URL, already checked by the inference service."""
+    export_uri: _builtins.str
+    """Optional. The result export's object URI, already checked by the inference service."""
     @_builtins.property
     def request(self) -> _inspection_pb2.InspectRequest:
         """Required. The validated request; its inspection_id (a UUID) is the job's inspection."""
@@ -1228,10 +1235,11 @@ class CreateJobRequest(_message.Message):
         request_sha256: _builtins.bytes = ...,
         request: _inspection_pb2.InspectRequest | None = ...,
         callback_url: _builtins.str = ...,
+        export_uri: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_url", b"callback_url", "caller", b"caller", "request", b"request", "request_id", b"request_id", "request_sha256", b"request_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_url", b"callback_url", "caller", b"caller", "export_uri", b"export_uri", "request", b"request", "request_id", b"request_id", "request_sha256", b"request_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
