@@ -126,6 +126,7 @@ class MemoryRecorder:
     requests: list[tuple[InspectionRequest, str, list[ImageInfo]]] = field(default_factory=list)
     attempts: list[AttemptRecord] = field(default_factory=list)
     results: list[Inspection] = field(default_factory=list)
+    export_uris: list[str] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
 
     def ensure_capacity(self) -> None:
@@ -139,8 +140,9 @@ class MemoryRecorder:
     async def attempt(self, inspection_id: str, attempt: AttemptRecord, model: ModelInfo) -> None:
         self.attempts.append(attempt)
 
-    async def result(self, inspection: Inspection) -> None:
+    async def result(self, inspection: Inspection, export_uri: str = "") -> None:
         self.results.append(inspection)
+        self.export_uris.append(export_uri)
 
     async def failure(
         self, inspection_id: str, stage: Stage, reason: str, message: str, status_code: str
