@@ -4,13 +4,22 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help bootstrap demo test unit integration lint typecheck lint-protos protos check-protos check-breaking bench clean
+.PHONY: help bootstrap upgrade-deps demo test unit integration lint typecheck lint-protos protos check-protos check-breaking bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 bootstrap:  ## install everything (system packages, .venv, grpcurl, buf)
 	@tools/bootstrap.sh
+
+# Eager: every pinned distribution moves, not only the direct requirements; torch stays put
+# (its build is the machine's, see bootstrap).
+upgrade-deps: bootstrap  ## move the pins: upgrade every dependency, then rewrite both pin files
+	@torch=$$($(PY) -c "import torch; print(torch.__version__.split('+')[0])") \
+	  && $(PY) -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]" \
+	     --constraint=<(echo "torch==$$torch") \
+	  && $(PY) -m tools.constraints --write && tools/bootstrap.sh
+	@git diff --stat -- deploy/docker/constraints.txt tools/constraints-dev.txt
 
 demo: bootstrap  ## bring the whole system up, run one streamed inspection, shut down
 	@$(PY) -m tools.demo

@@ -40,7 +40,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VPY="$ROOT/.venv/bin/python"
 stamp=.venv/.rpi-installed
-want_hash=$(cat pyproject.toml tools/bootstrap.sh | sha256sum | cut -c1-16)
+# The pins (tools/constraints.py): the tests run on the versions the images ship, whatever the
+# registry has published since. `make upgrade-deps` moves them.
+pins=(deploy/docker/constraints.txt tools/constraints-dev.txt)
+want_hash=$(cat pyproject.toml tools/bootstrap.sh "${pins[@]}" | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want_hash" ]; then
   if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
     # The CPU wheel first: an unpinned torch would pull several GB of CUDA packages.
@@ -50,7 +53,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want_hash" ]; then
   log "installing the project and its dev dependencies"
   # The registry mirror here prints a warning per missing index entry: filter those only,
   # and keep pip's own exit status.
-  "$VPY" -m pip install -q --disable-pip-version-check -e ".[dev]" 2> >(grep -v "^WARNING: Location" >&2)
+  "$VPY" -m pip install -q --disable-pip-version-check -e ".[dev]" \
+    "${pins[@]/#/--constraint=}" 2> >(grep -v "^WARNING: Location" >&2)
   "$VPY" -c "import inference_svc, persistence_svc, rpi" 
   echo "$want_hash" > "$stamp"
 fi

@@ -1,7 +1,8 @@
 """The dependency split and the image pins.
 
-- `deploy/docker/constraints.txt` is exactly what `python -m tools.constraints` derives from this
-  environment (the one the tests pass in), so the images' pins cannot drift from it.
+- `deploy/docker/constraints.txt` and `tools/constraints-dev.txt` are exactly what
+  `python -m tools.constraints` derives from this environment (the one the tests pass in), so
+  the images' pins cannot drift from it; bootstrap installs this environment under both files.
 - The persistence service, svc_common and the Python client import nothing beyond the base
   `[project] dependencies`: the persistence image installs `.` without the `inference` extra
   and so without torch. Every module is scanned, lazily imported ones included.
@@ -31,14 +32,36 @@ def test_constraints_file_is_generated_from_this_environment() -> None:
     assert constraints.CONSTRAINTS.read_text(encoding="utf-8") == constraints.render(), (
         "deploy/docker/constraints.txt is stale: python -m tools.constraints --write"
     )
+    assert constraints.DEV_CONSTRAINTS.read_text(encoding="utf-8") == constraints.render_dev(), (
+        "tools/constraints-dev.txt is stale: python -m tools.constraints --write"
+    )
+
+
+def _pinned(text: str) -> set[str]:
+    return {
+        canonicalize_name(line.split("==")[0])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def test_dev_pins_complete_the_runtime_pins_without_overlap() -> None:
+    runtime = _pinned(constraints.render())
+    dev = _pinned(constraints.render_dev())
+    assert not runtime & dev
+    assert {"pytest", "mypy", "ruff", "hypothesis", "moto"} <= dev
+    assert "torch" not in dev
+
+
+def test_bootstrap_installs_under_both_pin_files() -> None:
+    script = (REPO / "tools" / "bootstrap.sh").read_text(encoding="utf-8")
+    for path in (constraints.CONSTRAINTS, constraints.DEV_CONSTRAINTS):
+        assert str(path.relative_to(REPO)) in script
+    assert '"${pins[@]/#/--constraint=}"' in script
 
 
 def test_constraints_cover_the_inference_extra_and_leave_torch_out() -> None:
-    names = {
-        canonicalize_name(line.split("==")[0])
-        for line in constraints.render().splitlines()
-        if line and not line.startswith("#")
-    }
+    names = _pinned(constraints.render())
     extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]["inference"]
