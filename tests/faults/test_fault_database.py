@@ -18,8 +18,9 @@ from inference_svc.events.delivery import EventDelivery
 from inference_svc.events.spool import EventSpool
 from inference_svc.persistence_link import PersistenceSender
 from tests.support.events import attempt_event, new_id, request_event, result_event
-from tests.support.faults import DedicatedPersistence, db_counts, free_port, wait_until
+from tests.support.faults import DedicatedPersistence, db_counts, wait_until
 from tests.support.postgres import PgProxy, PostgresForTests
+from tests.support.processes import free_port
 
 
 class ObservedSender(PersistenceSender):

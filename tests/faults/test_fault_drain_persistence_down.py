@@ -20,10 +20,10 @@ from tests.support.faults import (
     cheap_request,
     cheap_settings,
     db_counts,
-    free_port,
     wait_until,
 )
 from tests.support.postgres import PostgresForTests
+from tests.support.processes import free_port
 
 INSPECTIONS = 4
 

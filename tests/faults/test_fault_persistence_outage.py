@@ -24,11 +24,11 @@ from tests.support.faults import (
     cheap_request,
     cheap_settings,
     db_counts,
-    free_port,
     health_status,
     wait_until,
 )
 from tests.support.postgres import PostgresForTests
+from tests.support.processes import free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -8,26 +8,24 @@ import asyncio
 import os
 import signal
 import sqlite3
-import sys
 import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 
 from inference_svc.events.spool import SPOOL_FILE
-from tests.support.e2e import ROOT, template_with_limits
+from tests.support.e2e import template_with_limits
 from tests.support.faults import (
     CHEAP_MODEL_ENV,
     CHEAP_OUTPUT,
     DedicatedPersistence,
     cheap_request,
     db_counts,
-    free_port,
     wait_until,
 )
 from tests.support.postgres import PostgresForTests
+from tests.support.processes import free_port, spawn_service, wait_serving
 
 INSPECTIONS = 16
 
@@ -43,29 +41,9 @@ async def start_inference(
         "PERSISTENCE_TARGET": f"127.0.0.1:{persistence_port}",
         "EVENT_SPOOL_DIR": str(spool_dir),
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "inference_svc",
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert proc.returncode is None, "inference_svc exited during start-up"
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return proc
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    proc.kill()
-    raise AssertionError("inference_svc never became SERVING")
+    proc = await spawn_service("inference_svc", env)
+    await wait_serving(f"127.0.0.1:{port}", proc)
+    return proc
 
 
 def spooled(spool_dir: Path) -> int:

@@ -12,7 +12,8 @@ from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 
 from inference_svc.app import InferenceApp
 from tests.support.errors import error_reason
-from tests.support.faults import cheap_request, cheap_settings, free_port, rss_kib
+from tests.support.faults import cheap_request, cheap_settings, rss_kib
+from tests.support.processes import free_port
 
 # Generous: the refused calls allocate nothing that lives on; this only catches a leak of a
 # request (inline images included) per call, which would add well over this.

@@ -1,48 +1,31 @@
 """Fixtures of the persistence tests here: the real service on a loopback port with a real
-PostgreSQL (TEST_DATABASE_URL, default 127.0.0.1:5432), in a database of its own."""
+PostgreSQL (tests/support/postgres.py: TEST_DATABASE_URL, default 127.0.0.1:5432), in a database
+of its own."""
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import grpc
 import pytest
 from rpi.persistence.v1 import persistence_pb2_grpc
 
 from persistence_svc.app import PersistenceApp
 from persistence_svc.settings import PersistenceSettings
-
-ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+from tests.support import persistence
+from tests.support.postgres import database_url_for_tests
 
 
 def persistence_settings(database_url: str, **overrides: Any) -> PersistenceSettings:
-    values: dict[str, Any] = {
-        "database_url": database_url,
-        "grpc_listen": "127.0.0.1:0",
-        "metrics_port": -1,
-        "drain_grace_s": 1.0,
-        "db_pool_min": 1,
-        "db_pool_max": 2,
-    }
-    values.update(overrides)
-    return PersistenceSettings(**values)
+    values: dict[str, Any] = {"drain_grace_s": 1.0, "db_pool_min": 1, "db_pool_max": 2}
+    return persistence.persistence_settings(database_url, **{**values, **overrides})
 
 
 @pytest.fixture(scope="module")
 async def database_url() -> AsyncIterator[str]:
-    name = f"rpi_errors_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(ADMIN_URL, timeout=5)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield urlunsplit(urlsplit(ADMIN_URL)._replace(path="/" + name))
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with database_url_for_tests() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
-import sys
 from pathlib import Path
 
 import grpc
@@ -25,15 +23,10 @@ from inference_svc.domain.errors import ErrorKind, InspectionError, Reason, Stag
 from inference_svc.grpc_api.admission import Admission, refuse_unless_serving
 from tests.support.e2e import MODEL_CACHE, QUESTIONS, ROOT, inference_settings
 from tests.support.imaging import LoopbackServer
+from tests.support.processes import free_port, spawn_service, wait_serving
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def request(uri: str = "https://metadata.internal/a.jpg") -> pb.InspectRequest:
@@ -94,21 +87,6 @@ async def probe(target: str, seen: list[tuple[str, str]], stop: asyncio.Event) -
             await asyncio.sleep(0.02)
 
 
-async def wait_serving(target: str, proc: asyncio.subprocess.Process) -> None:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        for _ in range(600):
-            assert proc.returncode is None, "inference_svc exited during start-up"
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("inference_svc never became SERVING")
-
-
 async def test_sigterm_drain_is_visible_to_health_checks(tmp_path: Path) -> None:
     port = free_port()
     target = f"127.0.0.1:{port}"
@@ -124,17 +102,9 @@ async def test_sigterm_drain_is_visible_to_health_checks(tmp_path: Path) -> None
         "DRAIN_GRACE_S": "5",
         "LOG_LEVEL": "WARNING",
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "inference_svc",
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await spawn_service("inference_svc", env, stderr=asyncio.subprocess.PIPE)
     try:
-        await wait_serving(target, proc)
+        await wait_serving(target, proc, timeout_s=300)
         before: list[tuple[str, str]] = []
         seen: list[tuple[str, str]] = []
         stop = asyncio.Event()

@@ -6,12 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
-import sys
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rpi.inspection.v1 import inspection_pb2_grpc as pb_grpc
 from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
@@ -20,33 +17,12 @@ from inference_svc.domain.models import OutputLimits
 from persistence_svc.app import PersistenceApp
 from tests.support.e2e import (
     MODEL_CACHE,
-    ROOT,
     ImageServer,
     make_request,
     template_with_limits,
     wait_for_record,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_serving(target: str, proc: asyncio.subprocess.Process) -> None:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        for _ in range(600):
-            assert proc.returncode is None, "inference_svc exited during start-up"
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("inference_svc never became SERVING")
+from tests.support.processes import free_port, spawn_service, wait_serving
 
 
 async def test_sigterm_lets_inflight_call_finish_and_delivers_its_events(
@@ -76,18 +52,10 @@ async def test_sigterm_lets_inflight_call_finish_and_delivers_its_events(
         "DRAIN_GRACE_S": "60",
         "LOG_LEVEL": "WARNING",
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "inference_svc",
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await spawn_service("inference_svc", env, stderr=asyncio.subprocess.PIPE)
     try:
         target = f"127.0.0.1:{port}"
-        await wait_serving(target, proc)
+        await wait_serving(target, proc, timeout_s=300)
         kinds: list[str] = []
         inspection_id = ""
         sent_sigterm = False

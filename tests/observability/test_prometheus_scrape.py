@@ -24,10 +24,10 @@ from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
 from inference_svc.app import InferenceApp
 from persistence_svc.app import PersistenceApp
-from persistence_svc.settings import PersistenceSettings
 from svc_common import grpc_metrics, inference_metrics, persistence_metrics
 from svc_common._labels import go_code_name
 from tests.support.e2e import QUESTIONS, ImageServer, inference_settings, make_request
+from tests.support.persistence import persistence_settings
 from tests.support.postgres import PostgresForTests
 from tests.support.prometheus import PrometheusServer, find_prometheus
 
@@ -74,12 +74,7 @@ async def scraped(
     tmp = tmp_path_factory.mktemp("prometheus-scrape")
     async with postgres.fresh_database("rpi_prom_") as database_url:
         persistence = PersistenceApp(
-            PersistenceSettings(
-                database_url=database_url,
-                grpc_listen="127.0.0.1:0",
-                metrics_port=0,
-                metrics_host="127.0.0.1",
-            )
+            persistence_settings(database_url, metrics_port=0, metrics_host="127.0.0.1")
         )
         inference: InferenceApp | None = None
         prometheus: PrometheusServer | None = None

@@ -30,9 +30,9 @@ from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
 from inference_svc.app import InferenceApp
 from persistence_svc.app import PersistenceApp
-from persistence_svc.settings import PersistenceSettings
 from svc_common.tracing import LinkAwareSampler, grpc_client_interceptors, uninstrument_asyncpg
 from tests.support.e2e import ImageServer, inference_settings, make_request, wait_for_record
+from tests.support.persistence import persistence_settings
 from tools.trace_tree import render
 
 INSPECT = "/rpi.inspection.v1.InspectionService/Inspect"
@@ -89,7 +89,7 @@ async def test_one_trace_per_inspection_and_batches_linked_to_them(
     inference_tracing = provider(exporter, "inference_svc", SERVICE_SAMPLER)
     persistence_tracing = provider(exporter, "persistence_svc", SERVICE_SAMPLER)
     persistence = PersistenceApp(
-        PersistenceSettings(database_url=database_url, grpc_listen="127.0.0.1:0", metrics_port=-1),
+        persistence_settings(database_url),
         tracer_provider=persistence_tracing,
     )
     ids = {"ok": str(uuid.uuid4()), "missing": str(uuid.uuid4()), "down": str(uuid.uuid4())}

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
 from persistence_svc.app import PersistenceApp
-from persistence_svc.settings import PersistenceSettings
+from tests.support.persistence import running_persistence
 from tests.support.postgres import PostgresForTests
 
 MAX_ATTEMPTS = 2
@@ -26,20 +26,14 @@ async def jobs_db_url(postgres: PostgresForTests) -> AsyncIterator[str]:
 
 @pytest_asyncio.fixture(scope="module")
 async def queue_app(jobs_db_url: str) -> AsyncIterator[PersistenceApp]:
-    app = PersistenceApp(
-        PersistenceSettings(
-            database_url=jobs_db_url,
-            grpc_listen="127.0.0.1:0",
-            metrics_port=-1,
-            max_job_attempts=MAX_ATTEMPTS,
-            # The tests run the sweep themselves (JobQueue.sweep_once).
-            job_sweep_interval_s=3600.0,
-        ),
-        registry=CollectorRegistry(),
-    )
-    await app.start()
-    yield app
-    await app.stop(0)
+    async with running_persistence(
+        jobs_db_url,
+        app_kwargs={"registry": CollectorRegistry()},
+        max_job_attempts=MAX_ATTEMPTS,
+        # The tests run the sweep themselves (JobQueue.sweep_once).
+        job_sweep_interval_s=3600.0,
+    ) as app:
+        yield app
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -17,21 +16,20 @@ import asyncpg
 import grpc
 from google.longrunning import operations_pb2_grpc as lro_grpc
 from google.longrunning import operations_proto_pb2 as lro
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rpi.inspection.v1 import operations_pb2 as opb
 from rpi.inspection.v1 import operations_pb2_grpc as opb_grpc
 
 from tests.operations.support import metadata
-from tests.support.e2e import ROOT, template_with_limits
+from tests.support.e2e import template_with_limits
 from tests.support.faults import (
     CHEAP_MODEL_ENV,
     CHEAP_OUTPUT,
     CONCURRENCY,
     DedicatedPersistence,
     cheap_request,
-    free_port,
 )
 from tests.support.postgres import PostgresForTests
+from tests.support.processes import free_port, spawn_service, wait_serving
 
 # The figure; RPI_ASYNC_KILL_INSPECTIONS lowers it for quick local runs.
 INSPECTIONS = int(os.environ.get("RPI_ASYNC_KILL_INSPECTIONS", "200"))
@@ -50,29 +48,9 @@ async def start_inference(port: int, persistence: str, tmp: Path) -> asyncio.sub
         "JOB_POLL_INTERVAL_S": "0.2",
         "ENGINE_PROCESS": "false",
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "inference_svc",
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert proc.returncode is None, "inference_svc exited during start-up"
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return proc
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.2)
-    proc.kill()
-    raise AssertionError("inference_svc never became SERVING")
+    proc = await spawn_service("inference_svc", env)
+    await wait_serving(f"127.0.0.1:{port}", proc, timeout_s=300)
+    return proc
 
 
 async def test_sigkill_one_of_two_inference_processes_every_operation_succeeds_once(

@@ -28,11 +28,12 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from inference_svc.app import InferenceApp
 from persistence_svc.app import PersistenceApp
-from persistence_svc.settings import PersistenceSettings
 from tests.operations.support import GatedEngine, cheap_output, metadata, wait_done
 from tests.support.e2e import inference_settings
-from tests.support.faults import cheap_request, free_port, wait_until
+from tests.support.faults import cheap_request, wait_until
+from tests.support.persistence import persistence_settings
 from tests.support.postgres import PostgresForTests
+from tests.support.processes import free_port
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 # Fast retries (a few quick ones, then slower): after failed attempt n, wait SCHEDULE[n - 1].
@@ -98,10 +99,9 @@ class Persistence:
 
     async def start(self) -> None:
         self.app = PersistenceApp(
-            PersistenceSettings(
-                database_url=self.database_url,
+            persistence_settings(
+                self.database_url,
                 grpc_listen=f"127.0.0.1:{self.port}",
-                metrics_port=-1,
                 webhook_retry_schedule_s=SCHEDULE,
                 job_sweep_interval_s=0.2,
             ),

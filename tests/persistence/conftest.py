@@ -13,6 +13,7 @@ from rpi.persistence.v1 import persistence_pb2_grpc
 
 from persistence_svc.app import PersistenceApp
 from persistence_svc.settings import PersistenceSettings
+from tests.support.persistence import persistence_settings
 from tests.support.postgres import PostgresForTests, start_test_postgres
 
 
@@ -23,9 +24,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def make_settings(database_url: str | None, **overrides: Any) -> PersistenceSettings:
     values: dict[str, Any] = {
-        "database_url": database_url,
-        "grpc_listen": "127.0.0.1:0",
-        "metrics_port": -1,
         "drain_grace_s": 1.0,
         "db_pool_min": 1,
         "db_pool_max": 4,
@@ -33,8 +31,7 @@ def make_settings(database_url: str | None, **overrides: Any) -> PersistenceSett
         "list_default_page_size": 4,
         "list_max_page_size": 5,
     }
-    values.update(overrides)
-    return PersistenceSettings(**values)
+    return persistence_settings(database_url, **{**values, **overrides})
 
 
 # autouse: the embedded fallback must start before this process runs any gRPC thread, since

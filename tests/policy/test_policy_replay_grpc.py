@@ -19,8 +19,7 @@ from rpi.persistence.v1 import persistence_pb2, persistence_pb2_grpc
 
 from inference_svc.domain.decision import decide
 from inference_svc.domain.models import Decision
-from persistence_svc.app import PersistenceApp
-from persistence_svc.settings import PersistenceSettings
+from tests.support.persistence import running_persistence
 from tests.support.postgres import PostgresForTests
 from tools.replay import EXIT_CHANGED, main
 
@@ -79,20 +78,13 @@ def _events(index: int) -> list[persistence_pb2.Event]:
 
 @pytest_asyncio.fixture
 async def persistence(pg_server: PostgresForTests) -> AsyncIterator[str]:
-    async with pg_server.fresh_database("rpi_replay_") as url:
-        app = PersistenceApp(
-            PersistenceSettings(database_url=url, grpc_listen="127.0.0.1:0", metrics_port=-1)
-        )
-        await app.start()
-        try:
-            async with grpc.aio.insecure_channel(app.target) as channel:
-                stub = persistence_pb2_grpc.PersistenceServiceStub(channel)
-                for first in range(0, 200, 20):
-                    events = [e for i in range(first, first + 20) for e in _events(i)]
-                    await stub.RecordEvents(persistence_pb2.RecordEventsRequest(events=events))
-            yield app.target
-        finally:
-            await app.stop(grace=0)
+    async with pg_server.fresh_database("rpi_replay_") as url, running_persistence(url) as app:
+        async with grpc.aio.insecure_channel(app.target) as channel:
+            stub = persistence_pb2_grpc.PersistenceServiceStub(channel)
+            for first in range(0, 200, 20):
+                events = [e for i in range(first, first + 20) for e in _events(i)]
+                await stub.RecordEvents(persistence_pb2.RecordEventsRequest(events=events))
+        yield app.target
 
 
 async def test_replay_over_grpc_reports_the_expected_changes(

@@ -14,9 +14,8 @@ import pytest_asyncio
 from rpi.persistence.v1 import persistence_pb2, persistence_pb2_grpc
 
 from inference_svc.reuse_lookup import PersistenceReuseLookup
-from persistence_svc.app import PersistenceApp
-from persistence_svc.settings import PersistenceSettings
 from tests.support.errors import bad_request_fields
+from tests.support.persistence import running_persistence
 from tests.support.postgres import PostgresForTests
 
 HASH = 0xF0E1_D2C3_B4A5_9687
@@ -42,15 +41,8 @@ def request_event(shipping_id: str, hashes: list[int | None]) -> tuple[str, pers
 
 @pytest_asyncio.fixture
 async def target(pg_server: PostgresForTests) -> AsyncIterator[str]:
-    async with pg_server.fresh_database("rpi_reuse_") as url:
-        app = PersistenceApp(
-            PersistenceSettings(database_url=url, grpc_listen="127.0.0.1:0", metrics_port=-1)
-        )
-        await app.start()
-        try:
-            yield app.target
-        finally:
-            await app.stop(grace=0)
+    async with pg_server.fresh_database("rpi_reuse_") as url, running_persistence(url) as app:
+        yield app.target
 
 
 async def test_a_photo_reused_across_shipments_is_found(target: str) -> None:

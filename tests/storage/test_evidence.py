@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import socket
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from persistence_svc.app import PersistenceApp
 from tests.storage.conftest import S3, request, running_app
 from tests.support.e2e import jpeg, wait_for_record
 from tests.support.imaging import encode, textured
+from tests.support.processes import free_port
 
 REFERENCE = jpeg((64, 48), (20, 200, 30))
 PICKUP = jpeg((64, 48), (30, 190, 45))
@@ -80,12 +80,6 @@ async def test_each_distinct_image_is_archived_once_and_the_result_exported(
         parsed = json_format.Parse(exported, pb.Inspection())
         assert parsed == reply.inspection
         assert parsed == record.result
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_an_archive_outage_during_50_inspections_loses_nothing(

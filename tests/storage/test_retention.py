@@ -18,6 +18,7 @@ from persistence_svc.app import PersistenceApp
 from persistence_svc.retention import RetentionMetrics, RetentionPolicy, RetentionSweeper
 from persistence_svc.settings import PersistenceSettings
 from tests.support.events import attempt_event, new_id, request_event, result_event
+from tests.support.persistence import running_persistence
 from tests.support.postgres import PostgresForTests
 
 NOW = datetime.now(UTC)
@@ -25,23 +26,17 @@ NOW = datetime.now(UTC)
 
 @pytest_asyncio.fixture
 async def retention_app(postgres: PostgresForTests) -> AsyncIterator[PersistenceApp]:
-    async with postgres.fresh_database("rpi_retention_") as url:
-        app = PersistenceApp(
-            PersistenceSettings(
-                database_url=url,
-                grpc_listen="127.0.0.1:0",
-                metrics_port=-1,
-                retention_attempt_payload_days=1,
-                retention_record_days=30,
-                retention_event_key_days=7,
-                retention_batch_size=7,  # several batches per sweep
-            )
-        )
-        await app.start()
-        try:
-            yield app
-        finally:
-            await app.stop(0)
+    async with (
+        postgres.fresh_database("rpi_retention_") as url,
+        running_persistence(
+            url,
+            retention_attempt_payload_days=1,
+            retention_record_days=30,
+            retention_event_key_days=7,
+            retention_batch_size=7,  # several batches per sweep
+        ) as app,
+    ):
+        yield app
 
 
 async def record(app: PersistenceApp, events: list[ppb.Event]) -> None:

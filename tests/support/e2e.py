@@ -27,7 +27,7 @@ from inference_svc.domain.models import OutputLimits
 from inference_svc.domain.prompt import PromptTemplate, with_output_limits
 from inference_svc.settings import InferenceSettings
 from persistence_svc.app import PersistenceApp
-from persistence_svc.settings import PersistenceSettings
+from tests.support.persistence import running_persistence
 from tests.support.postgres import PostgresForTests, start_test_postgres
 
 # The repository root (this file is tests/support/e2e.py): subprocess tests run the service
@@ -104,12 +104,8 @@ async def database_url(postgres: PostgresForTests) -> AsyncIterator[str]:
 
 @pytest_asyncio.fixture(scope="session")
 async def persistence_app(database_url: str) -> AsyncIterator[PersistenceApp]:
-    app = PersistenceApp(
-        PersistenceSettings(database_url=database_url, grpc_listen="127.0.0.1:0", metrics_port=-1)
-    )
-    await app.start()
-    yield app
-    await app.stop(0)
+    async with running_persistence(database_url) as app:
+        yield app
 
 
 # The random model fills every string to its bound: short bounds let a constrained output

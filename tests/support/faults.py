@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,8 @@ from rpi.inspection.v1 import inspection_pb2 as pb
 from inference_svc.domain.models import OutputLimits
 from inference_svc.settings import InferenceSettings
 from persistence_svc.app import PersistenceApp
-from persistence_svc.settings import PersistenceSettings
 from tests.support.e2e import MODEL_CACHE, inference_settings, jpeg
+from tests.support.persistence import persistence_settings
 
 # The issue asks for 200 inspections at concurrency 16 (about 2.5 minutes on a 2-core CPU
 # machine); RPI_FAULT_INSPECTIONS lowers it for quick local runs.
@@ -29,12 +28,6 @@ INSPECTIONS = int(os.environ.get("RPI_FAULT_INSPECTIONS", "200"))
 CONCURRENCY = 16
 
 _IMAGE = jpeg((64, 64), (200, 30, 30))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cheap_request(shipping_id: str = "SHIP-FAULT") -> pb.InspectRequest:
@@ -88,10 +81,9 @@ class DedicatedPersistence:
 
     async def start(self) -> None:
         self.app = PersistenceApp(
-            PersistenceSettings(
-                database_url=self.database_url,
+            persistence_settings(
+                self.database_url,
                 grpc_listen=self.target,
-                metrics_port=-1,
                 db_command_timeout_s=5.0,
             ),
             registry=CollectorRegistry(),

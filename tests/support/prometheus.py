@@ -8,7 +8,6 @@ import contextlib
 import json
 import math
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Mapping
@@ -18,20 +17,14 @@ from typing import IO, Any
 
 import aiohttp
 
+from tests.support.processes import free_port
+
 
 def find_prometheus() -> str | None:
     """The Prometheus server binary, or None when the package is not installed."""
     if Path("/usr/bin/prometheus").is_file():
         return "/usr/bin/prometheus"
     return shutil.which("prometheus")
-
-
-def free_port() -> int:
-    """A loopback port free right now (for programs that cannot report the port they bound)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def scrape_config(targets: Mapping[str, int], interval_s: float) -> str:

@@ -17,10 +17,10 @@ import yaml
 from clients.python.rpi_client.channel import ChannelOptions, aio_channel, tls_credentials
 from inference_svc.app import InferenceApp
 from persistence_svc.app import PersistenceApp
-from persistence_svc.settings import PersistenceSettings
 from svc_common.auth import new_api_key_entry
 from svc_common.tls import ClientTLS
 from tests.support.e2e import inference_settings
+from tests.support.persistence import persistence_settings
 from tests.support.pki import Leaf, Pki, Signer, make_signer
 from tests.support.postgres import PostgresForTests
 
@@ -81,10 +81,9 @@ async def secure(
 
     async with postgres.fresh_database("rpi_sec_") as database_url:
         persistence = PersistenceApp(
-            PersistenceSettings(
-                database_url=database_url,
+            persistence_settings(
+                database_url,
                 grpc_listen="127.0.0.1:0",
-                metrics_port=-1,
                 tls_cert_file=persistence_leaf.cert,
                 tls_key_file=persistence_leaf.key,
                 tls_client_ca_file=client_ca,
