@@ -29,6 +29,7 @@ from svc_common.auth import (
     Policy,
     set_current_caller,
 )
+from svc_common.handlers import Handler, behavior_of, method_name, rebuild, shape_of
 from svc_common.tls import peer_identities
 
 log = logging.getLogger(__name__)
@@ -121,22 +122,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:  # type: ignore[type-arg]
         handler = await continuation(details)
-        method = details.method
+        method = method_name(details)
         if handler is None or self._is_open(method):
             return handler
-        wrapped: grpc.RpcMethodHandler = _wrap(handler, lambda ctx: self._admit(method, ctx))  # type: ignore[type-arg]
-        return wrapped
+        return _wrap(handler, lambda ctx: self._admit(method, ctx))
 
 
 Admit = Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[Caller]]
 
 
-def _wrap(handler: Any, admit: Admit) -> Any:
-    """The handler with ``admit`` run first, keeping its RPC type (unary or streaming)."""
-    attr = ("stream_" if handler.request_streaming else "unary_") + (
-        "stream" if handler.response_streaming else "unary"
-    )
-    inner: Any = getattr(handler, attr)
+def _wrap(handler: Handler, admit: Admit) -> Handler:
+    """The handler with ``admit`` run first, keeping its RPC type (unary or streaming).
+
+    Every behaviour is wrapped, a synchronous one too: no method may run without admission."""
+    inner: Any = behavior_of(handler)
 
     async def unary_response(request: Any, context: Any) -> Any:
         set_current_caller(await admit(context))
@@ -151,6 +150,5 @@ def _wrap(handler: Any, admit: Admit) -> Any:
         else:  # a handler that writes with context.write()
             await result
 
-    factory = getattr(grpc, f"{attr}_rpc_method_handler")
-    behavior = stream_response if handler.response_streaming else unary_response
-    return factory(behavior, handler.request_deserializer, handler.response_serializer)
+    behavior = stream_response if shape_of(handler).response_streaming else unary_response
+    return rebuild(handler, behavior)

@@ -32,6 +32,14 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from opentelemetry import trace
 
+from svc_common.handlers import (
+    Behavior,
+    Deserializer,
+    async_behavior,
+    method_name,
+    rebuild,
+    shape_of,
+)
 from svc_common.tracing import record_abort
 
 logger = logging.getLogger(__name__)
@@ -43,9 +51,6 @@ INVALID_ARGUMENT: Final = "INVALID_ARGUMENT"
 INTERNAL: Final = "INTERNAL"
 _INTERNAL_MESSAGE: Final = "internal error"
 _UNDECODABLE_MESSAGE: Final = "the request message could not be decoded"
-
-_Behavior = Callable[..., Any]
-_Deserializer = Callable[[bytes], Any] | None
 
 
 @dataclass(frozen=True)
@@ -178,7 +183,7 @@ class _UndecodableRequestError(Exception):
     pass
 
 
-def _decode(deserializer: _Deserializer, raw: Any) -> Any:
+def _decode(deserializer: Deserializer, raw: Any) -> Any:
     if deserializer is None or not isinstance(raw, bytes):
         return raw
     try:
@@ -187,7 +192,7 @@ def _decode(deserializer: _Deserializer, raw: Any) -> Any:
         raise _UndecodableRequestError(type(exc).__name__) from None
 
 
-async def _decoded(deserializer: _Deserializer, raws: AsyncIterator[Any]) -> AsyncIterator[Any]:
+async def _decoded(deserializer: Deserializer, raws: AsyncIterator[Any]) -> AsyncIterator[Any]:
     async for raw in raws:
         yield _decode(deserializer, raw)
 
@@ -231,31 +236,23 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
             return handler
-        method = handler_call_details.method
-        method = method.decode() if isinstance(method, bytes) else str(method)
-        deserializer: _Deserializer = handler.request_deserializer
-        streaming_request = bool(handler.request_streaming)
-        attr = ("stream_" if streaming_request else "unary_") + (
-            "stream" if handler.response_streaming else "unary"
-        )
-        behavior: _Behavior | None = getattr(handler, attr)
-        if behavior is None or not (
-            inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
-        ):
+        method = method_name(handler_call_details)
+        behavior = async_behavior(handler)
+        if behavior is None:
             return handler
-        wrap = self._wrap_stream if handler.response_streaming else self._wrap_unary
-        factory: Callable[..., grpc.RpcMethodHandler] = getattr(grpc, f"{attr}_rpc_method_handler")  # type: ignore[type-arg]
+        shape = shape_of(handler)
+        wrap = self._wrap_stream if shape.response_streaming else self._wrap_unary
         # The request arrives as bytes and is decoded in the wrapper, where a failure can be
         # answered INVALID_ARGUMENT.
-        return factory(
-            wrap(behavior, deserializer, streaming_request, method),
+        return rebuild(
+            handler,
+            wrap(behavior, handler.request_deserializer, shape.request_streaming, method),
             request_deserializer=None,
-            response_serializer=handler.response_serializer,
         )
 
     def _wrap_unary(
-        self, behavior: _Behavior, deserializer: _Deserializer, streaming: bool, method: str
-    ) -> _Behavior:
+        self, behavior: Behavior, deserializer: Deserializer, streaming: bool, method: str
+    ) -> Behavior:
         async def wrapper(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             request = None
             try:
@@ -270,8 +267,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return wrapper
 
     def _wrap_stream(
-        self, behavior: _Behavior, deserializer: _Deserializer, streaming: bool, method: str
-    ) -> _Behavior:
+        self, behavior: Behavior, deserializer: Deserializer, streaming: bool, method: str
+    ) -> Behavior:
         async def wrapper(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             request = None
             try:

@@ -22,6 +22,7 @@ import grpc.aio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from svc_common._labels import GO_CODE_NAMES, go_code_name
+from svc_common.handlers import Behavior, async_behavior, method_name, rebuild, shape_of
 
 STARTED_TOTAL: Final = "grpc_server_started_total"
 HANDLED_TOTAL: Final = "grpc_server_handled_total"
@@ -44,13 +45,6 @@ DEFAULT_HANDLING_BUCKETS: Final = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
     7.5, 10.0, 12.5, 15.0, 17.5, 20.0, 25.0, 30.0, 45.0, 60.0, 120.0, 300.0,
 )  # fmt: skip
-
-UNARY: Final = "unary"
-CLIENT_STREAM: Final = "client_stream"
-SERVER_STREAM: Final = "server_stream"
-BIDI_STREAM: Final = "bidi_stream"
-
-_Behavior = Callable[..., Any]
 
 
 def split_method(full_method: str) -> tuple[str, str]:
@@ -184,51 +178,17 @@ class GrpcServerMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[
         handler = await continuation(handler_call_details)
         if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
             return handler
-        full_method: str | bytes = handler_call_details.method
-        if isinstance(full_method, bytes):
-            full_method = full_method.decode()
-        service, method = split_method(full_method)
-        if handler.request_streaming and handler.response_streaming:
-            return self._wrap(handler, BIDI_STREAM, service, method, "stream_stream")
-        if handler.request_streaming:
-            return self._wrap(handler, CLIENT_STREAM, service, method, "stream_unary")
-        if handler.response_streaming:
-            return self._wrap(handler, SERVER_STREAM, service, method, "unary_stream")
-        return self._wrap(handler, UNARY, service, method, "unary_unary")
-
-    def _wrap(
-        self,
-        handler: grpc.RpcMethodHandler,  # type: ignore[type-arg]
-        grpc_type: str,
-        service: str,
-        method: str,
-        attr: str,
-    ) -> grpc.RpcMethodHandler:  # type: ignore[type-arg]
-        behavior: _Behavior | None = getattr(handler, attr)
-        if behavior is None or not (
-            inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
-        ):
+        service, method = split_method(method_name(handler_call_details))
+        behavior = async_behavior(handler)
+        if behavior is None:
             return handler
-        labels = (grpc_type, service, method)
-        metrics = self.metrics
-        metrics.initialise(labels)
-        factory: Callable[..., grpc.RpcMethodHandler]  # type: ignore[type-arg]
-        if attr == "unary_unary":
-            new: _Behavior = _unary_response(behavior, metrics, labels, streaming_request=False)
-            factory = grpc.unary_unary_rpc_method_handler
-        elif attr == "stream_unary":
-            new = _unary_response(behavior, metrics, labels, streaming_request=True)
-            factory = grpc.stream_unary_rpc_method_handler
-        elif attr == "unary_stream":
-            new = _stream_response(behavior, metrics, labels, streaming_request=False)
-            factory = grpc.unary_stream_rpc_method_handler
-        else:
-            new = _stream_response(behavior, metrics, labels, streaming_request=True)
-            factory = grpc.stream_stream_rpc_method_handler
-        return factory(
-            new,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+        shape = shape_of(handler)
+        labels = (shape.grpc_type, service, method)
+        self.metrics.initialise(labels)
+        wrap = _stream_response if shape.response_streaming else _unary_response
+        return rebuild(
+            handler,
+            wrap(behavior, self.metrics, labels, streaming_request=shape.request_streaming),
         )
 
 
@@ -239,12 +199,12 @@ async def _counting(requests: AsyncIterator[Any], call: _Call) -> AsyncIterator[
 
 
 def _unary_response(
-    behavior: _Behavior,
+    behavior: Behavior,
     metrics: GrpcServerMetrics,
     labels: tuple[str, str, str],
     *,
     streaming_request: bool,
-) -> _Behavior:
+) -> Behavior:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         call = _Call(metrics, labels)
         if streaming_request:
@@ -266,12 +226,12 @@ def _unary_response(
 
 
 def _stream_response(
-    behavior: _Behavior,
+    behavior: Behavior,
     metrics: GrpcServerMetrics,
     labels: tuple[str, str, str],
     *,
     streaming_request: bool,
-) -> _Behavior:
+) -> Behavior:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         call = _Call(metrics, labels)
         if streaming_request:
