@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference_svc import defaults
+from svc_common import service_settings
 from svc_common.security_settings import ServerSecuritySettings
 from svc_common.settings_fields import setting
 
@@ -43,12 +44,7 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         advanced=True,
         ge=0,
     )
-    drain_grace_s: float = setting(
-        30.0,
-        "On SIGTERM: how long in-flight calls may take to finish.",
-        group="server",
-        ge=0,
-    )
+    drain_grace_s: float = service_settings.drain_grace_s(30.0)
     max_message_bytes: int = setting(
         256 * 1024 * 1024,
         "Largest gRPC message accepted (inline images).",
@@ -58,17 +54,8 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
     log_level: str = setting("INFO", "Log level (JSON lines on stderr).", group="server")
 
     # --- observability
-    metrics_port: int = setting(
-        9095,
-        "Prometheus /metrics HTTP port (-1 = off, 0 = any free port).",
-        group="observability",
-    )
-    metrics_host: str = setting(
-        "0.0.0.0",  # noqa: S104
-        "Prometheus HTTP bind address.",
-        group="observability",
-        advanced=True,
-    )
+    metrics_port: int = service_settings.metrics_port(9095)
+    metrics_host: str = service_settings.metrics_host()
 
     # --- request limits
     max_reference_images: int = setting(10, "Reference images per request.", group="limits", ge=1)
@@ -484,6 +471,3 @@ class InferenceSettings(ServerSecuritySettings, BaseSettings):
         advanced=True,
         gt=0,
     )
-
-    # --- leaving (issue 25): the engine work removes the first five, the pipeline work moves
-    # the output caps into the prompt template; app.py reads them until then.
