@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from svc_common import service_settings
 from svc_common.security_settings import ServerSecuritySettings
 from svc_common.settings_fields import setting
 
@@ -26,12 +27,7 @@ class PersistenceSettings(ServerSecuritySettings, BaseSettings):
         "gRPC listen address (host:port; port 0 picks a free port).",
         group="server",
     )
-    drain_grace_s: float = setting(
-        15.0,
-        "On SIGTERM: how long in-flight calls may take to finish.",
-        group="server",
-        ge=0,
-    )
+    drain_grace_s: float = service_settings.drain_grace_s(15.0)
     log_level: str = setting("INFO", "Log level.", group="server")
     writer_identities: str = setting(
         "",
@@ -48,17 +44,8 @@ class PersistenceSettings(ServerSecuritySettings, BaseSettings):
     )
 
     # --- observability
-    metrics_port: int = setting(
-        9096,
-        "Prometheus /metrics HTTP port (-1 = off, 0 = any free port).",
-        group="observability",
-    )
-    metrics_host: str = setting(
-        "0.0.0.0",  # noqa: S104
-        "Prometheus HTTP bind address.",
-        group="observability",
-        advanced=True,
-    )
+    metrics_port: int = service_settings.metrics_port(9096)
+    metrics_host: str = service_settings.metrics_host()
 
     # --- database
     database_url: str | None = setting(
