@@ -14,8 +14,10 @@ at once and measured in turn on the same request sequence:
   unconstrained), each output forced to ours' mean natural output length measured during the
   warm-up, so both rows generate the same number of tokens;
 * ``ours, cache off``: the production engine, constrained decoding to its natural end,
-  VISION_CACHE_BYTES=0;
-* ``ours``: the same with the vision-feature cache (the production default).
+  VISION_CACHE_BYTES=0 and FETCH_CACHE_BYTES=0;
+* ``ours``: the same with the vision-feature cache and the reference-image HTTP cache (the
+  production defaults). The image server answers as a CDN would: ``Cache-Control`` with a
+  day's lifetime, an ETag, 304 to a matching revalidation.
 
 Closed loop at each ``--concurrency``, then open loop at ``--rate`` requests/s (Poisson
 arrivals). Printed: requests/s, p50/p99, CPU seconds per inspection (server and engine
@@ -53,6 +55,7 @@ from svc_common.inference_metrics import STAGE_SECONDS
 
 # A seed-style output that is not valid JSON is answered MODEL_OUTPUT_INVALID after its one
 # generate: the model, the parse and the reply were all done.
+CDN_CACHING = "public, max-age=86400"
 COMPLETED = {("OK", ""), ("INTERNAL", "MODEL_OUTPUT_INVALID")}
 
 
@@ -92,7 +95,8 @@ def ours_rows(args: argparse.Namespace) -> list[Row]:
     }
     rows = [Row(OURS, engine, {**base, "vision_cache_bytes": args.cache_mb << 20})]
     if not args.no_cache_off:
-        rows.insert(0, Row(CACHE_OFF, engine, {**base, "vision_cache_bytes": 0}))
+        off = {**base, "vision_cache_bytes": 0, "fetch_cache_bytes": 0}
+        rows.insert(0, Row(CACHE_OFF, engine, off))
     return rows
 
 
@@ -102,6 +106,7 @@ def seed_row(args: argparse.Namespace, tokens: int) -> Row:
         "constrained_decoding": False,
         "max_new_tokens": args.tokens or tokens,
         "vision_cache_bytes": 0,
+        "fetch_cache_bytes": 0,
     }
     if not args.in_process:
         overrides["engine_process"] = args.seed_engine_process
@@ -220,7 +225,7 @@ class Bench:
         images = images_for(everything, self.traffic.model.pickup_pool)
         results: list[Level] = []
         async with contextlib.AsyncExitStack() as stack:
-            server = stack.enter_context(ImageServerProcess(images))
+            server = stack.enter_context(ImageServerProcess(images, cache_control=CDN_CACHING))
             self.url = server.url("").rstrip("/")
             self.client = stack.enter_context(ChildProcess())
             for row in ours_rows(args):

@@ -40,6 +40,7 @@ from inference_svc.grpc_api.errors import ERROR_DOMAIN, error_interceptor
 from inference_svc.grpc_api.servicer import InspectionServicer
 from inference_svc.imaging.buckets import BucketReader
 from inference_svc.imaging.fetch import FetchConfig, ImageFetcher
+from inference_svc.imaging.fetch_cache_metrics import FetchCacheCollector
 from inference_svc.intake import pixel_budget, preparer, worker_pools
 from inference_svc.observability import MetricsObserver
 from inference_svc.persistence_link import PersistenceSender
@@ -116,6 +117,8 @@ class InferenceApp:
             fetch_config,
             buckets=BucketReader.from_settings(settings, fetch_config, self.storage.stores),
         )
+        if self.fetcher.cache is not None:
+            self.registry.register(FetchCacheCollector(self.fetcher.cache))
         self.template = PromptTemplate.load(settings.prompt_template_path)
         self.sender: PersistenceSender | None = None
         if settings.persistence_target:

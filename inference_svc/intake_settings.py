@@ -89,6 +89,14 @@ class ImageIntakeSettings(BaseModel):
     fetch_concurrency: int = setting(
         16, "Concurrent image downloads.", group="image intake", advanced=True, ge=1
     )
+    fetch_cache_bytes: int = setting(
+        defaults.FETCH_CACHE_BYTES,
+        "Bytes of reference-image downloads kept while their HTTP caching headers allow "
+        "(max-age, Expires; revalidated with ETag/Last-Modified once stale); 0 = off.",
+        group="image intake",
+        advanced=True,
+        ge=0,
+    )
     host_rewrites: dict[str, str] = setting(
         description='Reference image host rewrite, JSON: {"bucket.s3.amazonaws.com": '
         '"cdn.example.com"}.',

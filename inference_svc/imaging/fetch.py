@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import urllib.parse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
@@ -18,7 +18,7 @@ from inference_svc.domain.errors import (
     image_error,
     invalid_argument,
 )
-from inference_svc.domain.models import FetchedImage, ImageSource
+from inference_svc.domain.models import FetchedImage, ImageRole, ImageSource
 from inference_svc.imaging.addresses import AddressPolicy
 from inference_svc.imaging.decode import PixelBudget
 from inference_svc.imaging.fetch_config import FetchConfig
@@ -29,6 +29,7 @@ from inference_svc.imaging.fetch_errors import failed as _failed
 from inference_svc.imaging.fetch_errors import too_large as _too_large
 from inference_svc.imaging.fetch_errors import unavailable as _unavailable
 from inference_svc.imaging.fetch_errors import with_cause as _with_cause
+from inference_svc.imaging.http_cache import ResponseCache, caching_fields
 from inference_svc.imaging.resolver import ForbiddenAddressError, PolicyResolver
 from inference_svc.imaging.transfer import RateFloor, TooLarge, TooSlow, read_body
 from inference_svc.imaging.urls import (
@@ -51,6 +52,12 @@ logger = logging.getLogger(__name__)
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _STAGE = Stage.FETCH
+
+
+class _Response(NamedTuple):
+    body: bytes | None  # None: 304 to a conditional request
+    final: ImageUrl
+    headers: list[tuple[str, str]]
 
 
 class ImageFetcher:
@@ -82,6 +89,8 @@ class ImageFetcher:
         self._session: aiohttp.ClientSession | None = None
         self._resolver: PolicyResolver | None = None
         self._semaphore = asyncio.Semaphore(config.concurrency)
+        # Catalogue images repeat, pickups never do: only references are kept (http_cache).
+        self.cache = ResponseCache(config.cache_bytes) if config.cache_bytes > 0 else None
 
     def pixel_budget(self) -> PixelBudget:
         """A fresh budget for one request's images (charge each before it is decoded)."""
@@ -164,17 +173,41 @@ class ImageFetcher:
     async def _fetch_uri(self, source: ImageSource, raw: str) -> FetchedImage:
         url = self._rewrite(source, self._checked_url(source, raw))
         self._vet_host(source, url, None)
+        key = url.geturl()
+        cache = self.cache if source.role is ImageRole.REFERENCE else None
+        kept = cache.lookup(key) if cache is not None else None
+        if cache is not None and kept is not None and cache.is_fresh(kept):
+            cache.counts.hits += 1
+            return FetchedImage(source=source, data=kept.body, fetched_uri=key)
+        # One deadline for the whole download: attempts, redirects, backoff and a second
+        # request after a 304 that names another representation share it, so FETCH_TIMEOUT_S
+        # bounds how long an image can hold a slot.
+        deadline = asyncio.get_running_loop().time() + self._config.total_timeout_s
+        got = await self._attempts(source, url, deadline, kept.validators() if kept else {})
+        if cache is not None and kept is not None and got.body is None:
+            if kept.same_etag(caching_fields(got.headers)):
+                cache.revalidate(key, kept, got.headers)
+                cache.counts.revalidated += 1
+                return FetchedImage(source=source, data=kept.body, fetched_uri=key)
+            got = await self._attempts(source, url, deadline, {})
+        if got.body is None:
+            raise _failed(source.field_path, f"{url.redacted()} answered HTTP 304", "http_4xx")
+        if cache is not None:
+            cache.counts.misses += 1
+            if got.final == url:
+                cache.store(key, got.body, got.headers)
+        return FetchedImage(source=source, data=got.body, fetched_uri=got.final.geturl())
+
+    async def _attempts(
+        self, source: ImageSource, url: ImageUrl, deadline: float, conditional: dict[str, str]
+    ) -> _Response:
         loop = asyncio.get_running_loop()
         total = self._config.total_timeout_s
-        # One deadline for the whole download: attempts, redirects and backoff share it, so
-        # FETCH_TIMEOUT_S bounds how long an image can hold a slot.
-        deadline = loop.time() + total
         attempts = self._config.retries + 1
         for attempt in range(1, attempts + 1):
             try:
                 async with asyncio.timeout_at(deadline):
-                    data, final = await self._download(source, url)
-                return FetchedImage(source=source, data=data, fetched_uri=final.geturl())
+                    return await self._download(source, url, conditional)
             except TimeoutError:
                 raise _unavailable(
                     source.field_path,
@@ -202,8 +235,13 @@ class ImageFetcher:
         base = self._config.backoff_s * float(2 ** (attempt - 1))
         return base + random.uniform(0, self._config.backoff_s / 2)
 
-    async def _download(self, source: ImageSource, url: ImageUrl) -> tuple[bytes, ImageUrl]:
-        """One attempt: follow (or refuse) redirects, return the body and the final URL."""
+    async def _download(
+        self, source: ImageSource, url: ImageUrl, conditional: dict[str, str]
+    ) -> _Response:
+        """One attempt: follow (or refuse) redirects, return the body and the final URL.
+
+        ``conditional`` (a cached body's validators) goes with the first request only: a 304
+        to it is returned without a body, a redirect elsewhere is fetched unconditionally."""
         session = self._get_session()
         started = asyncio.get_running_loop().time()
         origin_port = url.effective_port
@@ -212,7 +250,11 @@ class ImageFetcher:
             try:
                 # Waiting for the headers counts against the rate floor as well.
                 async with asyncio.timeout_at(self._floor.due(started, 0)):
-                    resp = await session.get(current.to_yarl(), allow_redirects=False)
+                    resp = await session.get(
+                        current.to_yarl(),
+                        allow_redirects=False,
+                        headers=conditional if hop == 0 else None,
+                    )
             except aiohttp.ServerTimeoutError as exc:  # a TimeoutError too: caught first
                 raise _TransientFetchError("timed out connecting", "timeout") from exc
             except TimeoutError:
@@ -229,6 +271,8 @@ class ImageFetcher:
                 raise _TransientFetchError(_describe(exc)) from exc
             async with resp:
                 self._check_peer(source, resp, origin_port)
+                if resp.status == 304 and conditional and hop == 0:
+                    return _Response(None, current, list(resp.headers.items()))
                 if resp.status in _REDIRECT_STATUSES:
                     current = await self._redirect_target(source, current, resp, hop, origin_port)
                     continue
@@ -248,7 +292,7 @@ class ImageFetcher:
                     raise self._too_slow(source, current, exc.received) from None
                 except aiohttp.ClientError as exc:
                     raise _TransientFetchError(_describe(exc)) from exc
-                return body, current
+                return _Response(body, current, list(resp.headers.items()))
         raise _failed(
             source.field_path, f"more than {self._config.max_redirects} redirects", "redirect"
         )

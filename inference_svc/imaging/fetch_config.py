@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from inference_svc import defaults
 from inference_svc.domain.models import ImageRole
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ class FetchConfig:
     host_rewrites: Mapping[str, str] = field(default_factory=dict)
     host_rewrite_roles: frozenset[ImageRole] = frozenset({ImageRole.REFERENCE})
     concurrency: int = 16
+    # Reference-image bodies kept while their HTTP caching headers allow (http_cache); 0 = off.
+    cache_bytes: int = defaults.FETCH_CACHE_BYTES
     # Pixels one request may decode at full size (formats without reduced-size decoding).
     max_request_pixels: int = 128_000_000
     max_image_pixels: int = 64_000_000
@@ -62,6 +65,7 @@ class FetchConfig:
             host_rewrites=dict(settings.host_rewrites),
             host_rewrite_roles=frozenset(ImageRole(r) for r in settings.host_rewrite_roles),
             concurrency=settings.fetch_concurrency,
+            cache_bytes=settings.fetch_cache_bytes,
             max_request_pixels=settings.max_request_pixels,
             max_image_pixels=settings.max_image_pixels,
         )

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from inference_svc.imaging import fetch_cache_metrics
 from inference_svc.storage import metrics as storage_metrics
 from svc_common import grpc_metrics, inference_metrics, job_metrics, persistence_metrics
 
@@ -35,6 +36,7 @@ def _known_series() -> set[str]:
         persistence_metrics,
         job_metrics,
         storage_metrics,
+        fetch_cache_metrics,
     ):
         for name, kind in module.METRIC_TYPES.items():
             names.update(name + suffix for suffix in _SUFFIXES[kind])
