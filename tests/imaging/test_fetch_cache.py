@@ -10,10 +10,12 @@ from collections.abc import Callable
 
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from inference_svc.domain.errors import InspectionError, Reason
 from inference_svc.domain.models import ImageRole, ImageSource
 from inference_svc.imaging.fetch import ImageFetcher
+from inference_svc.imaging.fetch_cache_metrics import FetchCacheCollector
 from inference_svc.imaging.http_cache import directives, freshness
 from tests.support.imaging import LoopbackServer
 
@@ -194,9 +196,10 @@ async def test_no_cache_revalidates_on_every_use(
     fetcher = cached_fetcher(make_fetcher, Clock())
     for _ in range(3):
         assert (await fetcher.fetch(reference(origin.url))).data == BODY
-    assert origin.conditionals[1:] == [
-        {"If-None-Match": '"v1"', "If-Modified-Since": "Tue, 01 Dec 2026 10:00:00 GMT"}
-    ] * 2
+    assert (
+        origin.conditionals[1:]
+        == [{"If-None-Match": '"v1"', "If-Modified-Since": "Tue, 01 Dec 2026 10:00:00 GMT"}] * 2
+    )
     assert fetcher.cache is not None
     assert fetcher.cache.counts.revalidated == 2
 
@@ -326,3 +329,21 @@ def test_directives_and_freshness_parse_the_header_forms() -> None:
     assert verdict.initial_age_s == pytest.approx(20)  # Date says 20 s, Age only 5
     assert not freshness({"cache-control": ["max-age=abc"]}, received).storable
     assert freshness({"etag": ['"x"']}, received).storable  # revalidated on every use
+
+
+async def test_the_metrics_read_the_cache_counts_when_scraped(
+    make_fetcher: MakeFetcher, server: LoopbackServer
+) -> None:
+    origin = Origin(server)
+    origin.headers = {"Cache-Control": "max-age=600"}
+    fetcher = cached_fetcher(make_fetcher, Clock())
+    assert fetcher.cache is not None
+    registry = CollectorRegistry()
+    registry.register(FetchCacheCollector(fetcher.cache))
+    for _ in range(3):
+        await fetcher.fetch(reference(origin.url))
+    lookups = "rpi_inference_fetch_cache_lookups_total"
+    assert registry.get_sample_value(lookups, {"result": "hit"}) == 2
+    assert registry.get_sample_value(lookups, {"result": "miss"}) == 1
+    assert registry.get_sample_value(lookups, {"result": "revalidated"}) == 0
+    assert registry.get_sample_value("rpi_inference_fetch_cache_bytes") == len(BODY)
