@@ -212,3 +212,24 @@ def test_callers_and_failure_records_see_the_same_reason() -> None:
     # A failure is recorded (FailureRecorded.reason) with the domain reason's value: it must be
     # the reason the caller got.
     assert all(wire == reason.value for reason, (_, wire, _) in EXPECTED.items())
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["unary", "stream"])
+async def test_four_hundred_empty_images_get_invalid_argument_in_a_small_trailer(
+    stub: pb_grpc.InspectionServiceStub, streaming: bool
+) -> None:
+    # The finding: about 1 KB of request once produced a 19.8 KB BadRequest, which clients with
+    # gRPC's default 8 KiB metadata limit saw as RESOURCE_EXHAUSTED.
+    request = _request("INVALID_ARGUMENT", pickup_images=[pb.Image() for _ in range(400)])
+    assert request.ByteSize() < 2048
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        if streaming:
+            _ = [m async for m in stub.InspectStream(request)]
+        else:
+            await stub.Inspect(request)
+    got = details(caught.value)
+    assert got.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert 1 < len(got.violations) <= 21
+    assert any("more" in description for _, description in got.violations)
+    trailer = sum(len(key) + len(value) for key, value in (caught.value.trailing_metadata() or ()))
+    assert trailer < 4096
