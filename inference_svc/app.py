@@ -10,8 +10,7 @@ import signal
 import time
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import (
     CollectorRegistry,
@@ -19,9 +18,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from rpi.inspection.v1 import inspection_pb2, inspection_pb2_grpc
 
-from inference_svc.async_inspections import SERVICE_NAMES as ASYNC_SERVICES
 from inference_svc.async_inspections import AsyncInspections
 from inference_svc.domain.policy import DEFAULT_POLICY_NAME, PolicyHolder
 from inference_svc.domain.prompt import PromptTemplate
@@ -36,8 +33,8 @@ from inference_svc.events.metrics import DeliveryMetrics
 from inference_svc.events.recorder import NullRecorder, SpoolingRecorder
 from inference_svc.events.spool import EventSpool
 from inference_svc.grpc_api.admission import Admission
-from inference_svc.grpc_api.errors import ERROR_DOMAIN, error_interceptor
 from inference_svc.grpc_api.servicer import InspectionServicer
+from inference_svc.grpc_server import SERVICE_NAME, build_server
 from inference_svc.imaging.buckets import BucketReader
 from inference_svc.imaging.fetch import FetchConfig, ImageFetcher
 from inference_svc.imaging.fetch_cache_metrics import FetchCacheCollector
@@ -48,24 +45,19 @@ from inference_svc.pipeline import InspectionPipeline, PipelineConfig
 from inference_svc.reuse_lookup import PersistenceReuseLookup
 from inference_svc.settings import InferenceSettings
 from inference_svc.storage.wiring import Storage
-from svc_common.grpc_metrics import GrpcServerMetricsInterceptor
-from svc_common.grpc_options import KEEPALIVE_OPTIONS
 from svc_common.health import LIVENESS_SERVICE, HealthServicer
 from svc_common.inference_metrics import InferenceMetrics, VisionCacheCounts
 from svc_common.metrics_server import MetricsServer, start_metrics_server
-from svc_common.security import AuthMetrics, server_security, start_health_port
+from svc_common.security import server_security, start_health_port
 from svc_common.tls import ClientTLS
 from svc_common.tracing import (
     configure_tracing,
     get_tracer,
     grpc_client_interceptors,
-    grpc_server_interceptors,
     shutdown_tracing,
 )
 
 log = logging.getLogger(__name__)
-
-SERVICE_NAME = inspection_pb2.DESCRIPTOR.services_by_name["InspectionService"].full_name
 
 
 def engine_config(settings: InferenceSettings) -> EngineConfig:
@@ -256,24 +248,13 @@ class InferenceApp:
         s = self.settings
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-        self.server = grpc.aio.server(
-            interceptors=[
-                GrpcServerMetricsInterceptor(self.registry),
-                *grpc_server_interceptors(self.tracer_provider),
-                self.security.interceptor(
-                    ERROR_DOMAIN, AuthMetrics(self.registry, self.security.known_callers())
-                ),
-                error_interceptor(),
-            ],
-            options=[
-                ("grpc.max_receive_message_length", s.max_message_bytes),
-                ("grpc.max_send_message_length", 16 * 1024 * 1024),
-                ("grpc.so_reuseport", 0),
-                *KEEPALIVE_OPTIONS,
-            ],
-        )
-        inspection_pb2_grpc.add_InspectionServiceServicer_to_server(
-            InspectionServicer(
+        self.server = build_server(
+            s,
+            registry=self.registry,
+            tracer_provider=self.tracer_provider,
+            security=self.security,
+            health=self.health,
+            inspections=InspectionServicer(
                 self.pipeline,
                 self.limits,
                 self.admission,
@@ -281,21 +262,8 @@ class InferenceApp:
                 lambda: self.serving,
                 lambda: self.draining,
             ),
-            self.server,
+            async_inspections=self.async_inspections,
         )
-        if self.async_inspections is not None:
-            self.async_inspections.add_to_server(self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        if self.security.reflection:
-            reflection.enable_server_reflection(
-                (
-                    SERVICE_NAME,
-                    *(ASYNC_SERVICES if self.async_inspections is not None else ()),
-                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                    reflection.SERVICE_NAME,
-                ),
-                self.server,
-            )
         self.port = self.security.bind(self.server, s.grpc_listen, "inference_svc")
         if self.port == 0:
             raise RuntimeError(f"could not bind {s.grpc_listen}")
