@@ -24,7 +24,7 @@ from rpi.inspection.v1 import operations_pb2_grpc as opb_grpc
 
 from clients.python.rpi_client.channel import ChannelOptions, sync_channel
 from clients.python.rpi_client.errors import InspectionFailed
-from clients.python.rpi_client.requests import build_inspect_request, load_questions
+from clients.python.rpi_client.requests import request_from_args
 
 # Each WaitOperation asks the server to wait this long; `wait` repeats it until done.
 _WAIT_STEP_S = 30.0
@@ -104,15 +104,7 @@ def run(args: argparse.Namespace, options: ChannelOptions) -> int:
         timeout = options.default_timeout_s
         if args.command == "submit":
             request = opb.SubmitInspectionRequest(
-                inspection=build_inspect_request(
-                    shipping_id=args.shipping_id,
-                    product_name=args.product_name,
-                    reference_images=args.reference,
-                    pickup_images=args.pickup,
-                    questions=load_questions(args.questions),
-                    product_id=args.product_id,
-                    inspection_id=args.inspection_id,
-                ),
+                inspection=request_from_args(args),
                 request_id=args.request_id,
             )
             if args.callback_url:

@@ -14,6 +14,7 @@ YAML is read with YAML 1.2 booleans (only true/false): under YAML 1.1 an unquote
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -227,3 +228,20 @@ def build_inspect_request(
         raise RequestBuildError("questions are required")
     question_set.apply_to(request)
     return request
+
+
+def request_from_args(
+    args: argparse.Namespace, *, previous_inspection_id: str = ""
+) -> inspection_pb2.InspectRequest:
+    """The request that ``rpi-inspect inspect`` and ``submit`` send: both take the same
+    inspection flags (``--reference``, ``--pickup``, ``--questions``, ...)."""
+    return build_inspect_request(
+        shipping_id=args.shipping_id,
+        product_name=args.product_name,
+        reference_images=args.reference,
+        pickup_images=args.pickup,
+        questions=load_questions(args.questions),
+        product_id=args.product_id,
+        inspection_id=args.inspection_id,
+        previous_inspection_id=previous_inspection_id,
+    )
