@@ -293,10 +293,15 @@ class JobRpcs:
             error = request.error.SerializeToString()
         events = None
         if outcome == Outcome.SUCCEEDED:
+            # The export target was fixed at submit and stored with the job: the result recorded
+            # here names it, as the spooled copy of the same result does, whichever lands first.
+            held = await queue.job_for_worker(job_id)
             event = ppb.Event(
                 event_id=str(uuid.uuid5(_RESULT_EVENTS, str(job_id))),
                 inspection_id=request.result.inspection_id,
-                result_recorded=ppb.ResultRecorded(inspection=request.result),
+                result_recorded=ppb.ResultRecorded(
+                    inspection=request.result, export_uri=held.export_uri if held else ""
+                ),
             )
             events = conversion.events_from_proto(ppb.RecordEventsRequest(events=[event]), 1)
         await queue.finish(job_id, token, outcome, result, error, events)
