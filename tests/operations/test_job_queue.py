@@ -353,3 +353,34 @@ async def test_bad_calls_are_invalid_argument(queue_stub: Stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await queue_stub.CreateJob(ppb.CreateJobRequest(caller="alice", request=_request()))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_the_result_finish_job_records_names_the_jobs_export_target(
+    queue_stub: Stub,
+) -> None:
+    # FinishJob records the result itself (the replica's spool may never deliver its copy):
+    # that record must name the export target fixed at submit, as the spooled copy does.
+    await _drain_queue(queue_stub)
+    target = "s3://partner-results/acme/SHIP-Q/x.json"
+    created = await queue_stub.CreateJob(
+        ppb.CreateJobRequest(
+            caller="alice",
+            request_sha256=hashlib.sha256(b"export").digest(),
+            request=_request(),
+            export_uri=target,
+        )
+    )
+    (job,) = (await _claim(queue_stub)).jobs
+    assert job.job_id == created.job.job_id
+    await queue_stub.FinishJob(
+        ppb.FinishJobRequest(
+            job_id=job.job_id,
+            lease_token=job.lease_token,
+            outcome=ppb.JOB_OUTCOME_SUCCEEDED,
+            result=pb.Inspection(inspection_id=job.inspection_id, shipping_id="SHIP-Q"),
+        )
+    )
+    record = await queue_stub.GetInspection(
+        ppb.GetInspectionRequest(inspection_id=job.inspection_id)
+    )
+    assert record.inspection.export_uri == target
