@@ -4,8 +4,7 @@ services it serves and what reflection lists. Built by the composition root (app
 from __future__ import annotations
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 from rpi.inspection.v1 import inspection_pb2, inspection_pb2_grpc
@@ -16,7 +15,7 @@ from inference_svc.grpc_api.errors import ERROR_DOMAIN, error_interceptor
 from inference_svc.grpc_api.servicer import InspectionServicer
 from inference_svc.settings import InferenceSettings
 from svc_common.grpc_metrics import GrpcServerMetricsInterceptor
-from svc_common.grpc_options import KEEPALIVE_OPTIONS
+from svc_common.grpc_options import enable_reflection, server_options
 from svc_common.health import HealthServicer
 from svc_common.security import AuthMetrics, ServerSecurity
 from svc_common.tracing import grpc_server_interceptors
@@ -43,25 +42,16 @@ def build_server(
             security.interceptor(ERROR_DOMAIN, AuthMetrics(registry, security.known_callers())),
             error_interceptor(),
         ],
-        options=[
-            ("grpc.max_receive_message_length", s.max_message_bytes),
-            ("grpc.max_send_message_length", 16 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
-            *KEEPALIVE_OPTIONS,
-        ],
+        options=server_options(
+            max_receive_bytes=s.max_message_bytes, max_send_bytes=16 * 1024 * 1024
+        ),
     )
     inspection_pb2_grpc.add_InspectionServiceServicer_to_server(inspections, server)
     if async_inspections is not None:
         async_inspections.add_to_server(server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if security.reflection:
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                *(ASYNC_SERVICES if async_inspections is not None else ()),
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+        enable_reflection(
+            server, (SERVICE_NAME, *(ASYNC_SERVICES if async_inspections is not None else ()))
         )
     return server

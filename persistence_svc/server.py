@@ -7,12 +7,11 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from rpi.persistence.v1 import persistence_pb2, persistence_pb2_grpc
 
 from persistence_svc.errors import error_interceptor
 from persistence_svc.servicer import PersistenceServicer
-from svc_common.grpc_options import KEEPALIVE_OPTIONS
+from svc_common.grpc_options import enable_reflection, server_options
 from svc_common.health import LIVENESS_SERVICE, HealthServicer
 
 SERVICE_NAME: str = persistence_pb2.DESCRIPTOR.services_by_name["PersistenceService"].full_name
@@ -57,22 +56,12 @@ def build_server(
     server = grpc.aio.server(
         # The error interceptor last: innermost, so metrics and tracing see its status codes.
         interceptors=[*interceptors, error_interceptor()],
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),
-            *KEEPALIVE_OPTIONS,
-        ],
+        options=server_options(
+            max_receive_bytes=max_message_bytes, max_send_bytes=max_message_bytes
+        ),
     )
     persistence_pb2_grpc.add_PersistenceServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     if reflection_enabled:
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
+        enable_reflection(server, (SERVICE_NAME,))
     return server
