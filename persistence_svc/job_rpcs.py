@@ -3,6 +3,7 @@ Mixed into PersistenceServicer, which holds the queue (``_jobs_queue``)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime
 from typing import Any
@@ -14,9 +15,9 @@ from rpi.inspection.v1 import operations_pb2 as opb
 from rpi.persistence.v1 import persistence_pb2 as ppb
 
 from persistence_svc import conversion, paging
-from persistence_svc.errors import DatabaseUnavailableError, FieldViolation, InvalidArgumentError
+from persistence_svc.errors import FieldViolation, InvalidArgumentError
 from persistence_svc.jobs import JobQueue, JobRow, JobState, LeaseState, Outcome
-from persistence_svc.records import PageCursor
+from persistence_svc.records import EventRecord, PageCursor
 from persistence_svc.repository.webhooks import DeliveryState, WebhookOutcome
 
 MAX_REQUEST_ID_CHARS = 128
@@ -291,23 +292,18 @@ class JobRpcs:
             error = CANCELLED_STATUS
         elif request.HasField("error"):
             error = request.error.SerializeToString()
-        events = None
+        events: list[EventRecord] = []
         if outcome == Outcome.SUCCEEDED:
-            # The export target was fixed at submit and stored with the job: the result recorded
-            # here names it, as the spooled copy of the same result does, whichever lands first.
-            held = await queue.job_for_worker(job_id)
+            # The repository names the job's stored export target in the recorded result.
             event = ppb.Event(
                 event_id=str(uuid.uuid5(_RESULT_EVENTS, str(job_id))),
                 inspection_id=request.result.inspection_id,
-                result_recorded=ppb.ResultRecorded(
-                    inspection=request.result, export_uri=held.export_uri if held else ""
-                ),
+                result_recorded=ppb.ResultRecorded(inspection=request.result),
             )
-            events = conversion.events_from_proto(ppb.RecordEventsRequest(events=[event]), 1)
-        await queue.finish(job_id, token, outcome, result, error, events)
-        row = await queue.job_for_worker(job_id)
-        if row is None:  # deleted at once by its caller
-            raise DatabaseUnavailableError(f"operation {job_id} vanished; nothing to report")
+            events = await asyncio.to_thread(
+                conversion.events_from_proto, ppb.RecordEventsRequest(events=[event]), 1
+            )
+        row = await queue.finish(job_id, token, outcome, result, error, events)
         return ppb.FinishJobResponse(job=job_to_proto(row, with_request=False))
 
     async def ClaimWebhooks(  # noqa: N802 - gRPC method name

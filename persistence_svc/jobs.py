@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -32,7 +32,14 @@ from persistence_svc.repository.jobs import (
     RequestIdReusedError,
 )
 
-__all__ = ["JobQueue", "JobQueueHooks", "JobRow", "JobState", "LeaseState", "Outcome"]
+__all__ = [
+    "JobQueue",
+    "JobQueueHooks",
+    "JobRow",
+    "JobState",
+    "LeaseState",
+    "Outcome",
+]
 
 log = logging.getLogger(__name__)
 
@@ -157,14 +164,15 @@ class JobQueue:
         outcome: Outcome,
         result: bytes | None,
         error: bytes | None,
-        result_events: list[EventRecord] | None = None,
-    ) -> JobState:
-        """``result_events``: the inspection's result, recorded in the same transaction as
-        the job's end (idempotent like RecordEvents), so a succeeded operation's inspection is
-        recorded even when the replica dies before its spool delivers the same result."""
+        result_events: Sequence[EventRecord] = (),
+    ) -> JobRow:
+        """Ends a run; returns the job as the same transaction left it. ``result_events``:
+        the inspection's result, recorded in that transaction (idempotent like RecordEvents),
+        so a succeeded operation's inspection is recorded even when the replica dies before
+        its spool delivers the same result."""
 
         try:
-            state = await self.repository.transact(
+            row = await self.repository.transact(
                 lambda conn: q.finish(
                     conn,
                     job_id=job_id,
@@ -174,19 +182,15 @@ class JobQueue:
                     error=error,
                     max_attempts=self.max_attempts,
                     retention_s=self.retention_s,
-                    result_events=result_events or [],
+                    result_events=result_events,
                 )
             )
         except LeaseLostError:
             raise JobStateError(
                 "LEASE_LOST", f"the lease of operation {job_id} is no longer this worker's"
             ) from None
-        self.hooks.on_finished("retried" if state == JobState.QUEUED else state.value)
-        return state
-
-    async def job_for_worker(self, job_id: UUID) -> JobRow | None:
-        """The job whatever its caller (the worker's view after finishing)."""
-        return await self.repository.transact(lambda conn: q.get_any(conn, job_id), readonly=True)
+        self.hooks.on_finished("retried" if row.state == JobState.QUEUED else row.state.value)
+        return row
 
     async def claim_webhooks(self, max_deliveries: int, lease_s: float) -> list[w.Delivery]:
         return await self.repository.transact(lambda conn: w.claim(conn, max_deliveries, lease_s))

@@ -113,10 +113,14 @@ UPDATE inspection_jobs SET
     ended_at = CASE WHEN $3 = 'queued' THEN NULL ELSE now() END,
     expire_at = CASE WHEN $3 = 'queued' THEN NULL ELSE now() + make_interval(secs => $6) END
 WHERE job_id = $1 AND lease_token = $2 AND state = 'running'
-RETURNING job_id
 """
 
-ATTEMPTS = "SELECT attempts FROM inspection_jobs WHERE job_id = $1 AND lease_token = $2"
+# The run's attempts and the export target fixed at submit, the row locked until the run ends.
+HELD_RUN = """
+SELECT attempts, export_uri FROM inspection_jobs
+WHERE job_id = $1 AND lease_token = $2 AND state = 'running'
+FOR UPDATE
+"""
 
 # In the same transaction as the job's end: the webhook becomes due.
 WEBHOOK_DUE = """

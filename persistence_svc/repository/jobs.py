@@ -16,14 +16,16 @@ module neither reads nor builds them.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
 import asyncpg
 
-from persistence_svc.records import EventRecord, PageCursor
+from persistence_svc.records import EventRecord, PageCursor, ResultData
 from persistence_svc.repository import job_sql as sql
 from persistence_svc.repository.connection import DbConnection
 from persistence_svc.repository.writes import apply_batch
@@ -280,30 +282,41 @@ async def finish(
     error: bytes | None,
     max_attempts: int,
     retention_s: float,
-    result_events: list[EventRecord],
-) -> JobState:
-    """Ends a run; a retried one goes back to the queue unless it has had ``max_attempts``
-    runs. LeaseLostError when the lease is no longer this token. ``result_events`` are
-    applied in the same transaction (as RecordEvents does: once per event id)."""
-    attempts = await conn.fetchval(sql.ATTEMPTS, job_id, lease_token)
-    if attempts is None:
+    result_events: Sequence[EventRecord],
+) -> JobRow:
+    """Ends a run and returns the job as it now is; a retried one goes back to the queue
+    unless it has had ``max_attempts`` runs. LeaseLostError when the lease is no longer this
+    token. ``result_events`` are applied in the same transaction (as RecordEvents does: once
+    per event id), their results naming the job's export target."""
+    held = await conn.fetchrow(sql.HELD_RUN, job_id, lease_token)
+    if held is None:
         raise LeaseLostError(str(job_id))
+    attempts: int = held["attempts"]
     state = {
         Outcome.SUCCEEDED: JobState.SUCCEEDED,
         Outcome.FAILED: JobState.FAILED,
         Outcome.CANCELLED: JobState.CANCELLED,
         Outcome.RETRY: JobState.QUEUED if attempts < max_attempts else JobState.FAILED,
     }[outcome]
-    updated = await conn.fetchval(
-        sql.FINISH, job_id, lease_token, state.value, result, error, retention_s
-    )
-    if updated is None:
-        raise LeaseLostError(str(job_id))
+    await conn.execute(sql.FINISH, job_id, lease_token, state.value, result, error, retention_s)
     if result_events:
-        await apply_batch(conn, result_events)
+        export_uri: str = held["export_uri"] or ""
+        await apply_batch(conn, [_naming_export(e, export_uri) for e in result_events])
     if state in FINISHED:
         await conn.execute(sql.WEBHOOK_DUE, [job_id])
-    return state
+    row = await get_any(conn, job_id)
+    assert row is not None, "the row is locked by this transaction"
+    return row
+
+
+def _naming_export(event: EventRecord, export_uri: str) -> EventRecord:
+    # The export target was fixed at submit and stored with the job: the result recorded with
+    # the job's end names it, as the spooled copy of the same result does, whichever lands first.
+    if not isinstance(event.payload, ResultData):
+        return event
+    return dataclasses.replace(
+        event, payload=dataclasses.replace(event.payload, export_uri=export_uri)
+    )
 
 
 async def delete(conn: DbConnection, job_id: UUID, caller: str) -> bool:
