@@ -26,6 +26,7 @@ import yaml
 
 from inference_svc.settings import InferenceSettings
 from persistence_svc.settings import PersistenceSettings
+from svc_common import job_metrics
 
 Obj = dict[str, Any]
 
@@ -325,7 +326,7 @@ def _bytes(quantity: str) -> int:
     match = _QUANTITY.match(quantity)
     assert match, f"unexpected quantity {quantity!r}"
     power = {None: 0, "Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4}[match.group(2)]
-    return int(match.group(1)) * 1024**power
+    return int(match.group(1)) << (10 * power)
 
 
 @pytest.mark.parametrize(
@@ -547,6 +548,12 @@ def test_scaledobject_scales_inference_on_queue_depth() -> None:
         queries[trigger["name"]] = meta["query"]
     assert "rpi_inference_queue_depth" in queries["queue-depth"]
     assert "rpi_inference_inflight_requests" in queries["inflight"]
+    # Queued asynchronous inspections, by the name the persistence service exports, taken once
+    # across its replicas (each reports the same table); a batch of them per pod adds a pod.
+    assert re.fullmatch(rf"max\({job_metrics.QUEUED}\{{[^}}]*\}}\)", queries["async-queued"])
+    (queued,) = [t for t in spec["triggers"] if t["name"] == "async-queued"]
+    inference = container(deployment, "inference")
+    assert float(queued["metadata"]["threshold"]) == float(env_values(inference)["MAX_BATCH_SIZE"])
     behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 300
     assert spec["minReplicaCount"] <= spec["fallback"]["replicas"] <= spec["maxReplicaCount"]
