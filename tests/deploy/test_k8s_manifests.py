@@ -26,6 +26,7 @@ import yaml
 
 from inference_svc.settings import InferenceSettings
 from persistence_svc.settings import PersistenceSettings
+from svc_common import job_metrics
 
 Obj = dict[str, Any]
 
@@ -318,17 +319,55 @@ def test_dev_shm_is_memory_backed(overlay: list[Obj]) -> None:
     assert volume["emptyDir"]["sizeLimit"]
 
 
-def test_event_spool_is_on_a_disk_volume(overlay: list[Obj]) -> None:
+_QUANTITY = re.compile(r"^(\d+)(Ki|Mi|Gi|Ti)?$")
+
+
+def _bytes(quantity: str) -> int:
+    match = _QUANTITY.match(quantity)
+    assert match, f"unexpected quantity {quantity!r}"
+    power = {None: 0, "Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4}[match.group(2)]
+    return int(match.group(1)) << (10 * power)
+
+
+@pytest.mark.parametrize(
+    ("directory", "bound"),
+    [
+        ("EVENT_SPOOL_DIR", "EVENT_SPOOL_MAX_BYTES"),
+        ("STORAGE_SPOOL_DIR", "STORAGE_SPOOL_MAX_BYTES"),
+    ],
+)
+def test_each_spool_is_on_a_disk_volume_that_holds_its_bound(
+    overlay: list[Obj], directory: str, bound: str
+) -> None:
     deployment = find(overlay, "Deployment", "inference")
     c = container(deployment, "inference")
-    spool_dir = env_values(c)["EVENT_SPOOL_DIR"]
-    mount = _mounts_by_path(c)[spool_dir]
+    env = env_values(c)
+    mount = _mounts_by_path(c)[env[directory]]
     assert not mount.get("readOnly", False)
     volume = _volume(deployment, mount["name"])
     # A disk-backed volume survives container restarts; a memory-backed one would not keep
     # events through a node-pressure restart and would count against the memory limit.
     assert "emptyDir" in volume or "persistentVolumeClaim" in volume
     assert volume.get("emptyDir", {}).get("medium", "") != "Memory"
+    if "emptyDir" in volume:
+        # Room beyond the bound for SQLite's journal: a full volume gets the pod evicted.
+        assert _bytes(volume["emptyDir"]["sizeLimit"]) >= 2 * int(env[bound])
+
+
+# The dev-cpu overlay keeps its limit below the sum on purpose (a laptop's kind node).
+@pytest.mark.parametrize("name", [o for o in OVERLAYS if o.startswith("prod")])
+def test_a_production_pod_may_fill_its_disk_volumes(name: str) -> None:
+    deployment = find(render(name), "Deployment", "inference")
+    c = container(deployment, "inference")
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    on_disk = sum(
+        _bytes(v["emptyDir"]["sizeLimit"])
+        for v in volumes
+        if "emptyDir" in v and v["emptyDir"].get("medium") != "Memory"
+    )
+    mounted = {m["name"] for m in c["volumeMounts"]}
+    assert {v["name"] for v in volumes if "emptyDir" in v} <= mounted
+    assert _bytes(c["resources"]["limits"]["ephemeral-storage"]) >= on_disk
 
 
 def test_prod_model_comes_read_only_from_the_model_pvc() -> None:
@@ -509,6 +548,12 @@ def test_scaledobject_scales_inference_on_queue_depth() -> None:
         queries[trigger["name"]] = meta["query"]
     assert "rpi_inference_queue_depth" in queries["queue-depth"]
     assert "rpi_inference_inflight_requests" in queries["inflight"]
+    # Queued asynchronous inspections, by the name the persistence service exports, taken once
+    # across its replicas (each reports the same table); a batch of them per pod adds a pod.
+    assert re.fullmatch(rf"max\({job_metrics.QUEUED}\{{[^}}]*\}}\)", queries["async-queued"])
+    (queued,) = [t for t in spec["triggers"] if t["name"] == "async-queued"]
+    inference = container(deployment, "inference")
+    assert float(queued["metadata"]["threshold"]) == float(env_values(inference)["MAX_BATCH_SIZE"])
     behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 300
     assert spec["minReplicaCount"] <= spec["fallback"]["replicas"] <= spec["maxReplicaCount"]
