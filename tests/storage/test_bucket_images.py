@@ -1,5 +1,6 @@
-"""s3:// and az:// image URIs read through the real gRPC server from real stores on loopback
-(moto's S3 server, azurite), with the https fetcher's limits and error reasons."""
+"""s3://, gs:// and az:// image URIs read through the real gRPC server from real stores on
+loopback (moto's S3 server, fake-gcs-server, azurite), with the https fetcher's limits and
+error reasons."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from rpi.persistence.v1 import persistence_pb2 as ppb
 from rpi.persistence.v1 import persistence_pb2_grpc as ppb_grpc
 
 from persistence_svc.app import PersistenceApp
-from tests.storage.conftest import S3, Azurite, request, running_app, stalled_endpoint
+from tests.storage.conftest import S3, Azurite, FakeGcs, request, running_app, stalled_endpoint
 from tests.support.e2e import jpeg, wait_for_record
 from tests.support.errors import details
 from tests.support.imaging import LoopbackServer
@@ -170,6 +171,65 @@ async def test_az_images_are_read_from_azure_blob(azurite: Azurite, tmp_path: Pa
             )
     assert reply.inspection.decision != pb.DECISION_UNSPECIFIED
     assert details(caught.value)[0].reason == "IMAGE_FETCH_FAILED"
+
+
+@pytest.fixture(scope="module")
+def gcs_images(fake_gcs: FakeGcs) -> FakeGcs:
+    fake_gcs.create_bucket("gcs-pickups")
+    fake_gcs.create_bucket("gcs-private")
+    fake_gcs.put("gcs-pickups", "2026/ref.jpg", REFERENCE)
+    fake_gcs.put("gcs-pickups", "2026/p1.jpg", PICKUP)
+    fake_gcs.put("gcs-private", "secret.jpg", REFERENCE)
+    return fake_gcs
+
+
+async def test_gs_images_are_read_from_gcs(gcs_images: FakeGcs, tmp_path: Path) -> None:
+    async with running_app(
+        tmp_path,
+        None,
+        allowed_buckets=["gs://gcs-pickups"],
+        storage_endpoints={"gs": gcs_images.endpoint},
+    ) as (_app, stub):
+        reply = await stub.Inspect(
+            request(
+                [pb.Image(uri="gs://gcs-pickups/2026/ref.jpg")],
+                [pb.Image(uri="gs://gcs-pickups/2026/p1.jpg")],
+            )
+        )
+    assert reply.inspection.decision != pb.DECISION_UNSPECIFIED
+    # Both came from the emulator, through the XML API that obstore reads with.
+    read = " ".join(gcs_images.requests_for("gcs-pickups"))
+    assert "GET /gcs-pickups/2026/ref.jpg" in read
+    assert "GET /gcs-pickups/2026/p1.jpg" in read
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason", "words", "reaches_store"),
+    [
+        ("gs://gcs-pickups/2026/none.jpg", "IMAGE_FETCH_FAILED", "does not exist", True),
+        ("gs://gcs-private/secret.jpg", "IMAGE_URL_FORBIDDEN", "not in the allowlist", False),
+    ],
+)
+async def test_gs_failures_have_their_documented_reason(
+    gcs_images: FakeGcs, tmp_path: Path, uri: str, reason: str, words: str, reaches_store: bool
+) -> None:
+    bucket = uri.split("/")[2]
+    before = len(gcs_images.requests_for(bucket))
+    async with running_app(
+        tmp_path,
+        None,
+        allowed_buckets=["gs://gcs-pickups"],
+        storage_endpoints={"gs": gcs_images.endpoint},
+    ) as (_app, stub):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Inspect(request([pb.Image(uri=uri)], [pb.Image(content=PICKUP)]))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info, fields = details(caught.value)
+    assert info.reason == reason, caught.value.details()
+    assert words in (caught.value.details() or "")
+    assert fields == ["reference_images[0]"]
+    # A bucket outside ALLOWED_BUCKETS is refused before any request is made for it.
+    assert (len(gcs_images.requests_for(bucket)) > before) is reaches_store
 
 
 async def test_a_transient_store_error_is_retried_within_the_deadline(
