@@ -235,7 +235,9 @@ class ImageIntake:
         analysis = fingerprint(analyse)
         if reuse is not None and analysis is not None and self._caching():
             if not fetched.sha256:
-                digest = await self._in_thread(_sha256, fetched.data)
+                # Not in the decode pool: a repeated catalogue photo must not wait behind the
+                # other calls' decodes to find out it needs none (hashlib releases the GIL).
+                digest = await asyncio.to_thread(_sha256, fetched.data)
                 state.fetched = fetched = dataclasses.replace(fetched, sha256=digest)
             state.image_key = reuse.image_key(fetched.sha256, max_tiles)
             sketch = reuse.get(state.image_key, analysis)
