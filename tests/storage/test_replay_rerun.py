@@ -176,6 +176,12 @@ async def test_rerun_model_on_the_archived_images(
         assert [(i.sha256, i.role, i.index) for i in again.request.images] == [
             (i.sha256, i.role, i.index) for i in original.request.images
         ]
+        # Recorded where the stored one is, it is no longer the latest of its chain (the docs
+        # say so: use a staging service with its own persistence service).
+        reread = await persistence_stub.GetInspection(
+            ppb.GetInspectionRequest(inspection_id=inspection_id)
+        )
+        assert not reread.inspection.is_latest
 
     # A target whose policy enforces the quality gate (the 160x120 photos are too small): every
     # decision changes. It records nothing; the staging re-runs are read back as not archived.
