@@ -9,20 +9,21 @@ by old -> new outcome, then each changed inspection with the reasons of its new 
     rpi-replay --policy policy.yaml --persistence-target localhost:50052 \\
         --since 2026-11-01T00:00:00Z --until 2026-12-01T00:00:00Z --fail-on-change
 
+With ``--rerun-model --inference-target HOST:PORT`` the model itself runs again on each
+inspection's archived images (tools/replay_rerun.py; docs/policy.md, "Re-running the model").
+
 Exit status: 0 (1 with ``--fail-on-change`` when a decision changes), 2 for a bad policy file or
-arguments, 3 when the persistence service cannot be read.
+arguments, 3 when the persistence service cannot be read, 4 when a re-run call failed.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
@@ -50,18 +51,15 @@ from inference_svc.domain.outcome import (
 )
 from inference_svc.domain.policy import PolicyError, PolicyFile, QualityMode, load_policy
 from inference_svc.imaging.quality import problems as quality_problems
+from tools.replay_parser import EXIT_CHANGED, EXIT_UNAVAILABLE, EXIT_USAGE, build_parser
 
-EXIT_CHANGED = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
-
-_DECISION_OUTCOMES: dict[int, Outcome] = {
+DECISION_OUTCOMES: dict[int, Outcome] = {
     inspection_pb2.DECISION_PICK: Outcome.PICK,
     inspection_pb2.DECISION_NOT_PICK: Outcome.NOT_PICK,
     inspection_pb2.DECISION_RETAKE_IMAGES: Outcome.RETAKE_IMAGES,
     inspection_pb2.DECISION_NEEDS_REVIEW: Outcome.NEEDS_REVIEW,
 }
-_ROLES = {
+IMAGE_ROLES = {
     inspection_pb2.IMAGE_ROLE_REFERENCE: ImageRole.REFERENCE,
     inspection_pb2.IMAGE_ROLE_PICKUP: ImageRole.PICKUP,
     persistence_pb2.IMAGE_ROLE_REFERENCE: ImageRole.REFERENCE,
@@ -96,7 +94,7 @@ def stored_inspection(record: persistence_pb2.InspectionRecord) -> StoredInspect
         "result"
     ):
         raise NotReplayableError("not completed")
-    old = _DECISION_OUTCOMES.get(record.result.decision)
+    old = DECISION_OUTCOMES.get(record.result.decision)
     if old is None:
         raise NotReplayableError("unknown stored decision")
     output: dict[str, Any] | None = None
@@ -123,7 +121,7 @@ def stored_inspection(record: persistence_pb2.InspectionRecord) -> StoredInspect
 def _stored_signals(record: persistence_pb2.InspectionRecord) -> Signals:
     def hashes(role: ImageRole) -> tuple[int | None, ...]:
         images = sorted(
-            (i for i in record.request.images if _ROLES.get(i.role) is role),
+            (i for i in record.request.images if IMAGE_ROLES.get(i.role) is role),
             key=lambda i: i.index,
         )
         return tuple(i.perceptual_hash if i.HasField("perceptual_hash") else None for i in images)
@@ -150,7 +148,7 @@ def _stored_measures(
 ) -> tuple[tuple[ImageRef, QualityMeasures], ...]:
     return tuple(
         (
-            ImageRef(_ROLES[c.role], c.index),
+            ImageRef(IMAGE_ROLES[c.role], c.index),
             QualityMeasures(
                 width=c.quality.width,
                 height=c.quality.height,
@@ -161,7 +159,7 @@ def _stored_measures(
             ),
         )
         for c in result.image_checks
-        if c.HasField("quality") and c.role in _ROLES
+        if c.HasField("quality") and c.role in IMAGE_ROLES
     )
 
 
@@ -251,9 +249,12 @@ def _reason_text(reason: OutcomeReason) -> str:
     return f"{reason.code.value}{place}: {reason.detail}" if reason.detail else reason.code.value
 
 
-def format_report(report: ReplayReport) -> str:
+def format_report(report: ReplayReport, headline: str | None = None) -> str:
+    """The counts (``headline``, or the policy replay's), the old -> new table, each change
+    with its decisive reasons, and the skipped inspections by reason."""
     lines = [
-        f"policy {report.policy_version}: {report.replayed} replayed, {report.changed} would "
+        headline
+        or f"policy {report.policy_version}: {report.replayed} replayed, {report.changed} would "
         f"change, {sum(report.skipped.values())} skipped",
     ]
     if report.transitions:
@@ -350,36 +351,8 @@ async def _collect(
     return [record async for record in read_records(target, shipping_ids, window)]
 
 
-def _moment(text: str) -> datetime:
-    """An ISO 8601 time; UTC when it names no zone."""
-    value = datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rpi-replay", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--policy", type=Path, required=True, help="policy YAML file")
-    parser.add_argument("--persistence-target", default="localhost:50052")
-    parser.add_argument("--shipping-id", action="append", default=[], dest="shipping_ids")
-    parser.add_argument("--since", type=_moment, help="inspections created from (ISO 8601)")
-    parser.add_argument("--until", type=_moment, help="... up to, exclusive (default: now)")
-    parser.add_argument(
-        "--fail-on-change",
-        action="store_true",
-        help=f"exit {EXIT_CHANGED} when any decision would change",
-    )
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        policy = load_policy(args.policy)
-    except PolicyError as exc:
-        print(f"rpi-replay: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    args = build_parser(__doc__).parse_args(argv)
     if not args.shipping_ids and args.since is None:
         print("rpi-replay: give --shipping-id (one or more) or --since", file=sys.stderr)
         return EXIT_USAGE
@@ -389,6 +362,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if window.end <= window.start:
             print("rpi-replay: --until must be after --since", file=sys.stderr)
             return EXIT_USAGE
+    if args.rerun_model:
+        from tools.replay_rerun import rerun_main  # noqa: PLC0415 - it imports this module
+
+        return rerun_main(args, window)
+    if args.policy is None:
+        print("rpi-replay: give --policy (or --rerun-model)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        print(f"rpi-replay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         records = asyncio.run(_collect(args.persistence_target, args.shipping_ids, window))
     except Exception as exc:

@@ -305,9 +305,10 @@ def request(
 
 @asynccontextmanager
 async def running_app(
-    tmp: Path, persistence: PersistenceApp | None, **settings: object
+    tmp: Path, persistence: PersistenceApp | None, *, demo_model: bool = False, **settings: object
 ) -> AsyncIterator[tuple[InferenceApp, pb_grpc.InspectionServiceStub]]:
-    """An inference service with the fake engine (the model is not what these tests test)."""
+    """An inference service with the fake engine (the model is not what these tests test), or
+    with ``demo_model`` the real engine on the demo model (built once in MODEL_CACHE)."""
     target = persistence.target if persistence is not None else ""
     values: dict[str, object] = {
         "storage_allow_http": True,
@@ -315,7 +316,8 @@ async def running_app(
         "fetch_retries": 0,
     }
     values.update(settings)
-    app = InferenceApp(inference_settings(tmp, target, **values), engine=FakeEngine([VALID] * 200))
+    engine = None if demo_model else FakeEngine([VALID] * 200)
+    app = InferenceApp(inference_settings(tmp, target, **values), engine=engine)
     try:
         await app.start()
     except BaseException:

@@ -16,7 +16,10 @@ PERSISTENCE_TARGET_ENV = "RPI_PERSISTENCE_TARGET"
 DEFAULT_TARGET = "localhost:50051"
 
 
-def _connection_parser() -> argparse.ArgumentParser:
+def connection_parser() -> argparse.ArgumentParser:
+    """The connection flags (TLS, token, authority, message size, keepalive, deadline) as a
+    parent parser; ``cli.channel_options`` turns them into ``ChannelOptions``. rpi-replay's
+    --rerun-model takes the same flags."""
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("connection")
     group.add_argument("--tls", action="store_true", help="use TLS (system roots by default)")
@@ -56,7 +59,7 @@ def _connection_parser() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    connection = _connection_parser()
+    connection = connection_parser()
     parser = argparse.ArgumentParser(
         prog="rpi-inspect",
         description="Client of the reverse-pickup inspection service.",
