@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -351,6 +352,9 @@ ProgressEvent = (
     | AnswerReady
     | Completed
 )
+
+# Where a running inspection reports its progress (the stream's sink, a no-op for unary calls).
+Emit = Callable[[ProgressEvent], None]
 
 
 @dataclass

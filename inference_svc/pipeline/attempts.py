@@ -17,10 +17,10 @@ from opentelemetry import trace
 from inference_svc.domain.errors import ErrorKind, InspectionError, Reason, Stage
 from inference_svc.domain.models import (
     AttemptRecord,
+    Emit,
     InspectionRequest,
     ModelInfo,
     PreprocessingDone,
-    ProgressEvent,
     StageTimings,
     ValidationOutcome,
 )
@@ -43,7 +43,6 @@ from inference_svc.pipeline.stream import StreamListener
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[ProgressEvent], None]
 # The request's images again with those at the given indexes as pixels (ImageIntake).
 Resend = Callable[[tuple[int, ...]], Awaitable[ModelImages]]
 

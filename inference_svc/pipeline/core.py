@@ -23,12 +23,12 @@ from inference_svc.domain.errors import ErrorKind, InspectionError, Reason, Stag
 from inference_svc.domain.models import (
     Accepted,
     Completed,
+    Emit,
     ImageRole,
     ImageSignal,
     Inspection,
     InspectionRequest,
     ModelInfo,
-    ProgressEvent,
     StageTimings,
 )
 from inference_svc.domain.outcome import ReuseLookup, decide_with_policy
@@ -56,7 +56,6 @@ from inference_svc.pipeline.policy_step import PolicyStep, ReuseLookupPort, reta
 
 log = logging.getLogger("inference_svc.pipeline")
 
-Emit = Callable[[ProgressEvent], None]
 # Why a run was cancelled from outside: ErrorKind.DEADLINE_EXCEEDED when the caller's deadline
 # passed, ErrorKind.CANCELLED when the caller went away. Asked only after a cancellation.
 CancelCause = Callable[[], ErrorKind]

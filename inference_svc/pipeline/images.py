@@ -21,6 +21,7 @@ from opentelemetry import trace
 
 from inference_svc.domain.errors import InspectionError, Stage
 from inference_svc.domain.models import (
+    Emit,
     FetchedImage,
     ImageRole,
     ImagesFetched,
@@ -28,14 +29,11 @@ from inference_svc.domain.models import (
     ImageSource,
     InspectionRequest,
     PreparedImage,
-    ProgressEvent,
     StageTimings,
 )
 from inference_svc.domain.recording import ImageInfo
 from inference_svc.pipeline.observer import PipelineObserver, StageTracker
 from inference_svc.pipeline.reference_reuse import ReferenceReuse, fingerprint, rebind
-
-Emit = Callable[[ProgressEvent], None]
 
 
 class ImageSourceFetcher(Protocol):

@@ -3,16 +3,14 @@ callers, each answer as soon as the model has written it completely."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from inference_svc.domain.decision import parse_answer
 from inference_svc.domain.errors import Stage
-from inference_svc.domain.models import AnswerReady, GenerationProgress, ProgressEvent, Queued
+from inference_svc.domain.models import AnswerReady, Emit, GenerationProgress, Queued
 from inference_svc.domain.output_parser import IncrementalAnswerParser
 from inference_svc.pipeline.observer import StageTracker
-
-Emit = Callable[[ProgressEvent], None]
 
 
 def answer_event(attempt: int, item: Mapping[str, Any]) -> AnswerReady:
