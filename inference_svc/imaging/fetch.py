@@ -19,7 +19,17 @@ from inference_svc.domain.errors import (
     invalid_argument,
 )
 from inference_svc.domain.models import FetchedImage, ImageRole, ImageSource
-from inference_svc.imaging.addresses import AddressPolicy
+from inference_svc.egress.addresses import AddressPolicy
+from inference_svc.egress.resolver import ForbiddenAddressError, PolicyResolver
+from inference_svc.egress.urls import (
+    ForbiddenUrl,
+    ImageUrl,
+    has_scheme,
+    host_matches,
+    is_internal_name,
+    parse_authority,
+    parse_image_url,
+)
 from inference_svc.imaging.decode import PixelBudget
 from inference_svc.imaging.fetch_config import FetchConfig
 from inference_svc.imaging.fetch_errors import TransientFetchError as _TransientFetchError
@@ -30,17 +40,7 @@ from inference_svc.imaging.fetch_errors import too_large as _too_large
 from inference_svc.imaging.fetch_errors import unavailable as _unavailable
 from inference_svc.imaging.fetch_errors import with_cause as _with_cause
 from inference_svc.imaging.http_cache import ResponseCache, caching_fields
-from inference_svc.imaging.resolver import ForbiddenAddressError, PolicyResolver
 from inference_svc.imaging.transfer import RateFloor, TooLarge, TooSlow, read_body
-from inference_svc.imaging.urls import (
-    ForbiddenUrl,
-    ImageUrl,
-    has_scheme,
-    host_matches,
-    is_internal_name,
-    parse_authority,
-    parse_image_url,
-)
 from inference_svc.storage.stores import is_bucket_uri
 
 if TYPE_CHECKING:

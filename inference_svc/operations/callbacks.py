@@ -13,16 +13,16 @@ from dataclasses import dataclass
 from aiohttp.abc import AbstractResolver
 
 from inference_svc.domain.errors import ErrorKind, FieldViolation, InspectionError, Reason, Stage
-from inference_svc.imaging.addresses import AddressPolicy
-from inference_svc.imaging.fetch_config import FetchConfig
-from inference_svc.imaging.resolver import PolicyResolver
-from inference_svc.imaging.urls import (
+from inference_svc.egress.addresses import AddressPolicy
+from inference_svc.egress.resolver import PolicyResolver
+from inference_svc.egress.urls import (
     ForbiddenUrl,
     ImageUrl,
     host_matches,
     is_internal_name,
     parse_image_url,
 )
+from inference_svc.imaging.fetch_config import FetchConfig
 
 FIELD = "callback.url"
 

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from inference_svc.domain.errors import InspectionError, Reason
 from inference_svc.domain.models import FetchedImage, ImageRole, ImageSource
-from inference_svc.imaging.addresses import Allowance
+from inference_svc.egress.addresses import Allowance
 from inference_svc.imaging.decode import PixelBudget, header_dimensions, probe_image
 from inference_svc.imaging.fetch import FetchConfig, ImageFetcher
 from inference_svc.settings import InferenceSettings

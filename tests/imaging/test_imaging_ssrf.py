@@ -10,9 +10,9 @@ from aiohttp import web
 
 from inference_svc.domain.errors import InspectionError, Reason
 from inference_svc.domain.models import ImageRole, ImageSource
-from inference_svc.imaging.addresses import AddressPolicy, is_public_address
+from inference_svc.egress.addresses import AddressPolicy, is_public_address
+from inference_svc.egress.resolver import ForbiddenAddressError, PolicyResolver
 from inference_svc.imaging.fetch import ImageFetcher
-from inference_svc.imaging.resolver import ForbiddenAddressError, PolicyResolver
 from tests.support.imaging import LoopbackServer, StaticResolver
 
 MakeFetcher = Callable[..., ImageFetcher]

@@ -13,7 +13,7 @@ import socket
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from inference_svc.imaging.addresses import AddressPolicy
+from inference_svc.egress.addresses import AddressPolicy
 
 logger = logging.getLogger(__name__)
 

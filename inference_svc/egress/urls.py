@@ -1,4 +1,4 @@
-"""Strict parsing of image URLs.
+"""Strict parsing of outbound URLs (image URLs, webhook callbacks).
 
 Different URL parsers disagree on inputs such as ``https://a\\@b/``, ``http://2130706433/`` or
 ``https://user@host``; an attacker picks the input that one parser reads as an allowed host and
@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import yarl
 
-from inference_svc.imaging.addresses import IPAddress
+from inference_svc.egress.addresses import IPAddress
 
 MAX_URL_LENGTH = 8192
 

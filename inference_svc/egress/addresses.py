@@ -1,4 +1,5 @@
-"""Which IP addresses an image fetch may connect to.
+"""Which IP addresses an outbound request (an image download, a webhook delivery) may
+connect to.
 
 Python's ``ipaddress.is_global`` has had gaps across versions (IPv4-mapped, NAT64, 6to4,
 192.0.0.0/24), so an address must pass both it and an explicit deny list, and any IPv4 address
