@@ -22,12 +22,7 @@ whether a model has it, and the engine falls back to request-level batching othe
 Outputs are the same as ``generate``'s (greedy tokens identical; tested).
 
 The step multiplies by each layer's query/key/value projections at once, and by its MLP's
-gate and up projections at once (:class:`_FusedLayer`): two matrix products a layer where the
-modules take five: less CPU per step (``bench.decode_step`` compares the variants) and, on an
-accelerator, three fewer kernel launches a layer. The modules'
-weights become views into the fused matrices, so nothing is held twice and prefill (through
-the modules) reads the same memory. Layers whose projections are not plain ``nn.Linear``
-(quantised, offloaded) keep the module calls.
+gate and up projections at once (:mod:`.fused_layers`).
 
 Every operation runs without autograd (``torch.no_grad``): with it each decode step would
 record an autograd graph and keep prefill activations alive for it.
@@ -41,7 +36,6 @@ which pays off on small batches at the price of a compilation during the warm-up
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +43,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from .fused_layers import FusedLayer, fuse_layer
 from .pixels import PixelStaging
 from .vision_cache import VisionFeatureCache, VisionPlan, encoder_outputs
 
@@ -67,97 +62,6 @@ class Prefilled:
     keys: list[torch.Tensor]  # per layer (kv_heads, length, head_dim)
     values: list[torch.Tensor]
     logits: torch.Tensor  # next-token logits (vocab,)
-
-
-@dataclass(frozen=True)
-class _FusedLayer:
-    """One decoder layer's projections for the step: q/k/v stacked, gate/up stacked (either
-    ``None`` when its modules cannot be fused; the step calls the modules then)."""
-
-    qkv_weight: torch.Tensor | None
-    qkv_bias: torch.Tensor | None
-    gate_up_weight: torch.Tensor | None
-
-
-def _fusable(linears: Sequence[Any]) -> bool:
-    """Plain, materialised ``nn.Linear`` modules on one device and dtype, all with or all
-    without a bias."""
-    if not all(type(m) is torch.nn.Linear for m in linears):
-        return False
-    weights = [m.weight for m in linears]
-    first = weights[0]
-    return (
-        first.device.type != "meta"
-        and all(w.device == first.device and w.dtype == first.dtype for w in weights)
-        and all(w.shape[1] == first.shape[1] for w in weights)
-        and len({m.bias is None for m in linears}) == 1
-    )
-
-
-def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``torch.cat(tensors)``, or a view of it when they already lie end to end in one
-    storage (a second decoder on the same model fuses nothing again)."""
-    first = tensors[0]
-    storage = first.untyped_storage().data_ptr()
-    offset = first.storage_offset()
-    adjacent = True
-    for tensor in tensors:
-        if (
-            not tensor.is_contiguous()
-            or tensor.untyped_storage().data_ptr() != storage
-            or tensor.storage_offset() != offset
-        ):
-            adjacent = False
-            break
-        offset += tensor.numel()
-    if adjacent:
-        rows = sum(int(t.shape[0]) for t in tensors)
-        shape = (rows, *first.shape[1:])
-        strides = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
-        return first.as_strided(shape, strides)
-    return torch.cat(list(tensors))
-
-
-def _share(linears: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Stack the modules' weights (and biases) and make each module's own a view into the
-    stack: one copy in memory, read by the fused step and by the modules alike.
-
-    The stacks are parameters (not trainable) because torch.compile keeps parameter shapes
-    static; a plain tensor's would be symbolic and could be guarded equal to a cache width."""
-    weight = _parameter(_stack([m.weight for m in linears]))
-    bias = None if linears[0].bias is None else _parameter(_stack([m.bias for m in linears]))
-    start = 0
-    for module in linears:
-        rows = int(module.weight.shape[0])
-        module.weight = _parameter(weight[start : start + rows])
-        if bias is not None:
-            module.bias = _parameter(bias[start : start + rows])
-        start += rows
-    return weight, bias
-
-
-def _parameter(tensor: torch.Tensor) -> torch.nn.Parameter:
-    return torch.nn.Parameter(tensor, requires_grad=False)
-
-
-@torch.no_grad()
-def _fuse_layer(layer: Any) -> _FusedLayer:
-    attention = layer.self_attn
-    qkv = [attention.q_proj, attention.k_proj, attention.v_proj]
-    qkv_weight = qkv_bias = gate_up_weight = None
-    if _fusable(qkv):
-        qkv_weight, qkv_bias = _share(qkv)
-    mlp = layer.mlp
-    gate_up: list[Any] = [getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None)]
-    if (
-        hasattr(mlp, "down_proj")
-        and callable(getattr(mlp, "act_fn", None))
-        and _fusable(gate_up)
-        and gate_up[0].bias is None
-        and gate_up[0].weight.shape == gate_up[1].weight.shape
-    ):
-        gate_up_weight, _ = _share(gate_up)
-    return _FusedLayer(qkv_weight, qkv_bias, gate_up_weight)
 
 
 def supports(model: Any) -> str | None:
@@ -231,7 +135,7 @@ class SlotDecoder:
         self.pixels = PixelStaging(self.device)
         # ``fuse=False`` (benchmarks' baseline) keeps the module calls and the model untouched.
         self._fused = [
-            _fuse_layer(layer) if fuse else _FusedLayer(None, None, None) for layer in self.layers
+            fuse_layer(layer) if fuse else FusedLayer(None, None, None) for layer in self.layers
         ]
         self._decode = torch.compile(self._step, dynamic=True) if compile_step else self._step
         self.compiled = compile_step
@@ -408,7 +312,7 @@ class SlotDecoder:
         return torch.as_tensor(self.model.lm_head(hidden[:, -1]))
 
     @staticmethod
-    def _mlp(layer: Any, fused: _FusedLayer, x: torch.Tensor) -> torch.Tensor:
+    def _mlp(layer: Any, fused: FusedLayer, x: torch.Tensor) -> torch.Tensor:
         mlp = layer.mlp
         if fused.gate_up_weight is None:
             return torch.as_tensor(mlp(x))
