@@ -5,12 +5,15 @@ at submit."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
+import pytest_asyncio
 from google.longrunning import operations_pb2_grpc as lro_grpc
 from google.protobuf import json_format
+from prometheus_client import CollectorRegistry
 from rpi.inspection.v1 import inspection_pb2 as pb
 from rpi.inspection.v1 import operations_pb2 as opb
 from rpi.inspection.v1 import operations_pb2_grpc as opb_grpc
@@ -22,9 +25,31 @@ from tests.operations.support import metadata, wait_done
 from tests.storage.conftest import S3, request, running_app
 from tests.support.e2e import jpeg, wait_for_record
 from tests.support.errors import bad_request_fields, error_reason
+from tests.support.persistence import running_persistence
+from tests.support.postgres import PostgresForTests
 
 REFERENCE = jpeg((64, 48), (20, 200, 30))
 PICKUP = jpeg((64, 48), (30, 190, 45))
+
+
+# A queue of its own: any inference service connected to a shared persistence service may
+# claim a job (that is the product's design), and the session-wide one of the other tests,
+# without these storage settings, would run it without its export.
+@pytest_asyncio.fixture(scope="module")
+async def persistence_app(postgres: PostgresForTests) -> AsyncIterator[PersistenceApp]:
+    async with (
+        postgres.fresh_database("rpi_export_") as url,
+        running_persistence(url, app_kwargs={"registry": CollectorRegistry()}) as app,
+    ):
+        yield app
+
+
+@pytest_asyncio.fixture(scope="module")
+async def persistence_stub(
+    persistence_app: PersistenceApp,
+) -> AsyncIterator[ppb_grpc.PersistenceServiceStub]:
+    async with grpc.aio.insecure_channel(persistence_app.target) as channel:
+        yield ppb_grpc.PersistenceServiceStub(channel)
 
 
 async def test_a_submit_with_its_own_export_prefix_is_exported_there(
