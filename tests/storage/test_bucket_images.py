@@ -145,6 +145,11 @@ async def test_a_stalled_store_gives_a_fetch_failure_within_the_fetch_deadline(
     assert "timed out after 1 s" in (caught.value.details() or "")
 
 
+def by_uri(prefix: str) -> pb.InspectRequest:
+    """The reference ``<prefix>/ref.jpg`` and the pickup ``<prefix>/p1.jpg``, both by URI."""
+    return request([pb.Image(uri=f"{prefix}/ref.jpg")], [pb.Image(uri=f"{prefix}/p1.jpg")])
+
+
 async def test_az_images_are_read_from_azure_blob(azurite: Azurite, tmp_path: Path) -> None:
     import obstore
     from obstore.store import AzureStore
@@ -159,12 +164,7 @@ async def test_az_images_are_read_from_azure_blob(azurite: Azurite, tmp_path: Pa
         allowed_buckets=["az://pickups"],
         storage_endpoints={"az": azurite.endpoint},
     ) as (_app, stub):
-        reply = await stub.Inspect(
-            request(
-                [pb.Image(uri="az://pickups/2026/ref.jpg")],
-                [pb.Image(uri="az://pickups/2026/p1.jpg")],
-            )
-        )
+        reply = await stub.Inspect(by_uri("az://pickups/2026"))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.Inspect(
                 request([pb.Image(uri="az://pickups/2026/none.jpg")], [pb.Image(content=PICKUP)])
@@ -190,12 +190,7 @@ async def test_gs_images_are_read_from_gcs(gcs_images: FakeGcs, tmp_path: Path) 
         allowed_buckets=["gs://gcs-pickups"],
         storage_endpoints={"gs": gcs_images.endpoint},
     ) as (_app, stub):
-        reply = await stub.Inspect(
-            request(
-                [pb.Image(uri="gs://gcs-pickups/2026/ref.jpg")],
-                [pb.Image(uri="gs://gcs-pickups/2026/p1.jpg")],
-            )
-        )
+        reply = await stub.Inspect(by_uri("gs://gcs-pickups/2026"))
     assert reply.inspection.decision != pb.DECISION_UNSPECIFIED
     # Both came from the emulator, through the XML API that obstore reads with.
     read = " ".join(gcs_images.requests_for("gcs-pickups"))
