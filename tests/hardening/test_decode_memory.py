@@ -106,8 +106,8 @@ def test_without_the_setting_the_memory_stays(tmp_path: Path) -> None:
     count = 6
     adaptive = run_probe(tmp_path, flat_png(SIDE, SIDE), count, count * SIDE * SIDE, 0, "fast")
     assert adaptive["code"] == "OK", adaptive
-    # What glibc keeps varies with thread scheduling (240-530 MiB seen, 1.3 to 3
-    # images); the control is that the bound the setting meets is not met without it.
+    # What glibc keeps varies with thread scheduling; the control is that the bound the
+    # setting meets is not met without it.
     assert _held_mib(adaptive) > ONE_IMAGE_MIB / 2, adaptive
 
 
